@@ -1,0 +1,1 @@
+"""jaxtrade: end-to-end jitted PPO for trading agents in JAX."""
