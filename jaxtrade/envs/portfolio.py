@@ -1,0 +1,281 @@
+"""The multi-asset factor-regime portfolio environment (pure functions, gymnax-style API).
+
+Timeline of one step (state.t = t, the bar whose close the trade executes at):
+
+1. The agent has seen bar t-1 and earlier only: features of t-1, its weights and
+   value after the previous trade (marked at the close of t-1), its drawdown.
+2. Over bar t the held weights drift with prices p[t] / p[t-1]: value V_t, weights w_t.
+3. The chosen regime's target weights (from the factor scores of bar t-1; HOLD
+   keeps w_t) are reached by trading at p[t], paying slippage, spread and impact
+   (`jaxtrade.envs.frictions`).
+4. The new portfolio is held over bar t+1 and marked at p[t+1]: value V_{t+1}.
+   reward = log(V_{t+1} / V_t) - penalties, so an action's reward contains its
+   own costs and the return its portfolio earns, and the rewards of an episode
+   sum to its log growth.
+5. The next observation is of bar t: the trade is never priced with data the agent
+   saw after deciding (`tests/envs/test_portfolio.py::test_no_look_ahead`).
+
+Observation, float32 [A * F + A + 3]:
+  [0, A*F)          features of bar t-1, asset-major (asset 0's F features first)
+  [A*F, A*F+A+1)    weights held after the last trade: A assets, then cash
+  A*F+A+1           drawdown of the post-trade value from its episode peak, in [0, 1)
+  A*F+A+2           episode progress, step / episode_length, in [0, 1)
+Action: int32 [] in [0, 12), a `jaxtrade.envs.regimes.Regime`.
+Reward: float32 [], log growth of the marked portfolio value net of costs, minus
+  `turnover_penalty * turnover` and `drawdown_penalty * drawdown` (both 0 by default).
+Termination: `terminated` (ruin) when the marked value falls below
+  `ruin_fraction` of the initial value; `truncated` after `episode_length` steps
+  or at the end of the date range. `done = terminated | truncated`; `step`
+  auto-resets and returns the next episode's first observation, with the
+  pre-reset one in `info["final_obs"]` (to bootstrap a truncated episode).
+Episodes start all cash with value 1, at a uniformly random bar of the range
+  [start_min, start_max] in `EnvParams`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxtrade.data.market import Market, MarketData
+from jaxtrade.envs import regimes
+from jaxtrade.envs.frictions import trade_costs
+from jaxtrade.envs.spaces import Box, Discrete
+
+
+@struct.dataclass
+class EnvState:
+    """What changes every step, for one environment."""
+
+    t: jax.Array  # int32 [], bar the next trade executes at
+    step: jax.Array  # int32 [], steps taken in this episode
+    value: jax.Array  # float32 [], value after the last trade, marked at the close of t-1
+    peak: jax.Array  # float32 [], highest post-trade value this episode
+    weights: jax.Array  # float32 [A + 1], weights after the last trade (cash last)
+
+
+@struct.dataclass
+class EnvParams:
+    """What stays fixed for an environment; vmappable (e.g. per-env frictions)."""
+
+    market: MarketData  # shared market arrays (pass with in_axes=None when vmapping)
+    start_min: jax.Array  # int32 [], earliest first bar of an episode (>= 1)
+    start_max: jax.Array  # int32 [], latest first bar of an episode
+    end: jax.Array  # int32 [], last bar whose price may be used (end of the range)
+    episode_length: jax.Array  # int32 [], steps before truncation
+    slippage: jax.Array  # float32 [], max slippage as a fraction of traded value
+    spread: jax.Array  # float32 [], bid-ask spread cost as a fraction of traded value
+    impact: jax.Array  # float32 [], square-root impact coefficient
+    turnover_penalty: jax.Array  # float32 [], reward penalty per unit of turnover
+    drawdown_penalty: jax.Array  # float32 [], reward penalty per unit of drawdown
+    ruin_fraction: jax.Array  # float32 [], value (vs 1.0 at start) that ends an episode
+
+
+DEFAULT_FRICTIONS = {"slippage": 0.0005, "spread": 0.0002, "impact": 0.01}
+DEFAULT_EPISODE_LENGTH = 256
+
+
+class PortfolioEnv:
+    """Multi-asset portfolio env over a `Market`; one instance serves any number of vmapped envs.
+
+    The instance holds only static facts (shapes, the split); all arrays travel in
+    `EnvParams`, so jitted functions take them as arguments instead of baking
+    them into the program as constants.
+    """
+
+    def __init__(self, market: Market):
+        self.n_assets = market.n_assets
+        self.n_features = market.data.n_features
+        self.n_bars = market.n_bars
+        self.train_end = market.train_end
+        self._data = market.data
+
+    # ----------------------------------------------------------------- spaces, params
+    @property
+    def num_actions(self) -> int:
+        return regimes.N_REGIMES
+
+    @property
+    def obs_dim(self) -> int:
+        return self.n_assets * self.n_features + self.n_assets + 3
+
+    def action_space(self, params: EnvParams | None = None) -> Discrete:
+        return Discrete(regimes.N_REGIMES)
+
+    def observation_space(self, params: EnvParams | None = None) -> Box:
+        return Box(-jnp.inf, jnp.inf, (self.obs_dim,), jnp.float32)
+
+    @property
+    def default_params(self) -> EnvParams:
+        """Training-range episodes of 256 steps with the reference frictions."""
+        return self.make_params("train")
+
+    def make_params(
+        self,
+        split: str = "train",
+        *,
+        episode_length: int = DEFAULT_EPISODE_LENGTH,
+        start: int | None = None,
+        slippage: float = DEFAULT_FRICTIONS["slippage"],
+        spread: float = DEFAULT_FRICTIONS["spread"],
+        impact: float = DEFAULT_FRICTIONS["impact"],
+        turnover_penalty: float = 0.0,
+        drawdown_penalty: float = 0.0,
+        ruin_fraction: float = 0.5,
+    ) -> EnvParams:
+        """Params for episodes inside the training ("train") or held-out ("eval") range.
+
+        Host-side. `start` fixes the first bar (e.g. the first held-out bar for one
+        continuous evaluation pass); by default episodes start at a random bar that
+        leaves room for a whole episode.
+
+        Raises:
+          ValueError: unknown split, a range too short for the episode, or a
+            coefficient outside its valid range.
+        """
+        if split == "train":
+            lo, hi = 1, self.train_end - 1
+        elif split == "eval":
+            lo, hi = max(self.train_end, 1), self.n_bars - 1
+        else:
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        if episode_length < 1:
+            raise ValueError(f"episode_length must be >= 1, got {episode_length}")
+        # An episode starting at t0 marks its last step at t0 + episode_length.
+        latest = hi - episode_length
+        if start is not None:
+            if not lo <= start <= hi - 1:
+                raise ValueError(f"start {start} is outside the {split} range [{lo}, {hi - 1}]")
+            start_min = start_max = start
+        elif latest < lo:
+            raise ValueError(
+                f"the {split} range has {hi - lo + 1} bars, too few for an episode of "
+                f"{episode_length} steps (needs {episode_length + 1})"
+            )
+        else:
+            start_min, start_max = lo, latest
+        for name, v, top in (
+            ("slippage", slippage, 0.1),
+            ("spread", spread, 0.1),
+            ("impact", impact, 1.0),
+            ("turnover_penalty", turnover_penalty, None),
+            ("drawdown_penalty", drawdown_penalty, None),
+            ("ruin_fraction", ruin_fraction, 1.0),
+        ):
+            if v < 0 or (top is not None and v >= top):
+                bound = f"[0, {top})" if top is not None else ">= 0"
+                raise ValueError(f"{name} must be {bound}, got {v}")
+        i32, f32 = jnp.int32, jnp.float32
+        return EnvParams(
+            market=self._data,
+            start_min=jnp.asarray(start_min, i32),
+            start_max=jnp.asarray(start_max, i32),
+            end=jnp.asarray(hi, i32),
+            episode_length=jnp.asarray(episode_length, i32),
+            slippage=jnp.asarray(slippage, f32),
+            spread=jnp.asarray(spread, f32),
+            impact=jnp.asarray(impact, f32),
+            turnover_penalty=jnp.asarray(turnover_penalty, f32),
+            drawdown_penalty=jnp.asarray(drawdown_penalty, f32),
+            ruin_fraction=jnp.asarray(ruin_fraction, f32),
+        )
+
+    # --------------------------------------------------------------- gymnax wrappers
+    def reset(self, key: jax.Array, params: EnvParams | None = None):
+        """-> (obs [obs_dim], state) of a new episode."""
+        params = self.default_params if params is None else params
+        return self.reset_env(key, params)
+
+    def step(self, key: jax.Array, state: EnvState, action, params: EnvParams | None = None):
+        """One step with auto-reset -> (obs, state, reward, done, info).
+
+        When the step ends the episode, `obs`/`state` are the next episode's first
+        ones and `info["final_obs"]` is the observation the episode ended on.
+        """
+        params = self.default_params if params is None else params
+        key_step, key_reset = jax.random.split(key)
+        obs_end, state_end, reward, done, info = self.step_env(key_step, state, action, params)
+        obs_new, state_new = self.reset_env(key_reset, params)
+        state = jax.tree.map(lambda a, b: jnp.where(done, a, b), state_new, state_end)
+        obs = jnp.where(done, obs_new, obs_end)
+        info["final_obs"] = obs_end
+        return obs, state, reward, done, info
+
+    # ------------------------------------------------------------------- dynamics
+    def reset_env(self, key: jax.Array, params: EnvParams):
+        """A new all-cash episode of value 1 at a random start bar."""
+        t0 = jax.random.randint(key, (), params.start_min, params.start_max + 1, jnp.int32)
+        weights = jnp.zeros(self.n_assets + 1, jnp.float32).at[-1].set(1.0)
+        one = jnp.ones((), jnp.float32)
+        state = EnvState(t=t0, step=jnp.zeros((), jnp.int32), value=one, peak=one, weights=weights)
+        return self.get_obs(state, params), state
+
+    def get_obs(self, state: EnvState, params: EnvParams) -> jax.Array:
+        """Observation of bar t-1 (see the module docstring for the layout)."""
+        features = params.market.features[state.t - 1].reshape(-1)
+        drawdown = 1.0 - state.value / state.peak
+        progress = state.step / params.episode_length
+        extra = jnp.stack([drawdown, progress]).astype(jnp.float32)
+        return jnp.concatenate([features, state.weights, extra])
+
+    def step_env(self, key: jax.Array, state: EnvState, action, params: EnvParams):
+        """One step without reset; slippage draws are `jax.random.uniform(key, (A,))`."""
+        m = params.market
+        t = state.t
+        n = self.n_assets
+        # 2. drift over bar t.
+        growth = m.price[t] / m.price[t - 1]
+        held = jnp.concatenate([state.weights[:n] * growth, state.weights[n:]])
+        value_pre = state.value * jnp.sum(held)
+        w_pre = held / jnp.sum(held)
+        # 3. trade to the regime's target at p[t].
+        target = regimes.target_weights(action, m.scores[t - 1], w_pre)
+        # HOLD trades nothing by definition; don't leave it to floating-point luck
+        # (XLA may compute w_pre twice with different rounding).
+        delta = jnp.where(action == regimes.Regime.HOLD, 0.0, target[:n] - w_pre[:n])
+        traded = jnp.abs(delta) * value_pre
+        costs = trade_costs(
+            traded,
+            value_pre,
+            jax.random.uniform(key, (n,), jnp.float32),
+            params.slippage,
+            params.spread,
+            params.impact,
+        )
+        value_post = value_pre - costs.total
+        # 4. hold over bar t+1.
+        growth_next = m.price[t + 1] / m.price[t]
+        value_next = value_post * (jnp.dot(target[:n], growth_next) + target[n])
+        peak = jnp.maximum(state.peak, value_post)
+        turnover = jnp.sum(traded) / value_pre
+        drawdown_next = 1.0 - value_next / jnp.maximum(peak, value_next)
+        log_return = jnp.log(value_next) - jnp.log(value_pre)
+        reward = (
+            log_return
+            - params.turnover_penalty * turnover
+            - params.drawdown_penalty * drawdown_next
+        )
+        next_state = EnvState(
+            t=t + 1, step=state.step + 1, value=value_post, peak=peak, weights=target
+        )
+        terminated = value_next < params.ruin_fraction
+        # The next step would mark at p[t + 2].
+        truncated = jnp.logical_or(
+            next_state.step >= params.episode_length, t + 2 > params.end
+        ) & ~terminated
+        done = terminated | truncated
+        info = {
+            "value": value_next,
+            "weights": target,
+            "turnover": turnover,
+            "cost": costs.total,
+            "cost_slippage": costs.slippage,
+            "cost_spread": costs.spread,
+            "cost_impact": costs.impact,
+            "log_return": log_return,
+            "terminated": terminated,
+            "truncated": truncated,
+        }
+        obs = self.get_obs(next_state, params)
+        return obs, next_state, reward.astype(jnp.float32), done, info
