@@ -1,0 +1,257 @@
+"""GRU actor-critic (Flax Linen).
+
+Linen's pure ``apply`` drops straight into ``lax.scan`` bodies (rollout, PPO
+epochs) with no module state to thread. Layout, for ``D`` observation
+features, ``H = hidden_dim`` and ``L = n_gru_layers``::
+
+    encoder      Dense(H) -> ReLU -> LayerNorm -> Dense(H) -> ReLU -> LayerNorm -> Dropout
+    gru          L stacked GRU layers of width H, Dropout between layers
+    policy_head  Dense(H/2) -> ReLU -> LayerNorm -> Dense(n_actions)
+    value_head   Dense(H/2) -> ReLU -> LayerNorm -> Dense(1)
+
+The top-level parameter keys are exactly ``encoder``, ``gru``, ``policy_head``
+and ``value_head``: the optimizer gives ``value_head`` to the critic chain and
+everything else to the actor chain (``ppo.split_params``).
+
+Precision: parameters are float32; matmuls run in ``dtype`` (the compute
+dtype, bfloat16 on GPU); the recurrent state, GRU gate arithmetic, logits and
+values are float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def _gate_orthogonal(n_gates: int) -> nn.initializers.Initializer:
+    """Orthogonal init of each gate's square block of a fused ``[H, n_gates * H]`` kernel.
+
+    One orthogonal init of the whole kernel would make its rows orthonormal
+    but not each gate's block, which is what keeps the recurrence well
+    conditioned at init.
+    """
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
+        rows, cols = shape
+        if cols != n_gates * rows:
+            raise ValueError(f"expected a [H, {n_gates}*H] recurrent kernel, got {shape}")
+        q, r = jnp.linalg.qr(jax.random.normal(key, (n_gates, rows, rows), jnp.float32))
+        # The sign fix makes Q Haar-distributed rather than biased by the QR convention.
+        q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
+        return jnp.moveaxis(q, 0, 1).reshape(rows, cols).astype(dtype)
+
+    return init
+
+
+class Encoder(nn.Module):
+    """Two Dense-ReLU-LayerNorm blocks, then dropout. ``[..., D] -> [..., H]``."""
+
+    hidden_dim: int
+    dropout: float
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, deterministic: bool) -> jax.Array:
+        x = obs
+        for i in range(2):
+            x = nn.Dense(self.hidden_dim, dtype=self.dtype, name=f"dense_{i}")(x)
+            x = nn.LayerNorm(dtype=self.dtype, name=f"norm_{i}")(nn.relu(x))
+        return nn.Dropout(self.dropout)(x, deterministic=deterministic)
+
+
+class GRUCell(nn.Module):
+    """One GRU layer, one step, with ``torch.nn.GRU``'s gates and biases.
+
+    ``r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)``,
+    ``z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)``,
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``,
+    ``h' = (1 - z) * n + z * h``.
+
+    The three gates share one fused input and one fused recurrent matmul. The
+    torch bias layout (``b_hr``, ``b_hz`` are redundant with ``b_ir``,
+    ``b_iz``) is kept so that the parameter count and a weight mapping match
+    the reference network.
+    """
+
+    hidden_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h: jax.Array, x: jax.Array) -> jax.Array:
+        """Args: h [B, H] float32, x [B, H_in]. Returns the new state [B, H] float32."""
+        gi = nn.Dense(3 * self.hidden_dim, dtype=self.dtype, name="input")(x)
+        gh = nn.Dense(
+            3 * self.hidden_dim,
+            dtype=self.dtype,
+            kernel_init=_gate_orthogonal(3),
+            name="recurrent",
+        )(h)
+        # Gate arithmetic in float32: the state is carried across hundreds of
+        # steps and bf16 rounding there would compound.
+        i_r, i_z, i_n = jnp.split(gi.astype(jnp.float32), 3, axis=-1)
+        h_r, h_z, h_n = jnp.split(gh.astype(jnp.float32), 3, axis=-1)
+        r = nn.sigmoid(i_r + h_r)
+        z = nn.sigmoid(i_z + h_z)
+        n = jnp.tanh(i_n + r * h_n)
+        return (1.0 - z) * n + z * h
+
+
+class StackedGRU(nn.Module):
+    """``n_layers`` GRU layers for one time step, with reset at episode starts."""
+
+    hidden_dim: int
+    n_layers: int
+    dropout: float
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, hidden: jax.Array, x: jax.Array, reset: jax.Array, deterministic: bool
+    ) -> tuple[jax.Array, jax.Array]:
+        """One step.
+
+        Args:
+            hidden: [L, B, H] state before the step.
+            x: [B, H] encoded observation.
+            reset: [B] bool, True where the state must start from zeros.
+            deterministic: disables the between-layer dropout.
+
+        Returns:
+            new_hidden [L, B, H] float32, output [B, H] in the compute dtype.
+        """
+        hidden = jnp.where(reset[None, :, None], 0.0, hidden.astype(jnp.float32))
+        new_hidden = []
+        for i in range(self.n_layers):
+            if i > 0:
+                x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+            h = GRUCell(self.hidden_dim, dtype=self.dtype, name=f"layer_{i}")(hidden[i], x)
+            new_hidden.append(h)
+            x = h.astype(self.dtype)
+        return jnp.stack(new_hidden), x
+
+
+class Head(nn.Module):
+    """Dense(H/2) -> ReLU -> LayerNorm -> Dense(out). ``[..., H] -> [..., out]`` float32."""
+
+    hidden_dim: int
+    out_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, trunk: jax.Array) -> jax.Array:
+        x = nn.Dense(self.hidden_dim, dtype=self.dtype, name="dense")(trunk)
+        x = nn.LayerNorm(dtype=self.dtype, name="norm")(nn.relu(x))
+        # The last projection is tiny and runs in float32: PPO ratios are
+        # exp(log-prob differences), where bf16 rounding of the logits would
+        # show up as spurious policy change.
+        return nn.Dense(self.out_dim, dtype=jnp.float32, name="out")(x)
+
+
+class ActorCritic(nn.Module):
+    """GRU actor-critic with a shared trunk (encoder + GRU) and two heads.
+
+    Attributes:
+        n_actions: number of discrete actions.
+        hidden_dim: width ``H`` of the encoder and the GRU (heads use ``H/2``).
+        n_gru_layers: number of stacked GRU layers ``L``.
+        dropout: dropout rate after the encoder and between GRU layers; active
+            only when ``deterministic=False`` (needs the ``'dropout'`` rng).
+        dtype: compute dtype of the matmuls; parameters stay float32 and
+            logits/values are returned in float32 whatever it is.
+    """
+
+    n_actions: int
+    hidden_dim: int = 256
+    n_gru_layers: int = 2
+    dropout: float = 0.1
+    dtype: Dtype = jnp.float32
+
+    def setup(self) -> None:
+        self.encoder = Encoder(self.hidden_dim, self.dropout, dtype=self.dtype)
+        self.gru = StackedGRU(self.hidden_dim, self.n_gru_layers, self.dropout, dtype=self.dtype)
+        self.policy_head = Head(self.hidden_dim // 2, self.n_actions, dtype=self.dtype)
+        self.value_head = Head(self.hidden_dim // 2, 1, dtype=self.dtype)
+
+    def __call__(
+        self,
+        hidden: jax.Array,
+        obs: jax.Array,
+        reset: jax.Array,
+        deterministic: bool = True,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """One time step.
+
+        Args:
+            hidden: [L, B, H] recurrent state.
+            obs: [B, D] observations.
+            reset: [B] bool; True zeroes the state before the step (the previous
+                step ended an episode, or this is the first step).
+            deterministic: False enables dropout.
+
+        Returns:
+            new_hidden [L, B, H] float32, logits [B, n_actions] float32,
+            value [B] float32.
+        """
+        x = self.encoder(obs, deterministic)
+        new_hidden, trunk = self.gru(hidden, x, reset, deterministic)
+        return new_hidden, self.policy_head(trunk), self.value_from_trunk(trunk)
+
+    def unroll(
+        self,
+        hidden: jax.Array,
+        obs: jax.Array,
+        reset: jax.Array,
+        deterministic: bool = True,
+    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """A whole time-major sequence; equal to ``T`` calls of ``__call__``.
+
+        Only the GRU is scanned over time; the encoder and heads are applied to
+        all ``T * B`` rows at once.
+
+        Args:
+            hidden: [L, B, H] state before the first step.
+            obs: [T, B, D] observations.
+            reset: [T, B] bool; ``reset[t]`` zeroes the state before step t.
+            deterministic: False enables dropout (fresh masks at every step).
+
+        Returns:
+            final_hidden [L, B, H] float32, logits [T, B, n_actions] float32,
+            value [T, B] float32, trunk [T, B, H] in the compute dtype (the GRU
+            output both heads read; cached for critic-only epochs).
+        """
+        x = self.encoder(obs, deterministic)
+
+        def step(gru: StackedGRU, h: jax.Array, xs: tuple[jax.Array, jax.Array]):
+            x_t, reset_t = xs
+            return gru(h, x_t, reset_t, deterministic)
+
+        scan = nn.scan(
+            step,
+            variable_broadcast="params",
+            split_rngs={"params": False, "dropout": True},
+            in_axes=0,
+            out_axes=0,
+        )
+        final_hidden, trunk = scan(self.gru, hidden, (x, reset))
+        return final_hidden, self.policy_head(trunk), self.value_from_trunk(trunk), trunk
+
+    def value_from_trunk(self, trunk: jax.Array) -> jax.Array:
+        """Value head only. ``trunk [..., H] -> value [...]`` float32."""
+        return self.value_head(trunk)[..., 0]
+
+
+def initial_hidden(n_gru_layers: int, batch: int, hidden_dim: int) -> jax.Array:
+    """Zero recurrent state, [n_gru_layers, batch, hidden_dim] float32."""
+    return jnp.zeros((n_gru_layers, batch, hidden_dim), jnp.float32)
+
+
+def count_params(params: Any) -> int:
+    """Number of scalars in a parameter tree (arrays or ``jax.ShapeDtypeStruct``)."""
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
