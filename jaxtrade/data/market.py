@@ -71,10 +71,13 @@ class Market:
     def describe(self) -> str:
         """One line for logs."""
 
+        intraday = bool((self.dates != self.dates.normalize()).any())
+        fmt = "%Y-%m-%d %H:%M" if intraday else "%Y-%m-%d"
+
         def span(lo: int, hi: int) -> str:
             if hi <= lo:
                 return "none"
-            return f"{self.dates[lo]:%Y-%m-%d %H:%M} .. {self.dates[hi - 1]:%Y-%m-%d %H:%M}"
+            return f"{self.dates[lo].strftime(fmt)} .. {self.dates[hi - 1].strftime(fmt)}"
 
         return (
             f"{self.n_assets} assets x {self.n_bars} bars; train {self.train_end} bars "

@@ -1,0 +1,367 @@
+"""The fused training program: rollout -> GAE -> PPO epochs -> critic epochs, one `jit`.
+
+`make_train(config, market)` returns a `Trainer` whose pure functions are
+
+    init(key) -> TrainState
+    iterate(TrainState) -> (TrainState, metrics)     one PPO iteration
+    run(TrainState, k) -> (TrainState, metrics[k])   k iterations in one compiled call
+
+`run` is what the host calls: it scans `iterate` k times, donates the state, and
+returns per-iteration metrics; the host only logs, saves and checks signals
+between calls. Inside `iterate`:
+
+1. rollout: `lax.scan` over n_steps of policy step + vmapped env step (`jaxtrade.rollout`);
+2. advantages: GAE in float32 (truncated episodes bootstrap from their final obs);
+3. joint epochs: `ppo_epochs` x `n_minibatches`; minibatches split the env axis and
+   keep whole sequences, the GRU re-runs from each sequence's stored initial
+   hidden state; gradients feed the actor chain (encoder + GRU + policy head) and
+   the critic chain (value head);
+4. critic epochs: per minibatch, the trunk features are computed once with the
+   updated network, then the value head alone takes `critic_epochs` steps on them.
+
+Hyperparameters a schedule may change live in `TrainState.hparams` as float32
+arrays; changing them never recompiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jaxtrade import ppo
+from jaxtrade.config import Config, compute_dtype
+from jaxtrade.data.market import Market
+from jaxtrade.envs import N_REGIMES, EnvParams, PortfolioEnv
+from jaxtrade.networks import ActorCritic, count_params
+from jaxtrade.rollout import Carry, Transition, initial_carry, make_rollout
+
+HPARAM_NAMES = ("actor_lr", "critic_lr", "ent_coef", "clip", "vf_coef", "gae_lambda", "gamma")
+
+
+@struct.dataclass
+class HParams:
+    """Hyperparameters that may change between iterations without recompiling (float32 [])."""
+
+    actor_lr: jax.Array
+    critic_lr: jax.Array
+    ent_coef: jax.Array
+    clip: jax.Array
+    vf_coef: jax.Array
+    gae_lambda: jax.Array
+    gamma: jax.Array
+
+    @classmethod
+    def create(cls, **values) -> HParams:
+        """From Python numbers; every field becomes a float32 array (never a weak type)."""
+        return cls(**{k: jnp.asarray(values[k], jnp.float32) for k in HPARAM_NAMES})
+
+    def to_dict(self) -> dict[str, float]:
+        """Host-side: the values as Python floats."""
+        return {k: float(getattr(self, k)) for k in HPARAM_NAMES}
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a run needs to continue exactly: params, optimisers, envs, RNG, counters."""
+
+    params: dict  # the network's "params" collection (float32)
+    actor_opt: optax.OptState  # actor chain state (encoder, GRU, policy head)
+    critic_opt: optax.OptState  # critic chain state (value head)
+    carry: Carry  # env states, observations, GRU states, reset flags, running returns
+    rng: jax.Array  # PRNG key for the next iteration
+    hparams: HParams  # runtime hyperparameters
+    iteration: jax.Array  # int32 [], iterations completed
+    last_episode_return: jax.Array  # float32 [], latest mean episode return (carried over
+    # iterations in which no episode ended)
+
+
+@struct.dataclass
+class Batch:
+    """A minibatch of whole sequences: M envs, all T steps."""
+
+    transition: Transition  # leaves [T, M, ...]
+    hidden: jax.Array  # [L, M, H] GRU state before the first step
+    advantages: jax.Array  # [T, M] float32
+    returns: jax.Array  # [T, M] float32
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """The compiled-program factory's output (see the module docstring)."""
+
+    config: Config
+    env: PortfolioEnv
+    env_params: EnvParams
+    network: ActorCritic
+    actor_tx: optax.GradientTransformation
+    critic_tx: optax.GradientTransformation
+    init: Callable[[jax.Array], TrainState]
+    iterate: Callable[[TrainState], tuple[TrainState, dict]]
+    run: Callable[[TrainState, int], tuple[TrainState, dict]]
+    n_params: int
+
+    @property
+    def steps_per_iteration(self) -> int:
+        return self.config.ppo.n_envs * self.config.ppo.n_steps
+
+
+def minibatch_indices(key: jax.Array, n_envs: int, n_minibatches: int) -> jax.Array:
+    """A random split of the env axis: int32 [n_minibatches, n_envs // n_minibatches]."""
+    perm = jax.random.permutation(key, n_envs)
+    return perm.reshape(n_minibatches, n_envs // n_minibatches)
+
+
+def _take_envs(tree, idx: jax.Array, axis: int):
+    """Selects envs `idx` along `axis` of every leaf."""
+    return jax.tree.map(lambda x: jnp.take(x, idx, axis=axis), tree)
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def make_train(config: Config, market: Market) -> Trainer:
+    """Builds the fused training program for `config` on `market`.
+
+    `config` must be resolved (`config.ppo.n_envs` set) and valid.
+    """
+    pc, nc = config.ppo, config.network
+    n_envs, n_steps, n_mb = pc.n_envs, pc.n_steps, pc.n_minibatches
+    env = PortfolioEnv(market)
+    env_params = env.make_params("train", **config.env.params_kwargs())
+    network = ActorCritic(
+        n_actions=env.num_actions,
+        hidden_dim=nc.hidden_dim,
+        n_gru_layers=nc.n_gru_layers,
+        dropout=nc.dropout,
+        dtype=compute_dtype(nc.precision, jax.default_backend()),
+    )
+    actor_tx, critic_tx = ppo.make_optimizers(
+        pc.max_grad_norm, actor_lr=pc.actor_lr, critic_lr=pc.critic_lr
+    )
+    rollout = make_rollout(network, env, n_steps)
+
+    def init(key: jax.Array) -> TrainState:
+        key_net, key_env, key_rng = jax.random.split(key, 3)
+        params = network.init(
+            {"params": key_net},
+            jnp.zeros((nc.n_gru_layers, 1, nc.hidden_dim), jnp.float32),
+            jnp.zeros((1, env.obs_dim), jnp.float32),
+            jnp.ones((1,), bool),
+        )["params"]
+        actor, critic = ppo.split_params(params)
+        return TrainState(
+            params=params,
+            actor_opt=actor_tx.init(actor),
+            critic_opt=critic_tx.init(critic),
+            carry=initial_carry(network, env, env_params, key_env, n_envs, stagger=True),
+            rng=key_rng,
+            hparams=HParams.create(**{k: getattr(pc, k) for k in HPARAM_NAMES}),
+            iteration=jnp.zeros((), jnp.int32),
+            last_episode_return=jnp.zeros((), jnp.float32),
+        )
+
+    def ppo_minibatch_loss(params, batch: Batch, hp: HParams, key: jax.Array):
+        tr = batch.transition
+        _, logits, values, _ = network.apply(
+            {"params": params},
+            batch.hidden,
+            tr.obs,
+            tr.reset,
+            deterministic=False,
+            rngs={"dropout": key},
+            method=ActorCritic.unroll,
+        )
+        return ppo.ppo_loss(
+            logits,
+            values,
+            tr.action,
+            tr.log_prob,
+            tr.value,
+            batch.advantages,
+            batch.returns,
+            clip_eps=hp.clip,
+            vf_coef=hp.vf_coef,
+            ent_coef=hp.ent_coef,
+            clip_value=pc.clip_value,
+        )
+
+    def joint_epochs(params, actor_opt, critic_opt, batch: Batch, hp: HParams, key):
+        """ppo_epochs x n_minibatches updates of both chains. batch leaves have all n_envs."""
+
+        def minibatch(carry, xs):
+            params, actor_opt, critic_opt = carry
+            idx, key = xs
+            mb = Batch(
+                transition=_take_envs(batch.transition, idx, axis=1),
+                hidden=jnp.take(batch.hidden, idx, axis=1),
+                advantages=jnp.take(batch.advantages, idx, axis=1),
+                returns=jnp.take(batch.returns, idx, axis=1),
+            )
+            grads, metrics = jax.grad(ppo_minibatch_loss, has_aux=True)(params, mb, hp, key)
+            actor_grads, critic_grads = ppo.split_params(grads)
+            metrics["actor_grad_norm"] = optax.tree.norm(actor_grads)
+            metrics["critic_grad_norm"] = optax.tree.norm(critic_grads)
+            params, actor_opt, critic_opt = ppo.apply_actor_critic_update(
+                params, grads, actor_tx, critic_tx, actor_opt, critic_opt
+            )
+            return (params, actor_opt, critic_opt), metrics
+
+        def epoch(carry, key):
+            key_perm, key_drop = jax.random.split(key)
+            idx = minibatch_indices(key_perm, n_envs, n_mb)
+            return jax.lax.scan(minibatch, carry, (idx, jax.random.split(key_drop, n_mb)))
+
+        carry, metrics = jax.lax.scan(
+            epoch, (params, actor_opt, critic_opt), jax.random.split(key, pc.ppo_epochs)
+        )
+        return carry, jax.tree.map(jnp.mean, metrics)
+
+    def critic_epochs(params, critic_opt, batch: Batch, key):
+        """Per minibatch: trunk features once, then critic_epochs value-head-only steps."""
+        actor, _ = ppo.split_params(params)
+
+        def critic_loss(critic, trunk, tr: Transition, returns):
+            values = network.apply(
+                {"params": ppo.merge_params(actor, critic)},
+                trunk,
+                method=ActorCritic.value_from_trunk,
+            )
+            return ppo.value_loss(values, tr.value, returns, clip_eps=0.0, clip_value=False)
+
+        def minibatch(carry, idx):
+            params, critic_opt = carry
+            tr = _take_envs(batch.transition, idx, axis=1)
+            _, _, _, trunk = network.apply(
+                {"params": params},
+                jnp.take(batch.hidden, idx, axis=1),
+                tr.obs,
+                tr.reset,
+                method=ActorCritic.unroll,
+            )
+            trunk = jax.lax.stop_gradient(trunk)
+            returns = jnp.take(batch.returns, idx, axis=1)
+
+            def step(carry, _):
+                params, critic_opt = carry
+                _, critic = ppo.split_params(params)
+                loss, grads = jax.value_and_grad(critic_loss)(critic, trunk, tr, returns)
+                params, critic_opt = ppo.apply_critic_update(params, grads, critic_tx, critic_opt)
+                return (params, critic_opt), loss
+
+            carry, losses = jax.lax.scan(step, (params, critic_opt), None, length=pc.critic_epochs)
+            return carry, losses
+
+        idx = minibatch_indices(key, n_envs, n_mb)
+        (params, critic_opt), losses = jax.lax.scan(minibatch, (params, critic_opt), idx)
+        # Loss before the first and after the last critic step, averaged over minibatches.
+        return params, critic_opt, losses[:, 0].mean(), losses[:, -1].mean()
+
+    def iterate(state: TrainState) -> tuple[TrainState, dict]:
+        hp = state.hparams
+        rng, key_roll, key_epochs, key_critic = jax.random.split(state.rng, 4)
+        actor_opt = ppo.set_learning_rate(state.actor_opt, hp.actor_lr)
+        critic_opt = ppo.set_learning_rate(state.critic_opt, hp.critic_lr)
+        hidden0 = state.carry.hidden
+
+        carry, traj = rollout(state.params, env_params, state.carry, key_roll)
+
+        # V of the observation after the last step, with the GRU state reached there.
+        _, _, last_value = network.apply(
+            {"params": state.params}, carry.hidden, carry.obs, carry.reset
+        )
+        next_values = jnp.concatenate([traj.value[1:], last_value[None]], axis=0)
+        next_values = jnp.where(traj.done, traj.final_value, next_values)
+        advantages, returns = ppo.gae(
+            traj.reward, traj.value, next_values, traj.terminated, traj.done, hp.gamma,
+            hp.gae_lambda,
+        )
+        batch = Batch(transition=traj, hidden=hidden0, advantages=advantages, returns=returns)
+
+        (params, actor_opt, critic_opt), metrics = joint_epochs(
+            state.params, actor_opt, critic_opt, batch, hp, key_epochs
+        )
+        if pc.critic_epochs > 0:
+            params, critic_opt, critic_before, critic_after = critic_epochs(
+                params, critic_opt, batch, key_critic
+            )
+            metrics["critic_loss_before"] = critic_before
+            metrics["critic_loss_after"] = critic_after
+
+        n_done = traj.done.sum()
+        episode_return = jnp.where(
+            n_done > 0, traj.episode_return.sum() / jnp.maximum(n_done, 1),
+            state.last_episode_return,
+        )
+        metrics.update(
+            explained_variance=ppo.explained_variance(traj.value, returns),
+            episode_return_mean=episode_return,
+            episodes=n_done,
+            reward_mean=traj.reward.mean(),
+            cost_mean=traj.info["cost"].mean(),
+            turnover_mean=traj.info["turnover"].mean(),
+            value_mean=traj.value.mean(),
+            advantage_mean=advantages.mean(),
+            advantage_std=advantages.std(),
+            action_freq=jnp.bincount(traj.action.reshape(-1), length=N_REGIMES) / traj.action.size,
+            params_finite=_all_finite(params),
+            **{k: getattr(hp, k) for k in HPARAM_NAMES},
+        )
+        new_state = TrainState(
+            params=params,
+            actor_opt=actor_opt,
+            critic_opt=critic_opt,
+            carry=carry,
+            rng=rng,
+            hparams=hp,
+            iteration=state.iteration + 1,
+            last_episode_return=episode_return,
+        )
+        return new_state, metrics
+
+    def run_k(state: TrainState, k: int):
+        return jax.lax.scan(lambda s, _: iterate(s), state, None, length=k)
+
+    run = jax.jit(run_k, static_argnums=1, donate_argnums=0)
+    n_params = count_params(jax.eval_shape(init, jax.random.key(0)).params)
+    return Trainer(
+        config=config,
+        env=env,
+        env_params=env_params,
+        network=network,
+        actor_tx=actor_tx,
+        critic_tx=critic_tx,
+        init=init,
+        iterate=iterate,
+        run=run,
+        n_params=n_params,
+    )
+
+
+def set_hparams(state: TrainState, **values) -> TrainState:
+    """A copy of `state` with some hyperparameters changed (float32 arrays: no recompile)."""
+    unknown = set(values) - set(HPARAM_NAMES)
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)}; valid: {HPARAM_NAMES}")
+    return state.replace(
+        hparams=state.hparams.replace(**{k: jnp.asarray(v, jnp.float32) for k, v in values.items()})
+    )
+
+
+def make_greedy_walk(trainer: Trainer, env_params: EnvParams, n_steps: int):
+    """jit: (params, key) -> Transition [n_steps, 1, ...] of the greedy policy from the start of
+    `env_params`' range (set `start` there for one continuous pass)."""
+    rollout = make_rollout(trainer.network, trainer.env, n_steps, greedy=True)
+
+    def walk(params, key):
+        key_init, key_run = jax.random.split(key)
+        carry = initial_carry(trainer.network, trainer.env, env_params, key_init, 1)
+        _, traj = rollout(params, env_params, carry, key_run)
+        return traj
+
+    return jax.jit(walk)

@@ -1,0 +1,431 @@
+"""Config: presets, TOML and override parsing, validation messages, derived sizes."""
+
+import dataclasses
+import datetime as dt
+import inspect
+import json
+import pathlib
+
+import pytest
+
+from jaxtrade import config as C
+from jaxtrade.config import Config, ConfigError
+
+CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
+PRESETS = sorted(CONFIGS.glob("*.toml"))
+SECTIONS = ("data", "env", "network", "ppo", "run")
+
+
+def write(tmp_path, text: str) -> pathlib.Path:
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    return path
+
+
+def custom() -> Config:
+    """A config with every kind of value away from its default."""
+    return C.apply_overrides(
+        Config(),
+        'symbols=[AAA, BBB],start="2012-01-01",split_date=2015-06-01,n_envs=256,'
+        "gamma=0.995,clip_value=true,precision=bf16,timesteps=100000,run_dir=ckpt/x,"
+        "synthetic_seed=7,dropout=0",
+    )
+
+
+# --- structure --------------------------------------------------------------
+
+
+def test_bare_field_names_are_unique_across_sections():
+    per_section = [f.name for s in SECTIONS for f in dataclasses.fields(getattr(Config(), s))]
+    assert len(per_section) == len(set(per_section)), "a bare key would be ambiguous"
+    assert C.field_names() == per_section
+    assert [f.name for f in dataclasses.fields(Config)] == list(SECTIONS)
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_configs_are_frozen(section):
+    cfg = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(cfg, section, None)
+    sub = getattr(cfg, section)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(sub, dataclasses.fields(sub)[0].name, 1)
+
+
+def test_defaults_match_the_library_they_configure():
+    from jaxtrade.data import SyntheticConfig, build_market, load_market
+    from jaxtrade.envs import PortfolioEnv
+
+    def defaults(fn):
+        return {
+            k: p.default
+            for k, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+
+    env_defaults = defaults(PortfolioEnv.make_params)
+    kwargs = C.EnvConfig().params_kwargs()
+    assert set(kwargs) == set(env_defaults) - {"split", "start"}
+    assert kwargs == {k: env_defaults[k] for k in kwargs}
+
+    data = C.DataConfig()
+    assert data.max_fill == defaults(load_market)["max_fill"]
+    assert data.eval_fraction == defaults(build_market)["eval_fraction"]
+    assert C.EnvConfig().episode_length == defaults(build_market)["episode_length"]
+    assert data.synthetic() == SyntheticConfig()
+    custom_market = dataclasses.replace(
+        data, n_assets=5, n_bars=400, synthetic_seed=3, signal_strength=0.0
+    ).synthetic()
+    assert custom_market == SyntheticConfig(n_assets=5, n_bars=400, seed=3, signal_strength=0.0)
+
+
+# --- dict / JSON round trip ---------------------------------------------------
+
+
+@pytest.mark.parametrize("cfg", [Config(), custom()], ids=["default", "custom"])
+def test_to_dict_round_trips_through_json(cfg):
+    d = json.loads(json.dumps(C.to_dict(cfg)))
+    assert C.from_dict(d) == cfg
+    assert set(d) == set(SECTIONS)
+
+
+def test_to_dict_uses_json_types_only():
+    d = C.to_dict(custom())
+    assert d["data"]["symbols"] == ["AAA", "BBB"]
+    assert d["data"]["split_date"] == "2015-06-01"
+    assert json.loads(json.dumps(d)) == d
+
+
+def test_from_dict_keeps_base_values_it_does_not_mention():
+    base = C.with_values(Config(), hidden_dim=32, n_steps=16)
+    cfg = C.from_dict({"ppo": {"n_steps": 8}}, base)
+    assert cfg.network.hidden_dim == 32 and cfg.ppo.n_steps == 8
+    assert base.ppo.n_steps == 16  # the base is untouched
+
+
+# --- TOML loading ------------------------------------------------------------
+
+
+def test_load_coerces_ints_lists_and_dates(tmp_path):
+    path = write(
+        tmp_path,
+        '[ppo]\ngamma = 1\nn_envs = 128\n[data]\nsymbols = ["X", "Y"]\nstart = 2011-02-03\n'
+        "[run]\ntimesteps = 2e6\n",
+    )
+    cfg = C.load(path)
+    assert cfg.ppo.gamma == 1.0 and type(cfg.ppo.gamma) is float
+    assert cfg.data.symbols == ("X", "Y")
+    assert cfg.data.start == "2011-02-03"
+    assert cfg.run.timesteps == 2_000_000 and type(cfg.run.timesteps) is int
+    assert cfg.ppo.n_envs == 128
+
+
+def test_load_rejects_unknown_section_naming_file_and_valid_sections(tmp_path):
+    path = write(tmp_path, "[optim]\nlr = 1.0\n")
+    with pytest.raises(ConfigError) as e:
+        C.load(path)
+    msg = str(e.value)
+    assert msg == f"{path}: unknown section [optim]; valid sections: data, env, network, ppo, run"
+
+
+def test_load_rejects_unknown_key_listing_the_section_keys(tmp_path):
+    path = write(tmp_path, "[network]\nhiden_dim = 64\n")
+    with pytest.raises(ConfigError) as e:
+        C.load(path)
+    assert str(e.value) == (
+        f"{path}: unknown key 'hiden_dim' in [network] (did you mean 'hidden_dim'?); "
+        "valid keys: hidden_dim, n_gru_layers, dropout, precision"
+    )
+
+
+def test_load_names_the_right_section_for_a_misplaced_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"'n_envs' belongs in \[ppo\]"):
+        C.load(write(tmp_path, "[network]\nn_envs = 64\n"))
+    with pytest.raises(ConfigError, match=r"must be inside a section: put it under \[ppo\]"):
+        C.load(write(tmp_path, "n_envs = 64\n"))
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ('[ppo]\nn_envs = "many"', "[ppo] n_envs: expected int or none, got str 'many'"),
+        ("[ppo]\nn_steps = 1.5", "[ppo] n_steps: expected int, got float 1.5"),
+        ("[ppo]\nclip_value = 1", "[ppo] clip_value: expected bool, got int 1"),
+        ("[ppo]\ngamma = true", "[ppo] gamma: expected float, got bool True"),
+        ("[data]\nsymbols = [1, 2]", "[data] symbols: expected list of str or none, got list"),
+        ("[network]\nprecision = 16", "[network] precision: expected str, got int 16"),
+        ("[ppo]\nn_steps = [1]", "[ppo] n_steps: expected int, got list [1]"),
+    ],
+)
+def test_load_rejects_wrong_types_naming_key_type_and_value(tmp_path, body, expected):
+    path = write(tmp_path, body + "\n")
+    with pytest.raises(ConfigError) as e:
+        C.load(path)
+    assert str(e.value).startswith(f"{path}: {expected}")
+
+
+def test_load_reports_bad_toml_and_missing_file(tmp_path):
+    path = write(tmp_path, "[ppo\n")
+    with pytest.raises(ConfigError, match=r"run\.toml: invalid TOML"):
+        C.load_toml(path)
+    with pytest.raises(ConfigError, match="nope.toml: config file not found"):
+        C.load_toml(tmp_path / "nope.toml")
+
+
+def test_error_messages_are_one_line(tmp_path):
+    for text in ("[x]\n", "[ppo]\nfoo = 1\n", '[ppo]\nn_envs = "a"\n'):
+        with pytest.raises(ConfigError) as e:
+            C.load(write(tmp_path, text))
+        assert "\n" not in str(e.value)
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+# --- presets -----------------------------------------------------------------
+
+
+def test_all_presets_are_present():
+    names = {p.name for p in PRESETS}
+    assert {"default.toml", "cpu-small.toml", "high-vram.toml", "low-vram.toml"} <= names
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=[p.stem for p in PRESETS])
+def test_preset_loads_and_validates(path):
+    assert path.read_text().startswith("# "), "a preset opens with a comment on what it is for"
+    cfg = C.load(path)
+    for platform in ("cpu", "gpu"):
+        C.validate(C.resolve(cfg, platform))
+    assert C.total_iterations(C.resolve(cfg, "cpu")) >= 1
+
+
+def test_default_preset_spells_out_every_default():
+    raw = C.load_toml(CONFIGS / "default.toml")
+    assert C.from_dict(raw) == Config()
+    given = {k for table in raw.values() for k in table}
+    unset = {k for s in SECTIONS for k, v in C.to_dict(Config())[s].items() if v is None}
+    assert given | unset == set(C.field_names())
+    assert not given & unset
+    text = (CONFIGS / "default.toml").read_text()
+    for key in unset:  # unset keys are documented as commented-out examples
+        assert f"\n# {key} = " in text, key
+
+
+def test_preset_values():
+    small = C.load(CONFIGS / "cpu-small.toml")
+    assert (small.network.hidden_dim, small.network.n_gru_layers) == (64, 1)
+    assert small.network.precision == "fp32"
+    assert (small.ppo.n_envs, small.ppo.n_steps, small.ppo.n_minibatches) == (64, 64, 2)
+    high = C.load(CONFIGS / "high-vram.toml")
+    assert (high.ppo.n_envs, high.ppo.n_steps, high.network.precision) == (65536, 512, "bf16")
+    low = C.load(CONFIGS / "low-vram.toml")
+    assert (low.ppo.n_envs, low.ppo.n_steps) == (8192, 256)
+
+
+# --- overrides ---------------------------------------------------------------
+
+
+def test_overrides_bare_and_dotted_keys():
+    cfg = C.apply_overrides(Config(), "n_envs=512, ppo.n_steps=32,network.hidden_dim=64")
+    assert (cfg.ppo.n_envs, cfg.ppo.n_steps, cfg.network.hidden_dim) == (512, 32, 64)
+
+
+def test_overrides_parse_toml_scalars():
+    cfg = C.apply_overrides(
+        Config(),
+        'clip_value=true,gamma=1,actor_lr=1e-3,run_dir="ckpt/a,b",precision=bf16,'
+        "path=data/prices.csv,end=2020-12-31",
+    )
+    assert cfg.ppo.clip_value is True
+    assert cfg.ppo.gamma == 1.0 and type(cfg.ppo.gamma) is float
+    assert cfg.ppo.actor_lr == 1e-3
+    assert cfg.run.run_dir == "ckpt/a,b"  # a quoted comma does not split
+    assert cfg.network.precision == "bf16"  # bare string
+    assert cfg.data.path == "data/prices.csv"
+    assert cfg.data.end == "2020-12-31"  # a TOML date becomes its ISO string
+
+
+def test_overrides_none_and_lists():
+    base = C.apply_overrides(Config(), "n_envs=64,symbols=AAA,timesteps=1000")
+    assert base.data.symbols == ("AAA",)
+    cfg = C.apply_overrides(base, "n_envs=none,timesteps=NULL,symbols=[AAA, 'B,B', CCC]")
+    assert cfg.ppo.n_envs is None and cfg.run.timesteps is None
+    assert cfg.data.symbols == ("AAA", "B,B", "CCC")
+    assert C.apply_overrides(base, "symbols=null").data.symbols is None
+
+
+def test_overrides_accept_lists_dashes_and_empty_items():
+    cfg = C.apply_overrides(Config(), ["n-envs=128", "n_steps=8,", ""])
+    assert (cfg.ppo.n_envs, cfg.ppo.n_steps) == (128, 8)
+    assert C.apply_overrides(Config(), "") == Config()
+
+
+def test_overrides_apply_left_to_right():
+    assert C.apply_overrides(Config(), "n_steps=8,ppo.n_steps=16").ppo.n_steps == 16
+
+
+def test_override_unknown_key_lists_all_valid_keys():
+    with pytest.raises(ConfigError) as e:
+        C.apply_overrides(Config(), "n_steps=8,nenvs=3")
+    msg = str(e.value)
+    assert msg.startswith("override 'nenvs=3': unknown key 'nenvs' (did you mean 'n_envs'?)")
+    assert msg.endswith("valid keys: " + ", ".join(C.field_names()))
+
+
+def test_override_errors():
+    with pytest.raises(ConfigError, match=r"unknown key 'n_envs' in \[network\]"):
+        C.apply_overrides(Config(), "network.n_envs=3")
+    with pytest.raises(ConfigError, match="unknown section 'optim'; valid sections: data, env"):
+        C.apply_overrides(Config(), "optim.lr=3")
+    with pytest.raises(ConfigError, match="override 'n_envs': expected key=value"):
+        C.apply_overrides(Config(), "n_envs")
+    with pytest.raises(ConfigError) as e:
+        C.apply_overrides(Config(), "n_envs=lots")
+    assert str(e.value) == (
+        "override 'n_envs=lots': [ppo] n_envs: expected int or none, got str 'lots'"
+    )
+    with pytest.raises(ConfigError, match="n_steps: expected int, got none"):
+        C.apply_overrides(Config(), "n_steps=none")
+
+
+def test_with_values_skips_none_and_checks_types():
+    cfg = C.with_values(Config(), n_envs=256, seed=None, gamma=1, symbols=["A"])
+    assert cfg.ppo.n_envs == 256 and cfg.run.seed == 0
+    assert cfg.ppo.gamma == 1.0 and cfg.data.symbols == ("A",)
+    assert C.with_values(cfg) == cfg
+    with pytest.raises(ConfigError, match="flag n_env: unknown key 'n_env'"):
+        C.with_values(cfg, n_env=3)
+    with pytest.raises(ConfigError, match="flag n_steps: .*expected int, got str 'x'"):
+        C.with_values(cfg, n_steps="x")
+
+
+# --- validation --------------------------------------------------------------
+
+
+def invalid(overrides: str, n_devices: int = 1) -> str:
+    with pytest.raises(ConfigError) as e:
+        C.validate(C.apply_overrides(Config(), overrides), n_devices=n_devices)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_validate_accepts_defaults_and_returns_the_config():
+    cfg = Config()
+    assert C.validate(cfg) is cfg  # n_envs unset: divisibility is checked after resolve
+    assert C.validate(C.resolve(cfg, "cpu"), n_devices=4) == C.resolve(cfg, "cpu")
+    C.validate(C.apply_overrides(cfg, "critic_epochs=0,gamma=1,gae_lambda=0,dropout=0"))
+
+
+def test_validate_suggests_nearest_valid_n_envs():
+    msg = invalid("n_envs=100,n_minibatches=8")
+    assert msg == "invalid config: n_envs=100 must be a multiple of n_minibatches=8 (try 96 or 104)"
+    msg = invalid("n_envs=100,n_minibatches=8", n_devices=2)
+    assert "multiple of n_minibatches=8 x 2 devices = 16 (try 96 or 112)" in msg
+    assert "(try 8)" in invalid("n_envs=3,n_minibatches=8")
+    C.validate(C.apply_overrides(Config(), "n_envs=96,n_minibatches=8"), n_devices=4)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("n_envs=0", "n_envs=0 must be >= 1"),
+        ("n_steps=0", "n_steps=0 must be >= 1"),
+        ("hidden_dim=1", "hidden_dim=1 must be >= 2"),
+        ("n_minibatches=0", "n_minibatches=0 must be >= 1"),
+        ("ppo_epochs=0", "ppo_epochs=0 must be >= 1"),
+        ("critic_epochs=-1", "critic_epochs=-1 must be >= 0"),
+        ("gamma=1.01", "gamma=1.01 must be in [0, 1]"),
+        ("gae_lambda=-0.1", "gae_lambda=-0.1 must be in [0, 1]"),
+        ("clip=0", "clip=0.0 must be > 0"),
+        ("actor_lr=0", "actor_lr=0.0 must be > 0"),
+        ("critic_lr=-1e-3", "critic_lr=-0.001 must be > 0"),
+        ("dropout=1", "dropout=1.0 must be in [0, 1)"),
+        ("eval_fraction=1", "eval_fraction=1.0 must be in [0, 1)"),
+        ("slippage=0.2", "slippage=0.2 must be in [0, 0.1)"),
+        ("ruin_fraction=1", "ruin_fraction=1.0 must be in [0, 1)"),
+        ("precision=fp16", "precision='fp16' must be one of auto|fp32|bf16"),
+        ("episode_length=0", "episode_length=0 must be >= 1"),
+        ("timesteps=0", "timesteps=0 must be >= 1"),
+        ("iterations_per_call=0", "iterations_per_call=0 must be >= 1"),
+        ("verbosity=3", "verbosity=3 must be 0, 1 or 2"),
+        ("symbols=[A, B, A]", "must be unique (repeated: A)"),
+    ],
+)
+def test_validate_rejects_impossible_settings(override, expected):
+    assert expected in invalid(override)
+
+
+def test_validate_lists_every_problem_on_one_line():
+    msg = invalid("gamma=2,clip=0,n_envs=10")
+    assert msg.startswith("invalid config: ")
+    assert msg.count("; ") == 2 and "gamma=2.0" in msg and "clip=0.0" in msg and "n_envs=10" in msg
+
+
+def test_validate_catches_wrong_types_set_in_code():
+    bad = dataclasses.replace(Config(), ppo=C.PPOConfig(n_envs=64.0))
+    with pytest.raises(ConfigError, match=r"\[ppo\] n_envs: expected int or none, got 64.0"):
+        C.validate(bad)
+
+
+# --- machine-dependent settings and derived sizes -----------------------------
+
+
+@pytest.mark.parametrize(
+    "platform, n_envs, dtype",
+    [("gpu", 65536, "bfloat16"), ("cuda", 65536, "bfloat16"), ("ROCM", 65536, "bfloat16"),
+     ("tpu", 65536, "bfloat16"), ("cpu", 64, "float32")],
+)  # fmt: skip
+def test_platform_defaults(platform, n_envs, dtype):
+    assert C.default_n_envs(platform) == n_envs
+    cfg = C.resolve(Config(), platform)
+    assert cfg.ppo.n_envs == n_envs and cfg.network.precision == "auto"
+    assert cfg.network.compute_dtype(platform).name == dtype
+    assert C.compute_dtype("fp32", platform).name == "float32"
+    assert C.compute_dtype("bf16", platform).name == "bfloat16"
+
+
+def test_resolve_keeps_explicit_values_and_rejects_unknown_platforms():
+    cfg = C.with_values(Config(), n_envs=1024, precision="fp32")
+    assert C.resolve(cfg, "gpu") is cfg
+    with pytest.raises(ConfigError, match="unknown platform 'metal'; expected one of gpu"):
+        C.default_n_envs("metal")
+    with pytest.raises(ConfigError, match="precision must be one of auto|fp32|bf16"):
+        C.compute_dtype("fp16", "cpu")
+
+
+def test_resolve_run_dir():
+    now = dt.datetime(2024, 1, 2, 4, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    cfg = C.resolve_run_dir(Config(), now=now, name="cpu small")
+    assert cfg.run.run_dir == "ckpt/20240102-030405-cpu-small"  # UTC
+    assert C.resolve_run_dir(cfg, now=now, name="other") is cfg  # a set run_dir stays
+    hashed = C.resolve_run_dir(Config(), now=now).run.run_dir
+    assert hashed == C.resolve_run_dir(Config(), now=now).run.run_dir
+    assert hashed != C.resolve_run_dir(C.with_values(Config(), seed=1), now=now).run.run_dir
+    assert Config().run.run_dir is None  # nothing was mutated
+
+
+def sized(**run) -> Config:
+    """n_envs=64 x n_steps=128 = 8192 steps per iteration, episode_length 256."""
+    return C.with_values(Config(), n_envs=64, n_steps=128, **run)
+
+
+def test_total_iterations_priority_and_rounding():
+    assert C.steps_per_iteration(sized()) == 8192
+    assert C.total_iterations(sized()) == 245  # ceil(2_000_000 / 8192) = ceil(244.1)
+    assert C.total_iterations(sized(iterations=7)) == 7
+    assert C.total_iterations(sized(episodes=100, iterations=7)) == 4  # 25600 / 8192 = 3.1
+    assert C.total_iterations(sized(timesteps=16384, episodes=100, iterations=7)) == 2
+    assert C.total_iterations(sized(timesteps=16385)) == 3
+    assert C.total_iterations(sized(timesteps=1)) == 1
+    assert C.total_iterations(C.with_values(sized(episodes=64), episode_length=128)) == 1
+
+
+def test_total_iterations_needs_resolved_n_envs():
+    with pytest.raises(ConfigError, match=r"n_envs is not set; call resolve\(cfg, platform\)"):
+        C.total_iterations(Config())
+    assert C.total_iterations(C.resolve(Config(), "cpu")) == 245
+
+
+def test_envs_per_minibatch():
+    assert C.envs_per_minibatch(sized(), n_devices=4) == 4  # 64 / (4 devices x 4 minibatches)
