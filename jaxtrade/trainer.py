@@ -166,7 +166,8 @@ def make_train(config: Config, market: Market) -> Trainer:
             last_episode_return=jnp.zeros((), jnp.float32),
         )
 
-    def ppo_minibatch_loss(params, batch: Batch, hp: HParams, key: jax.Array):
+    def unroll_train(params, batch: Batch, key: jax.Array):
+        """Logits and values of a minibatch with dropout on (mask fixed by `key`)."""
         tr = batch.transition
         _, logits, values, _ = network.apply(
             {"params": params},
@@ -177,11 +178,26 @@ def make_train(config: Config, market: Market) -> Trainer:
             rngs={"dropout": key},
             method=ActorCritic.unroll,
         )
+        return logits, values
+
+    def ppo_minibatch_loss(params, old_params, batch: Batch, hp: HParams, key: jax.Array):
+        tr = batch.transition
+        logits, values = unroll_train(params, batch, key)
+        old_log_probs = tr.log_prob
+        if nc.dropout > 0:
+            # Rollouts act without dropout, updates train with it. Comparing a dropped-out
+            # new policy with the dropout-free old one would make the ratio noisy before
+            # any update (clip fractions near 0.5); instead the old policy is re-evaluated
+            # under the same dropout mask, so the ratio measures parameter change only.
+            old_logits, _ = unroll_train(old_params, batch, key)
+            old_log_probs = jnp.take_along_axis(
+                jax.nn.log_softmax(jax.lax.stop_gradient(old_logits)), tr.action[..., None], -1
+            )[..., 0]
         return ppo.ppo_loss(
             logits,
             values,
             tr.action,
-            tr.log_prob,
+            old_log_probs,
             tr.value,
             batch.advantages,
             batch.returns,
@@ -193,6 +209,7 @@ def make_train(config: Config, market: Market) -> Trainer:
 
     def joint_epochs(params, actor_opt, critic_opt, batch: Batch, hp: HParams, key):
         """ppo_epochs x n_minibatches updates of both chains. batch leaves have all n_envs."""
+        old_params = params
 
         def minibatch(carry, xs):
             params, actor_opt, critic_opt = carry
@@ -203,7 +220,9 @@ def make_train(config: Config, market: Market) -> Trainer:
                 advantages=jnp.take(batch.advantages, idx, axis=1),
                 returns=jnp.take(batch.returns, idx, axis=1),
             )
-            grads, metrics = jax.grad(ppo_minibatch_loss, has_aux=True)(params, mb, hp, key)
+            grads, metrics = jax.grad(ppo_minibatch_loss, has_aux=True)(
+                params, old_params, mb, hp, key
+            )
             actor_grads, critic_grads = ppo.split_params(grads)
             metrics["actor_grad_norm"] = optax.tree.norm(actor_grads)
             metrics["critic_grad_norm"] = optax.tree.norm(critic_grads)

@@ -12,7 +12,7 @@ from jaxtrade.config import Config, resolve, with_values
 from jaxtrade.data import SyntheticConfig, build_market, synthetic_panel
 from jaxtrade.envs import Regime
 from jaxtrade.networks import ActorCritic
-from jaxtrade.rollout import initial_carry, make_rollout
+from jaxtrade.rollout import make_rollout
 from jaxtrade.trainer import make_greedy_walk, make_train, minibatch_indices, set_hparams
 
 TINY = dict(
@@ -32,8 +32,13 @@ def tiny_state(tiny):
     return jax.jit(tiny.init)(jax.random.key(0))
 
 
-def test_iterate_compiles_once_and_hparams_do_not_recompile(tiny, tiny_state):
-    iterate = jax.jit(chex.assert_max_traces(tiny.iterate, n=1))
+@pytest.fixture(scope="module")
+def iterate(tiny):
+    """One compiled `iterate` shared by every test here, and it may trace only once."""
+    return jax.jit(chex.assert_max_traces(tiny.iterate, n=1))
+
+
+def test_iterate_compiles_once_and_hparams_do_not_recompile(iterate, tiny_state):
     state, m1 = iterate(tiny_state)
     state, _ = iterate(state)
     state = set_hparams(state, actor_lr=1e-3, critic_lr=2e-3, ent_coef=0.05, clip=0.1,
@@ -53,10 +58,21 @@ def test_iterate_compiles_once_and_hparams_do_not_recompile(tiny, tiny_state):
         set_hparams(state, learning_rate=1.0)
 
 
-def test_run_scans_iterations_and_matches_iterate(tiny, tiny_state):
+def test_dropout_does_not_distort_the_ratio(tiny, tiny_state, iterate):
+    """With dropout on (0.1) but learning rates 0, the policy cannot change: the PPO ratio
+    must be exactly 1 everywhere (the old policy is evaluated under the same mask)."""
+    assert tiny.config.network.dropout > 0
+    frozen = set_hparams(tiny_state, actor_lr=0.0, critic_lr=0.0)
+    state, m = iterate(frozen)
+    assert float(m["clip_frac"]) == 0.0
+    assert abs(float(m["approx_kl"])) < 1e-7
+    chex.assert_trees_all_equal(state.params, tiny_state.params)
+
+
+def test_run_scans_iterations_and_matches_iterate(tiny, tiny_state, iterate):
     """k iterations in one call equal k separate iterations (same RNG stream)."""
-    a, _ = tiny.iterate(tiny_state)
-    a, ma = tiny.iterate(a)
+    a, _ = iterate(tiny_state)
+    a, ma = iterate(a)
     copy = jax.tree.map(jnp.copy, tiny_state)  # run donates its input
     b, mb = tiny.run(copy, 2)
     assert mb["policy_loss"].shape == (2,)
