@@ -154,3 +154,13 @@ def test_learns_to_beat_equal_weight_on_held_out_dates():
 
     equal_weight = fixed(Regime.EQUAL_WEIGHT)
     assert learned > equal_weight + 0.05, (learned, equal_weight)
+
+
+def test_same_seed_same_result(tiny, iterate):
+    a = iterate(jax.jit(tiny.init)(jax.random.key(11)))[0]
+    b = iterate(jax.jit(tiny.init)(jax.random.key(11)))[0]
+    c = iterate(jax.jit(tiny.init)(jax.random.key(12)))[0]
+    chex.assert_trees_all_equal(a.params, b.params)
+    chex.assert_trees_all_equal(a.actor_opt, b.actor_opt)
+    assert not np.allclose(a.params["value_head"]["out"]["kernel"],
+                           c.params["value_head"]["out"]["kernel"])

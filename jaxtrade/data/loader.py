@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from jaxtrade.data.panel import DataError, Panel
+from jaxtrade.data.panel import DataError, Panel, format_date
 
 PRICES = ("open", "high", "low", "close", "adj_close")
 NUMERIC = (*PRICES, "volume")
@@ -652,9 +652,7 @@ def _at(row: pd.Series, *, with_date: bool = True) -> str:
 
 def _fmt(stamp: pd.Timestamp | None) -> str:
     """A timestamp as a date when it is midnight, else with its time of day."""
-    if stamp is None:
-        return "(none)"
-    return stamp.strftime("%Y-%m-%d") if stamp == stamp.normalize() else str(stamp)
+    return "(none)" if stamp is None else format_date(stamp)
 
 
 def _span(dates: pd.Series) -> str:

@@ -11,7 +11,7 @@ import pandas as pd
 from flax import struct
 
 from jaxtrade.data import features as feats
-from jaxtrade.data.panel import FIELDS, DataError, Panel
+from jaxtrade.data.panel import FIELDS, DataError, Panel, format_date
 from jaxtrade.data.synthetic import SyntheticConfig, synthetic_panel
 
 
@@ -71,13 +71,10 @@ class Market:
     def describe(self) -> str:
         """One line for logs."""
 
-        intraday = bool((self.dates != self.dates.normalize()).any())
-        fmt = "%Y-%m-%d %H:%M" if intraday else "%Y-%m-%d"
-
         def span(lo: int, hi: int) -> str:
             if hi <= lo:
                 return "none"
-            return f"{self.dates[lo].strftime(fmt)} .. {self.dates[hi - 1].strftime(fmt)}"
+            return f"{format_date(self.dates[lo])} .. {format_date(self.dates[hi - 1])}"
 
         return (
             f"{self.n_assets} assets x {self.n_bars} bars; train {self.train_end} bars "

@@ -10,6 +10,11 @@ import pandas as pd
 FIELDS = ("open", "high", "low", "close", "volume", "adj_close")
 
 
+def format_date(stamp: pd.Timestamp) -> str:
+    """A timestamp for messages: the date alone at midnight, else with its time of day."""
+    return stamp.strftime("%Y-%m-%d") if stamp == stamp.normalize() else str(stamp)
+
+
 class DataError(ValueError):
     """Bad market data or data options; the message is one line meant for the user."""
 

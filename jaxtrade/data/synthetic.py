@@ -30,7 +30,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from jaxtrade.data.panel import Panel
+from jaxtrade.data.panel import Panel, format_date
 
 REGIME_NAMES = ("bull", "bear", "high_vol", "low_vol")
 # Per-bar (daily-like) market drift and volatility of each regime, and the
@@ -156,7 +156,10 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> SyntheticMarket:
         volume=volume,
         adj_close=close.copy(),
         source=source,
-        report=(f"generated {n_assets} symbols x {n} bars ({dates[0]} .. {dates[-1]})",),
+        report=(
+            f"generated {n_assets} symbols x {n} bars "
+            f"({format_date(dates[0])} .. {format_date(dates[-1])})",
+        ),
     )
     return SyntheticMarket(panel=panel, regime=regime, signal=signal)
 
