@@ -145,6 +145,8 @@ class RunConfig:
     iterations_per_call: int = 1  # iterations fused into one compiled host call
     log_every: int = 1  # iterations between log lines
     verbosity: int = 1  # 0 quiet, 1 default, 2 verbose
+    save_every: int = 10  # iterations between checkpoints (at a call boundary); 0 = final only
+    keep_checkpoints: int = 3  # most recent checkpoints kept, besides the best and the final one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -647,6 +649,8 @@ def validate(cfg: Config, n_devices: int = 1) -> Config:
     at_least("iterations_per_call", r.iterations_per_call, 1)
     at_least("log_every", r.log_every, 1)
     check(r.verbosity in (0, 1, 2), "verbosity", r.verbosity, "0, 1 or 2")
+    at_least("save_every", r.save_every, 0)
+    at_least("keep_checkpoints", r.keep_checkpoints, 1)
     check(r.run_dir != "", "run_dir", r.run_dir, "a path or none")
 
     if problems:
