@@ -1,0 +1,727 @@
+"""Checkpoints of a run: Orbax saves of the whole `TrainState` with JSON metadata, resume,
+warm starts, and the CLI's signal handling (host-only: nothing here runs under `jit`).
+
+A run directory holds `checkpoints/<iteration>/`, each with two Orbax items:
+
+    state   the whole TrainState (params, both optimizer states, env states, GRU states,
+            RNG key, hyperparameters, counters); the typed PRNG key is stored as its
+            uint32 key data and re-wrapped on restore
+    meta    JSON: the resolved config, the latest metrics row and a short history, the
+            best score so far, lineage (parent run and checkpoint, generation, timesteps
+            trained including ancestors), and whether the save was interrupted or final
+
+Saves are asynchronous and atomic: Orbax writes into `<step>.orbax-checkpoint-tmp-*` and
+renames it when every item is written, so a save killed half-way leaves only a tmp
+directory that `latest_step()` ignores and the next manager removes. Restoring the whole
+state under the same config and device count continues a run bit for bit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+import os
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from jaxtrade import __version__
+from jaxtrade import config as cfgmod
+from jaxtrade.trainer import HPARAM_NAMES, Trainer, TrainState
+
+CHECKPOINT_DIR = "checkpoints"  # under the run directory
+FORMAT = 1  # metadata layout version, bumped when it changes incompatibly
+SCORE_KEY = "episode_return_mean"  # ranks checkpoints until a held-out score exists
+EVAL_SCORE_KEY = "eval_score"  # the held-out score, preferred when a metrics row has it
+# Headline metrics kept per iteration in the metadata (metrics.jsonl has every column).
+HISTORY_KEYS = (
+    "episode_return_mean", "policy_loss", "value_loss", "entropy", "approx_kl",
+    "explained_variance",
+)
+# Settings a resumed run may not change: they fix array shapes, the market, or the compiled
+# program's numerics (precision), so the saved state would not fit or would mean something
+# else. Start a new run from the weights instead (--checkpoint RUN --weights-only).
+SHAPE_FIELDS = (
+    "path", "symbols", "start", "end", "max_fill", "eval_fraction", "split_date", "n_assets",
+    "n_bars", "synthetic_seed", "signal_strength", "episode_length", "n_envs", "n_steps",
+    "n_minibatches", "hidden_dim", "n_gru_layers", "precision",
+)
+# Test-only: seconds every save stalls, after Orbax has started writing and before it
+# commits, so that a test can hard-kill the process with a save in flight.
+SLOW_SAVE_ENV = "JAXTRADE_TEST_SLOW_SAVE"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or does not fit; the message is one line."""
+
+
+# ---------------------------------------------------------------------------
+# Metadata pieces.
+
+
+@dataclasses.dataclass(frozen=True)
+class Lineage:
+    """Where a run's weights came from."""
+
+    parent_run: str | None = None  # run directory this run started from; None = from scratch
+    parent_checkpoint: int | None = None  # the parent's checkpoint step (its iteration)
+    generation: int = 0  # 0 from scratch; parent's + 1 for each start from a checkpoint
+    base_timesteps: int = 0  # timesteps trained by ancestors, not in this run's own counter
+    start: str = "new"  # new | checkpoint (whole state) | weights (params only) | fresh
+
+    def total_timesteps(self, timesteps: int) -> int:
+        """Timesteps behind the weights after this run trained `timesteps` of its own."""
+        return self.base_timesteps + timesteps
+
+    def to_dict(self, timesteps: int) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "total_timesteps": self.total_timesteps(timesteps)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Lineage:
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+    @classmethod
+    def child(cls, parent: Lineage, parent_run: str, step: int, timesteps: int,
+              start: str) -> Lineage:
+        """The lineage of a run started from checkpoint `step` (after `timesteps` of the
+        parent's own) of `parent_run`, whose lineage is `parent`.
+
+        start: "checkpoint" (whole state: the iteration counter carries on), "weights"
+        (params only: counters restart) or "fresh" (nothing inherited).
+        """
+        if start == "fresh":
+            return cls(parent_run, step, 0, 0, start)
+        base = parent.base_timesteps if start == "checkpoint" else parent.total_timesteps(timesteps)
+        return cls(parent_run, step, parent.generation + 1, base, start)
+
+
+def score(row: Mapping[str, Any]) -> float:
+    """What ranks checkpoints: the held-out score once a row has one, else mean episode return."""
+    return float(row.get(EVAL_SCORE_KEY, row[SCORE_KEY]))
+
+
+def resume_command(run_dir: str | os.PathLike) -> str:
+    """The command that continues the run in `run_dir`."""
+    return f"python -m jaxtrade.train --run-dir {shlex.quote(os.fspath(run_dir))} --resume"
+
+
+# ---------------------------------------------------------------------------
+# The saved form of a TrainState.
+
+
+def _saveable(state: TrainState) -> TrainState:
+    """`state` with the typed PRNG key as its raw uint32 key data (Orbax stores plain arrays)."""
+    return state.replace(rng=jax.random.key_data(state.rng))
+
+
+def _default_sharding() -> jax.sharding.Sharding:
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+def place(state: TrainState, sharding: jax.sharding.Sharding | None = None) -> TrainState:
+    """`state` with every leaf committed to `sharding` (default: the first device).
+
+    Restored arrays are committed and fresh `jit` outputs are not, and the two lower to
+    different programs; placing every state this way makes new, restored and
+    hyperparameter-changed states run the one compiled program.
+    """
+    return jax.device_put(state, sharding or _default_sharding())
+
+
+def abstract_state(trainer: Trainer, sharding: jax.sharding.Sharding | None = None) -> TrainState:
+    """Shapes, dtypes and placement of `trainer`'s TrainState in saved form (restore target).
+
+    `sharding` defaults to the first device, as for `place`.
+    """
+    sharding = sharding or _default_sharding()
+    shapes = jax.eval_shape(lambda k: _saveable(trainer.init(k)), jax.random.key(0))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+
+
+def _path_str(path: tuple) -> str:
+    """'params/encoder/dense_0/kernel' for a key path (dict keys, fields and indices alike)."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{'a/b/c': shape} for every array leaf (arrays, ShapeDtypeStructs or Orbax metadata)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {_path_str(p): tuple(x.shape) for p, x in leaves}
+
+
+def first_shape_mismatch(
+    saved: Mapping[str, tuple], new: Mapping[str, tuple]
+) -> tuple[str, tuple | None, tuple | None] | None:
+    """The first path (in sorted order) whose shape differs, as (path, saved, new), or None.
+
+    A path present on one side only has None as its other shape.
+    """
+    for path in sorted(set(saved) | set(new)):
+        if saved.get(path) != new.get(path):
+            return path, saved.get(path), new.get(path)
+    return None
+
+
+def _shape_str(shape: tuple | None) -> str:
+    return "absent" if shape is None else str(tuple(shape))
+
+
+# ---------------------------------------------------------------------------
+# Finding checkpoints.
+
+
+def _is_step_dir(p: Path) -> bool:
+    return p.is_dir() and p.name.isdigit()
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One complete checkpoint: `directory/<step>` (directory is a run's `checkpoints/`)."""
+
+    directory: Path
+    step: int
+    meta: dict
+
+    @property
+    def path(self) -> Path:
+        return self.directory / str(self.step)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.directory.parent
+
+    @property
+    def config(self) -> cfgmod.Config:
+        """The config the checkpoint was trained with."""
+        return cfgmod.from_dict(self.meta["config"], source=self.path / "meta")
+
+    @property
+    def lineage(self) -> Lineage:
+        return Lineage.from_dict(self.meta.get("lineage", {}))
+
+
+def _item_handlers() -> dict[str, Any]:
+    return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+
+
+def _read_only_manager(directory: Path) -> ocp.CheckpointManager:
+    """A manager that reads `directory` and never writes or deletes there (another run's)."""
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    # Orbax warns on every read-only open ("Given directory is read only"); here read-only
+    # is the intent, so the warning would only be noise on the CLI's stderr.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        return ocp.CheckpointManager(directory, options=options, item_handlers=_item_handlers())
+    finally:
+        absl_logger.setLevel(level)
+
+
+def _read_meta(directory: Path, step: int) -> dict:
+    meta_file = directory / str(step) / "meta" / "metadata"
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{directory / str(step)}: cannot read checkpoint metadata ({_one_line(e)})"
+        ) from None
+    if not isinstance(meta, dict) or "config" not in meta or "iteration" not in meta:
+        raise CheckpointError(f"{meta_file}: not jaxtrade checkpoint metadata")
+    if meta.get("format", 0) > FORMAT:
+        raise CheckpointError(
+            f"{directory / str(step)}: written by a newer jaxtrade (format {meta['format']}, "
+            f"this one reads {FORMAT}); upgrade jaxtrade"
+        )
+    return meta
+
+
+def latest(run_dir: str | os.PathLike) -> Source:
+    """The latest complete checkpoint of the run in `run_dir`.
+
+    Raises:
+        CheckpointError: no such directory, no complete checkpoint, or unreadable metadata.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: no such run directory")
+    directory = run_dir / CHECKPOINT_DIR
+    step = _read_only_manager(directory).latest_step() if directory.is_dir() else None
+    if step is None:
+        partial = sorted(p.name for p in directory.glob("*.orbax-checkpoint-tmp*"))
+        hint = f" (only unfinished saves: {', '.join(partial)})" if partial else ""
+        raise CheckpointError(
+            f"{run_dir}: no complete checkpoint to resume from in {directory}{hint}"
+        )
+    return Source(directory, step, _read_meta(directory, step))
+
+
+def locate(path: str | os.PathLike) -> Source:
+    """A checkpoint named by a run directory (its latest), a `checkpoints/` directory (its
+    latest) or a step directory (`RUN/checkpoints/12`).
+
+    Raises:
+        CheckpointError: the path does not exist, is an unfinished save, or holds no
+            complete checkpoint.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such checkpoint or run directory")
+    if ".orbax-checkpoint-tmp" in p.name:
+        raise CheckpointError(f"{p}: an unfinished save (the process stopped while writing it)")
+    if (p / CHECKPOINT_DIR).is_dir():
+        return latest(p)
+    if _is_step_dir(p):
+        step = int(p.name)
+        if step not in _read_only_manager(p.parent).all_steps():
+            raise CheckpointError(f"{p}: not a complete checkpoint")
+        return Source(p.parent, step, _read_meta(p.parent, step))
+    if p.is_dir() and any(_is_step_dir(c) for c in p.iterdir()):
+        return latest(p.parent)
+    raise CheckpointError(f"{p}: not a run directory or checkpoint")
+
+
+# ---------------------------------------------------------------------------
+# Restoring.
+
+
+def _quiet_failed_reads() -> Callable[[], None]:
+    """Drops the "Event loop is closed" errors of reads still in flight when a restore fails;
+    returns the function that puts the previous hook back.
+
+    When one array of a damaged checkpoint fails to read, Orbax's event loop closes while
+    TensorStore still completes the other reads; each completion then reports an
+    unraisable RuntimeError, dozens of tracebacks around the one-line error. Other
+    unraisable errors still reach the previous hook.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        e = unraisable.exc_value
+        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    return lambda: setattr(sys, "unraisablehook", previous)
+
+
+def _read(source: Source, read: Callable[[ocp.CheckpointManager], Any]) -> Any:
+    """`read(manager)` on `source`'s directory; any failure becomes one CheckpointError."""
+    put_back = _quiet_failed_reads()
+    try:
+        result = read(_read_only_manager(source.directory))
+    except Exception as e:  # noqa: BLE001 - whatever broke, the message names the checkpoint
+        # The hook stays: late reads keep completing after this error is reported.
+        raise CheckpointError(f"{source.path}: cannot read checkpoint ({_one_line(e)})") from None
+    put_back()
+    return result
+
+
+def _saved_tree_metadata(source: Source) -> Any:
+    """The saved state's tree of array metadata (shapes, dtypes), without reading arrays."""
+    return _read(source, lambda m: m.item_metadata(source.step)["state"].tree)
+
+
+def _restore(source: Source, target: Any) -> Any:
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    return _read(source, lambda m: m.restore(source.step, args=args).state)
+
+
+def _mismatch(source: Source, what: str, on_mismatch: str, saved: Any, new: Any) -> bool:
+    """Reports the first differing leaf of `saved` and `new` (shape trees); True if any.
+
+    on_mismatch: "fresh" warns on stderr; "error" raises, suggesting --on-mismatch fresh;
+    "refuse" raises without the suggestion (a resume cannot start fresh).
+    """
+    mismatch = first_shape_mismatch(leaf_shapes(saved), leaf_shapes(new))
+    if mismatch is None:
+        return False
+    path, saved_shape, new_shape = mismatch
+    text = (
+        f"{what} mismatch with {source.path}: {path} is {_shape_str(saved_shape)} in the "
+        f"checkpoint but {_shape_str(new_shape)} in this run"
+    )
+    if on_mismatch == "fresh":
+        print(f"warning: {text}; starting from fresh weights (--on-mismatch fresh)",
+              file=sys.stderr)
+        return True
+    if on_mismatch == "error":
+        text += " (use --on-mismatch fresh to start from fresh weights)"
+    raise CheckpointError(text)
+
+
+def restore_state(
+    source: Source, trainer: Trainer, on_mismatch: str = "error"
+) -> TrainState | None:
+    """The whole TrainState of `source`, placed for `trainer` (resume and full-state starts).
+
+    Args:
+        on_mismatch: when a leaf's shape differs from `trainer`'s: "error" or "refuse"
+            raise (the first suggests --on-mismatch fresh), "fresh" warns on stderr and
+            returns None (the caller starts fresh).
+
+    Raises:
+        CheckpointError: unreadable, or a shape mismatch (named with both shapes).
+    """
+    target = abstract_state(trainer)
+    if _mismatch(source, "state", on_mismatch, _saved_tree_metadata(source), target):
+        return None
+    state = _restore(source, target)
+    impl = source.meta.get("rng_impl", "threefry2x32")
+    return state.replace(rng=jax.random.wrap_key_data(state.rng, impl=impl))
+
+
+def restore_params(source: Source, trainer: Trainer, on_mismatch: str = "error") -> dict | None:
+    """The network parameters of `source` for a warm start of `trainer`'s network.
+
+    Args:
+        on_mismatch: when a parameter's shape differs: "error" raises naming the first
+            differing parameter with its saved and new shapes; "fresh" warns on stderr and
+            returns None (the caller keeps fresh weights).
+
+    Raises:
+        CheckpointError: unreadable, or an architecture mismatch with "error".
+    """
+    tree = _saved_tree_metadata(source)
+    new = {"params": abstract_state(trainer).params}
+    if _mismatch(source, "architecture", on_mismatch, {"params": tree["params"]}, new):
+        return None
+    # Restore the saved tree at its own shapes (n_envs may differ here) and keep the params.
+    sharding = _default_sharding()
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
+    return _restore(source, target)["params"]
+
+
+def warm_start(fresh: TrainState, params: dict) -> TrainState:
+    """`fresh` (new envs, optimizers, counters) with `params` in place of its initial weights."""
+    placed = jax.tree.map(lambda p, f: jax.device_put(p, f.sharding), params, fresh.params)
+    return fresh.replace(params=placed)
+
+
+# ---------------------------------------------------------------------------
+# Which settings a resume may change.
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """A setting that differs between the checkpoint and the resumed run."""
+
+    key: str
+    saved: Any
+    new: Any
+
+    def __str__(self) -> str:
+        def show(v: Any) -> str:
+            return f"{v:.6g}" if isinstance(v, float) else repr(v)
+
+        return f"{self.key} {show(self.saved)} -> {show(self.new)}"
+
+
+def _flat(cfg: cfgmod.Config) -> dict[str, Any]:
+    return {k: v for table in cfgmod.to_dict(cfg).values() for k, v in table.items()}
+
+
+def resume_changes(
+    saved: cfgmod.Config,
+    new: cfgmod.Config,
+    flag_of: Mapping[str, str] | None = None,
+    *,
+    what: str = "--resume",
+) -> list[Change]:
+    """The settings `new` changes from `saved`, after refusing any a resume cannot take.
+
+    Hyperparameters (`HPARAM_NAMES`) are among the returned changes; the caller applies
+    them to the restored state with `set_hparams`. `run_dir` is not compared.
+
+    Args:
+        flag_of: config key -> the CLI flag that sets it, to name it in messages.
+        what: how the caller started, named in messages.
+
+    Raises:
+        CheckpointError: a `SHAPE_FIELDS` setting or the seed differs; the message names
+            the flag, the saved value and the new one.
+    """
+    flag_of = flag_of or {}
+    a, b = _flat(saved), _flat(new)
+    changes = [Change(k, a[k], b[k]) for k in a if k != "run_dir" and a[k] != b[k]]
+    for c in changes:
+        flag = flag_of.get(c.key, f"{c.key}=")
+        shown = f"{flag} {c.new!r}" if flag.startswith("--") else f"{flag}{c.new!r}"
+        if c.key in SHAPE_FIELDS:
+            raise CheckpointError(
+                f"{shown} would change array shapes or the market: the run was saved with "
+                f"{c.key}={c.saved!r}; {what} keeps them (to train a new shape from these "
+                f"weights use --checkpoint PATH --weights-only)"
+            )
+        if c.key == "seed":
+            raise CheckpointError(
+                f"{shown}: {what} continues the saved random stream of seed={c.saved!r}; a "
+                f"new seed needs a new run"
+            )
+    return changes
+
+
+def hparam_values(changes: list[Change]) -> dict[str, float]:
+    """The hyperparameter changes among `changes`, as `set_hparams` keywords."""
+    return {c.key: c.new for c in changes if c.key in HPARAM_NAMES}
+
+
+# ---------------------------------------------------------------------------
+# metrics.jsonl on resume.
+
+
+def truncate_metrics(path: str | os.PathLike, iteration: int) -> tuple[int, int]:
+    """Keeps the rows of `path` up to `iteration`; returns (rows kept, rows dropped).
+
+    Rows after the checkpoint were produced by iterations a resume re-runs; a torn last
+    line (a process killed mid-write) is dropped too. The file is replaced atomically.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0, 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            dropped += 1
+            continue
+        if row.get("iteration", math.inf) <= iteration:
+            kept.append(line)
+        else:
+            dropped += 1
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+    return len(kept), dropped
+
+
+# ---------------------------------------------------------------------------
+# Saving.
+
+
+class _StallingJsonHandler(ocp.handlers.JsonCheckpointHandler):
+    """Test-only (`SLOW_SAVE_ENV`): writes a JSON item, then waits before the save commits."""
+
+    async def _save_fn(self, x, directory):
+        await super()._save_fn(x, directory)
+        await asyncio.sleep(float(x["seconds"]))
+
+
+@ocp.args.register_with_handler(_StallingJsonHandler, for_save=True)
+@dataclasses.dataclass
+class _StallingJsonSave(ocp.args.CheckpointArgs):
+    item: Mapping[str, Any]
+
+
+@ocp.args.register_with_handler(_StallingJsonHandler, for_restore=True)
+@dataclasses.dataclass
+class _StallingJsonRestore(ocp.args.CheckpointArgs):  # Orbax wants both directions registered
+    item: Any = None
+
+
+def _metric(metrics: Mapping[str, float]) -> float:
+    return metrics["score"]
+
+
+def _preservation(keep: int) -> Any:
+    """Keep the latest `keep` (the final and an interrupted one are always among them) and
+    the best-scoring checkpoint."""
+    pp = ocp.checkpoint_managers
+    return pp.AnyPreservationPolicy([
+        pp.LatestN(n=keep),
+        pp.BestN(get_metric_fn=_metric, reverse=False, n=1),
+    ])
+
+
+class RunCheckpoints:
+    """This run's `checkpoints/`: saves of the whole TrainState with metadata (host-only).
+
+    Keeps the latest `config.run.keep_checkpoints`, the best by `score` and the final one.
+    Saves are asynchronous: `save` returns once the state is copied and the write has
+    started; call `close` (it waits) before the process exits.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        config: cfgmod.Config,
+        *,
+        lineage: Lineage = Lineage(),
+        resumed: Mapping[str, Any] | None = None,
+    ):
+        """`resumed`: the metadata of the checkpoint this run continues (history, best)."""
+        self.directory = Path(run_dir) / CHECKPOINT_DIR
+        self.config = config
+        self.lineage = lineage
+        resumed = resumed or {}
+        self.history: dict[str, list] = {k: list(v) for k, v in resumed.get("history", {}).items()}
+        self.best: dict | None = resumed.get("best")
+        self.last_row: dict = dict(resumed.get("metrics") or {})
+        self.last_step: int | None = resumed.get("iteration")
+        options = ocp.CheckpointManagerOptions(
+            create=True,
+            cleanup_tmp_directories=True,
+            preservation_policy=_preservation(config.run.keep_checkpoints),
+            # Only with best_fn set does Orbax write each step's metrics, which the policy
+            # needs to rank checkpoints saved by an earlier process.
+            best_fn=_metric,
+            best_mode="max",
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def record(self, row: Mapping[str, Any]) -> None:
+        """Notes one iteration's metrics row (call for every row, in order)."""
+        self.last_row = dict(row)
+        for k in ("iteration", *HISTORY_KEYS):
+            if k in row:
+                self.history.setdefault(k, []).append(row[k])
+
+    def metadata(
+        self, iteration: int, *, interrupted: bool, final: bool, rng_impl: str = "threefry2x32"
+    ) -> dict[str, Any]:
+        """The JSON saved next to the state of `iteration`."""
+        steps = cfgmod.steps_per_iteration(self.config)
+        return {
+            "format": FORMAT,
+            "iteration": iteration,
+            "timesteps": iteration * steps,
+            "interrupted": interrupted,
+            "final": final,
+            "saved_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "jaxtrade_version": __version__,
+            "jax_version": jax.__version__,
+            "n_devices": jax.device_count(),
+            "rng_impl": rng_impl,
+            "config": cfgmod.to_dict(self.config),
+            "metrics": self.last_row,
+            "history": self.history,
+            "best": self.best,
+            "lineage": self.lineage.to_dict(iteration * steps),
+        }
+
+    def save(
+        self, state: TrainState, iteration: int, *, interrupted: bool = False, final: bool = False
+    ) -> bool:
+        """Starts saving `state` (after `iteration` iterations); False when that step exists.
+
+        Call between host calls only, after the metrics rows up to `iteration` were checked
+        finite and recorded.
+        """
+        if self.last_step is not None and iteration <= self.last_step:
+            return False
+        row_score = score(self.last_row) if self.last_row else -math.inf
+        if self.last_row and (self.best is None or row_score > self.best["score"]):
+            self.best = {"iteration": iteration, "score": row_score,
+                         "metric": EVAL_SCORE_KEY if EVAL_SCORE_KEY in self.last_row
+                         else SCORE_KEY}
+        meta = self.metadata(iteration, interrupted=interrupted, final=final,
+                             rng_impl=str(jax.random.key_impl(state.rng)))
+        # A copy: the next host call donates `state`'s buffers while Orbax still reads these.
+        snapshot = jax.tree.map(jnp.copy, _saveable(state))
+        items = dict(state=ocp.args.StandardSave(snapshot), meta=ocp.args.JsonSave(meta))
+        if os.environ.get(SLOW_SAVE_ENV):
+            items["test_stall"] = _StallingJsonSave({"seconds": os.environ[SLOW_SAVE_ENV]})
+        saved = self._manager.save(
+            iteration, args=ocp.args.Composite(**items), metrics={"score": row_score}, force=True
+        )
+        if saved:
+            self.last_step = iteration
+        return saved
+
+    def wait(self) -> None:
+        """Blocks until the save in flight (if any) is committed."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for the save in flight and releases the manager."""
+        self._manager.close()
+
+
+# ---------------------------------------------------------------------------
+# Signals.
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _no_op(signum, frame):  # the wakeup fd, not this, carries the signal to the watcher
+    pass
+
+
+class Interrupts:
+    """SIGINT/SIGTERM handling for the CLI's host loop (host-only; a context manager, never
+    installed at import).
+
+    The first signal sets `requested` and prints that the run stops after the current call;
+    the loop then saves a checkpoint and exits 0. A second signal exits at once with
+    128 + its number (130 for SIGINT, 143 for SIGTERM), leaving the last complete
+    checkpoint as it is. Signals reach a watcher thread through the signal wakeup fd, so
+    the second one acts even while the main thread waits inside a compiled call.
+    """
+
+    def __init__(self, message: str = "stopping after the current call; press Ctrl+C again "
+                 "to exit now"):
+        self.message = message
+        self.signal_name: str | None = None  # the first signal received, e.g. "SIGINT"
+        self._event = threading.Event()
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    def __enter__(self) -> Interrupts:
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        self._previous = {s: signal.signal(s, _no_op) for s in _SIGNALS}
+        self._thread = threading.Thread(target=self._watch, name="jaxtrade-signals", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        os.close(self._write_fd)  # the watcher reads end-of-file and returns
+        self._thread.join()
+        os.close(self._read_fd)
+
+    def _watch(self) -> None:
+        while data := os.read(self._read_fd, 64):
+            for signum in data:
+                if signum not in _SIGNALS:
+                    continue
+                if self._event.is_set():
+                    os._exit(128 + signum)
+                self.signal_name = signal.Signals(signum).name
+                self._event.set()
+                print(f"\n{self.signal_name}: {self.message}", file=sys.stderr, flush=True)
+
