@@ -7,6 +7,8 @@ No training logic lives here: see `jaxtrade.trainer` for the program and
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -14,6 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -35,7 +38,11 @@ FLAG_FIELDS = (
     "episodes", "iterations", "hidden_dim", "n_gru_layers", "dropout", "precision", "actor_lr",
     "critic_lr", "ppo_epochs", "critic_epochs", "gamma", "gae_lambda", "clip", "ent_coef",
     "vf_coef", "max_grad_norm", "seed", "run_dir", "iterations_per_call", "log_every",
+    "save_every", "keep_checkpoints",
 )
+# Config key -> the flag that sets it, to name it in messages.
+FLAG_OF = {**{k: "--" + k.replace("_", "-") for k in FLAG_FIELDS}, "path": "--data"}
+DURATION_FIELDS = ("timesteps", "episodes", "iterations")
 
 
 class UsageError(Exception):
@@ -100,12 +107,38 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-v", "--verbose", action="store_true",
                    help="also advantage stats, gradient norms, action histogram")
     v.add_argument("-q", "--quiet", action="store_true", help="final summary only")
+    g = p.add_argument_group("checkpoints (RUN_DIR/checkpoints/)")
+    g.add_argument("--save-every", type=int,
+                   help="iterations between checkpoints; 0 = only the final one [10]")
+    g.add_argument("--keep-checkpoints", type=int,
+                   help="most recent checkpoints kept, besides the best and the final one [3]")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from its latest complete checkpoint; "
+                        "flags change its hyperparameters or duration, never its shapes")
+    g.add_argument("--checkpoint", metavar="PATH",
+                   help="start a new run from a checkpoint (a run dir, its checkpoints/ or "
+                        "checkpoints/N): its whole state, or its weights with --weights-only")
+    g.add_argument("--weights-only", action="store_true",
+                   help="with --checkpoint: take the network weights only; fresh optimizers, "
+                        "envs and counters (shapes other than the network's may change)")
+    g.add_argument("--lr-multiplier", type=float,
+                   help="with --checkpoint or --resume: scale both learning rates, e.g. 0.5 "
+                        "or 0.3 to continue training gently [1.0]")
+    g.add_argument("--on-mismatch", choices=("error", "fresh"),
+                   help="with --checkpoint: when the saved network's shapes differ from this "
+                        "run's, stop (error) or start from fresh weights (fresh) [error]")
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> cfgmod.Config:
-    """defaults < --config file < flags < --hyperparams."""
-    cfg = cfgmod.load(args.config) if args.config else cfgmod.Config()
+def config_from_args(
+    args: argparse.Namespace, base: cfgmod.Config | None = None
+) -> cfgmod.Config:
+    """base (the defaults, or a checkpoint's config) < --config file < flags < --hyperparams.
+
+    A --config file changes only the keys it names, so a checkpoint's settings survive it.
+    """
+    base = base if base is not None else cfgmod.Config()
+    cfg = cfgmod.load(args.config, base) if args.config else base
     values = {k: getattr(args, k) for k in FLAG_FIELDS}
     if values["symbols"] is not None:
         values["symbols"] = tuple(s.strip() for s in values["symbols"].split(",") if s.strip())
@@ -115,6 +148,52 @@ def config_from_args(args: argparse.Namespace) -> cfgmod.Config:
     if args.hyperparams:
         cfg = cfgmod.apply_overrides(cfg, args.hyperparams)
     return cfg
+
+
+def checkpoint_config(
+    args: argparse.Namespace, saved: cfgmod.Config, keep_run_dir: bool
+) -> cfgmod.Config:
+    """The config of a run that starts from a checkpoint whose config is `saved`.
+
+    `saved` is the base for `config_from_args`; a duration given here replaces the saved
+    one (so `--iterations 20` extends a run saved with `timesteps`), and the learning
+    rates are scaled by --lr-multiplier. A new run (`keep_run_dir` False) does not inherit
+    the saved run directory, and no run inherits the saved verbosity.
+    """
+    # Verbosity is this invocation's (-v/-q), not the saved run's.
+    run = dataclasses.replace(saved.run, verbosity=cfgmod.RunConfig.verbosity)
+    if not keep_run_dir:
+        run = dataclasses.replace(run, run_dir=None)
+    cfg = config_from_args(args, dataclasses.replace(saved, run=run))
+    given = [k for k in DURATION_FIELDS if getattr(cfg.run, k) != getattr(saved.run, k)]
+    if given:
+        cleared = {k: None for k in DURATION_FIELDS if k not in given}
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **cleared))
+    if args.lr_multiplier is not None:
+        m = args.lr_multiplier
+        ppo = dataclasses.replace(cfg.ppo, actor_lr=cfg.ppo.actor_lr * m,
+                                  critic_lr=cfg.ppo.critic_lr * m)
+        cfg = dataclasses.replace(cfg, ppo=ppo)
+    return cfg
+
+
+def check_start_flags(args: argparse.Namespace) -> None:
+    """Refuses combinations of --resume, --checkpoint and their options that mean nothing."""
+    if args.resume and args.checkpoint:
+        raise UsageError("--resume continues --run-dir in place and --checkpoint starts a new "
+                         "run from a checkpoint; give one of them")
+    if args.resume and not args.run_dir:
+        raise UsageError("--resume needs --run-dir DIR (the run to continue)")
+    if args.weights_only and not args.checkpoint:
+        raise UsageError("--weights-only needs --checkpoint PATH")
+    if args.on_mismatch and not args.checkpoint:
+        raise UsageError("--on-mismatch needs --checkpoint PATH")
+    if args.lr_multiplier is not None:
+        if not (args.resume or args.checkpoint):
+            raise UsageError("--lr-multiplier needs --checkpoint or --resume (for a new run "
+                             "set --actor-lr and --critic-lr)")
+        if not args.lr_multiplier > 0:
+            raise UsageError(f"--lr-multiplier must be > 0, got {args.lr_multiplier}")
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -192,12 +271,16 @@ def _to_row(metrics: dict, i: int) -> dict:
     return row
 
 
-def prepare_run_dir(run_dir: Path) -> None:
-    if (run_dir / "metrics.jsonl").exists():
+def check_new_run_dir(run_dir: Path) -> None:
+    """Refuses a directory that already holds a run (the run creates it later)."""
+    from jaxtrade.checkpoint import CHECKPOINT_DIR
+
+    held = [n for n in ("metrics.jsonl", CHECKPOINT_DIR) if (run_dir / n).exists()]
+    if held:
         raise UsageError(
-            f"{run_dir} already holds a run (metrics.jsonl); choose another --run-dir"
+            f"{run_dir} already holds a run ({', '.join(held)}); choose another --run-dir, "
+            f"or continue it with --resume"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,12 +292,75 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """Where a run starts: from scratch, resumed in place, or from another run's checkpoint."""
+
+    cfg: cfgmod.Config  # resolved and validated
+    mode: str  # new | resume | checkpoint (whole state) | weights (params only)
+    source: Any = None  # the checkpoint.Source started from; None for a new run
+    changes: tuple = ()  # checkpoint.Change: settings changed from the checkpoint's
+
+
+def plan_start(args: argparse.Namespace, platform: str) -> Start:
+    """The config and starting point the flags ask for; refuses what cannot work."""
+    from jaxtrade import checkpoint as ckpt
+
+    check_start_flags(args)
+    if args.resume:
+        source = ckpt.latest(args.run_dir)
+        saved = source.config
+        # config.json holds the settings of the last (re)start, which a later resume keeps
+        # even when no checkpoint was saved after it.
+        base = _read_config_json(Path(args.run_dir) / "config.json") or saved
+        cfg = checkpoint_config(args, base, keep_run_dir=True)
+        mode = "resume"
+    elif args.checkpoint:
+        source = ckpt.locate(args.checkpoint)
+        saved = source.config
+        cfg = checkpoint_config(args, saved, keep_run_dir=False)
+        mode = "weights" if args.weights_only else "checkpoint"
+    else:
+        return Start(_finish_config(config_from_args(args), platform), "new")
+    cfg = _finish_config(cfg, platform)
+    changes = ()
+    if mode != "weights":
+        what = "--resume" if mode == "resume" else "--checkpoint without --weights-only"
+        changes = tuple(ckpt.resume_changes(saved, cfg, FLAG_OF, what=what))
+        total = cfgmod.total_iterations(cfg)
+        if source.step >= total:
+            raise UsageError(
+                f"{source.path} is at iteration {source.step} and this run asks for {total}; "
+                f"train longer with a larger duration, e.g. --iterations {source.step + total}"
+            )
+    if mode != "resume" and Path(cfg.run.run_dir).resolve() == source.run_dir.resolve():
+        raise UsageError(f"--checkpoint starts a new run: choose a --run-dir other than "
+                         f"{source.run_dir} (or continue that run with --resume)")
+    return Start(cfg, mode, source, changes)
+
+
+def _read_config_json(path: Path) -> cfgmod.Config | None:
+    """The config a run directory's config.json holds, or None when there is none."""
+    if not path.exists():
+        return None
+    try:
+        return cfgmod.from_dict(json.loads(path.read_text()), source=path)
+    except json.JSONDecodeError as e:
+        raise cfgmod.ConfigError(f"{path}: invalid JSON: {e}") from None
+
+
+def _finish_config(cfg: cfgmod.Config, platform: str) -> cfgmod.Config:
+    cfg = cfgmod.resolve_run_dir(cfgmod.resolve(cfg, platform))
+    return cfgmod.validate(cfg)
+
+
 def _train(args: argparse.Namespace) -> int:
-    from jaxtrade.trainer import make_train
+    from jaxtrade import checkpoint as ckpt
+    from jaxtrade.trainer import make_train, set_hparams
 
     platform = jax.default_backend()
-    cfg = cfgmod.resolve_run_dir(cfgmod.resolve(config_from_args(args), platform))
-    cfgmod.validate(cfg)
+    start = plan_start(args, platform)
+    cfg, source = start.cfg, start.source
     verbosity = cfg.run.verbosity
     say = print if verbosity > 0 else (lambda *a, **k: None)
 
@@ -230,7 +376,8 @@ def _train(args: argparse.Namespace) -> int:
         split_date=cfg.data.split_date,
     )
     run_dir = Path(cfg.run.run_dir)
-    prepare_run_dir(run_dir)
+    if start.mode != "resume":
+        check_new_run_dir(run_dir)
     trainer = make_train(cfg, market)
     total_iters = cfgmod.total_iterations(cfg)
     steps_per_iter = trainer.steps_per_iteration
@@ -238,7 +385,45 @@ def _train(args: argparse.Namespace) -> int:
     pc, nc = cfg.ppo, cfg.network
     devices = jax.devices()
 
+    # The starting state: restored (resume, whole-state checkpoint) or fresh, with weights
+    # from a checkpoint for a warm start. Errors here leave the run directory untouched.
+    t_start = time.perf_counter()
+    mode = start.mode
+    state = None
+    if mode in ("resume", "checkpoint"):
+        on_mismatch = "refuse" if mode == "resume" else (args.on_mismatch or "error")
+        state = ckpt.restore_state(source, trainer, on_mismatch)
+        if state is None:
+            mode = "fresh"
+        elif hparams := ckpt.hparam_values(list(start.changes)):
+            state = set_hparams(state, **hparams)
+    if state is None:
+        state = jax.jit(trainer.init)(jax.random.key(cfg.run.seed))
+        if mode == "weights":
+            params = ckpt.restore_params(source, trainer, args.on_mismatch or "error")
+            if params is None:
+                mode = "fresh"
+            else:
+                state = ckpt.warm_start(state, params)
+    state = jax.block_until_ready(ckpt.place(state))
+    init_s = time.perf_counter() - t_start
+
+    if mode == "resume":
+        lineage, resumed = source.lineage, source.meta
+    elif source is not None:
+        lineage = ckpt.Lineage.child(source.lineage, str(source.run_dir), source.step,
+                                     source.meta["timesteps"], mode)
+        resumed = ({k: source.meta[k] for k in ("history", "metrics")}
+                   if mode == "checkpoint" else None)
+    else:
+        lineage, resumed = ckpt.Lineage(), None
+    start_iters = source.step if mode in ("resume", "checkpoint") else 0
+    prior = (resumed or {}).get("metrics") or {}
+    if mode == "resume":
+        kept, dropped = ckpt.truncate_metrics(run_dir / "metrics.jsonl", start_iters)
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfgmod.to_dict(cfg), indent=2) + "\n")
+
     say(f"jaxtrade {__version__} | jax {jax.__version__} | {len(devices)} x "
         f"{devices[0].device_kind} ({platform}) | precision "
         f"{np.dtype(trainer.network.dtype).name}")
@@ -252,13 +437,48 @@ def _train(args: argparse.Namespace) -> int:
         f"{pc.n_minibatches} minibatches, {pc.ppo_epochs} joint + {pc.critic_epochs} critic "
         f"epochs")
     say(f"run: {total_iters:,} iterations = {total_steps:,} timesteps -> {run_dir}")
+    if source is not None:
+        how = {
+            "resume": f"resumed from {source.path}"
+                      + (" (saved on interrupt)" if source.meta.get("interrupted") else ""),
+            "checkpoint": f"whole state of {source.path}",
+            "weights": f"weights of {source.path}; fresh optimizers, envs and counters",
+            "fresh": f"fresh weights (architecture differs from {source.path})",
+        }[mode]
+        say(f"start: {how}; iteration {start_iters}, generation {lineage.generation}, "
+            f"{lineage.total_timesteps(start_iters * steps_per_iter):,} timesteps behind "
+            f"the weights")
+        if start.changes:
+            say("changed: " + ", ".join(map(str, start.changes)))
+        if args.lr_multiplier is not None:
+            say(f"learning rates x{args.lr_multiplier:g}: actor {pc.actor_lr:.3g}, "
+                f"critic {pc.critic_lr:.3g}")
+        if mode == "resume" and dropped:
+            say(f"metrics.jsonl: dropped {dropped} row(s) after iteration {start_iters} "
+                f"(re-run now)")
+        if mode == "resume" and kept < start_iters:
+            print(f"warning: metrics.jsonl has {kept} rows for {start_iters} checkpointed "
+                  f"iterations", file=sys.stderr)
+        saved_devices = source.meta.get("n_devices")
+        if mode in ("resume", "checkpoint") and saved_devices != jax.device_count():
+            print(f"warning: saved on {saved_devices} device(s), running on "
+                  f"{jax.device_count()}: the run continues, but not bit-identically",
+                  file=sys.stderr)
 
-    t_start = time.perf_counter()
-    state = jax.block_until_ready(jax.jit(trainer.init)(jax.random.key(cfg.run.seed)))
-    init_s = time.perf_counter() - t_start
+    checkpoints = ckpt.RunCheckpoints(run_dir, cfg, lineage=lineage, resumed=resumed)
+    progress = Progress(total_steps, enabled=verbosity > 0)
+    train_s = 0.0
+    compile_s = 0.0
+    done_iters = start_iters
+    episodes = int(prior.get("episodes", 0))
+    wall_offset = float(prior.get("wall_s", 0.0))
+    last_row: dict = dict(prior)
+    status = "completed"
+    message = None
+    save_every = cfg.run.save_every
+    next_save = (done_iters // save_every + 1) * save_every if save_every else None
     k_call = min(cfg.run.iterations_per_call, total_iters)
     compiled = {}
-    compile_s = 0.0
 
     def get_compiled(k: int):
         nonlocal compile_s
@@ -271,85 +491,111 @@ def _train(args: argparse.Namespace) -> int:
             say(f"done in {dt_s:.1f}s")
         return compiled[k]
 
-    get_compiled(k_call)
+    def save(**kw) -> None:
+        if checkpoints.save(state, done_iters, **kw):
+            progress.clear()
+            say(f"saving checkpoint at iteration {done_iters} -> "
+                f"{checkpoints.directory / str(done_iters)}", flush=True)
 
-    progress = Progress(total_steps, enabled=verbosity > 0)
-    train_s = 0.0
-    done_iters = 0
-    episodes = 0
-    last_row: dict = {}
-    status = "completed"
-    message = None
-    with open(run_dir / "metrics.jsonl", "a") as log:
-        while done_iters < total_iters:
-            k = min(k_call, total_iters - done_iters)
-            fn = get_compiled(k)
-            t0 = time.perf_counter()
-            state, metrics = fn(state)
-            metrics = jax.device_get(metrics)
-            dt_s = time.perf_counter() - t0
-            train_s += dt_s
-            sps = k * steps_per_iter / dt_s
-            for i in range(k):
-                row = _to_row(metrics, i)
-                bad = first_non_finite(row)
-                if bad is not None:
-                    status = "diverged"
-                    message = (
-                        f"iteration {done_iters + 1}: {bad} became non-finite; stopped "
-                        f"before saving anything from it (try lower learning rates or "
-                        f"--max-grad-norm)"
-                    )
+    # Signals: the first stops the loop after the current call, the second exits at once.
+    # Closing the checkpoints waits for the save in flight (a second signal still exits).
+    with ckpt.Interrupts() as interrupts, contextlib.closing(checkpoints):
+        k_first = min(k_call, total_iters - done_iters)
+        if not interrupts.requested:
+            get_compiled(k_first)
+        with open(run_dir / "metrics.jsonl", "a") as log:
+            while done_iters < total_iters and not interrupts.requested:
+                k = min(k_call, total_iters - done_iters)
+                fn = get_compiled(k)
+                t0 = time.perf_counter()
+                state, metrics = fn(state)
+                metrics = jax.device_get(metrics)
+                dt_s = time.perf_counter() - t0
+                train_s += dt_s
+                sps = k * steps_per_iter / dt_s
+                for i in range(k):
+                    row = _to_row(metrics, i)
+                    bad = first_non_finite(row)
+                    if bad is not None:
+                        status = "diverged"
+                        message = (
+                            f"iteration {done_iters + 1}: {bad} became non-finite; stopped "
+                            f"before saving anything from it (try lower learning rates or "
+                            f"--max-grad-norm)"
+                        )
+                        break
+                    done_iters += 1
+                    episodes += int(row["episodes"])
+                    row = {
+                        "iteration": done_iters,
+                        "timesteps": done_iters * steps_per_iter,
+                        "episodes": episodes,
+                        "sps": sps,
+                        "wall_s": wall_offset + time.perf_counter() - t_start,
+                        **{k_: v for k_, v in row.items()
+                           if k_ not in ("episodes", "params_finite")},
+                        "episodes_this_iteration": int(row["episodes"]),
+                    }
+                    log.write(json.dumps(row) + "\n")
+                    checkpoints.record(row)
+                    last_row = row
+                    if verbosity > 0 and (
+                        done_iters % cfg.run.log_every == 0 or done_iters == total_iters
+                    ):
+                        progress.clear()
+                        print(log_line(row, total_iters), flush=True)
+                        if verbosity > 1:
+                            for line in verbose_lines(row):
+                                print(line)
+                log.flush()
+                if status != "completed":
                     break
-                done_iters += 1
-                episodes += int(row["episodes"])
-                row = {
-                    "iteration": done_iters,
-                    "timesteps": done_iters * steps_per_iter,
-                    "episodes": episodes,
-                    "sps": sps,
-                    "wall_s": time.perf_counter() - t_start,
-                    **{k_: v for k_, v in row.items() if k_ not in ("episodes", "params_finite")},
-                    "episodes_this_iteration": int(row["episodes"]),
-                }
-                log.write(json.dumps(row) + "\n")
-                last_row = row
-                if verbosity > 0 and (
-                    done_iters % cfg.run.log_every == 0 or done_iters == total_iters
-                ):
-                    progress.clear()
-                    print(log_line(row, total_iters), flush=True)
-                    if verbosity > 1:
-                        for line in verbose_lines(row):
-                            print(line)
-            log.flush()
-            if status != "completed":
-                break
-            progress.update(done_iters * steps_per_iter, train_s and done_iters * steps_per_iter
-                            / train_s, last_row.get("episode_return_mean", 0.0))
-    progress.clear()
+                # Between calls, after the rows above were checked finite and written.
+                if next_save is not None and done_iters >= next_save:
+                    next_save = (done_iters // save_every + 1) * save_every
+                    if done_iters < total_iters:
+                        save()
+                trained = (done_iters - start_iters) * steps_per_iter
+                progress.update(done_iters * steps_per_iter, train_s and trained / train_s,
+                                last_row.get("episode_return_mean", 0.0))
+        progress.clear()
+        if status == "completed" and done_iters < total_iters:
+            status = "interrupted"
+        if status != "diverged":
+            save(interrupted=status == "interrupted", final=status == "completed")
 
+    trained_steps = (done_iters - start_iters) * steps_per_iter
     summary = {
         "status": status,
         "message": message,
         "iterations": done_iters,
-        "timesteps": last_row.get("timesteps", 0),
+        "timesteps": done_iters * steps_per_iter,
         "episodes": episodes,
         "wall_s": time.perf_counter() - t_start,
         "compile_s": compile_s,
         "init_s": init_s,
         "train_s": train_s,
-        "sps": last_row.get("timesteps", 0) / train_s if train_s else 0.0,
+        "sps": trained_steps / train_s if train_s else 0.0,
         "n_params": trainer.n_params,
         "n_envs": pc.n_envs,
         "device": f"{len(devices)} x {devices[0].device_kind}",
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "checkpoint": (str(checkpoints.directory / str(checkpoints.last_step))
+                       if checkpoints.last_step is not None else None),
+        "lineage": lineage.to_dict(done_iters * steps_per_iter),
         "final_metrics": last_row,
     }
+    if status == "interrupted":
+        summary["resume_command"] = ckpt.resume_command(run_dir)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if status != "completed":
+    if status == "diverged":
         print(f"error: {message}", file=sys.stderr)
         return 1
+    if status == "interrupted":
+        print(f"interrupted by {interrupts.signal_name} after {done_iters:,} of "
+              f"{total_iters:,} iterations; checkpoint {summary['checkpoint']}")
+        print(f"resume with: {summary['resume_command']}", flush=True)
+        return 0
     ret = last_row.get("episode_return_mean", float("nan"))
     ev = last_row.get("explained_variance", float("nan"))
     print(

@@ -51,6 +51,9 @@ def test_run_writes_config_metrics_and_summary(tiny_run, capsys):
     assert summary["status"] == "completed" and summary["iterations"] == 3
     assert summary["compile_s"] > 0 and summary["n_params"] > 0
     assert summary["final_metrics"]["iteration"] == 3
+    # The final checkpoint (default --save-every 10 > 3 iterations: the only one).
+    assert summary["checkpoint"] == str(run_dir / "checkpoints" / "3")
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["3"]
 
     # The same run directory is not silently overwritten.
     assert train.main(argv) == 2
@@ -69,6 +72,8 @@ def test_non_finite_run_stops_with_the_iteration_and_quantity(tmp_path, capsys):
     summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["iterations"] == 0
     assert (tmp_path / "nan" / "metrics.jsonl").read_text() == ""
+    assert summary["checkpoint"] is None  # nothing non-finite is ever saved
+    assert not list((tmp_path / "nan" / "checkpoints").iterdir())
 
 
 @pytest.mark.parametrize(
