@@ -1,7 +1,8 @@
 """Checkpoints of a run: Orbax saves of the whole `TrainState` with JSON metadata, resume,
 warm starts, and the CLI's signal handling (host-only: nothing here runs under `jit`).
 
-A run directory holds `checkpoints/<iteration>/`, each with two Orbax items:
+A run directory holds `checkpoints/<iteration>/`, each with two Orbax items (and Orbax's
+own `metrics` item, the score that ranks it):
 
     state   the whole TrainState (params, both optimizer states, env states, GRU states,
             RNG key, hyperparameters, counters); the typed PRNG key is stored as its
@@ -238,7 +239,9 @@ def _read_only_manager(directory: Path) -> ocp.CheckpointManager:
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)
     try:
-        return ocp.CheckpointManager(directory, options=options, item_handlers=_item_handlers())
+        return ocp.CheckpointManager(
+            Path(directory).absolute(), options=options, item_handlers=_item_handlers()
+        )
     finally:
         absl_logger.setLevel(level)
 
@@ -593,7 +596,8 @@ class RunCheckpoints:
             best_fn=_metric,
             best_mode="max",
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # Orbax needs an absolute path; `directory` stays as given, for messages.
+        self._manager = ocp.CheckpointManager(self.directory.absolute(), options=options)
 
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())

@@ -411,7 +411,7 @@ def _train(args: argparse.Namespace) -> int:
     if mode == "resume":
         lineage, resumed = source.lineage, source.meta
     elif source is not None:
-        lineage = ckpt.Lineage.child(source.lineage, str(source.run_dir), source.step,
+        lineage = ckpt.Lineage.child(source.lineage, str(source.run_dir.absolute()), source.step,
                                      source.meta["timesteps"], mode)
         resumed = ({k: source.meta[k] for k in ("history", "metrics")}
                    if mode == "checkpoint" else None)

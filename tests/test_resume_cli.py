@@ -37,11 +37,11 @@ class Cli:
             "PYTHONUNBUFFERED": "1",
         }
 
-    def start(self, *argv, env=None):
+    def start(self, *argv, env=None, cwd=None):
         proc = subprocess.Popen(
             [sys.executable, "-m", "jaxtrade.train", *map(str, argv)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**self.env, **(env or {})},
+            env={**self.env, **(env or {})}, cwd=cwd,
         )
         proc.lines = queue.Queue()
         proc.seen = []
@@ -72,8 +72,8 @@ class Cli:
             proc.seen.append(line)
         return "".join(proc.seen)
 
-    def check(self, *argv, env=None):
-        proc = self.start(*argv, env=env)
+    def check(self, *argv, env=None, cwd=None):
+        proc = self.start(*argv, env=env, cwd=cwd)
         out = self.finish(proc)
         assert proc.returncode == 0, out
         return out
@@ -130,11 +130,11 @@ def test_signal_saves_exits_0_and_resume_finishes_identically(sig, cli, straight
 
 @pytest.mark.slow
 def test_hard_kill_during_a_save_resumes_from_the_previous_checkpoint(cli, tmp_path):
-    run_dir = tmp_path / "run"
-    cli.check(*TINY, "--iterations", 2, "--save-every", 2, "--run-dir", run_dir)
+    run_dir = tmp_path / "run"  # given relative to the working directory, as users do
+    cli.check(*TINY, "--iterations", 2, "--save-every", 2, "--run-dir", "run", cwd=tmp_path)
     # Extend to 4 iterations with every save stalled before it commits, and kill it there.
-    proc = cli.start("--run-dir", run_dir, "--resume", "--iterations", 4,
-                     env={ckpt.SLOW_SAVE_ENV: "120"})
+    proc = cli.start("--run-dir", "run", "--resume", "--iterations", 4,
+                     env={ckpt.SLOW_SAVE_ENV: "120"}, cwd=tmp_path)
     cli.wait_for(proc, r"^saving checkpoint at iteration 4 ")
     proc.kill()
     proc.wait(timeout=30)
@@ -143,8 +143,8 @@ def test_hard_kill_during_a_save_resumes_from_the_previous_checkpoint(cli, tmp_p
     assert list(checkpoints.glob("4.orbax-checkpoint-tmp*")), "killed before Orbax wrote"
     assert [r["iteration"] for r in metrics(run_dir)] == [1, 2, 3, 4]
 
-    out = cli.check("--run-dir", run_dir, "--resume")
-    assert f"start: resumed from {checkpoints}/2;" in out
+    out = cli.check("--run-dir", "run", "--resume", cwd=tmp_path)
+    assert "start: resumed from run/checkpoints/2;" in out
     assert "metrics.jsonl: dropped 2 row(s) after iteration 2" in out
     assert [r["iteration"] for r in metrics(run_dir)] == [1, 2, 3, 4]
     assert sorted(p.name for p in checkpoints.iterdir()) == ["2", "4"]  # tmp dir cleaned
