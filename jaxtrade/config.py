@@ -105,7 +105,7 @@ class NetworkConfig:
 
     hidden_dim: int = 256  # encoder and GRU width; the heads use hidden_dim // 2
     n_gru_layers: int = 2  # stacked GRU layers
-    dropout: float = 0.1  # dropout after the encoder and between GRU layers, in [0, 1)
+    dropout: float = 0.0  # dropout after the encoder and between GRU layers, in [0, 1)
     precision: str = "auto"  # matmul dtype: auto (bf16 on accelerators, fp32 on CPU), fp32, bf16
 
     def compute_dtype(self, platform: str) -> jnp.dtype:

@@ -321,7 +321,8 @@ def plan_start(args: argparse.Namespace, platform: str) -> Start:
         cfg = checkpoint_config(args, saved, keep_run_dir=False)
         mode = "weights" if args.weights_only else "checkpoint"
     else:
-        return Start(_finish_config(config_from_args(args), platform), "new")
+        name = Path(args.config).stem if args.config else None
+        return Start(_finish_config(config_from_args(args), platform, name), "new")
     cfg = _finish_config(cfg, platform)
     changes = ()
     if mode != "weights":
@@ -349,8 +350,9 @@ def _read_config_json(path: Path) -> cfgmod.Config | None:
         raise cfgmod.ConfigError(f"{path}: invalid JSON: {e}") from None
 
 
-def _finish_config(cfg: cfgmod.Config, platform: str) -> cfgmod.Config:
-    cfg = cfgmod.resolve_run_dir(cfgmod.resolve(cfg, platform))
+def _finish_config(cfg: cfgmod.Config, platform: str, name: str | None = None) -> cfgmod.Config:
+    """Fills machine- and clock-dependent settings; the run dir is named after the preset."""
+    cfg = cfgmod.resolve_run_dir(cfgmod.resolve(cfg, platform), name=name)
     return cfgmod.validate(cfg)
 
 
