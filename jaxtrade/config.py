@@ -147,6 +147,7 @@ class RunConfig:
     verbosity: int = 1  # 0 quiet, 1 default, 2 verbose
     save_every: int = 10  # iterations between checkpoints (at a call boundary); 0 = final only
     keep_checkpoints: int = 3  # most recent checkpoints kept, besides the best and the final one
+    eval_every: int = 10  # iterations between held-out evaluations (at a call boundary); 0 = off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -651,6 +652,7 @@ def validate(cfg: Config, n_devices: int = 1) -> Config:
     check(r.verbosity in (0, 1, 2), "verbosity", r.verbosity, "0, 1 or 2")
     at_least("save_every", r.save_every, 0)
     at_least("keep_checkpoints", r.keep_checkpoints, 1)
+    at_least("eval_every", r.eval_every, 0)
     check(r.run_dir != "", "run_dir", r.run_dir, "a path or none")
 
     if problems:
