@@ -71,17 +71,53 @@ def load_panel(
     Raises:
       DataError: on unreadable, malformed or unalignable data, with a one-line message.
     """
-    source = str(path)
-    path = Path(path)
-    wanted = _wanted_symbols(symbols)
-    if isinstance(max_fill, bool) or not isinstance(max_fill, int | np.integer) or max_fill < 0:
-        raise DataError(f"max_fill (CLI --max-fill) must be an integer >= 0, got {max_fill!r}")
-    lo, hi = _bound(start, "start"), _bound(end, "end")
-    if lo is not None and hi is not None and lo > hi:
-        raise DataError(f"start={_fmt(lo)} is after end={_fmt(hi)}")
+    wanted, lo, hi = _options(symbols, start, end, max_fill)
+    raw, available = _read_source(Path(path), wanted)
+    return _build_panel(raw, list(wanted or available), lo, hi, max_fill, str(path))
 
-    raw, available = _read_source(path, wanted)
-    order = list(wanted or available)
+
+def load_frame(
+    frame: pd.DataFrame,
+    *,
+    symbols: Iterable[str] | str | None = None,
+    start: str | pd.Timestamp | None = None,
+    end: str | pd.Timestamp | None = None,
+    max_fill: int = 5,
+    source: str = "DataFrame",
+) -> Panel:
+    """`load_panel` for long-format bars already in memory (host-only).
+
+    `frame` has the columns of a long-format file (date, symbol, open, high, low,
+    close, volume, optionally adj close; the same aliases), or date and symbol as
+    its index. Messages name `source` and the row's position in `frame`.
+
+    Raises:
+      DataError: as `load_panel`.
+    """
+    wanted, lo, hi = _options(symbols, start, end, max_fill)
+    if not isinstance(frame, pd.DataFrame):
+        raise DataError(f"{source}: expected a pandas DataFrame, got {type(frame).__name__}")
+    if not isinstance(frame.index, pd.RangeIndex):
+        frame = frame.reset_index()
+    raw = _canonical_columns(frame, source, per_symbol=False)
+    raw["_file"] = source
+    raw["_line"] = np.arange(len(raw))
+    raw = raw[~raw[[c for c in _ALIASES if c in raw]].isna().all(axis=1)]
+    if raw.empty:
+        raise DataError(f"{source}: no data rows")
+    raw, available = _select_symbols(raw, wanted, source)
+    return _build_panel(raw, list(wanted or available), lo, hi, max_fill, source)
+
+
+def _build_panel(
+    raw: pd.DataFrame,
+    order: list[str],
+    lo: pd.Timestamp | None,
+    hi: pd.Timestamp | None,
+    max_fill: int,
+    source: str,
+) -> Panel:
+    """Rows of the wanted symbols (`_read_source`'s form) -> a checked, aligned Panel."""
     bars = _parse_dates(raw)
     bars, n_filtered = _filter_dates(bars, lo, hi, order, source)
     bars = _parse_values(bars)
@@ -99,6 +135,18 @@ def load_panel(
 
 
 # --- options -------------------------------------------------------------------------
+
+
+def _options(symbols, start, end, max_fill) -> tuple[list[str] | None, pd.Timestamp | None,
+                                                     pd.Timestamp | None]:
+    """The checked options of `load_panel`: wanted symbols, start and end bounds."""
+    wanted = _wanted_symbols(symbols)
+    if isinstance(max_fill, bool) or not isinstance(max_fill, int | np.integer) or max_fill < 0:
+        raise DataError(f"max_fill (CLI --max-fill) must be an integer >= 0, got {max_fill!r}")
+    lo, hi = _bound(start, "start"), _bound(end, "end")
+    if lo is not None and hi is not None and lo > hi:
+        raise DataError(f"start={_fmt(lo)} is after end={_fmt(hi)}")
+    return wanted, lo, hi
 
 
 def _wanted_symbols(symbols: Iterable[str] | str | None) -> list[str] | None:
@@ -151,14 +199,20 @@ def _read_source(path: Path, wanted: list[str] | None) -> tuple[pd.DataFrame, li
         return _read_directory(path, wanted)
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
-    frame = _read_table(path, per_symbol=False)
+    return _select_symbols(_read_table(path, per_symbol=False), wanted, path)
+
+
+def _select_symbols(
+    frame: pd.DataFrame, wanted: list[str] | None, source: Path | str
+) -> tuple[pd.DataFrame, list[str]]:
+    """The rows of the wanted symbols of a long-format table, and every symbol it holds."""
     frame["symbol"] = frame["symbol"].astype("str").str.strip()
     empty = frame["symbol"].isna() | (frame["symbol"] == "")
     if empty.any():
         row = frame[empty].iloc[0]
         raise DataError(f"{_at(row, with_date=False)}: symbol is empty")
     available = sorted(frame["symbol"].unique())
-    _check_known(wanted, available, path)
+    _check_known(wanted, available, source)
     if wanted is not None:
         frame = frame[frame["symbol"].isin(wanted)]
     return frame, available
@@ -200,7 +254,7 @@ def _csv_symbol(file: Path) -> str | None:
     return None
 
 
-def _check_known(wanted: list[str] | None, available: list[str], path: Path) -> None:
+def _check_known(wanted: list[str] | None, available: list[str], path: Path | str) -> None:
     unknown = [name for name in wanted or () if name not in available]
     if unknown:
         raise DataError(
@@ -295,7 +349,7 @@ def _header_key(header) -> str:
     return re.sub(r"[\s_]+", " ", str(header).strip().lower())
 
 
-def _canonical_columns(frame: pd.DataFrame, file: Path, *, per_symbol: bool) -> pd.DataFrame:
+def _canonical_columns(frame: pd.DataFrame, file: Path | str, *, per_symbol: bool) -> pd.DataFrame:
     """The known columns of `frame` under canonical names; text stripped, empty cells NA.
 
     Adds `_adj` (the file had an adj close column); without one, adj_close is NA here
@@ -637,8 +691,8 @@ def _adj_notes(bars: pd.DataFrame) -> list[str]:
 
 
 def _unit(file: str) -> str:
-    """What a row number counts in `file`: editor lines, or Parquet rows."""
-    return "row" if file.lower().endswith(_PARQUET_SUFFIXES) else "line"
+    """What a row number counts in `file`: editor lines of a CSV, else rows (Parquet, frames)."""
+    return "line" if file.lower().endswith(_CSV_SUFFIXES) else "row"
 
 
 def _at(row: pd.Series, *, with_date: bool = True) -> str:

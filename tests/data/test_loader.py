@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxtrade.data.loader import load_panel
+from jaxtrade.data.loader import load_frame, load_panel
 from jaxtrade.data.panel import FIELDS, DataError
 
 DATES = pd.bdate_range("2024-01-02", periods=10)  # 2024-01-02 .. 2024-01-15
@@ -79,6 +79,28 @@ def test_long_csv_round_trip(tmp_path):
     assert panel.dates.tz is None and panel.dates.is_monotonic_increasing
     assert panel.source == str(path)
     assert panel.report == (f"loaded 2 symbols x 10 bars (2024-01-02 .. 2024-01-15) from {path}",)
+
+
+def test_data_frame_in_memory():
+    frame = _long_frame()
+    _assert_expected_long(load_frame(frame))
+    # Parsed dates, date and symbol as the index, and the options work as for files.
+    parsed = frame.assign(date=pd.to_datetime(frame["date"])).set_index(["date", "symbol"])
+    _assert_expected_long(load_frame(parsed))
+    panel = load_frame(frame, symbols="MSFT", start="2024-01-03", end="2024-01-05")
+    assert panel.symbols == ("MSFT",) and list(panel.dates) == list(DATES[1:4])
+    assert panel.source == "DataFrame"
+
+
+def test_data_frame_errors_name_the_row():
+    frame = _long_frame()
+    frame["close"] = frame["close"].astype(object)
+    frame.loc[12, "close"] = "n/a"
+    _raises(r"^DataFrame row 12 \(MSFT, 2024-01-04\): close 'n/a' is not a number$",
+            load_frame, frame)
+    _raises(r"^bars: missing column\(s\) volume", load_frame,
+            _long_frame().drop(columns="volume"), source="bars")
+    _raises("expected a pandas DataFrame, got list", load_frame, [1, 2])
 
 
 @pytest.mark.parametrize("name", ["prices.parquet", "prices.pq"])
