@@ -46,6 +46,10 @@ CHECKPOINT_DIR = "checkpoints"  # under the run directory
 FORMAT = 1  # metadata layout version, bumped when it changes incompatibly
 SCORE_KEY = "episode_return_mean"  # ranks checkpoints until a held-out score exists
 EVAL_SCORE_KEY = "eval_score"  # the held-out score, preferred when a metrics row has it
+# Rank of a checkpoint without a held-out score in a run that evaluates: below every
+# eval_score (`jaxtrade.metrics.model_score` lies in [-90, 90]), so that the best checkpoint
+# is always an evaluated one and scores of different scales are never compared.
+UNEVALUATED = -1000.0
 # Headline metrics kept per iteration in the metadata (metrics.jsonl has every column).
 HISTORY_KEYS = (
     "episode_return_mean", "policy_loss", "value_loss", "entropy", "approx_kl",
@@ -108,9 +112,12 @@ class Lineage:
         return cls(parent_run, step, parent.generation + 1, base, start)
 
 
-def score(row: Mapping[str, Any]) -> float:
-    """What ranks checkpoints: the held-out score once a row has one, else mean episode return."""
-    return float(row.get(EVAL_SCORE_KEY, row[SCORE_KEY]))
+def score(row: Mapping[str, Any], evaluating: bool = False) -> float:
+    """What ranks checkpoints: the held-out score when the row has one; else, in a run that
+    evaluates (`evaluating`), `UNEVALUATED`, and in one that does not, mean episode return."""
+    if EVAL_SCORE_KEY in row:
+        return float(row[EVAL_SCORE_KEY])
+    return UNEVALUATED if evaluating else float(row[SCORE_KEY])
 
 
 def resume_command(run_dir: str | os.PathLike) -> str:
@@ -264,8 +271,8 @@ def _read_meta(directory: Path, step: int) -> dict:
     return meta
 
 
-def latest(run_dir: str | os.PathLike) -> Source:
-    """The latest complete checkpoint of the run in `run_dir`.
+def latest(run_dir: str | os.PathLike, *, purpose: str = "to resume from") -> Source:
+    """The latest complete checkpoint of the run in `run_dir`; `purpose` words the error.
 
     Raises:
         CheckpointError: no such directory, no complete checkpoint, or unreadable metadata.
@@ -279,9 +286,48 @@ def latest(run_dir: str | os.PathLike) -> Source:
         partial = sorted(p.name for p in directory.glob("*.orbax-checkpoint-tmp*"))
         hint = f" (only unfinished saves: {', '.join(partial)})" if partial else ""
         raise CheckpointError(
-            f"{run_dir}: no complete checkpoint to resume from in {directory}{hint}"
+            f"{run_dir}: no complete checkpoint{' ' + purpose if purpose else ''} in "
+            f"{directory}{hint}"
         )
     return Source(directory, step, _read_meta(directory, step))
+
+
+def select(run_dir: str | os.PathLike, which: str | int = "best") -> Source:
+    """Checkpoint `which` of the run in `run_dir`: "best" (the best-ranked by `score`, as the
+    run recorded it), "latest", or an iteration number.
+
+    Raises:
+        CheckpointError: no such run, no complete checkpoint, a bad name, or no checkpoint
+            at that iteration (the message lists those kept).
+    """
+    text = str(which).strip()
+    if text not in ("best", "latest") and not text.isdigit():
+        raise CheckpointError(
+            f"checkpoint must be 'best', 'latest' or an iteration number, got {str(which)!r}"
+        )
+    last = latest(run_dir, purpose="")
+    steps = sorted(_read_only_manager(last.directory).all_steps())
+    if text == "latest":
+        return last
+    if text == "best":
+        best = last.meta.get("best") or {}
+        step = best.get("iteration", last.step)
+        if step not in steps:  # the best one was not kept: rank the ones that were
+            metas = {s: _read_meta(last.directory, s) for s in steps}
+            evaluating = any(EVAL_SCORE_KEY in (m.get("metrics") or {}) for m in metas.values())
+            ranked = [(score(m["metrics"], evaluating), s) for s, m in metas.items()
+                      if m.get("metrics")]
+            step = max(ranked)[1] if ranked else last.step
+    else:
+        step = int(text)
+        if step not in steps:
+            raise CheckpointError(
+                f"{run_dir}: no checkpoint at iteration {step} (kept: "
+                f"{', '.join(map(str, steps))})"
+            )
+    if step == last.step:
+        return last
+    return Source(last.directory, step, _read_meta(last.directory, step))
 
 
 def locate(path: str | os.PathLike) -> Source:
@@ -414,7 +460,20 @@ def restore_params(source: Source, trainer: Trainer, on_mismatch: str = "error")
     new = {"params": abstract_state(trainer).params}
     if _mismatch(source, "architecture", on_mismatch, {"params": tree["params"]}, new):
         return None
-    # Restore the saved tree at its own shapes (n_envs may differ here) and keep the params.
+    return read_params(source, tree)
+
+
+def read_params(source: Source, tree: Any = None) -> dict:
+    """The network parameters of `source` at their saved shapes, on the first device.
+
+    The whole saved state is read (at its own shapes: n_envs may differ from any run's
+    now) and all but the parameters dropped. `tree`: the saved tree metadata, when the
+    caller has it already.
+
+    Raises:
+        CheckpointError: unreadable.
+    """
+    tree = _saved_tree_metadata(source) if tree is None else tree
     sharding = _default_sharding()
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
     return _restore(source, target)["params"]
@@ -577,14 +636,20 @@ class RunCheckpoints:
         *,
         lineage: Lineage = Lineage(),
         resumed: Mapping[str, Any] | None = None,
+        evaluating: bool = False,
     ):
-        """`resumed`: the metadata of the checkpoint this run continues (history, best)."""
+        """`resumed`: the metadata of the checkpoint this run continues (history, best).
+        `evaluating`: the run evaluates on held-out data, so checkpoints rank by eval_score
+        (see `score`)."""
         self.directory = Path(run_dir) / CHECKPOINT_DIR
         self.config = config
         self.lineage = lineage
+        self.evaluating = evaluating
         resumed = resumed or {}
         self.history: dict[str, list] = {k: list(v) for k, v in resumed.get("history", {}).items()}
         self.best: dict | None = resumed.get("best")
+        if evaluating and self.best and self.best.get("metric") != EVAL_SCORE_KEY:
+            self.best = None  # ranked by episode return before evaluation was on: not comparable
         self.last_row: dict = dict(resumed.get("metrics") or {})
         self.last_step: int | None = resumed.get("iteration")
         options = ocp.CheckpointManagerOptions(
@@ -642,11 +707,11 @@ class RunCheckpoints:
         """
         if self.last_step is not None and iteration <= self.last_step:
             return False
-        row_score = score(self.last_row) if self.last_row else -math.inf
+        row_score = score(self.last_row, self.evaluating) if self.last_row else -math.inf
         if self.last_row and (self.best is None or row_score > self.best["score"]):
             self.best = {"iteration": iteration, "score": row_score,
                          "metric": EVAL_SCORE_KEY if EVAL_SCORE_KEY in self.last_row
-                         else SCORE_KEY}
+                         else "unevaluated" if self.evaluating else SCORE_KEY}
         meta = self.metadata(iteration, interrupted=interrupted, final=final,
                              rng_impl=str(jax.random.key_impl(state.rng)))
         # A copy: the next host call donates `state`'s buffers while Orbax still reads these.
