@@ -24,6 +24,8 @@ import numpy as np
 from jaxtrade import __version__
 from jaxtrade import config as cfgmod
 from jaxtrade.data import DataError, load_market
+from jaxtrade.data.market import MARKET_FILE, market_record
+from jaxtrade.data.panel import format_date
 from jaxtrade.envs import NAMES
 
 # Per-iteration metrics that must stay finite; the first that is not stops the run.
@@ -38,7 +40,7 @@ FLAG_FIELDS = (
     "episodes", "iterations", "hidden_dim", "n_gru_layers", "dropout", "precision", "actor_lr",
     "critic_lr", "ppo_epochs", "critic_epochs", "gamma", "gae_lambda", "clip", "ent_coef",
     "vf_coef", "max_grad_norm", "seed", "run_dir", "iterations_per_call", "log_every",
-    "save_every", "keep_checkpoints",
+    "save_every", "keep_checkpoints", "eval_every",
 )
 # Config key -> the flag that sets it, to name it in messages.
 FLAG_OF = {**{k: "--" + k.replace("_", "-") for k in FLAG_FIELDS}, "path": "--data"}
@@ -112,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="iterations between checkpoints; 0 = only the final one [10]")
     g.add_argument("--keep-checkpoints", type=int,
                    help="most recent checkpoints kept, besides the best and the final one [3]")
+    g.add_argument("--eval-every", type=int,
+                   help="iterations between greedy walks of the held-out range, logged as eval_* "
+                        "in metrics.jsonl and ranking checkpoints by eval_score; 0 = off [10]")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --run-dir from its latest complete checkpoint; "
                         "flags change its hyperparameters or duration, never its shapes")
@@ -253,6 +258,35 @@ def verbose_lines(row: dict) -> list[str]:
     ]
 
 
+def eval_line(row: dict, new_best: bool) -> str:
+    return (
+        f"eval {row['iteration']:>5} | held-out return {100 * row['eval_total_return']:+.2f}% | "
+        f"Sharpe {row['eval_sharpe']:+.2f} | max DD {100 * row['eval_max_drawdown']:.2f}% | "
+        f"score {row['eval_score']:+.2f}" + (" (best)" if new_best else "")
+    )
+
+
+def eval_interval(cfg: cfgmod.Config, market, given: bool) -> int:
+    """Iterations between held-out evaluations: `run.eval_every`, or 0 when the market holds
+    nothing out and eval_every is the default (an eval_every set by the user is an error)."""
+    every = cfg.run.eval_every
+    if every and not market.n_eval_bars:
+        if given or every != cfgmod.RunConfig.eval_every:
+            raise UsageError(
+                f"--eval-every {every} walks the held-out range, but this run holds no bars out "
+                f"(eval_fraction={cfg.data.eval_fraction:g}, split_date={cfg.data.split_date}); "
+                f"hold some out with --eval-fraction or --split-date, or pass --eval-every 0"
+            )
+        return 0
+    return every
+
+
+def eval_row(evaluator, params, row: dict) -> dict:
+    """The held-out metrics of `params` as metrics.jsonl columns: eval_<metric>, eval_score."""
+    out = jax.device_get(evaluator(params, row))
+    return {f"eval_{k}": (np.asarray(v).tolist()) for k, v in out.items()}
+
+
 def first_non_finite(row: dict) -> str | None:
     """Name of the first quantity that is not finite, or None."""
     if not row["params_finite"]:
@@ -358,6 +392,7 @@ def _finish_config(cfg: cfgmod.Config, platform: str, name: str | None = None) -
 
 def _train(args: argparse.Namespace) -> int:
     from jaxtrade import checkpoint as ckpt
+    from jaxtrade.evaluation import make_evaluator
     from jaxtrade.trainer import make_train, set_hparams
 
     platform = jax.default_backend()
@@ -377,6 +412,7 @@ def _train(args: argparse.Namespace) -> int:
         eval_fraction=cfg.data.eval_fraction,
         split_date=cfg.data.split_date,
     )
+    eval_every = eval_interval(cfg, market, given=args.eval_every is not None)
     run_dir = Path(cfg.run.run_dir)
     if start.mode != "resume":
         check_new_run_dir(run_dir)
@@ -425,6 +461,7 @@ def _train(args: argparse.Namespace) -> int:
         kept, dropped = ckpt.truncate_metrics(run_dir / "metrics.jsonl", start_iters)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfgmod.to_dict(cfg), indent=2) + "\n")
+    (run_dir / MARKET_FILE).write_text(json.dumps(market_record(market), indent=2) + "\n")
 
     say(f"jaxtrade {__version__} | jax {jax.__version__} | {len(devices)} x "
         f"{devices[0].device_kind} ({platform}) | precision "
@@ -439,6 +476,13 @@ def _train(args: argparse.Namespace) -> int:
         f"{pc.n_minibatches} minibatches, {pc.ppo_epochs} joint + {pc.critic_epochs} critic "
         f"epochs")
     say(f"run: {total_iters:,} iterations = {total_steps:,} timesteps -> {run_dir}")
+    first, last = market.train_end, market.n_bars - 1
+    if eval_every:
+        say(f"eval: greedy walk of the held-out bars {format_date(market.dates[first])} .. "
+            f"{format_date(market.dates[last])} ({last - first} steps) every {eval_every} "
+            f"iterations and at the end; checkpoints ranked by eval_score")
+    else:
+        say("eval: off" + ("" if market.n_eval_bars else " (no held-out range)"))
     if source is not None:
         how = {
             "resume": f"resumed from {source.path}"
@@ -467,7 +511,8 @@ def _train(args: argparse.Namespace) -> int:
                   f"{jax.device_count()}: the run continues, but not bit-identically",
                   file=sys.stderr)
 
-    checkpoints = ckpt.RunCheckpoints(run_dir, cfg, lineage=lineage, resumed=resumed)
+    checkpoints = ckpt.RunCheckpoints(run_dir, cfg, lineage=lineage, resumed=resumed,
+                                      evaluating=bool(eval_every))
     progress = Progress(total_steps, enabled=verbosity > 0)
     train_s = 0.0
     compile_s = 0.0
@@ -479,6 +524,10 @@ def _train(args: argparse.Namespace) -> int:
     message = None
     save_every = cfg.run.save_every
     next_save = (done_iters // save_every + 1) * save_every if save_every else None
+    next_eval = (done_iters // eval_every + 1) * eval_every if eval_every else None
+    best = (resumed or {}).get("best") or {}
+    best_eval = best["score"] if best.get("metric") == ckpt.EVAL_SCORE_KEY else -math.inf
+    evaluator = None
     k_call = min(cfg.run.iterations_per_call, total_iters)
     compiled = {}
 
@@ -505,6 +554,13 @@ def _train(args: argparse.Namespace) -> int:
         k_first = min(k_call, total_iters - done_iters)
         if not interrupts.requested:
             get_compiled(k_first)
+            if eval_every:
+                say("compiling evaluation...", end=" ", flush=True)
+                t0 = time.perf_counter()
+                evaluator = make_evaluator(trainer.network, trainer.env, cfg.env, first, last,
+                                           market.bars_per_year, cfg.run.seed, state.params)
+                compile_s += time.perf_counter() - t0
+                say(f"done in {time.perf_counter() - t0:.1f}s")
         with open(run_dir / "metrics.jsonl", "a") as log:
             while done_iters < total_iters and not interrupts.requested:
                 k = min(k_call, total_iters - done_iters)
@@ -515,6 +571,7 @@ def _train(args: argparse.Namespace) -> int:
                 dt_s = time.perf_counter() - t0
                 train_s += dt_s
                 sps = k * steps_per_iter / dt_s
+                rows = []
                 for i in range(k):
                     row = _to_row(metrics, i)
                     bad = first_non_finite(row)
@@ -538,25 +595,39 @@ def _train(args: argparse.Namespace) -> int:
                            if k_ not in ("episodes", "params_finite")},
                         "episodes_this_iteration": int(row["episodes"]),
                     }
+                    rows.append(row)
+                # Held-out evaluation of the parameters this call ended with, into its last row.
+                new_best = False
+                if (status == "completed" and evaluator is not None
+                        and (done_iters >= next_eval or done_iters == total_iters)):
+                    next_eval = (done_iters // eval_every + 1) * eval_every
+                    rows[-1].update(eval_row(evaluator, state.params, rows[-1]))
+                    new_best = rows[-1][ckpt.EVAL_SCORE_KEY] > best_eval
+                    best_eval = max(best_eval, rows[-1][ckpt.EVAL_SCORE_KEY])
+                for row in rows:
                     log.write(json.dumps(row) + "\n")
                     checkpoints.record(row)
                     last_row = row
-                    if verbosity > 0 and (
-                        done_iters % cfg.run.log_every == 0 or done_iters == total_iters
-                    ):
+                    it = row["iteration"]
+                    if verbosity > 0 and (it % cfg.run.log_every == 0 or it == total_iters):
                         progress.clear()
                         print(log_line(row, total_iters), flush=True)
                         if verbosity > 1:
                             for line in verbose_lines(row):
                                 print(line)
+                    if verbosity > 0 and ckpt.EVAL_SCORE_KEY in row:
+                        progress.clear()
+                        print(eval_line(row, new_best), flush=True)
                 log.flush()
                 if status != "completed":
                     break
-                # Between calls, after the rows above were checked finite and written.
-                if next_save is not None and done_iters >= next_save:
+                # Between calls, after the rows above were checked finite and written; a new
+                # best held-out score is saved too, so that the best checkpoint is kept.
+                save_due = next_save is not None and done_iters >= next_save
+                if save_due:
                     next_save = (done_iters // save_every + 1) * save_every
-                    if done_iters < total_iters:
-                        save()
+                if (save_due or new_best) and done_iters < total_iters:
+                    save()
                 trained = (done_iters - start_iters) * steps_per_iter
                 progress.update(done_iters * steps_per_iter, train_s and trained / train_s,
                                 last_row.get("episode_return_mean", 0.0))
@@ -585,6 +656,7 @@ def _train(args: argparse.Namespace) -> int:
         "checkpoint": (str(checkpoints.directory / str(checkpoints.last_step))
                        if checkpoints.last_step is not None else None),
         "lineage": lineage.to_dict(done_iters * steps_per_iter),
+        "best": checkpoints.best,
         "final_metrics": last_row,
     }
     if status == "interrupted":

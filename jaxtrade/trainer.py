@@ -37,6 +37,7 @@ from jaxtrade import ppo
 from jaxtrade.config import Config, compute_dtype
 from jaxtrade.data.market import Market
 from jaxtrade.envs import N_REGIMES, EnvParams, PortfolioEnv
+from jaxtrade.evaluation import make_policy_walk
 from jaxtrade.networks import ActorCritic, count_params
 from jaxtrade.rollout import Carry, Transition, initial_carry, make_rollout
 
@@ -125,6 +126,18 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def make_network(config: Config) -> ActorCritic:
+    """The actor-critic `config.network` describes, in this platform's compute dtype."""
+    nc = config.network
+    return ActorCritic(
+        n_actions=N_REGIMES,
+        hidden_dim=nc.hidden_dim,
+        n_gru_layers=nc.n_gru_layers,
+        dropout=nc.dropout,
+        dtype=compute_dtype(nc.precision, jax.default_backend()),
+    )
+
+
 def make_train(config: Config, market: Market) -> Trainer:
     """Builds the fused training program for `config` on `market`.
 
@@ -134,13 +147,7 @@ def make_train(config: Config, market: Market) -> Trainer:
     n_envs, n_steps, n_mb = pc.n_envs, pc.n_steps, pc.n_minibatches
     env = PortfolioEnv(market)
     env_params = env.make_params("train", **config.env.params_kwargs())
-    network = ActorCritic(
-        n_actions=env.num_actions,
-        hidden_dim=nc.hidden_dim,
-        n_gru_layers=nc.n_gru_layers,
-        dropout=nc.dropout,
-        dtype=compute_dtype(nc.precision, jax.default_backend()),
-    )
+    network = make_network(config)
     actor_tx, critic_tx = ppo.make_optimizers(
         pc.max_grad_norm, actor_lr=pc.actor_lr, critic_lr=pc.critic_lr
     )
@@ -374,13 +381,6 @@ def set_hparams(state: TrainState, **values) -> TrainState:
 
 def make_greedy_walk(trainer: Trainer, env_params: EnvParams, n_steps: int):
     """jit: (params, key) -> Transition [n_steps, 1, ...] of the greedy policy from the start of
-    `env_params`' range (set `start` there for one continuous pass)."""
-    rollout = make_rollout(trainer.network, trainer.env, n_steps, greedy=True)
-
-    def walk(params, key):
-        key_init, key_run = jax.random.split(key)
-        carry = initial_carry(trainer.network, trainer.env, env_params, key_init, 1)
-        _, traj = rollout(params, env_params, carry, key_run)
-        return traj
-
-    return jax.jit(walk)
+    `env_params`' range (see `jaxtrade.evaluation` for continuous passes)."""
+    walk = make_policy_walk(trainer.network, trainer.env, n_steps)
+    return jax.jit(lambda params, key: walk(params, env_params, key)[1])

@@ -83,6 +83,37 @@ class Market:
         )
 
 
+MARKET_FILE = "market.json"  # in a run directory: what evaluation and deployment need of it
+MARKET_FORMAT = 1  # layout version of MARKET_FILE
+
+
+def market_record(market: Market) -> dict:
+    """What evaluating or deploying a model trained on `market` needs to know of it (JSON-ready).
+
+    The normalisation statistics (features of new data must be scaled as in training),
+    the symbols in column order, and the training and held-out date ranges (None when
+    nothing is held out); dates as `format_date` writes them.
+    """
+
+    def span(lo: int, hi: int) -> dict | None:
+        if hi <= lo:
+            return None
+        return {"start": format_date(market.dates[lo]), "end": format_date(market.dates[hi - 1]),
+                "bars": hi - lo}
+
+    return {
+        "format": MARKET_FORMAT,
+        "source": market.source,
+        "symbols": list(market.symbols),
+        "n_assets": market.n_assets,
+        "bars_per_year": market.bars_per_year,
+        "feature_window": feats.WINDOW,
+        "stats": market.stats.to_dict(),
+        "train": span(0, market.train_end),
+        "held_out": span(market.train_end, market.n_bars),
+    }
+
+
 def estimate_bars_per_year(dates: pd.DatetimeIndex) -> float:
     """Bars per calendar year, from the span of the dates (daily ~252, hourly US ~1,764)."""
     years = (dates[-1] - dates[0]) / pd.Timedelta(days=365.25)

@@ -1,0 +1,229 @@
+"""Evaluation walks: the policy and the baseline strategies in one continuous pass of a range.
+
+A continuous pass over market bars [first, last] starts all cash with value 1 and
+takes T = last - first steps: step k trades at the close of bar first + k (deciding
+on bar first + k - 1, as in training) and is marked at bar first + k + 1, so the
+equity curve has T + 1 marks, one per bar of the range, the first being the start
+value. There are no episode cuts:
+
+* the episode length is `CONTINUOUS`, so steps never truncate and the policy's
+  episode-progress input stays ~0 throughout (a pass has no end the policy could
+  anticipate; any other choice would make a decision depend on how many bars the
+  pass holds, and deployment decisions differ from evaluated ones);
+* ruin is off (`ruin_fraction` 0): a pass that loses half its value goes on;
+* frictions and reward penalties are the run's (`config.env`), slippage draws included.
+
+Randomness: a pass with key `key` draws step k's randomness from
+``jax.random.split(key, T)[k]`` (inside the rollout for the policy, directly for
+the baselines). With JAX's partitionable threefry (the default) the first keys of a
+split do not depend on its length, so two passes from the same bar with the same
+key take identical steps where they overlap: what `jaxtrade.policy` relies on.
+
+Baselines (`BASELINES`), each a fixed action sequence through the same environment:
+cash (FULL_CASH every bar, flat at 1), buy_and_hold (EQUAL_WEIGHT on the first bar
+then HOLD), equal_weight (EQUAL_WEIGHT every bar: rebalanced), and every other fixed
+regime by its name (DEFENSIVE ... RISK_ON).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxtrade import metrics as M
+from jaxtrade.config import EnvConfig
+from jaxtrade.envs import EnvParams, PortfolioEnv, Regime
+from jaxtrade.networks import ActorCritic
+from jaxtrade.rollout import Carry, Transition, initial_carry, make_rollout
+
+CONTINUOUS = 2**30  # episode length of a continuous pass: never reached, progress input ~0
+POLICY = "policy"  # the strategy name of the trained policy
+_FIXED = tuple(r for r in Regime if r not in (Regime.HOLD, Regime.FULL_CASH, Regime.EQUAL_WEIGHT))
+BASELINES = ("cash", "buy_and_hold", "equal_weight", *(r.name for r in _FIXED))
+STRATEGIES = (POLICY, *BASELINES)
+# What the model score takes from training (the rest comes from the held-out walk).
+HEALTH_KEYS = ("explained_variance", "entropy", "approx_kl", "clip_frac")
+
+
+class EvaluationError(ValueError):
+    """A run, range or data set that cannot be evaluated; the message is one line."""
+
+
+@struct.dataclass
+class Walk:
+    """S strategies walked through the same T steps (leaves [S, ...])."""
+
+    values: jax.Array  # float32 [S, T + 1], marked value; values[:, 0] is the start value 1
+    weights: jax.Array  # float32 [S, T, A + 1], weights after each step's trade, cash last
+    actions: jax.Array  # int32 [S, T], regime of each step
+    costs: jax.Array  # float32 [S, T], trading costs paid at each step (currency)
+    turnover: jax.Array  # float32 [S, T], traded value / portfolio value
+    reward: jax.Array  # float32 [S, T], the env's reward
+
+
+def pass_params(env: PortfolioEnv, env_config: EnvConfig, first: int, last: int) -> EnvParams:
+    """Env params of a continuous pass trading at bars first .. last - 1 (host-side).
+
+    Raises:
+      EvaluationError: first < 1 (the first decision needs the bar before it) or
+        last not in (first, n_bars).
+    """
+    if not 1 <= first < last < env.n_bars:
+        raise EvaluationError(
+            f"a pass needs 1 <= first < last < {env.n_bars} bars, got first={first}, last={last}"
+        )
+    kwargs = {**env_config.params_kwargs(), "episode_length": CONTINUOUS, "ruin_fraction": 0.0}
+    # make_params checks the frictions; the range of a pass is not a split's, so set it here.
+    params = env.make_params("train", start=1, **kwargs)
+    i32 = lambda x: jnp.asarray(x, jnp.int32)
+    return params.replace(start_min=i32(first), start_max=i32(first), end=i32(last))
+
+
+def walk_key(seed: int) -> jax.Array:
+    """The key of an evaluation pass for `seed` (training evaluations use the run's seed)."""
+    return jax.random.key(seed)
+
+
+def baseline_actions(n_steps: int) -> np.ndarray:
+    """int32 [len(BASELINES), n_steps], the action sequence of each baseline."""
+    rows = {
+        "cash": [Regime.FULL_CASH] * n_steps,
+        "buy_and_hold": [Regime.EQUAL_WEIGHT] + [Regime.HOLD] * (n_steps - 1),
+        "equal_weight": [Regime.EQUAL_WEIGHT] * n_steps,
+        **{r.name: [r] * n_steps for r in _FIXED},
+    }
+    return np.asarray([rows[name] for name in BASELINES], np.int32)
+
+
+def make_policy_walk(network: ActorCritic, env: PortfolioEnv, n_steps: int, *,
+                     greedy: bool = True) -> Callable:
+    """`walk(params, env_params, key) -> (Carry, Transition [n_steps, 1, ...])`: one env from
+    `env_params`' first bar; the greedy (or, with greedy=False, sampled) policy."""
+    rollout = make_rollout(network, env, n_steps, greedy=greedy)
+
+    def walk(params, env_params: EnvParams, key: jax.Array) -> tuple[Carry, Transition]:
+        key_init, key_run = jax.random.split(key)
+        carry = initial_carry(network, env, env_params, key_init, 1)
+        return rollout(params, env_params, carry, key_run)
+
+    return walk
+
+
+def policy_walk(traj: Transition) -> Walk:
+    """A rollout of one env ([T, 1, ...]) as a Walk of one strategy ([1, ...])."""
+    info = traj.info
+    values = jnp.concatenate([jnp.ones(1, jnp.float32), info["value"][:, 0]])
+    return Walk(
+        values=values[None],
+        weights=info["weights"][:, 0][None],
+        actions=traj.action[:, 0][None],
+        costs=info["cost"][:, 0][None],
+        turnover=info["turnover"][:, 0][None],
+        reward=traj.reward[:, 0][None],
+    )
+
+
+def make_baseline_walk(env: PortfolioEnv) -> Callable:
+    """`walk(actions [S, T], env_params, key) -> Walk`: fixed action sequences, step k with
+    key ``split(key, T)[k]`` for every strategy."""
+
+    def one(actions: jax.Array, env_params: EnvParams, key: jax.Array):
+        _, state = env.reset(key, env_params)  # the start is fixed: the key is unused
+
+        def body(state, xs):
+            action, k = xs
+            _, state, reward, _, info = env.step(k, state, action, env_params)
+            return state, (info["value"], info["weights"], info["cost"], info["turnover"], reward)
+
+        keys = jax.random.split(key, actions.shape[0])
+        _, (value, weights, cost, turnover, reward) = jax.lax.scan(body, state, (actions, keys))
+        values = jnp.concatenate([jnp.ones(1, jnp.float32), value])
+        return Walk(values, weights, actions, cost, turnover, reward)
+
+    def walk(actions: jax.Array, env_params: EnvParams, key: jax.Array) -> Walk:
+        return jax.vmap(one, in_axes=(0, None, None))(actions, env_params, key)
+
+    return walk
+
+
+def make_strategy_walk(network: ActorCritic, env: PortfolioEnv, n_steps: int, *,
+                       greedy: bool = True) -> Callable:
+    """`walk(params, env_params, key, bars_per_year) -> (Walk, metrics)` of every strategy of
+    `STRATEGIES` (the policy first, then `BASELINES`) over one pass of `n_steps` steps."""
+    policy = make_policy_walk(network, env, n_steps, greedy=greedy)
+    baselines = make_baseline_walk(env)
+    actions = baseline_actions(n_steps)
+
+    def walk(params, env_params: EnvParams, key: jax.Array, bars_per_year) -> tuple[Walk, dict]:
+        _, traj = policy(params, env_params, key)
+        fixed = baselines(jnp.asarray(actions), env_params, key)
+        both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), policy_walk(traj), fixed)
+        return both, walk_metrics(both, env_params, bars_per_year)
+
+    return walk
+
+
+def market_returns(env_params: EnvParams, n_steps: int) -> jax.Array:
+    """float32 [n_steps]: the equal-weight index return over the bar of each step of a pass
+    from `env_params.start_min` (mean_i p_i[t + 1] / p_i[t] - 1, t the step's trade bar)."""
+    price = env_params.market.price
+    window = jax.lax.dynamic_slice_in_dim(price, env_params.start_min, n_steps + 1, axis=0)
+    return jnp.mean(window[1:] / window[:-1], axis=-1) - 1.0
+
+
+def walk_metrics(walk: Walk, env_params: EnvParams, bars_per_year) -> dict[str, jax.Array]:
+    """`metrics.compute_all` of every strategy of `walk`, plus reward_mean: leaves [S, ...]."""
+    n_steps = walk.actions.shape[1]
+    market = market_returns(env_params, n_steps)
+    out = jax.vmap(M.compute_all, in_axes=(0, 0, 0, 0, 0, None, None))(
+        walk.values, walk.weights, walk.actions, walk.costs, walk.turnover, market, bars_per_year
+    )
+    out["reward_mean"] = jnp.mean(walk.reward, axis=1)
+    return out
+
+
+def score(walk_row: Mapping, health: Mapping) -> jax.Array:
+    """The composite model score of a policy: trading terms (profitability, reward) from its
+    walk's metrics, RL-health terms (`HEALTH_KEYS`) from a training iteration's metrics."""
+    return M.model_score(
+        walk_row["avg_trade_return"], walk_row["win_rate"], walk_row["reward_mean"],
+        health["explained_variance"], health["entropy"], health["approx_kl"],
+        health["clip_frac"],
+    )
+
+
+def make_evaluator(network: ActorCritic, env: PortfolioEnv, env_config: EnvConfig,
+                   first: int, last: int, bars_per_year: float, seed: int, params_like):
+    """The held-out evaluation of training, compiled once (host-side setup).
+
+    Returns `evaluate(params, health) -> {metric: scalar}`: the greedy walk of bars
+    [first, last] with `walk_key(seed)` (so every evaluation of a run draws the same
+    slippage), every `walk_metrics` entry of the policy, and `score` with `health`
+    (the `HEALTH_KEYS` of the training iteration; float32 scalars). The program is
+    compiled ahead of time here for parameters shaped and placed like `params_like`,
+    so every call runs it without tracing again.
+    """
+    n_steps = last - first
+    env_params = pass_params(env, env_config, first, last)
+    walk = make_policy_walk(network, env, n_steps)
+    key = walk_key(seed)
+
+    def evaluate(params, env_params: EnvParams, health: dict) -> dict:
+        _, traj = walk(params, env_params, key)
+        row = jax.tree.map(lambda x: x[0], walk_metrics(policy_walk(traj), env_params,
+                                                        bars_per_year))
+        row["score"] = score(row, health)
+        return row
+
+    health_shape = {k: jax.ShapeDtypeStruct((), jnp.float32) for k in HEALTH_KEYS}
+    compiled = jax.jit(evaluate).lower(params_like, env_params, health_shape).compile()
+
+    def run(params, health: Mapping[str, float]) -> dict:
+        h = {k: np.float32(health[k]) for k in HEALTH_KEYS}
+        return compiled(params, env_params, h)
+
+    return run
