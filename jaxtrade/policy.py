@@ -1,0 +1,251 @@
+"""A trained policy for deployment: recent bars in, the regime and target weights for the next
+bar out (host-side orchestration around one jitted program per history length).
+
+    from jaxtrade import load_policy
+
+    policy = load_policy("ckpt/my-run")              # the best checkpoint
+    decision = policy(bars)                          # bars: long-format DataFrame
+    decision.regime, decision.weights                # 'MOMENTUM', {'AAPL': 0.5, ..., 'CASH': 0.0}
+
+How a decision is made, so that it equals what evaluation would do on the same bars
+(`jaxtrade.evaluation`):
+
+* The bars are loaded like a data file (`jaxtrade.data.loader.load_frame`: same
+  columns, aliases and checks), their features computed as in training and scaled
+  with the training run's statistics (RUN_DIR/market.json).
+* The policy walks the given history greedily as one continuous pass, from all cash
+  at the first bar with a complete feature window (bar 21 of those given) through
+  the last bar, with the run's frictions and the evaluation key of the run's seed.
+  That warms up the GRU state and produces the holdings, value and drawdown the
+  policy itself would have now. The decision is the next step of that pass: the
+  regime for the bar after the last one given, decided from the last bar's
+  features, traded at the next bar's price.
+* `current_weights` (optional) replaces the holdings the policy would have with
+  yours for the decision itself (its weights input, and what HOLD keeps); the
+  history walk, and so the GRU state and drawdown input, stay the policy's own.
+
+Each distinct number of bars compiles the walk once (a few seconds); keep the
+window length fixed (e.g. always the last 60 bars) to reuse it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from jaxtrade import checkpoint as ckpt
+from jaxtrade.config import Config
+from jaxtrade.data import features as feats
+from jaxtrade.data.loader import load_frame
+from jaxtrade.data.market import MARKET_FILE, MARKET_FORMAT, Market, build_market
+from jaxtrade.data.panel import FIELDS, Panel, format_date
+from jaxtrade.envs import NAMES, PortfolioEnv, regimes
+from jaxtrade.evaluation import EvaluationError, make_policy_walk, pass_params, walk_key
+from jaxtrade.trainer import make_network
+
+CASH = "CASH"  # the cash entry of weight dicts
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What the policy does on the bar after `as_of`."""
+
+    as_of: pd.Timestamp  # the last bar given; the trade is for the bar after it
+    regime: str  # chosen regime (`jaxtrade.envs.regimes`), the most probable one
+    regime_index: int  # its index in `jaxtrade.envs.NAMES`
+    probabilities: dict[str, float]  # regime name -> probability (sums to 1)
+    weights: dict[str, float]  # target weights: symbol -> weight, and CASH (sum to 1)
+    held: dict[str, float]  # the weights the decision started from (the policy's own, or yours)
+
+    def __str__(self) -> str:
+        target = ", ".join(f"{k} {v:.3f}" for k, v in self.weights.items() if v > 0)
+        return (f"after {format_date(self.as_of)}: {self.regime} "
+                f"(p={self.probabilities[self.regime]:.2f}) -> {target}")
+
+
+def _read_record(run_dir: Path) -> dict:
+    path = run_dir / MARKET_FILE
+    try:
+        record = json.loads(path.read_text())
+        feats.FeatureStats.from_dict(record["stats"])
+    except FileNotFoundError:
+        raise EvaluationError(
+            f"{path}: not found; runs write it at training start (normalisation statistics, "
+            f"symbols, date ranges), so this run predates it: train it again"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise EvaluationError(f"{path}: not a jaxtrade market record ({e})") from None
+    if record.get("format", 0) > MARKET_FORMAT:
+        raise EvaluationError(f"{path}: written by a newer jaxtrade; upgrade jaxtrade")
+    return record
+
+
+class Policy:
+    """A trained policy and what it needs to read new data (load with `load_policy`)."""
+
+    def __init__(self, run_dir: str | os.PathLike, source: ckpt.Source, params: Any,
+                 record: Mapping[str, Any], seed: int | None = None):
+        self.run_dir = Path(run_dir)
+        self.checkpoint = source  # the checkpoint the weights come from
+        self.config: Config = source.config  # the run's config (frictions, network)
+        self.params = params
+        self.record = dict(record)  # RUN_DIR/market.json
+        self.symbols: tuple[str, ...] = tuple(record["symbols"])  # trained on, in column order
+        self.stats = feats.FeatureStats.from_dict(record["stats"])
+        self.seed = self.config.run.seed if seed is None else seed  # evaluation key seed
+        self.network = make_network(self.config)
+        self._programs: dict[int, Any] = {}
+
+    @property
+    def n_assets(self) -> int:
+        return len(self.symbols)
+
+    def __repr__(self) -> str:
+        return (f"Policy({str(self.checkpoint.path)!r}, {self.n_assets} assets: "
+                f"{', '.join(self.symbols)})")
+
+    # ------------------------------------------------------------------------- data
+    def choose_symbols(self, available: list[str] | tuple[str, ...], source: str) -> list | None:
+        """The symbols of a data set to use, in model column order: the trained ones when the
+        data holds them all (extra ones are left out); else all of them (None), when their
+        count is the trained count (new assets take the columns in sorted order).
+
+        Raises:
+          EvaluationError: the counts differ, naming both.
+        """
+        if set(self.symbols) <= set(available):
+            return list(self.symbols)
+        if len(available) == self.n_assets:
+            return None
+        raise EvaluationError(
+            f"{source}: the model was trained on {self.n_assets} assets "
+            f"({', '.join(self.symbols)}) but the data has {len(available)} "
+            f"({', '.join(available)}); give it data with {self.n_assets} assets"
+        )
+
+    def market(self, panel: Panel) -> Market:
+        """`panel` as a market scaled with the training statistics (no split)."""
+        return build_market(panel, stats=self.stats, episode_length=1, eval_fraction=0.0)
+
+    # -------------------------------------------------------------------- decisions
+    def __call__(self, bars: pd.DataFrame,
+                 current_weights: Mapping[str, float] | None = None) -> Decision:
+        """The decision for the bar after the last of `bars` (see the module docstring).
+
+        Args:
+          bars: long-format bars (date, symbol, open, high, low, close, volume[, adj
+            close]) of the assets, at least `feats.WINDOW + 1` bars each, oldest first
+            or not (they are sorted).
+          current_weights: symbol -> weight (and CASH), summing to 1; None = the
+            weights the policy itself would hold after walking `bars`.
+
+        Raises:
+          DataError: bad bars (one line, as the loader's).
+          EvaluationError: wrong asset count, too few bars, bad current_weights.
+        """
+        panel = load_frame(bars, max_fill=self.config.data.max_fill)
+        chosen = self.choose_symbols(panel.symbols, "bars")
+        if chosen is not None and list(panel.symbols) != chosen:
+            panel = load_frame(bars, symbols=chosen, max_fill=self.config.data.max_fill)
+        need = feats.WINDOW + 1
+        if panel.n_bars < need:
+            raise EvaluationError(
+                f"bars: {panel.n_bars} aligned bars is too few: the {feats.WINDOW}-bar feature "
+                f"window + 1 needs at least {need} (more give the GRU a longer warm-up)"
+            )
+        held = None if current_weights is None else self._weights_array(current_weights, panel)
+        # Two flat bars after the last: the pass's last real step (trading at the last bar)
+        # is marked on them, and the decision that follows reads nothing of them.
+        market = self.market(_pad(panel, 2))
+        n = market.n_bars - 2  # bars with features; the decision is for bar n
+        env = PortfolioEnv(market)
+        env_params = pass_params(env, self.config.env, 1, n + 1)
+        program = self._program(env, n - 1)
+        action, probs, target, start = jax.device_get(program(
+            self.params, env_params, walk_key(self.seed),
+            jnp.zeros(self.n_assets + 1, jnp.float32) if held is None else held,
+            jnp.asarray(held is not None),
+        ))
+        names = [*panel.symbols, CASH]
+        return Decision(
+            as_of=panel.dates[-1],
+            regime=NAMES[int(action)],
+            regime_index=int(action),
+            probabilities={name: float(p) for name, p in zip(NAMES, probs, strict=True)},
+            weights={k: float(v) for k, v in zip(names, target, strict=True)},
+            held={k: float(v) for k, v in zip(names, start, strict=True)},
+        )
+
+    decide = __call__
+
+    def _weights_array(self, weights: Mapping[str, float], panel: Panel) -> jax.Array:
+        names = [*panel.symbols, CASH]
+        unknown = sorted(set(weights) - set(names))
+        values = np.array([float(weights.get(k, 0.0)) for k in names])
+        if unknown:
+            raise EvaluationError(f"current_weights: unknown key(s) {', '.join(unknown)}; "
+                                  f"expected {', '.join(names)}")
+        if (values < 0).any() or abs(values.sum() - 1.0) > 1e-3:
+            raise EvaluationError(f"current_weights must be >= 0 and sum to 1 (long-only, cash "
+                                  f"included), got a sum of {values.sum():.6g}")
+        return jnp.asarray(values / values.sum(), jnp.float32)
+
+    def _program(self, env: PortfolioEnv, n_steps: int):
+        """jit: the pass of `n_steps` steps, then the decision; one per history length."""
+        if n_steps not in self._programs:
+            network = self.network
+            walk = make_policy_walk(network, env, n_steps)
+
+            def decide(params, env_params, key, weights, use_weights):
+                carry, _ = walk(params, env_params, key)
+                state = carry.env_state  # leaves [1, ...], at bar t = n
+                held = jnp.where(use_weights, weights[None], state.weights)
+                state = state.replace(weights=held)
+                obs = jax.vmap(env.get_obs, in_axes=(0, None))(state, env_params)
+                _, logits, _ = network.apply({"params": params}, carry.hidden, obs, carry.reset)
+                action = jnp.argmax(logits[0]).astype(jnp.int32)
+                scores = env_params.market.scores[state.t[0] - 1]
+                target = regimes.target_weights(action, scores, held[0])
+                return action, jax.nn.softmax(logits[0]), target, held[0]
+
+            self._programs[n_steps] = jax.jit(decide)
+        return self._programs[n_steps]
+
+
+def _pad(panel: Panel, k: int) -> Panel:
+    """`panel` with `k` copies of its last bar appended (flat prices), one bar interval apart."""
+    step = panel.dates[-1] - panel.dates[-2] if panel.n_bars > 1 else pd.Timedelta(days=1)
+    dates = panel.dates.append(pd.DatetimeIndex([panel.dates[-1] + step * (i + 1)
+                                                 for i in range(k)]))
+    grow = {name: np.concatenate([getattr(panel, name), np.repeat(getattr(panel, name)[-1:], k,
+                                                                  axis=0)])
+            for name in FIELDS}
+    return dataclasses.replace(panel, dates=dates, **grow)
+
+
+def load_policy(run_dir: str | os.PathLike, checkpoint: str | int = "best",
+                seed: int | None = None) -> Policy:
+    """The policy of a training run, ready to decide on new bars (see the module docstring).
+
+    Args:
+      run_dir: the run directory (`python -m jaxtrade.train --run-dir`).
+      checkpoint: "best" (by eval_score when the run evaluated, else by episode
+        return), "latest", or an iteration number.
+      seed: key of the pass's slippage draws; default the run's seed, as evaluation.
+
+    Raises:
+      CheckpointError: no such run or checkpoint; EvaluationError: no RUN_DIR/market.json.
+    """
+    run_dir = Path(run_dir)
+    source = ckpt.select(run_dir, checkpoint)
+    record = _read_record(run_dir)
+    return Policy(run_dir, source, ckpt.read_params(source), record, seed)

@@ -1,0 +1,283 @@
+"""Held-out evaluation during training, and `python -m jaxtrade.evaluate`: files, numbers,
+baselines, user data and one-line errors."""
+
+import json
+import math
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from jaxtrade import checkpoint as ckpt
+from jaxtrade import evaluate, train
+from jaxtrade import metrics as M
+from jaxtrade.config import Config, with_values
+from jaxtrade.data import SyntheticConfig, build_market, synthetic_panel
+from jaxtrade.envs import PortfolioEnv, Regime
+from jaxtrade.evaluate import UsageError, select_range
+from jaxtrade.evaluation import BASELINES, STRATEGIES, walk_key
+from tests.conftest import TRAINED_EVAL_EVERY, TRAINED_ITERATIONS, long_frame
+
+# The trained run's market (tests/test_train.py TINY: 4 assets x 400 bars, 20% held out).
+RUN_PANEL = SyntheticConfig(n_assets=4, n_bars=400, seed=0)
+HELD_OUT_STEPS = 75  # 380 bars with features, the last 76 held out
+METRIC_KEYS = set(M.compute_all(jnp.ones(3), jnp.ones((2, 5)), jnp.zeros(2, jnp.int32),
+                                jnp.zeros(2), jnp.zeros(2), jnp.zeros(2), 252.0))
+
+
+def rows_of(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def held_out_evaluation(trained_run, tmp_path_factory):
+    """`python -m jaxtrade.evaluate --run-dir RUN` (best checkpoint, held-out range)."""
+    run_dir, _ = trained_run
+    out_dir = tmp_path_factory.mktemp("eval")
+    code, out = run_main(["--run-dir", str(run_dir), "--out", str(out_dir)])
+    assert code == 0
+    return out_dir, out
+
+
+def run_main(argv):
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = evaluate.main(argv)
+    return code, buf.getvalue()
+
+
+def read_outputs(out_dir):
+    report = json.loads((out_dir / "report.json").read_text())
+    equity = pd.read_csv(out_dir / "equity.csv")
+    return report, equity
+
+
+# --------------------------------------------------------------------- during training
+def test_training_logs_held_out_metrics_and_score_on_eval_iterations(trained_run):
+    run_dir, out = trained_run
+    rows = rows_of(run_dir)
+    evaluated = [r["iteration"] for r in rows if "eval_score" in r]
+    assert evaluated == list(range(TRAINED_EVAL_EVERY, TRAINED_ITERATIONS + 1,
+                                   TRAINED_EVAL_EVERY))
+    for r in rows:
+        keys = {k for k in r if k.startswith("eval_")}
+        if r["iteration"] in evaluated:
+            assert keys == {f"eval_{k}" for k in METRIC_KEYS | {"reward_mean", "score"}}
+            assert len(r["eval_action_freq"]) == 12
+            assert math.isclose(sum(r["eval_action_freq"]), 1.0, abs_tol=1e-5)
+            # The score: trading terms of the held-out walk, RL health of the iteration.
+            expected = M.model_score(
+                r["eval_avg_trade_return"], r["eval_win_rate"], r["eval_reward_mean"],
+                r["explained_variance"], r["entropy"], r["approx_kl"], r["clip_frac"])
+            assert r["eval_score"] == pytest.approx(float(expected), abs=1e-4)
+        else:
+            assert not keys
+    # One compile of the evaluation, reused by every evaluation; one log line each.
+    assert out.count("compiling evaluation...") == 1
+    assert out.count("held-out return") == len(evaluated)
+    assert f"({HELD_OUT_STEPS} steps) every {TRAINED_EVAL_EVERY} iterations" in out
+
+    record = json.loads((run_dir / "market.json").read_text())
+    assert record["symbols"] == ["SYN00", "SYN01", "SYN02", "SYN03"] and record["n_assets"] == 4
+    assert record["held_out"]["bars"] == HELD_OUT_STEPS + 1
+    assert record["train"]["bars"] == 380 - HELD_OUT_STEPS - 1
+    assert len(record["stats"]["mean"]) == len(record["stats"]["names"]) == 9
+
+
+def test_best_checkpoint_follows_eval_score(trained_run):
+    run_dir, _ = trained_run
+    scores = {r["iteration"]: r["eval_score"] for r in rows_of(run_dir) if "eval_score" in r}
+    new_bests, best = [], -math.inf
+    for it, s in scores.items():
+        if s > best:
+            new_bests.append(it)
+            best = s
+    # --save-every 0: a checkpoint at every new best held-out score, and the final one.
+    steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir())
+    assert steps == sorted(set(new_bests) | {TRAINED_ITERATIONS})
+    chosen = ckpt.select(run_dir, "best")
+    assert chosen.step == max(scores, key=scores.get)
+    assert chosen.meta["metrics"]["eval_score"] == max(scores.values())
+    assert ckpt.latest(run_dir).meta["best"] == {
+        "iteration": chosen.step, "score": max(scores.values()), "metric": "eval_score"}
+    assert ckpt.select(run_dir, "latest").step == TRAINED_ITERATIONS
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best"]["iteration"] == chosen.step
+
+
+class _Market:
+    def __init__(self, n_eval_bars):
+        self.n_eval_bars = n_eval_bars
+
+
+def test_eval_every_needs_a_held_out_range(tmp_path, capsys):
+    cfg = with_values(Config(), eval_fraction=0.0)
+    assert train.eval_interval(cfg, _Market(0), given=False) == 0  # the default: off
+    assert train.eval_interval(cfg, _Market(50), given=False) == 10
+    with pytest.raises(train.UsageError, match="holds no bars out"):
+        train.eval_interval(cfg, _Market(0), given=True)
+    with pytest.raises(train.UsageError, match="--eval-every 3 walks the held-out range"):
+        train.eval_interval(with_values(cfg, eval_every=3), _Market(0), given=False)
+    # From the command line: one line, exit 2, before anything is written.
+    argv = ["--hyperparams", "n_bars=400,n_assets=4", "--episode-length", "32",
+            "--eval-fraction", "0", "--eval-every", "5", "--run-dir", str(tmp_path / "r")]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --eval-every 5 walks the held-out")
+    assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------- the evaluate CLI
+def test_evaluate_writes_every_strategy_to_report_equity_and_plot(trained_run,
+                                                                  held_out_evaluation):
+    run_dir, _ = trained_run
+    out_dir, out = held_out_evaluation
+    report, equity = read_outputs(out_dir)
+    record = json.loads((run_dir / "market.json").read_text())
+    best = ckpt.select(run_dir, "best")
+
+    assert report["checkpoint"]["iteration"] == best.step
+    assert report["checkpoint"]["requested"] == "best" and report["actions"] == "greedy"
+    assert report["range"] == {"start": record["held_out"]["start"],
+                               "end": record["held_out"]["end"], "bars": HELD_OUT_STEPS + 1,
+                               "steps": HELD_OUT_STEPS, "what": "the run's held-out range"}
+    assert list(report["strategies"]) == list(STRATEGIES)
+    assert STRATEGIES == ("policy", "cash", "buy_and_hold", "equal_weight", "DEFENSIVE",
+                          "LIGHT_CASH", "MOMENTUM", "LOW_VOL", "QUALITY", "SIZE_SMALL",
+                          "SAFE_MOMENTUM", "SAFE_QUALITY", "RISK_ON")
+    for name, m in report["strategies"].items():
+        assert METRIC_KEYS | {"reward_mean", "final_value"} == set(m), name
+        assert m["total_return"] == pytest.approx(equity[name].iloc[-1] - 1.0, abs=1e-6)
+
+    assert list(equity.columns) == ["date", *STRATEGIES]
+    assert len(equity) == HELD_OUT_STEPS + 1
+    assert (equity.iloc[0][list(STRATEGIES)] == 1.0).all()  # the start value
+    assert equity["date"].iloc[0] == record["held_out"]["start"]
+    assert equity["date"].iloc[-1] == record["held_out"]["end"]
+    assert (equity["cash"] == 1.0).all()
+    cash = report["strategies"]["cash"]
+    assert cash["costs_total"] == 0 and cash["max_drawdown"] == 0 and cash["sharpe"] == 0
+
+    # The same numbers as the held-out evaluation that chose this checkpoint in training.
+    row = next(r for r in rows_of(run_dir) if r["iteration"] == best.step)
+    policy = report["strategies"]["policy"]
+    for key in ("total_return", "sharpe", "max_drawdown", "win_rate", "turnover_total"):
+        assert policy[key] == pytest.approx(row[f"eval_{key}"], rel=1e-5, abs=1e-6), key
+    assert report["model_score"] == pytest.approx(row["eval_score"], abs=1e-4)
+
+    decisions = pd.read_csv(out_dir / "decisions.csv")
+    assert len(decisions) == HELD_OUT_STEPS
+    weights = decisions[[c for c in decisions.columns if c.startswith("w_")]]
+    assert list(weights.columns) == ["w_SYN00", "w_SYN01", "w_SYN02", "w_SYN03", "w_CASH"]
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
+
+    png = (out_dir / "equity.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("strategy"))
+    for col in ("total", "annual", "Sharpe", "Sortino", "max DD", "Calmar", "win rate",
+                "turnover", "costs"):
+        assert col in header
+    assert [line.split()[0] for line in lines[lines.index(header) + 2:][:len(STRATEGIES)]] == \
+        list(STRATEGIES)
+
+
+def test_baselines_equal_direct_env_walks(held_out_evaluation):
+    """equal_weight: the env stepped with EQUAL_WEIGHT at every bar (the same step keys);
+    buy_and_hold: the first bar's trade cost, then the assets' own price paths."""
+    report, equity = read_outputs(held_out_evaluation[0])
+    market = build_market(synthetic_panel(RUN_PANEL), episode_length=32, eval_fraction=0.2)
+    env = PortfolioEnv(market)
+    first = market.train_end
+    params = env.make_params("eval", start=first, episode_length=HELD_OUT_STEPS,
+                             ruin_fraction=0.0)
+    step = jax.jit(env.step)
+    _, state = env.reset(jax.random.key(0), params)
+    values = [1.0]
+    for key in jax.random.split(walk_key(report["seed"]), HELD_OUT_STEPS):
+        _, state, _, done, info = step(key, state, jnp.int32(Regime.EQUAL_WEIGHT), params)
+        values.append(float(info["value"]))
+    assert bool(done)  # the range ends with the walk
+    np.testing.assert_allclose(equity["equal_weight"], values, rtol=2e-6)
+
+    price = np.asarray(market.data.price)[first:first + HELD_OUT_STEPS + 1]
+    paid = report["strategies"]["buy_and_hold"]["costs_total"]
+    assert paid > 0
+    held = (1.0 - paid) * np.mean(price / price[0], axis=1)
+    np.testing.assert_allclose(equity["buy_and_hold"].iloc[1:], held[1:], rtol=2e-6)
+    assert set(BASELINES) <= set(equity.columns)
+
+
+def test_evaluate_on_a_user_csv_with_other_dates(csv_evaluation, user_csv):
+    out_dir, out = csv_evaluation
+    path, frame = user_csv
+    report, equity = read_outputs(out_dir)
+    dates = sorted(frame["date"].unique())
+    # The whole file, from the first bar with a complete feature window and one before it.
+    assert report["range"]["what"] == "the whole data"
+    assert report["range"]["start"] == f"{dates[21]:%Y-%m-%d}"
+    assert report["range"]["end"] == f"{dates[-1]:%Y-%m-%d}"
+    assert len(equity) == len(dates) - 21 and (equity.iloc[0][list(STRATEGIES)] == 1.0).all()
+    assert report["data"]["source"] == str(path)
+    assert list(report["strategies"]) == list(STRATEGIES)
+    assert all(math.isfinite(m["sharpe"]) for m in report["strategies"].values())
+    assert f"of {path}" in out
+
+
+def test_asset_count_mismatch_is_one_line_naming_both_counts(trained_run, tmp_path, capsys):
+    panel = synthetic_panel(SyntheticConfig(n_assets=3, n_bars=60, seed=3))
+    path = tmp_path / "three.csv"
+    long_frame(panel).to_csv(path, index=False)
+    assert evaluate.main(["--run-dir", str(trained_run[0]), "--data", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "trained on 4 assets (SYN00, SYN01, SYN02, SYN03) but the data has 3" in err[0]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--checkpoint", "newest"],
+         "checkpoint must be 'best', 'latest' or an iteration number, got 'newest'"),
+        (["--checkpoint", "5"], "no checkpoint at iteration 5 (kept: "),
+        (["--start", "2011-06-01", "--end", "2011-05-01"], "--start 2011-06-01 is after --end"),
+        (["--start", "someday"], "--start 'someday' is not a date"),
+        (["--start", "2030-01-01"], "holds fewer than 2 bars with features"),
+        (["--data", "/nonexistent/prices.csv"], "/nonexistent/prices.csv: no such file"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, trained_run, capsys):
+    assert evaluate.main(["--run-dir", str(trained_run[0]), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_missing_run_or_checkpoint_from_the_command_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxtrade.evaluate", "--run-dir", str(tmp_path / "empty")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == (f"error: {tmp_path / 'empty'}: no complete checkpoint in "
+                                   f"{tmp_path / 'empty' / 'checkpoints'}")
+    assert evaluate.main(["--run-dir", str(tmp_path / "missing")]) == 2
+
+
+def test_select_range():
+    dates = pd.date_range("2020-01-01", periods=10, freq="D")
+    assert select_range(dates, None, None, None) == (1, 9, [])
+    assert select_range(dates, None, None, ("2020-01-03", "2020-01-06"))[:2] == (2, 5)
+    first, last, notes = select_range(dates, "2019-12-01", "2020-01-04", None)
+    assert (first, last) == (1, 3) and "starts at 2020-01-02" in notes[0]
+    intraday = pd.date_range("2020-01-01 10:00", periods=12, freq="h")
+    assert select_range(intraday, None, "2020-01-01", None)[1] == 11  # the whole day
+    with pytest.raises(UsageError, match="fewer than 2 bars"):
+        select_range(dates, "2020-01-10", None, None)
