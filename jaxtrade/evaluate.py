@@ -45,12 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m jaxtrade.evaluate",
         description="Walk a trained policy and the baselines (cash, buy and hold, equal weight, "
                     "each fixed regime) once through a date range, with the training frictions.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = p.add_argument
     add("--run-dir", required=True, help="the training run directory")
     add("--checkpoint", default="best",
-        help="best (by eval_score, else episode return), latest, or an iteration number")
+        help="best (by eval_score, else episode return), latest, or an iteration number [best]")
     add("--data", metavar="PATH",
         help="CSV/Parquet file or directory of per-symbol CSVs, as training accepts, with the "
              "run's asset count; default: the run's own data")

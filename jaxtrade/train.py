@@ -55,7 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m jaxtrade.train",
         description="Train a PPO trading agent end to end on the accelerator.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         argument_default=None,
     )
     add = p.add_argument
@@ -83,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("network")
     g.add_argument("--hidden-dim", type=int, help="encoder/GRU width [256]")
     g.add_argument("--n-gru-layers", type=int, help="stacked GRU layers [2]")
-    g.add_argument("--dropout", type=float, help="dropout rate [0.1]")
+    g.add_argument("--dropout", type=float, help="dropout rate [0.0]")
     g.add_argument("--precision", choices=cfgmod.PRECISIONS,
                    help="matmul precision: auto = bf16 on GPU, fp32 on CPU [auto]")
     g = p.add_argument_group("PPO")
@@ -101,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any config keys, e.g. 'ent_coef=0.02,n_steps=256' (applied last)")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, help="random seed [0]")
-    g.add_argument("--run-dir", help="run directory [ckpt/<UTC time>-<config hash>]")
+    g.add_argument("--run-dir", help="run directory [ckpt/<UTC time>-<preset name or config hash>]")
     g.add_argument("--iterations-per-call", type=int,
                    help="iterations fused into one compiled call between host checks [1]")
     g.add_argument("--log-every", type=int, help="iterations between log lines [1]")
