@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from jaxtrade import __version__
+from jaxtrade import __version__, parallel
 from jaxtrade import config as cfgmod
 from jaxtrade.trainer import HPARAM_NAMES, Trainer, TrainState
 
@@ -138,8 +138,9 @@ def _default_sharding() -> jax.sharding.Sharding:
     return jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
 
-def place(state: TrainState, sharding: jax.sharding.Sharding | None = None) -> TrainState:
-    """`state` with every leaf committed to `sharding` (default: the first device).
+def place(state: TrainState, sharding: Any = None) -> TrainState:
+    """`state` with every leaf committed to `sharding`: one sharding, or a tree of them
+    (e.g. `Trainer.state_shardings`); default the first device.
 
     Restored arrays are committed and fresh `jit` outputs are not, and the two lower to
     different programs; placing every state this way makes new, restored and
@@ -148,14 +149,19 @@ def place(state: TrainState, sharding: jax.sharding.Sharding | None = None) -> T
     return jax.device_put(state, sharding or _default_sharding())
 
 
-def abstract_state(trainer: Trainer, sharding: jax.sharding.Sharding | None = None) -> TrainState:
+def abstract_state(trainer: Trainer, sharding: Any = None) -> TrainState:
     """Shapes, dtypes and placement of `trainer`'s TrainState in saved form (restore target).
 
-    `sharding` defaults to the first device, as for `place`.
+    `sharding`: one sharding or a tree of them; default `trainer.state_shardings`, so that
+    each device (each process, in a multi-process run) reads only its own envs.
     """
-    sharding = sharding or _default_sharding()
+    sharding = sharding if sharding is not None else trainer.state_shardings
     shapes = jax.eval_shape(lambda k: _saveable(trainer.init(k)), jax.random.key(0))
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+    if isinstance(sharding, jax.sharding.Sharding):
+        sharding = jax.tree.map(lambda _: sharding, shapes)
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, sharding
+    )
 
 
 def _path_str(path: tuple) -> str:
@@ -460,11 +466,14 @@ def restore_params(source: Source, trainer: Trainer, on_mismatch: str = "error")
     new = {"params": abstract_state(trainer).params}
     if _mismatch(source, "architecture", on_mismatch, {"params": tree["params"]}, new):
         return None
-    return read_params(source, tree)
+    return read_params(source, tree, sharding=parallel.replicated(trainer.mesh))
 
 
-def read_params(source: Source, tree: Any = None) -> dict:
-    """The network parameters of `source` at their saved shapes, on the first device.
+def read_params(
+    source: Source, tree: Any = None, sharding: jax.sharding.Sharding | None = None
+) -> dict:
+    """The network parameters of `source` at their saved shapes, placed on `sharding`
+    (default: the first device).
 
     The whole saved state is read (at its own shapes: n_envs may differ from any run's
     now) and all but the parameters dropped. `tree`: the saved tree metadata, when the
@@ -474,7 +483,7 @@ def read_params(source: Source, tree: Any = None) -> dict:
         CheckpointError: unreadable.
     """
     tree = _saved_tree_metadata(source) if tree is None else tree
-    sharding = _default_sharding()
+    sharding = sharding or _default_sharding()
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
     return _restore(source, target)["params"]
 
@@ -637,10 +646,15 @@ class RunCheckpoints:
         lineage: Lineage = Lineage(),
         resumed: Mapping[str, Any] | None = None,
         evaluating: bool = False,
+        n_devices: int | None = None,
     ):
         """`resumed`: the metadata of the checkpoint this run continues (history, best).
         `evaluating`: the run evaluates on held-out data, so checkpoints rank by eval_score
-        (see `score`)."""
+        (see `score`). `n_devices`: the devices the run trains on (default: all).
+
+        In a multi-process run every process creates this and calls `save` and `close`
+        together: Orbax writes each process's shards and commits once."""
+        self.n_devices = n_devices if n_devices is not None else jax.device_count()
         self.directory = Path(run_dir) / CHECKPOINT_DIR
         self.config = config
         self.lineage = lineage
@@ -688,7 +702,7 @@ class RunCheckpoints:
             "saved_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "jaxtrade_version": __version__,
             "jax_version": jax.__version__,
-            "n_devices": jax.device_count(),
+            "n_devices": self.n_devices,
             "rng_impl": rng_impl,
             "config": cfgmod.to_dict(self.config),
             "metrics": self.last_row,

@@ -50,6 +50,7 @@ def make_rollout(
     n_steps: int,
     *,
     greedy: bool = False,
+    shard: Callable[[Carry], Carry] | None = None,
 ) -> Callable:
     """Builds `rollout(params, env_params, carry, key) -> (carry, Transition [T, B, ...])`.
 
@@ -58,7 +59,10 @@ def make_rollout(
       env: the environment; `env_params` is broadcast to all B envs.
       n_steps: T, steps per rollout.
       greedy: take the argmax action instead of sampling.
+      shard: applied to the carry at every step (under `jit`), e.g. to pin the env
+        axis to the devices that hold those envs (`jaxtrade.parallel.constrain`).
     """
+    shard = shard or (lambda carry: carry)
 
     def step(params, env_params: EnvParams, carry: Carry, key: jax.Array):
         key_act, key_env = jax.random.split(key)
@@ -103,11 +107,17 @@ def make_rollout(
 
     def rollout(params, env_params: EnvParams, carry: Carry, key: jax.Array):
         def body(carry, key):
-            return step(params, env_params, carry, key)
+            return step(params, env_params, shard(carry), key)
 
         return jax.lax.scan(body, carry, jax.random.split(key, n_steps))
 
     return rollout
+
+
+def carry_env_axes(carry: Carry) -> Carry:
+    """The env axis of every leaf of a `Carry` (1 for the [L, B, H] GRU state, else 0)."""
+    axes = jax.tree.map(lambda _: 0, carry)
+    return axes.replace(hidden=1)
 
 
 def initial_carry(

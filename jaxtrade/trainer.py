@@ -15,12 +15,19 @@ between calls. Inside `iterate`:
 3. joint epochs: `ppo_epochs` x `n_minibatches`; minibatches split the env axis and
    keep whole sequences, the GRU re-runs from each sequence's stored initial
    hidden state; gradients feed the actor chain (encoder + GRU + policy head) and
-   the critic chain (value head);
+   the critic chain (value head). Each run of `n_minibatches` consecutive envs sends
+   one env, at random, to every minibatch (`minibatch_assignment`), so minibatches are
+   the same for any device count and never need envs from another device;
 4. critic epochs: per minibatch, the trunk features are computed once with the
    updated network, then the value head alone takes `critic_epochs` steps on them.
 
 Hyperparameters a schedule may change live in `TrainState.hparams` as float32
 arrays; changing them never recompiles.
+
+Devices: the program runs on a 1-D mesh (`jaxtrade.parallel`): per-env arrays are
+split over it along their env axis, everything else is replicated, and XLA turns the
+means over envs (losses, so gradients; metrics) into all-reduces. The same config and
+seed give the same result on 1 or N devices, up to float summation order.
 """
 
 from __future__ import annotations
@@ -33,13 +40,13 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxtrade import ppo
+from jaxtrade import parallel, ppo
 from jaxtrade.config import Config, compute_dtype
 from jaxtrade.data.market import Market
 from jaxtrade.envs import N_REGIMES, EnvParams, PortfolioEnv
 from jaxtrade.evaluation import make_policy_walk
 from jaxtrade.networks import ActorCritic, count_params
-from jaxtrade.rollout import Carry, Transition, initial_carry, make_rollout
+from jaxtrade.rollout import Carry, Transition, carry_env_axes, initial_carry, make_rollout
 
 HPARAM_NAMES = ("actor_lr", "critic_lr", "ent_coef", "clip", "vf_coef", "gae_lambda", "gamma")
 
@@ -105,21 +112,51 @@ class Trainer:
     iterate: Callable[[TrainState], tuple[TrainState, dict]]
     run: Callable[[TrainState, int], tuple[TrainState, dict]]
     n_params: int
+    mesh: jax.sharding.Mesh  # the devices the envs are split over
+    state_shardings: TrainState  # a tree of shardings: per-env leaves split, others replicated
 
     @property
     def steps_per_iteration(self) -> int:
         return self.config.ppo.n_envs * self.config.ppo.n_steps
 
+    @property
+    def n_devices(self) -> int:
+        return self.mesh.size
 
-def minibatch_indices(key: jax.Array, n_envs: int, n_minibatches: int) -> jax.Array:
-    """A random split of the env axis: int32 [n_minibatches, n_envs // n_minibatches]."""
-    perm = jax.random.permutation(key, n_envs)
-    return perm.reshape(n_minibatches, n_envs // n_minibatches)
+    def initial_state(self, key: jax.Array) -> TrainState:
+        """`init(key)`, computed where it lives: each device builds its own envs."""
+        return jax.jit(self.init, out_shardings=self.state_shardings)(key)
+
+    def place(self, state: TrainState) -> TrainState:
+        """`state` (e.g. with changed hyperparameters) committed to `state_shardings`."""
+        return jax.device_put(state, self.state_shardings)
 
 
-def _take_envs(tree, idx: jax.Array, axis: int):
-    """Selects envs `idx` along `axis` of every leaf."""
-    return jax.tree.map(lambda x: jnp.take(x, idx, axis=axis), tree)
+def minibatch_assignment(key: jax.Array, n_envs: int, n_minibatches: int) -> jax.Array:
+    """A random split of the env axis into minibatches: int32 [n_envs // n_minibatches,
+    n_minibatches], row c a permutation of 0..n_minibatches-1.
+
+    Env `c * n_minibatches + a[c, m]` goes to minibatch m: each run of n_minibatches
+    consecutive envs gives one env to every minibatch. A device holds whole runs (its
+    env count is a multiple of n_minibatches), so it builds its part of every minibatch
+    from its own envs, and the split does not depend on the device count.
+    """
+    u = jax.random.uniform(key, (n_envs // n_minibatches, n_minibatches))
+    return jnp.argsort(u, axis=1).astype(jnp.int32)
+
+
+def take_minibatch(tree, assignment: jax.Array, m: jax.Array, axis: int):
+    """Minibatch `m` of `minibatch_assignment` from every leaf of `tree` (env axis `axis`)."""
+    runs, n_mb = assignment.shape
+    pick = assignment[:, m]  # [runs], which env of each run
+
+    def take(x):
+        grouped = x.reshape(x.shape[:axis] + (runs, n_mb) + x.shape[axis + 1:])
+        idx = pick.reshape((1,) * axis + (runs, 1) + (1,) * (x.ndim - axis - 1))
+        idx = jnp.broadcast_to(idx, grouped.shape[:axis + 1] + (1,) + grouped.shape[axis + 2:])
+        return jnp.take_along_axis(grouped, idx, axis=axis + 1).squeeze(axis + 1)
+
+    return jax.tree.map(take, tree)
 
 
 def _all_finite(tree) -> jax.Array:
@@ -138,20 +175,40 @@ def make_network(config: Config) -> ActorCritic:
     )
 
 
-def make_train(config: Config, market: Market) -> Trainer:
-    """Builds the fused training program for `config` on `market`.
+def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = None) -> Trainer:
+    """Builds the fused training program for `config` on `market`, over `mesh`.
 
-    `config` must be resolved (`config.ppo.n_envs` set) and valid.
+    `config` must be resolved (`config.ppo.n_envs` set) and valid; `mesh` defaults to
+    all devices (`jaxtrade.parallel.make_mesh`).
+
+    Raises:
+        ConfigError: n_envs is not a multiple of devices x minibatches (the message
+            suggests the nearest valid values).
     """
+    from jaxtrade.config import validate
+
     pc, nc = config.ppo, config.network
     n_envs, n_steps, n_mb = pc.n_envs, pc.n_steps, pc.n_minibatches
+    mesh = mesh if mesh is not None else parallel.make_mesh()
+    validate(config, n_devices=mesh.size)
     env = PortfolioEnv(market)
-    env_params = env.make_params("train", **config.env.params_kwargs())
+    env_params = parallel.put_replicated(
+        env.make_params("train", **config.env.params_kwargs()), mesh
+    )
     network = make_network(config)
     actor_tx, critic_tx = ppo.make_optimizers(
         pc.max_grad_norm, actor_lr=pc.actor_lr, critic_lr=pc.critic_lr
     )
-    rollout = make_rollout(network, env, n_steps)
+
+    def shard_carry(carry: Carry) -> Carry:
+        return jax.tree.map(
+            lambda x, a: parallel.constrain(x, mesh, a), carry, carry_env_axes(carry)
+        )
+
+    def shard_envs(tree, axis: int):
+        return parallel.constrain(tree, mesh, axis)
+
+    rollout = make_rollout(network, env, n_steps, shard=shard_carry)
 
     def init(key: jax.Array) -> TrainState:
         key_net, key_env, key_rng = jax.random.split(key, 3)
@@ -220,13 +277,8 @@ def make_train(config: Config, market: Market) -> Trainer:
 
         def minibatch(carry, xs):
             params, actor_opt, critic_opt = carry
-            idx, key = xs
-            mb = Batch(
-                transition=_take_envs(batch.transition, idx, axis=1),
-                hidden=jnp.take(batch.hidden, idx, axis=1),
-                advantages=jnp.take(batch.advantages, idx, axis=1),
-                returns=jnp.take(batch.returns, idx, axis=1),
-            )
+            m, key, assignment = xs
+            mb = shard_envs(take_minibatch(batch, assignment, m, axis=1), axis=1)
             grads, metrics = jax.grad(ppo_minibatch_loss, has_aux=True)(
                 params, old_params, mb, hp, key
             )
@@ -240,8 +292,10 @@ def make_train(config: Config, market: Market) -> Trainer:
 
         def epoch(carry, key):
             key_perm, key_drop = jax.random.split(key)
-            idx = minibatch_indices(key_perm, n_envs, n_mb)
-            return jax.lax.scan(minibatch, carry, (idx, jax.random.split(key_drop, n_mb)))
+            assignment = shard_envs(minibatch_assignment(key_perm, n_envs, n_mb), axis=0)
+            xs = (jnp.arange(n_mb), jax.random.split(key_drop, n_mb),
+                  jnp.broadcast_to(assignment, (n_mb, *assignment.shape)))
+            return jax.lax.scan(minibatch, carry, xs)
 
         carry, metrics = jax.lax.scan(
             epoch, (params, actor_opt, critic_opt), jax.random.split(key, pc.ppo_epochs)
@@ -260,18 +314,20 @@ def make_train(config: Config, market: Market) -> Trainer:
             )
             return ppo.value_loss(values, tr.value, returns, clip_eps=0.0, clip_value=False)
 
-        def minibatch(carry, idx):
+        assignment = shard_envs(minibatch_assignment(key, n_envs, n_mb), axis=0)
+
+        def minibatch(carry, m):
             params, critic_opt = carry
-            tr = _take_envs(batch.transition, idx, axis=1)
+            mb = shard_envs(take_minibatch(batch, assignment, m, axis=1), axis=1)
+            tr, returns = mb.transition, mb.returns
             _, _, _, trunk = network.apply(
                 {"params": params},
-                jnp.take(batch.hidden, idx, axis=1),
+                mb.hidden,
                 tr.obs,
                 tr.reset,
                 method=ActorCritic.unroll,
             )
             trunk = jax.lax.stop_gradient(trunk)
-            returns = jnp.take(batch.returns, idx, axis=1)
 
             def step(carry, _):
                 params, critic_opt = carry
@@ -283,8 +339,9 @@ def make_train(config: Config, market: Market) -> Trainer:
             carry, losses = jax.lax.scan(step, (params, critic_opt), None, length=pc.critic_epochs)
             return carry, losses
 
-        idx = minibatch_indices(key, n_envs, n_mb)
-        (params, critic_opt), losses = jax.lax.scan(minibatch, (params, critic_opt), idx)
+        (params, critic_opt), losses = jax.lax.scan(
+            minibatch, (params, critic_opt), jnp.arange(n_mb)
+        )
         # Loss before the first and after the last critic step, averaged over minibatches.
         return params, critic_opt, losses[:, 0].mean(), losses[:, -1].mean()
 
@@ -296,6 +353,7 @@ def make_train(config: Config, market: Market) -> Trainer:
         hidden0 = state.carry.hidden
 
         carry, traj = rollout(state.params, env_params, state.carry, key_roll)
+        carry, traj = shard_carry(carry), shard_envs(traj, axis=1)
 
         # V of the observation after the last step, with the GRU state reached there.
         _, _, last_value = network.apply(
@@ -308,6 +366,7 @@ def make_train(config: Config, market: Market) -> Trainer:
             hp.gae_lambda,
         )
         batch = Batch(transition=traj, hidden=hidden0, advantages=advantages, returns=returns)
+        batch = batch.replace(hidden=shard_envs(hidden0, axis=1))
 
         (params, actor_opt, critic_opt), metrics = joint_epochs(
             state.params, actor_opt, critic_opt, batch, hp, key_epochs
@@ -334,7 +393,9 @@ def make_train(config: Config, market: Market) -> Trainer:
             value_mean=traj.value.mean(),
             advantage_mean=advantages.mean(),
             advantage_std=advantages.std(),
-            action_freq=jnp.bincount(traj.action.reshape(-1), length=N_REGIMES) / traj.action.size,
+            # A compare-and-mean, not bincount: it reduces where the actions are instead of
+            # gathering them all on every device.
+            action_freq=(traj.action[..., None] == jnp.arange(N_REGIMES)).mean((0, 1)),
             params_finite=_all_finite(params),
             **{k: getattr(hp, k) for k in HPARAM_NAMES},
         )
@@ -353,8 +414,16 @@ def make_train(config: Config, market: Market) -> Trainer:
     def run_k(state: TrainState, k: int):
         return jax.lax.scan(lambda s, _: iterate(s), state, None, length=k)
 
-    run = jax.jit(run_k, static_argnums=1, donate_argnums=0)
-    n_params = count_params(jax.eval_shape(init, jax.random.key(0)).params)
+    shapes = jax.eval_shape(init, jax.random.key(0))
+    axes = jax.tree.map(lambda _: None, shapes).replace(carry=carry_env_axes(shapes.carry))
+    state_shardings = parallel.env_shardings(mesh, axes)
+    run = jax.jit(
+        run_k,
+        static_argnums=1,
+        donate_argnums=0,
+        out_shardings=(state_shardings, parallel.replicated(mesh)),
+    )
+    n_params = count_params(shapes.params)
     return Trainer(
         config=config,
         env=env,
@@ -366,6 +435,8 @@ def make_train(config: Config, market: Market) -> Trainer:
         iterate=iterate,
         run=run,
         n_params=n_params,
+        mesh=mesh,
+        state_shardings=state_shardings,
     )
 
 

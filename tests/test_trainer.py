@@ -13,7 +13,13 @@ from jaxtrade.data import SyntheticConfig, build_market, synthetic_panel
 from jaxtrade.envs import Regime
 from jaxtrade.networks import ActorCritic
 from jaxtrade.rollout import make_rollout
-from jaxtrade.trainer import make_greedy_walk, make_train, minibatch_indices, set_hparams
+from jaxtrade.trainer import (
+    make_greedy_walk,
+    make_train,
+    minibatch_assignment,
+    set_hparams,
+    take_minibatch,
+)
 
 TINY = dict(
     hidden_dim=16, n_gru_layers=2, dropout=0.1, n_envs=8, n_steps=16, n_minibatches=2,
@@ -81,11 +87,25 @@ def test_run_scans_iterations_and_matches_iterate(tiny, tiny_state, iterate):
 
 
 def test_minibatches_split_envs_and_keep_whole_sequences():
-    idx = minibatch_indices(jax.random.key(3), 12, 3)
-    assert idx.shape == (3, 4)
-    assert sorted(np.asarray(idx).reshape(-1).tolist()) == list(range(12))
-    other = minibatch_indices(jax.random.key(4), 12, 3)
-    assert not np.array_equal(idx, other)
+    a = minibatch_assignment(jax.random.key(3), 12, 3)
+    assert a.shape == (4, 3)  # 4 runs of 3 consecutive envs
+    for row in np.asarray(a):
+        assert sorted(row.tolist()) == [0, 1, 2]
+    x = jnp.arange(5 * 12).reshape(5, 12)  # [T, n_envs]: whole sequences per env
+    parts = [np.asarray(take_minibatch(x, a, jnp.int32(m), axis=1)) for m in range(3)]
+    envs = [p[0].tolist() for p in parts]
+    assert sorted(sum(envs, [])) == list(range(12))  # every env in exactly one minibatch
+    for m, p in enumerate(parts):
+        np.testing.assert_array_equal(p, np.asarray(x)[:, envs[m]])  # all T steps kept
+        # one env from each run of 3 consecutive envs, in run order
+        assert [e // 3 for e in envs[m]] == [0, 1, 2, 3]
+    # leaves with the env axis elsewhere (GRU states [L, n, H]) split the same way
+    h = jnp.arange(2 * 12 * 4).reshape(2, 12, 4)
+    np.testing.assert_array_equal(
+        take_minibatch(h, a, jnp.int32(1), axis=1), np.asarray(h)[:, envs[1]]
+    )
+    other = minibatch_assignment(jax.random.key(4), 12, 3)
+    assert not np.array_equal(a, other)
 
 
 def test_stored_sequences_replay_the_rollout_exactly(tiny, tiny_state):

@@ -73,9 +73,11 @@ TABLE = np.array(
         (0.00, MOMENTUM, 30),  # RISK_ON
     ]
 )
-_CASH = jnp.asarray(TABLE[:, 0], jnp.float32)
-_SCORE = jnp.asarray(TABLE[:, 1], jnp.int32)
-_TOP_PCT = jnp.asarray(TABLE[:, 2], jnp.int32)
+# numpy, not jnp: importing this module must not start a JAX backend (a multi-process
+# run initializes jax.distributed after the imports).
+_CASH = TABLE[:, 0].astype(np.float32)
+_SCORE = TABLE[:, 1].astype(np.int32)
+_TOP_PCT = TABLE[:, 2].astype(np.int32)
 
 
 def target_weights(action: jax.Array, scores: jax.Array, current: jax.Array) -> jax.Array:
@@ -90,12 +92,12 @@ def target_weights(action: jax.Array, scores: jax.Array, current: jax.Array) -> 
       float32 [A + 1], non-negative, summing to 1.
     """
     n_assets = scores.shape[0]
-    score = scores[:, _SCORE[action]]
-    k = jnp.maximum((_TOP_PCT[action] * n_assets + 99) // 100, 1)
+    score = scores[:, jnp.asarray(_SCORE)[action]]
+    k = jnp.maximum((jnp.asarray(_TOP_PCT)[action] * n_assets + 99) // 100, 1)
     # rank[i] = position of asset i in a stable descending sort of the score.
     order = jnp.argsort(-score, stable=True)
     rank = jnp.zeros(n_assets, jnp.int32).at[order].set(jnp.arange(n_assets, dtype=jnp.int32))
-    cash = _CASH[action]
+    cash = jnp.asarray(_CASH)[action]
     stocks = jnp.where(rank < k, (1.0 - cash) / k, 0.0)
     target = jnp.concatenate([stocks, cash[None]]).astype(jnp.float32)
     return jnp.where(action == Regime.HOLD, current, target)

@@ -1,0 +1,217 @@
+"""Devices and hosts: the 1-D mesh the envs are sharded over, and multi-host start-up.
+
+Data parallelism, one code path for 1..N devices: the env axis of every per-env
+array (env states, observations, GRU states, rollout buffers) is split over a
+1-D mesh whose axis is named `AXIS`; parameters, optimizer states, market data
+and hyperparameters are replicated. The training program is one `jax.jit` with
+these shardings on its inputs and outputs; XLA partitions it, so reductions
+over envs (losses, gradients, metrics) become cross-device all-reduces and the
+gradient every device applies is the mean over all envs. A single CPU is the
+1-device case of the same program.
+
+Several hosts join through `jax.distributed` (`initialize`); every process then
+runs the same program on its own devices, each holding its slice of the envs.
+
+Host-only helpers; nothing here runs under `jit` except through `constrain`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+AXIS = "data"  # the mesh axis envs are split over
+
+# Environment variables `jax.distributed.initialize` reads when no flag is given.
+ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "JAX_PROCESS_ID"
+
+
+class ParallelError(ValueError):
+    """Devices or hosts that cannot be used as asked; the message is one line."""
+
+
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> bool:
+    """Joins a multi-process run through `jax.distributed`; False (nothing done) for one process.
+
+    The three values come from the arguments (the CLI's --coordinator HOST:PORT,
+    --num-processes N and --process-id I) or else from the environment variables
+    JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. Call it before
+    anything asks JAX for its devices.
+
+    Raises:
+        ParallelError: some but not all of the three are given, or they are invalid,
+            or the coordinator cannot be reached.
+    """
+    values = {
+        "--coordinator": coordinator or os.environ.get(ENV_COORDINATOR) or None,
+        "--num-processes": num_processes if num_processes is not None
+        else _env_int(ENV_NUM_PROCESSES),
+        "--process-id": process_id if process_id is not None else _env_int(ENV_PROCESS_ID),
+    }
+    given = [k for k, v in values.items() if v is not None]
+    if not given:
+        return False
+    missing = [k for k, v in values.items() if v is None]
+    if missing:
+        raise ParallelError(
+            f"a multi-process run needs --coordinator HOST:PORT, --num-processes N and "
+            f"--process-id I (or {ENV_COORDINATOR}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID}); "
+            f"missing {', '.join(missing)}"
+        )
+    address, n, i = values["--coordinator"], values["--num-processes"], values["--process-id"]
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ParallelError(f"--coordinator must be HOST:PORT, got {address!r}")
+    if n < 1:
+        raise ParallelError(f"--num-processes must be >= 1, got {n}")
+    if not 0 <= i < n:
+        raise ParallelError(f"--process-id must be in [0, {n - 1}], got {i}")
+    if jax.distributed.is_initialized():
+        return True
+    try:
+        jax.distributed.initialize(coordinator_address=address, num_processes=n, process_id=i)
+    except Exception as e:  # noqa: BLE001 - one line naming the coordinator instead
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ParallelError(
+            f"process {i} of {n} could not join the run at {address}: {first}"
+        ) from None
+    return True
+
+
+def _env_int(name: str) -> int | None:
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ParallelError(f"{name} must be an integer, got {text!r}") from None
+
+
+def select_devices(n_devices: int | None = None) -> list[jax.Device]:
+    """The devices a run uses: all of them, or `n_devices` taken evenly from every process.
+
+    Raises:
+        ParallelError: more devices than there are, or a count the processes cannot
+            share equally.
+    """
+    devices = jax.devices()
+    if n_devices is None:
+        return devices
+    n_proc = jax.process_count()
+    if n_devices < 1:
+        raise ParallelError(f"--devices must be >= 1, got {n_devices}")
+    if n_devices > len(devices):
+        raise ParallelError(
+            f"--devices {n_devices}: only {len(devices)} {devices[0].platform} device(s) "
+            f"are visible{f' over {n_proc} processes' if n_proc > 1 else ''}"
+        )
+    if n_devices % n_proc:
+        raise ParallelError(
+            f"--devices {n_devices} must be a multiple of the {n_proc} processes (each "
+            f"process contributes the same number of devices)"
+        )
+    per_process = n_devices // n_proc
+    chosen = []
+    for p in range(n_proc):
+        chosen += [d for d in devices if d.process_index == p][:per_process]
+    return chosen
+
+
+def make_mesh(n_devices: int | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The 1-D mesh (axis `AXIS`) over `devices`, or over `select_devices(n_devices)`.
+
+    The axis type is Auto: shardings are given on inputs and outputs and propagated
+    by XLA, not carried in the types.
+    """
+    devices = list(devices) if devices is not None else select_devices(n_devices)
+    return Mesh(np.array(devices), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array (params, optimizer states, market data)."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def env_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:
+    """Axis `axis` (the env axis) split over the mesh; the other axes whole."""
+    return NamedSharding(mesh, PartitionSpec(*([None] * axis), AXIS))
+
+
+def env_shardings(mesh: Mesh, axes):
+    """A tree of shardings from a tree of env-axis indices (None: replicated)."""
+    return jax.tree.map(
+        lambda a: replicated(mesh) if a is None else env_sharding(mesh, a),
+        axes,
+        is_leaf=lambda x: x is None,
+    )
+
+
+def constrain(tree, mesh: Mesh, axis: int):
+    """Inside `jit`: pins every leaf of `tree` to be split over the mesh along `axis`.
+
+    Keeps the per-env work of scans (rollout steps, minibatches) on the devices that
+    hold those envs; a no-op on a 1-device mesh.
+    """
+    if mesh.size == 1:
+        return tree
+    sharding = env_sharding(mesh, axis)
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+
+
+def put_replicated(tree, mesh: Mesh):
+    """Host or single-device arrays as arrays replicated over `mesh` (also across processes).
+
+    Every process must pass the same values (e.g. the market, built from the same data).
+    """
+    sharding = replicated(mesh)
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    return jax.tree.map(put, tree)
+
+
+def is_primary() -> bool:
+    """True in the process that writes logs and run metadata (process 0)."""
+    return jax.process_index() == 0
+
+
+def any_process(flag: bool) -> bool:
+    """True when `flag` is True in any process (all processes must call it together).
+
+    With one process it is `flag`; with several, a tiny all-gather, so that every
+    process takes the same decision (e.g. to stop after a signal reached only one).
+    """
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches the barrier `name`; nothing with one process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def describe(mesh: Mesh) -> str:
+    """E.g. "4 x cpu (1 process)" or "16 x NVIDIA H100 80GB HBM3 (2 processes)"."""
+    devices = mesh.devices.reshape(-1)
+    n_proc = len({d.process_index for d in devices})
+    return (f"{len(devices)} x {devices[0].device_kind} "
+            f"({n_proc} process{'es' if n_proc > 1 else ''})")
