@@ -1,0 +1,291 @@
+"""Device-memory estimates for the fused training program, and the n_envs that fits a budget.
+
+Host-only. `estimate(config, env)` adds up what one device holds while
+`jaxtrade.trainer`'s program runs, from the shapes alone (nothing is compiled):
+
+* fixed, independent of n_envs: float32 parameters, their gradient, the Adam
+  moments of the actor and critic chains, the copy of the parameters the PPO
+  ratio is measured against, and the market arrays every env reads;
+* per env on its device: the carry between iterations, the rollout's
+  `Transition [n_steps]`, GAE's float32 advantages and returns, the gathered
+  minibatch copy, the activations the minibatch backward pass keeps (a
+  minibatch holds 1/n_minibatches of the envs at a time) and the trunk
+  features of the critic-only epochs.
+
+Activations are counted as the forward values of the network (see
+`_activation_bytes_per_step`) times `ACTIVATION_OVERHEAD`, the one calibrated
+constant: the backward pass holds a cotangent beside most saved values, and
+XLA keeps further temporaries (layout copies, fused-op inputs, heap
+fragmentation). It was calibrated against `compiled_bytes` of the real program
+on CPU: over 24 programs (n_envs 8..2048, hidden 16..256, 1 and 2 GRU layers,
+n_steps 16..128, 1..8 minibatches, dropout on and off) the fp32 estimates were
+1.1x..1.6x XLA's plan, leaning high on purpose (an estimate sizes n_envs, and a
+shortfall is an out-of-memory error); 1.1x..1.2x where per-env memory dominates,
+2.1x at 8 envs, where the market arrays dominate (XLA compiles them in as
+constants, which its plan does not count; the device holds them all the same).
+bf16 programs were 0.8x: XLA's CPU backend keeps bf16 matmul results in float32,
+so the plan barely shrinks, while the estimate counts them in bf16 as an
+accelerator stores them (not measured on one here).
+
+Units: bytes throughout; `format_bytes` prints binary units (GiB = 2**30 bytes),
+while `--max-vram` takes decimal gigabytes (GB = 1e9 bytes), as GPU vendors
+quote memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+
+from jaxtrade.config import Config, compute_dtype, with_values
+from jaxtrade.envs import N_REGIMES, PortfolioEnv
+from jaxtrade.networks import count_params
+from jaxtrade.trainer import make_network
+
+ACTIVATION_OVERHEAD = 3.0  # saved forward values -> bytes XLA plans for the backward pass
+GPU_FRACTION = 0.9  # share of a GPU's memory a run may plan for (the rest: XLA's own use)
+CPU_FRACTION = 0.5  # share of physical RAM the CPU devices may plan for, all together
+GB = 10**9  # unit of --max-vram
+
+_F32 = 4
+_BOOL = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """What one device holds while the training program runs (see the module docstring)."""
+
+    n_envs: int  # total over all devices
+    n_devices: int
+    fixed_bytes: int  # per device, independent of n_envs
+    per_env_bytes: int  # per env on its device
+    breakdown: dict[str, int]  # per device, named parts summing to per_device_bytes
+
+    @property
+    def envs_per_device(self) -> int:
+        return self.n_envs // self.n_devices
+
+    @property
+    def per_device_bytes(self) -> int:
+        """fixed + per_env * envs on one device."""
+        return self.fixed_bytes + self.per_env_bytes * self.envs_per_device
+
+
+def _tree_bytes(tree) -> int:
+    """Bytes of the leaves of a tree of arrays or `jax.ShapeDtypeStruct`s."""
+    return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def _n_params(config: Config, env: PortfolioEnv) -> int:
+    """Scalars in the network's parameter tree, from shapes only."""
+    nc = config.network
+    variables = jax.eval_shape(
+        make_network(config).init,
+        {"params": jax.random.key(0)},
+        jax.ShapeDtypeStruct((nc.n_gru_layers, 1, nc.hidden_dim), jnp.float32),
+        jax.ShapeDtypeStruct((1, env.obs_dim), jnp.float32),
+        jax.ShapeDtypeStruct((1,), jnp.bool_),
+    )
+    return count_params(variables["params"])
+
+
+def _fixed_parts(config: Config, env: PortfolioEnv) -> dict[str, int]:
+    """Per-device bytes that do not depend on n_envs (parameters are replicated)."""
+    p = _n_params(config, env) * _F32
+    market = env.make_params("train", **config.env.params_kwargs()).market
+    return {
+        "params": p,
+        "grads": p,  # one minibatch gradient at a time
+        "optimizer": 2 * p,  # Adam mu and nu; the actor and critic chains split the tree
+        "old_params": p,  # the rollout-time parameters of the joint epochs
+        "market": _tree_bytes(market),  # features, scores, prices (one copy for all envs)
+    }
+
+
+def _env_step_bytes(config: Config, env: PortfolioEnv) -> tuple[int, int]:
+    """Bytes of one env's `EnvState` and of one step's info dict without final_obs."""
+    params = env.make_params("train", **config.env.params_kwargs())
+    key = jax.random.key(0)
+    _, state = jax.eval_shape(env.reset, key, params)
+    *_, info = jax.eval_shape(env.step, key, state, jax.ShapeDtypeStruct((), jnp.int32), params)
+    info.pop("final_obs")
+    return _tree_bytes(state), _tree_bytes(info)
+
+
+def _transition_bytes(env: PortfolioEnv, info_bytes: int, dtype: jnp.dtype) -> int:
+    """One env's `jaxtrade.rollout.Transition` for one step."""
+    return (
+        env.obs_dim * jnp.dtype(dtype).itemsize  # obs, stored in the compute dtype
+        + 3 * _BOOL  # reset, done, terminated
+        + 6 * _F32  # action (int32), log_prob, value, reward, final_value, episode_return
+        + info_bytes  # the env's info: value, weights, turnover, costs, ...
+    )
+
+
+def _activation_bytes_per_step(config: Config, dtype: jnp.dtype) -> int:
+    """Forward values of one env for one step that the minibatch backward pass saves.
+
+    Matmul outputs are in the compute dtype; the GRU's gates and state, logits,
+    log-probs and values are float32 (`jaxtrade.networks`).
+    """
+    nc = config.network
+    h, c = nc.hidden_dim, jnp.dtype(dtype).itemsize
+    encoder = 4 * h * c  # 2 Dense + 2 LayerNorm outputs of width H
+    gru = nc.n_gru_layers * 4 * h * _F32  # per layer: gates r, z, n (3H) and the new state (H)
+    trunk = h * c  # the GRU output both heads read
+    heads = 2 * 2 * (h // 2) * c  # policy and value heads: Dense + LayerNorm of width H/2
+    loss = (2 * N_REGIMES + 8) * _F32  # logits, log-softmax, value, ratio and loss terms
+    dropout = 0
+    if nc.dropout > 0:
+        # A mask per dropout site (after the encoder, between GRU layers) and the
+        # old policy's logits, re-evaluated under the same masks.
+        dropout = (nc.n_gru_layers * h + N_REGIMES) * _F32
+    return encoder + gru + trunk + heads + loss + dropout
+
+
+def _per_env_parts(config: Config, env: PortfolioEnv) -> dict[str, int]:
+    """Bytes per env on its device, by part (rounded up to whole bytes)."""
+    pc, nc = config.ppo, config.network
+    t, n_mb = pc.n_steps, pc.n_minibatches
+    dtype = compute_dtype(nc.precision, jax.default_backend())
+    state_bytes, info_bytes = _env_step_bytes(config, env)
+    hidden = nc.n_gru_layers * nc.hidden_dim * _F32
+    transition = _transition_bytes(env, info_bytes, dtype)
+    # Carry: env state, float32 obs, GRU state, reset flag, running return; plus the
+    # GRU state before the rollout, which the update re-runs sequences from.
+    carry = state_bytes + env.obs_dim * _F32 + hidden + _BOOL + _F32 + hidden
+    gae = t * 3 * _F32  # advantages and returns [T] float32, and the next values they read
+    # The minibatch is gathered into its own buffers: transitions, advantages,
+    # returns and initial GRU state of 1/n_minibatches of the envs.
+    minibatch = (t * (transition + 2 * _F32) + hidden) / n_mb
+    activations = ACTIVATION_OVERHEAD * t * _activation_bytes_per_step(config, dtype) / n_mb
+    critic = t * nc.hidden_dim * jnp.dtype(dtype).itemsize / n_mb  # cached trunk [T, M, H]
+    return {
+        "carry": carry,
+        "rollout": t * transition,
+        "advantages": gae,
+        "minibatch": math.ceil(minibatch),
+        "activations": math.ceil(activations),
+        "critic_features": math.ceil(critic),
+    }
+
+
+def estimate(config: Config, env: PortfolioEnv, n_devices: int = 1) -> MemoryEstimate:
+    """Device memory of `jaxtrade.trainer.make_train(config, market)`'s program, per device.
+
+    Args:
+      config: a resolved config (`config.ppo.n_envs` set); n_envs is the total over
+        all devices.
+      env: the environment over the run's market (obs size, assets, market arrays).
+      n_devices: devices the envs are sharded over; parameters are replicated.
+
+    Raises:
+      ValueError: n_envs unset, or n_devices < 1.
+    """
+    if config.ppo.n_envs is None:
+        raise ValueError("n_envs is not set; call jaxtrade.config.resolve first")
+    if n_devices < 1:
+        raise ValueError(f"n_devices must be >= 1, got {n_devices}")
+    fixed = _fixed_parts(config, env)
+    per_env = _per_env_parts(config, env)
+    n_local = config.ppo.n_envs // n_devices
+    return MemoryEstimate(
+        n_envs=config.ppo.n_envs,
+        n_devices=n_devices,
+        fixed_bytes=sum(fixed.values()),
+        per_env_bytes=sum(per_env.values()),
+        breakdown={**fixed, **{k: v * n_local for k, v in per_env.items()}},
+    )
+
+
+def max_n_envs(config: Config, env: PortfolioEnv, budget_bytes: int, n_devices: int = 1) -> int:
+    """The largest n_envs (all devices) whose estimate fits `budget_bytes` per device.
+
+    The result is a multiple of `n_devices * config.ppo.n_minibatches` (the sizes
+    `jaxtrade.config.validate` accepts), or 0 when even one such step does not fit.
+    """
+    step = n_devices * config.ppo.n_minibatches
+    unit = estimate(with_values(config, n_envs=step), env, n_devices)
+    # per_device_bytes is fixed + per_env * n_envs / n_devices: solve for whole steps.
+    per_step = unit.per_env_bytes * (step // n_devices)
+    return max(0, (budget_bytes - unit.fixed_bytes) // per_step) * step
+
+
+def device_budget(max_vram_gb: float | None = None, device=None) -> tuple[int, str]:
+    """Bytes per device the run may plan for, and how they were chosen (for the log).
+
+    Args:
+      max_vram_gb: a per-device limit in GB (1e9 bytes), as given to `--max-vram`.
+      device: the device to ask; the first device of the default backend when None.
+
+    Without a limit: `GPU_FRACTION` of the memory an accelerator reports, or, on
+    CPU (which reports none), `CPU_FRACTION` of physical RAM split evenly over
+    the CPU devices of this process.
+
+    Raises:
+      ValueError: max_vram_gb <= 0.
+    """
+    if max_vram_gb is not None:
+        if max_vram_gb <= 0:
+            raise ValueError(f"--max-vram must be a positive number of GB, got {max_vram_gb:g}")
+        return int(max_vram_gb * GB), f"--max-vram {max_vram_gb:g} GB"
+    device = jax.devices()[0] if device is None else device
+    stats = device.memory_stats()
+    if stats and "bytes_limit" in stats:
+        limit = int(stats["bytes_limit"])
+        return int(GPU_FRACTION * limit), (
+            f"{GPU_FRACTION:.0%} of {format_bytes(limit)} device memory"
+        )
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    n = len(jax.local_devices(backend=device.platform))
+    return int(CPU_FRACTION * ram / n), (
+        f"{CPU_FRACTION:.0%} of {format_bytes(ram)} RAM shared by {n} "
+        f"{device.platform.upper()} device(s)"
+    )
+
+
+def peak_bytes(device=None) -> int | None:
+    """The device's peak bytes in use so far, from JAX's memory statistics; None on CPU."""
+    device = jax.devices()[0] if device is None else device
+    stats = device.memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    return int(stats["peak_bytes_in_use"])
+
+
+def compiled_bytes(compiled: jax.stages.Compiled) -> int:
+    """XLA's buffer plan of a compiled function, per device: arguments + outputs + temporaries,
+    less the outputs that reuse (donated) argument buffers.
+
+    On CPU, where no peak is measured, this is the measured counterpart of `estimate`.
+
+    Raises:
+      ValueError: the backend gives no memory analysis.
+    """
+    m = compiled.memory_analysis()
+    if m is None:
+        raise ValueError("this backend gives no memory analysis of compiled programs")
+    return (
+        m.argument_size_in_bytes
+        + m.output_size_in_bytes
+        + m.temp_size_in_bytes
+        - m.alias_size_in_bytes
+    )
+
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def format_bytes(n: int) -> str:
+    """`n` bytes in binary units: "512 B", "1.50 KiB", "512.0 MiB", "139.8 GiB"."""
+    if abs(n) < 1024:
+        return f"{n} B"
+    value, unit = float(n), 0
+    while abs(value) >= 1024 and unit < len(_UNITS) - 1:
+        value /= 1024
+        unit += 1
+    return f"{value:.2f} {_UNITS[unit]}" if abs(value) < 10 else f"{value:.1f} {_UNITS[unit]}"
