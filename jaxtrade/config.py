@@ -465,6 +465,27 @@ def _platform(platform: str) -> str:
     return p
 
 
+# Built-in presets behind the CLI's --high-vram and --low-vram (configs/high-vram.toml and
+# configs/low-vram.toml hold the same values, as files to copy and edit). Minibatches are
+# whole env sequences, and the activations of their backward pass dominate memory, so the
+# presets raise n_minibatches with n_steps to keep a minibatch near 1M env steps.
+PRESETS: dict[str, dict[str, Any]] = {
+    # GPUs with 50 GB or more (A100 80GB, H100, H200): 65,536 envs x 512 steps, bfloat16.
+    "high-vram": {"precision": "bf16", "n_envs": 65536, "n_steps": 512, "n_minibatches": 32},
+    # GPUs with about 8 GB: 8,192 envs x 256 steps.
+    "low-vram": {"n_envs": 8192, "n_steps": 256, "n_minibatches": 16},
+}
+# The device-memory budget (GB per device) a preset implies when --max-vram is not given.
+PRESET_MAX_VRAM_GB: dict[str, float] = {"low-vram": 8.0}
+
+
+def preset(cfg: Config, name: str) -> Config:
+    """`cfg` with the built-in preset `name` applied (see `PRESETS`)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+    return with_values(cfg, **PRESETS[name])
+
+
 def default_n_envs(platform: str) -> int:
     """Parallel envs when the config leaves n_envs unset: 65536 on accelerators, 64 on CPU."""
     return 65536 if _platform(platform) in ACCELERATOR_PLATFORMS else 64

@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxtrade import __version__
+from jaxtrade import __version__, parallel
 from jaxtrade import config as cfgmod
 from jaxtrade.data import DataError, load_market
 from jaxtrade.data.market import MARKET_FILE, market_record
@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic market: strength of the tradable signal [1.0]")
     g.add_argument("--episode-length", type=int, help="steps per training episode [256]")
     g = p.add_argument_group("rollout and duration (--timesteps > --episodes > --iterations)")
-    g.add_argument("--n-envs", type=int, help="parallel envs [64 on CPU, 65536 on GPU]")
+    g.add_argument("--n-envs", type=int,
+                   help="parallel envs over all devices [64 on CPU, 65536 on GPU; fewer when "
+                        "the memory estimate exceeds --max-vram]")
     g.add_argument("--n-steps", type=int, help="rollout steps per iteration [128]")
     g.add_argument("--n-minibatches", type=int, help="minibatches per epoch (split envs) [4]")
     g.add_argument("--timesteps", type=int, help="train for this many env steps")
@@ -108,6 +110,29 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-v", "--verbose", action="store_true",
                    help="also advantage stats, gradient norms, action histogram")
     v.add_argument("-q", "--quiet", action="store_true", help="final summary only")
+    g = p.add_argument_group(
+        "devices and hosts (envs are split over devices; n_envs is the total)")
+    g.add_argument("--devices", type=int, metavar="N",
+                   help="use N devices (taken evenly from every process) [all]")
+    g.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="multi-process run: address of process 0's coordinator "
+                        "[$JAX_COORDINATOR_ADDRESS]")
+    g.add_argument("--num-processes", type=int, metavar="N",
+                   help="multi-process run: number of processes [$JAX_NUM_PROCESSES]")
+    g.add_argument("--process-id", type=int, metavar="I",
+                   help="multi-process run: this process, 0..N-1; 0 writes logs "
+                        "[$JAX_PROCESS_ID]")
+    g = p.add_argument_group("memory (n_envs is sized to fit; the banner shows the estimate)")
+    g.add_argument("--max-vram", type=float, metavar="GB",
+                   help="device memory a run may plan for, per device [90%% of the GPU's "
+                        "memory; on CPU half the RAM, shared by the CPU devices]")
+    v = g.add_mutually_exclusive_group()
+    v.add_argument("--high-vram", dest="preset", action="store_const", const="high-vram",
+                   help="GPUs with 50 GB+: 65,536 envs x 512 steps, 32 minibatches, bf16 "
+                        "(as configs/high-vram.toml)")
+    v.add_argument("--low-vram", dest="preset", action="store_const", const="low-vram",
+                   help="GPUs with about 8 GB: 8,192 envs x 256 steps, 16 minibatches, "
+                        "--max-vram 8 (as configs/low-vram.toml)")
     g = p.add_argument_group("checkpoints (RUN_DIR/checkpoints/)")
     g.add_argument("--save-every", type=int,
                    help="iterations between checkpoints; 0 = only the final one [10]")
@@ -137,12 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(
     args: argparse.Namespace, base: cfgmod.Config | None = None
 ) -> cfgmod.Config:
-    """base (the defaults, or a checkpoint's config) < --config file < flags < --hyperparams.
+    """base (the defaults, or a checkpoint's config) < --config file < --high-vram/--low-vram
+    < flags < --hyperparams.
 
     A --config file changes only the keys it names, so a checkpoint's settings survive it.
     """
     base = base if base is not None else cfgmod.Config()
     cfg = cfgmod.load(args.config, base) if args.config else base
+    if args.preset:
+        cfg = cfgmod.preset(cfg, args.preset)
     values = {k: getattr(args, k) for k in FLAG_FIELDS}
     if values["symbols"] is not None:
         values["symbols"] = tuple(s.strip() for s in values["symbols"].split(",") if s.strip())
@@ -304,6 +332,18 @@ def _to_row(metrics: dict, i: int) -> dict:
     return row
 
 
+def measured_peak(compiled) -> dict[str, Any]:
+    """Peak device memory per device: JAX's device statistics where the backend keeps them
+    (GPU: peak bytes in use, the process's lifetime peak), else XLA's buffer plan of the
+    compiled call (CPU)."""
+    from jaxtrade import memory
+
+    device_peak = memory.peak_bytes()
+    if device_peak is not None:
+        return {"bytes": device_peak, "source": "device memory statistics"}
+    return {"bytes": memory.compiled_bytes(compiled), "source": "XLA buffer plan"}
+
+
 def check_new_run_dir(run_dir: Path) -> None:
     """Refuses a directory that already holds a run (the run creates it later)."""
     from jaxtrade.checkpoint import CHECKPOINT_DIR
@@ -319,6 +359,7 @@ def check_new_run_dir(run_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        parallel.initialize(args.coordinator, args.num_processes, args.process_id)
         return _train(args)
     except (cfgmod.ConfigError, DataError, UsageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -333,10 +374,12 @@ class Start:
     mode: str  # new | resume | checkpoint (whole state) | weights (params only)
     source: Any = None  # the checkpoint.Source started from; None for a new run
     changes: tuple = ()  # checkpoint.Change: settings changed from the checkpoint's
+    n_envs_given: bool = False  # n_envs was asked for (flag, file, preset), not defaulted
 
 
-def plan_start(args: argparse.Namespace, platform: str) -> Start:
-    """The config and starting point the flags ask for; refuses what cannot work."""
+def plan_start(args: argparse.Namespace, platform: str, n_devices: int = 1) -> Start:
+    """The config and starting point the flags ask for on `n_devices` devices; refuses what
+    cannot work."""
     from jaxtrade import checkpoint as ckpt
 
     check_start_flags(args)
@@ -354,9 +397,11 @@ def plan_start(args: argparse.Namespace, platform: str) -> Start:
         cfg = checkpoint_config(args, saved, keep_run_dir=False)
         mode = "weights" if args.weights_only else "checkpoint"
     else:
-        name = Path(args.config).stem if args.config else None
-        return Start(_finish_config(config_from_args(args), platform, name), "new")
-    cfg = _finish_config(cfg, platform)
+        name = Path(args.config).stem if args.config else (args.preset or None)
+        cfg = config_from_args(args)
+        return Start(_finish_config(cfg, platform, name, n_devices), "new",
+                     n_envs_given=cfg.ppo.n_envs is not None)
+    cfg = _finish_config(cfg, platform, n_devices=n_devices)
     changes = ()
     if mode != "weights":
         what = "--resume" if mode == "resume" else "--checkpoint without --weights-only"
@@ -370,7 +415,7 @@ def plan_start(args: argparse.Namespace, platform: str) -> Start:
     if mode != "resume" and Path(cfg.run.run_dir).resolve() == source.run_dir.resolve():
         raise UsageError(f"--checkpoint starts a new run: choose a --run-dir other than "
                          f"{source.run_dir} (or continue that run with --resume)")
-    return Start(cfg, mode, source, changes)
+    return Start(cfg, mode, source, changes, n_envs_given=True)
 
 
 def _read_config_json(path: Path) -> cfgmod.Config | None:
@@ -383,10 +428,71 @@ def _read_config_json(path: Path) -> cfgmod.Config | None:
         raise cfgmod.ConfigError(f"{path}: invalid JSON: {e}") from None
 
 
-def _finish_config(cfg: cfgmod.Config, platform: str, name: str | None = None) -> cfgmod.Config:
+def _finish_config(
+    cfg: cfgmod.Config, platform: str, name: str | None = None, n_devices: int = 1
+) -> cfgmod.Config:
     """Fills machine- and clock-dependent settings; the run dir is named after the preset."""
     cfg = cfgmod.resolve_run_dir(cfgmod.resolve(cfg, platform), name=name)
-    return cfgmod.validate(cfg)
+    return cfgmod.validate(cfg, n_devices=n_devices)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizing:
+    """How n_envs was fitted to the device-memory budget (host-only)."""
+
+    cfg: cfgmod.Config  # with the n_envs the run uses
+    estimate: Any  # memory.MemoryEstimate of that n_envs
+    budget: int  # bytes per device
+    budget_source: str  # how the budget was chosen, e.g. "90% of 79.2 GiB device memory"
+    warning: str | None = None  # n_envs was capped, or cannot be and does not fit
+    note: str | None = None  # the default n_envs was lowered to fit
+
+
+def size_n_envs(
+    cfg: cfgmod.Config, env, n_devices: int, max_vram_gb: float | None, *, given: bool,
+    fixed: bool,
+) -> Sizing:
+    """The largest n_envs up to `cfg`'s that fits the memory budget, per `jaxtrade.memory`.
+
+    `given`: the user asked for this n_envs (it is capped with a warning, not silently);
+    `fixed`: it cannot change (a resumed state holds that many envs), so a run that does
+    not fit only gets a warning.
+
+    Raises:
+        UsageError: not even the smallest valid n_envs fits.
+    """
+    from jaxtrade import memory
+
+    budget, source = memory.device_budget(max_vram_gb)
+    est = memory.estimate(cfg, env, n_devices)
+    fmt = memory.format_bytes
+    n = cfg.ppo.n_envs
+    if est.per_device_bytes <= budget:
+        return Sizing(cfg, est, budget, source)
+    over = (f"n_envs={n:,} needs an estimated {fmt(est.per_device_bytes)} per device, over "
+            f"the {fmt(budget)} budget ({source})")
+    if fixed:
+        return Sizing(cfg, est, budget, source,
+                      warning=f"{over}; the checkpoint fixes n_envs, so the run goes on and "
+                              f"may run out of memory")
+    fit = memory.max_n_envs(cfg, env, budget, n_devices)
+    if fit == 0:
+        smallest = n_devices * cfg.ppo.n_minibatches
+        need = memory.estimate(cfgmod.with_values(cfg, n_envs=smallest), env, n_devices)
+        raise UsageError(
+            f"not even n_envs={smallest} fits: it needs an estimated "
+            f"{fmt(need.per_device_bytes)} per device, over the {fmt(budget)} budget "
+            f"({source}); raise --max-vram, or lower --n-steps or --hidden-dim"
+        )
+    capped = cfgmod.with_values(cfg, n_envs=fit)
+    est_fit = memory.estimate(capped, env, n_devices)
+    fitted = f"{fit:,} envs (estimated {fmt(est_fit.per_device_bytes)} per device)"
+    if given:
+        return Sizing(capped, est_fit, budget, source,
+                      warning=f"{over}; capped to {fitted}. More --n-minibatches or a larger "
+                              f"--max-vram keep more envs")
+    return Sizing(capped, est_fit, budget, source,
+                  note=f"default n_envs={n:,} lowered to {fitted} to fit the budget")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -395,10 +501,15 @@ def _train(args: argparse.Namespace) -> int:
     from jaxtrade.trainer import make_train, set_hparams
 
     platform = jax.default_backend()
-    start = plan_start(args, platform)
+    mesh = parallel.make_mesh(args.devices)
+    n_devices = mesh.size
+    primary = parallel.is_primary()
+    start = plan_start(args, platform, n_devices)
     cfg, source = start.cfg, start.source
-    verbosity = cfg.run.verbosity
+    verbosity = cfg.run.verbosity if primary else 0
     say = print if verbosity > 0 else (lambda *a, **k: None)
+    warn = ((lambda text: print(f"warning: {text}", file=sys.stderr)) if primary
+            else (lambda text: None))
 
     market = load_market(
         cfg.data.path,
@@ -412,15 +523,23 @@ def _train(args: argparse.Namespace) -> int:
         split_date=cfg.data.split_date,
     )
     eval_every = eval_interval(cfg, market, given=args.eval_every is not None)
+    from jaxtrade import memory
+    from jaxtrade.envs import PortfolioEnv
+
+    max_vram = args.max_vram
+    if max_vram is None and args.preset:
+        max_vram = cfgmod.PRESET_MAX_VRAM_GB.get(args.preset)
+    sizing = size_n_envs(cfg, PortfolioEnv(market), n_devices, max_vram,
+                         given=start.n_envs_given, fixed=start.mode in ("resume", "checkpoint"))
+    cfg = cfgmod.validate(sizing.cfg, n_devices=n_devices)
     run_dir = Path(cfg.run.run_dir)
     if start.mode != "resume":
         check_new_run_dir(run_dir)
-    trainer = make_train(cfg, market)
+    trainer = make_train(cfg, market, mesh)
     total_iters = cfgmod.total_iterations(cfg)
     steps_per_iter = trainer.steps_per_iteration
     total_steps = total_iters * steps_per_iter
     pc, nc = cfg.ppo, cfg.network
-    devices = jax.devices()
 
     # The starting state: restored (resume, whole-state checkpoint) or fresh, with weights
     # from a checkpoint for a warm start. Errors here leave the run directory untouched.
@@ -435,14 +554,14 @@ def _train(args: argparse.Namespace) -> int:
         elif hparams := ckpt.hparam_values(list(start.changes)):
             state = set_hparams(state, **hparams)
     if state is None:
-        state = jax.jit(trainer.init)(jax.random.key(cfg.run.seed))
+        state = trainer.initial_state(jax.random.key(cfg.run.seed))
         if mode == "weights":
             params = ckpt.restore_params(source, trainer, args.on_mismatch or "error")
             if params is None:
                 mode = "fresh"
             else:
                 state = ckpt.warm_start(state, params)
-    state = jax.block_until_ready(ckpt.place(state))
+    state = jax.block_until_ready(trainer.place(state))
     init_s = time.perf_counter() - t_start
 
     if mode == "resume":
@@ -456,15 +575,19 @@ def _train(args: argparse.Namespace) -> int:
         lineage, resumed = ckpt.Lineage(), None
     start_iters = source.step if mode in ("resume", "checkpoint") else 0
     prior = (resumed or {}).get("metrics") or {}
-    if mode == "resume":
+    # Every process has checked the run directory before the first one writes there.
+    parallel.barrier("jaxtrade-run-dir-checked")
+    if mode == "resume" and primary:
         kept, dropped = ckpt.truncate_metrics(run_dir / "metrics.jsonl", start_iters)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfgmod.to_dict(cfg), indent=2) + "\n")
-    (run_dir / MARKET_FILE).write_text(json.dumps(market_record(market), indent=2) + "\n")
+    else:
+        kept, dropped = start_iters, 0
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfgmod.to_dict(cfg), indent=2) + "\n")
+        (run_dir / MARKET_FILE).write_text(json.dumps(market_record(market), indent=2) + "\n")
 
-    say(f"jaxtrade {__version__} | jax {jax.__version__} | {len(devices)} x "
-        f"{devices[0].device_kind} ({platform}) | precision "
-        f"{np.dtype(trainer.network.dtype).name}")
+    say(f"jaxtrade {__version__} | jax {jax.__version__} | {parallel.describe(mesh)}, "
+        f"{platform} | precision {np.dtype(trainer.network.dtype).name}")
     say(f"market: {market.describe()}")
     for line in market.report:
         say(f"  {line}")
@@ -474,6 +597,13 @@ def _train(args: argparse.Namespace) -> int:
     say(f"ppo: {pc.n_envs:,} envs x {pc.n_steps} steps = {steps_per_iter:,} steps/iteration, "
         f"{pc.n_minibatches} minibatches, {pc.ppo_epochs} joint + {pc.critic_epochs} critic "
         f"epochs")
+    say(f"memory: estimated {memory.format_bytes(sizing.estimate.per_device_bytes)} per device "
+        f"({pc.n_envs // n_devices:,} envs each) of a {memory.format_bytes(sizing.budget)} "
+        f"budget ({sizing.budget_source})")
+    if sizing.note:
+        say(f"  {sizing.note}")
+    if sizing.warning:
+        warn(sizing.warning)
     say(f"run: {total_iters:,} iterations = {total_steps:,} timesteps -> {run_dir}")
     first, last = market.train_end, market.n_bars - 1
     if eval_every:
@@ -502,16 +632,14 @@ def _train(args: argparse.Namespace) -> int:
             say(f"metrics.jsonl: dropped {dropped} row(s) after iteration {start_iters} "
                 f"(re-run now)")
         if mode == "resume" and kept < start_iters:
-            print(f"warning: metrics.jsonl has {kept} rows for {start_iters} checkpointed "
-                  f"iterations", file=sys.stderr)
+            warn(f"metrics.jsonl has {kept} rows for {start_iters} checkpointed iterations")
         saved_devices = source.meta.get("n_devices")
-        if mode in ("resume", "checkpoint") and saved_devices != jax.device_count():
-            print(f"warning: saved on {saved_devices} device(s), running on "
-                  f"{jax.device_count()}: the run continues, but not bit-identically",
-                  file=sys.stderr)
+        if mode in ("resume", "checkpoint") and saved_devices != n_devices:
+            warn(f"saved on {saved_devices} device(s), running on {n_devices}: the run "
+                 f"continues, but not bit-identically")
 
     checkpoints = ckpt.RunCheckpoints(run_dir, cfg, lineage=lineage, resumed=resumed,
-                                      evaluating=bool(eval_every))
+                                      evaluating=bool(eval_every), n_devices=n_devices)
     progress = Progress(total_steps, enabled=verbosity > 0)
     train_s = 0.0
     compile_s = 0.0
@@ -529,6 +657,7 @@ def _train(args: argparse.Namespace) -> int:
     evaluator = None
     k_call = min(cfg.run.iterations_per_call, total_iters)
     compiled = {}
+    peak: dict[str, Any] = {}
 
     def get_compiled(k: int):
         nonlocal compile_s
@@ -549,9 +678,14 @@ def _train(args: argparse.Namespace) -> int:
 
     # Signals: the first stops the loop after the current call, the second exits at once.
     # Closing the checkpoints waits for the save in flight (a second signal still exits).
+    # With several processes, all stop together once a signal reached any of them.
     with ckpt.Interrupts() as interrupts, contextlib.closing(checkpoints):
+
+        def stop_requested() -> bool:
+            return parallel.any_process(interrupts.requested)
+
         k_first = min(k_call, total_iters - done_iters)
-        if not interrupts.requested:
+        if not stop_requested():
             get_compiled(k_first)
             if eval_every:
                 say("compiling evaluation...", end=" ", flush=True)
@@ -560,14 +694,21 @@ def _train(args: argparse.Namespace) -> int:
                                            market.bars_per_year, cfg.run.seed, state.params)
                 compile_s += time.perf_counter() - t0
                 say(f"done in {time.perf_counter() - t0:.1f}s")
-        with open(run_dir / "metrics.jsonl", "a") as log:
-            while done_iters < total_iters and not interrupts.requested:
+        log_path = run_dir / "metrics.jsonl" if primary else os.devnull
+        with open(log_path, "a") as log:
+            while done_iters < total_iters and not stop_requested():
                 k = min(k_call, total_iters - done_iters)
                 fn = get_compiled(k)
                 t0 = time.perf_counter()
                 state, metrics = fn(state)
                 metrics = jax.device_get(metrics)
                 dt_s = time.perf_counter() - t0
+                if not peak:
+                    peak = measured_peak(fn)
+                    progress.clear()
+                    say(f"memory: peak {memory.format_bytes(peak['bytes'])} per device after "
+                        f"the first call ({peak['source']}; estimated "
+                        f"{memory.format_bytes(sizing.estimate.per_device_bytes)})", flush=True)
                 train_s += dt_s
                 sps = k * steps_per_iter / dt_s
                 rows = []
@@ -650,23 +791,35 @@ def _train(args: argparse.Namespace) -> int:
         "sps": trained_steps / train_s if train_s else 0.0,
         "n_params": trainer.n_params,
         "n_envs": pc.n_envs,
-        "device": f"{len(devices)} x {devices[0].device_kind}",
+        "device": parallel.describe(mesh),
+        "n_devices": n_devices,
+        "n_processes": jax.process_count(),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "checkpoint": (str(checkpoints.directory / str(checkpoints.last_step))
                        if checkpoints.last_step is not None else None),
         "lineage": lineage.to_dict(done_iters * steps_per_iter),
         "best": checkpoints.best,
+        "memory": {
+            "estimated_bytes": sizing.estimate.per_device_bytes,
+            "budget_bytes": sizing.budget,
+            "budget": sizing.budget_source,
+            "peak_bytes": peak.get("bytes"),
+            "peak_source": peak.get("source"),
+        },
         "final_metrics": last_row,
     }
     if status == "interrupted":
         summary["resume_command"] = ckpt.resume_command(run_dir)
+    if not primary:
+        return 1 if status == "diverged" else 0
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if status == "diverged":
         print(f"error: {message}", file=sys.stderr)
         return 1
     if status == "interrupted":
-        print(f"interrupted by {interrupts.signal_name} after {done_iters:,} of "
-              f"{total_iters:,} iterations; checkpoint {summary['checkpoint']}")
+        by = interrupts.signal_name or "a signal to another process"
+        print(f"interrupted by {by} after {done_iters:,} of {total_iters:,} iterations; "
+              f"checkpoint {summary['checkpoint']}")
         print(f"resume with: {summary['resume_command']}", flush=True)
         return 0
     ret = last_row.get("episode_return_mean", float("nan"))

@@ -219,8 +219,14 @@ def test_preset_values():
     assert (small.ppo.n_envs, small.ppo.n_steps, small.ppo.n_minibatches) == (64, 64, 2)
     high = C.load(CONFIGS / "high-vram.toml")
     assert (high.ppo.n_envs, high.ppo.n_steps, high.network.precision) == (65536, 512, "bf16")
+    assert high.ppo.n_minibatches == 32
     low = C.load(CONFIGS / "low-vram.toml")
-    assert (low.ppo.n_envs, low.ppo.n_steps) == (8192, 256)
+    assert (low.ppo.n_envs, low.ppo.n_steps, low.ppo.n_minibatches) == (8192, 256, 16)
+    # The --high-vram/--low-vram flags' built-in presets are the files' values.
+    assert C.preset(Config(), "high-vram") == high
+    assert C.preset(Config(), "low-vram") == low
+    with pytest.raises(ConfigError, match="unknown preset 'mid-vram'"):
+        C.preset(Config(), "mid-vram")
 
 
 # --- overrides ---------------------------------------------------------------
