@@ -135,7 +135,7 @@ def _saveable(state: TrainState) -> TrainState:
 
 
 def _default_sharding() -> jax.sharding.Sharding:
-    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
 
 def place(state: TrainState, sharding: Any = None) -> TrainState:

@@ -233,7 +233,7 @@ def device_budget(max_vram_gb: float | None = None, device=None) -> tuple[int, s
         if max_vram_gb <= 0:
             raise ValueError(f"--max-vram must be a positive number of GB, got {max_vram_gb:g}")
         return int(max_vram_gb * GB), f"--max-vram {max_vram_gb:g} GB"
-    device = jax.devices()[0] if device is None else device
+    device = jax.local_devices()[0] if device is None else device
     stats = device.memory_stats()
     if stats and "bytes_limit" in stats:
         limit = int(stats["bytes_limit"])
@@ -250,7 +250,7 @@ def device_budget(max_vram_gb: float | None = None, device=None) -> tuple[int, s
 
 def peak_bytes(device=None) -> int | None:
     """The device's peak bytes in use so far, from JAX's memory statistics; None on CPU."""
-    device = jax.devices()[0] if device is None else device
+    device = jax.local_devices()[0] if device is None else device
     stats = device.memory_stats()
     if not stats or "peak_bytes_in_use" not in stats:
         return None

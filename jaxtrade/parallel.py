@@ -201,6 +201,21 @@ def any_process(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
+def min_over_processes(value: int) -> int:
+    """The smallest of every process's `value` (all processes call it together), so that
+    choices made from local facts, like a memory budget, agree across hosts."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+
+    # JAX arrays are 32-bit by default: send the value as two 31-bit halves.
+    value = int(value)
+    halves = np.asarray([value >> 31, value & (2**31 - 1)], np.int32)
+    rows = np.asarray(multihost_utils.process_allgather(halves)).reshape(-1, 2)
+    hi, lo = min((int(h), int(lo)) for h, lo in rows)
+    return (hi << 31) | lo
+
+
 def barrier(name: str) -> None:
     """Waits until every process reaches the barrier `name`; nothing with one process."""
     if jax.process_count() > 1:

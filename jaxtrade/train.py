@@ -464,6 +464,7 @@ def size_n_envs(
     from jaxtrade import memory
 
     budget, source = memory.device_budget(max_vram_gb)
+    budget = parallel.min_over_processes(budget)  # hosts may differ; all must agree
     est = memory.estimate(cfg, env, n_devices)
     fmt = memory.format_bytes
     n = cfg.ppo.n_envs

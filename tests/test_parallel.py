@@ -145,7 +145,7 @@ def test_n_envs_indivisible_by_devices_names_devices(tmp_path):
 
 # --- two processes ------------------------------------------------------------------------
 
-MP = [*TINY, "--eval-every", "2", "--save-every", "2", "-q"]
+MP = [*TINY, "--eval-every", "0", "--save-every", "2", "-q"]
 
 
 def free_port() -> int:

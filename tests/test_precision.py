@@ -14,7 +14,7 @@ from jaxtrade.rollout import make_rollout
 from jaxtrade.trainer import make_train
 
 SMALL = dict(
-    hidden_dim=32, n_gru_layers=2, n_envs=16, n_steps=16, n_minibatches=2, ppo_epochs=2,
+    hidden_dim=16, n_gru_layers=2, n_envs=16, n_steps=16, n_minibatches=2, ppo_epochs=2,
     critic_epochs=2, episode_length=32, actor_lr=1e-3,
 )
 ITERATIONS = 4
