@@ -36,12 +36,25 @@ def device_slug(info: dict) -> str:
     return f"{kind}-x{info['n_devices']}"
 
 
-def save(name: str, info: dict, rows: list[dict], out_dir: Path | None = None) -> Path:
-    """Writes {name}_{device}_{date}.json and returns its path."""
+def result_path(name: str, info: dict, out_dir: Path | None = None) -> Path:
+    """Where `save` writes: {out_dir or RESULTS}/{name}_{device}_{date}.json."""
     out_dir = Path(out_dir) if out_dir else RESULTS
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}_{device_slug(info)}_{info['date']}.json"
-    path.write_text(json.dumps({"benchmark": name, "device": info, "results": rows}, indent=2))
+    return out_dir / f"{name}_{device_slug(info)}_{info['date']}.json"
+
+
+def save(
+    name: str,
+    info: dict,
+    rows: list[dict],
+    out_dir: Path | None = None,
+    settings: dict | None = None,
+) -> Path:
+    """Writes {name}_{device}_{date}.json (device, settings shared by all rows, rows) and
+    returns its path."""
+    path = result_path(name, info, out_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"benchmark": name, "device": info, "settings": settings or {}, "results": rows}
+    path.write_text(json.dumps(record, indent=2))
     return path
 
 

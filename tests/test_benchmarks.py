@@ -1,0 +1,184 @@
+"""benchmarks/throughput.py: a tiny sweep end to end, its FLOP count against an analytic
+count of the network's matmuls, and the peak-FLOP/s lookups."""
+
+import contextlib
+import io
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from benchmarks import throughput
+from benchmarks.common import device_info, result_path
+from jaxtrade.config import Config
+from jaxtrade.data import load_market
+from jaxtrade.envs import N_REGIMES, PortfolioEnv
+from jaxtrade.networks import ActorCritic, count_params
+
+HIDDEN, LAYERS, N_ENVS, N_STEPS = 16, 1, 8, 8
+TINY = ["--n-envs", str(N_ENVS), "--n-steps", str(N_STEPS), "--hidden-dim", str(HIDDEN),
+        "--n-gru-layers", str(LAYERS), "--iterations", "1", "--env-steps", "8"]
+
+ROW_FIELDS = {
+    "n_devices", "n_envs", "n_steps", "hidden_dim", "n_gru_layers", "precision", "n_params",
+    "env_steps_per_s", "train_steps_per_s", "s_per_iteration", "compile_s",
+    "peak_memory_bytes", "peak_memory_source", "estimated_memory_bytes", "flops_per_env_step",
+    "achieved_flops_per_s", "peak_flops_per_s", "peak_flops_source", "flops_fraction",
+}
+
+
+def run_main(argv) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert throughput.main(argv) == 0
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A one-row sweep at tiny shapes: (results dir, stdout, the JSON record)."""
+    out = tmp_path_factory.mktemp("throughput")
+    stdout = run_main([*TINY, "--out", str(out)])
+    files = list(out.iterdir())
+    assert len(files) == 1
+    return out, stdout, json.loads(files[0].read_text())
+
+
+@pytest.fixture(scope="module")
+def row(sweep):
+    (row,) = sweep[2]["results"]
+    return row
+
+
+def test_writes_a_file_named_by_device_and_date(sweep):
+    out, stdout, record = sweep
+    path = result_path("throughput", device_info(), out)
+    assert path.exists() and path.name.startswith("throughput_cpu-")
+    assert path.name.endswith(f"_{device_info()['date']}.json")
+    assert f"saved {path}" in stdout
+    assert record["benchmark"] == "throughput"
+    assert record["settings"]["ppo_epochs"] == Config().ppo.ppo_epochs
+    assert "devices 1, n_envs 8:" in stdout  # the line printed as the row was measured
+
+
+def test_row_has_every_field(row):
+    assert ROW_FIELDS <= set(row)
+    assert (row["n_devices"], row["n_envs"], row["n_steps"]) == (1, N_ENVS, N_STEPS)
+    assert (row["hidden_dim"], row["n_gru_layers"], row["precision"]) == (HIDDEN, LAYERS, "float32")
+
+
+def test_rates_are_positive_and_below_peak(row):
+    assert row["env_steps_per_s"] > 0
+    assert row["train_steps_per_s"] > 0
+    assert row["train_steps_per_s"] == pytest.approx(N_ENVS * N_STEPS / row["s_per_iteration"])
+    assert row["compile_s"] > 0
+    assert row["peak_memory_source"] == "XLA plan"  # CPUs report no peak
+    assert row["peak_memory_bytes"] > 0 and row["estimated_memory_bytes"] > 0
+    assert row["achieved_flops_per_s"] == pytest.approx(
+        row["flops_per_env_step"] * row["train_steps_per_s"])
+    assert row["peak_flops_source"].startswith("estimated")
+    assert 0 < row["flops_fraction"] < 1
+
+
+def matmul_flops(tree) -> int:
+    """2 x in x out for every Dense kernel (the GRU's input and recurrent ones included)."""
+    return sum(2 * math.prod(leaf.shape)
+               for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+               if "kernel" in jax.tree_util.keystr(path))
+
+
+def test_flops_match_an_analytic_count(row):
+    ppo = Config().ppo
+    obs_dim = PortfolioEnv(load_market(synthetic=Config().data.synthetic())).obs_dim
+    params = jax.eval_shape(
+        ActorCritic(N_REGIMES, HIDDEN, LAYERS, dropout=0.0).init, jax.random.key(0),
+        jnp.zeros((LAYERS, 1, HIDDEN)), jnp.zeros((1, obs_dim)), jnp.ones((1,), bool),
+    )["params"]
+    assert row["n_params"] == count_params(params)
+    forward = matmul_flops(params)
+    trunk = matmul_flops({k: params[k] for k in ("encoder", "gru")})
+    value_head = matmul_flops(params["value_head"])
+    # Rollout: the acting forward and the bootstrap value of the final observation; joint
+    # epochs: forward + backward (about 2 forwards); critic epochs: one trunk forward, then
+    # value-head forward + backward.
+    analytic = (2 * forward + ppo.ppo_epochs * 3 * forward + trunk
+                + ppo.critic_epochs * 3 * value_head)
+    assert 1 / 1.5 < row["flops_per_env_step"] / analytic < 1.5
+    assert 1 / 1.5 < row["flops_per_forward"] / forward < 1.5
+
+
+def test_a_scan_of_one_step_is_counted_exactly():
+    """What the counting relies on: XLA counts a loop body once, whatever its trip count."""
+    x = jnp.ones((32, 32))
+
+    def body(c, _):
+        return c @ c, None
+
+    one = throughput.xla_flops(lambda x: body(x, None)[0], x)
+    assert one == pytest.approx(2 * 32**3, rel=0.01)
+    assert throughput.xla_flops(lambda x: jax.lax.scan(body, x, None, length=1)[0], x) == (
+        pytest.approx(one, rel=0.01))
+    # ... and once only for ten trips, which is why the whole program's count is useless.
+    assert throughput.xla_flops(lambda x: jax.lax.scan(body, x, None, length=10)[0], x) < 2 * one
+
+
+def test_sizes_that_do_not_split_are_skipped(tmp_path):
+    stdout = run_main(["--n-envs", "6", "--out", str(tmp_path)])
+    assert "skipped: n_envs 6 on 1 device(s)" in stdout
+    (path,) = tmp_path.iterdir()
+    assert json.loads(path.read_text())["results"] == []
+
+
+CPUINFO_AVX512 = """processor\t: 0
+model name\t: Intel(R) Xeon(R) Processor @ 2.50GHz
+cpu MHz\t\t: 2499.998
+flags\t\t: fpu sse sse2 avx fma avx2 avx512f avx512dq
+"""
+CPUINFO_AVX2 = """processor\t: 0
+model name\t: AMD EPYC 7B12
+cpu MHz\t\t: 3000.000
+flags\t\t: fpu sse sse2 avx fma avx2
+"""
+
+
+def test_cpu_peak_estimate():
+    peak, source = throughput.cpu_peak_flops(CPUINFO_AVX512, 2)
+    assert peak == pytest.approx(2 * 2.5e9 * 64)
+    assert source.startswith("estimated") and "AVX-512" in source
+    peak, source = throughput.cpu_peak_flops(CPUINFO_AVX2, 4)
+    assert peak == pytest.approx(4 * 3.0e9 * 32) and "AVX2" in source
+    peak, source = throughput.cpu_peak_flops("", 1)  # nothing known: SSE at an assumed clock
+    assert peak == pytest.approx(2.5e9 * 8) and "assumed" in source
+    peak, source = throughput.peak_flops(jax.devices("cpu"), jnp.float32)
+    assert peak > 0 and source.startswith("estimated")
+
+
+@pytest.mark.parametrize("kind, dtype, expected", [
+    ("NVIDIA H100 80GB HBM3", jnp.bfloat16, 989e12),
+    ("NVIDIA H100 80GB HBM3", jnp.float32, 67e12),
+    ("NVIDIA H100 PCIe", jnp.bfloat16, 756e12),
+    ("NVIDIA H100 NVL", jnp.bfloat16, 835e12),
+    ("NVIDIA H200", jnp.bfloat16, 989e12),
+    ("NVIDIA GH200 480GB", jnp.bfloat16, 989e12),
+    ("NVIDIA A100-SXM4-80GB", jnp.bfloat16, 312e12),
+    ("NVIDIA A100 80GB PCIe", jnp.float32, 19.5e12),
+    ("NVIDIA L4", jnp.bfloat16, 121e12),
+    ("NVIDIA GeForce RTX 4090", jnp.float32, 82.6e12),
+    ("NVIDIA L40S", jnp.bfloat16, None),  # not an L4
+    ("TPU v5 lite", jnp.bfloat16, None),
+])
+def test_gpu_peak_lookup(kind, dtype, expected):
+    found = throughput.gpu_peak_flops(kind, dtype)
+    if expected is None:
+        assert found is None
+    else:
+        assert found[0] == expected
+        assert "datasheet" in found[1] or "whitepaper" in found[1]
+
+
+def test_default_device_counts():
+    assert throughput.default_device_counts(1) == [1]
+    assert throughput.default_device_counts(8) == [1, 2, 4, 8]
+    assert throughput.default_device_counts(6) == [1, 2, 4, 6]
