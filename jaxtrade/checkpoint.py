@@ -138,17 +138,6 @@ def _default_sharding() -> jax.sharding.Sharding:
     return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
 
-def place(state: TrainState, sharding: Any = None) -> TrainState:
-    """`state` with every leaf committed to `sharding`: one sharding, or a tree of them
-    (e.g. `Trainer.state_shardings`); default the first device.
-
-    Restored arrays are committed and fresh `jit` outputs are not, and the two lower to
-    different programs; placing every state this way makes new, restored and
-    hyperparameter-changed states run the one compiled program.
-    """
-    return jax.device_put(state, sharding or _default_sharding())
-
-
 def abstract_state(trainer: Trainer, sharding: Any = None) -> TrainState:
     """Shapes, dtypes and placement of `trainer`'s TrainState in saved form (restore target).
 

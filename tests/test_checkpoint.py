@@ -38,8 +38,7 @@ def trainer(cfg, small_market):
 @pytest.fixture(scope="module")
 def fresh(trainer):
     """A new initial state each call (`run` donates its input), placed as the CLI places it."""
-    init = jax.jit(trainer.init)
-    return lambda: ckpt.place(init(jax.random.key(0)))
+    return lambda: trainer.initial_state(jax.random.key(0))
 
 
 def advance(trainer, state, n):
@@ -84,7 +83,7 @@ def test_stopped_and_resumed_run_ends_bit_identical(trainer, cfg, fresh, tmp_pat
     assert str(jax.random.key_impl(restored.rng)) == str(jax.random.key_impl(first.rng))
     assert not np.array_equal(straight.params["gru"]["layer_0"]["input"]["kernel"],
                               first.params["gru"]["layer_0"]["input"]["kernel"])
-    resumed = advance(trainer, ckpt.place(restored), 2)
+    resumed = advance(trainer, trainer.place(restored), 2)
     chex.assert_trees_all_equal(resumed.params, straight.params)
     chex.assert_trees_all_equal(resumed.actor_opt, straight.actor_opt)
     chex.assert_trees_all_equal(resumed.critic_opt, straight.critic_opt)
