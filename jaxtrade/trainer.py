@@ -275,9 +275,9 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
         """ppo_epochs x n_minibatches updates of both chains. batch leaves have all n_envs."""
         old_params = params
 
-        def minibatch(carry, xs):
+        def minibatch(assignment, carry, xs):
             params, actor_opt, critic_opt = carry
-            m, key, assignment = xs
+            m, key = xs
             mb = shard_envs(take_minibatch(batch, assignment, m, axis=1), axis=1)
             grads, metrics = jax.grad(ppo_minibatch_loss, has_aux=True)(
                 params, old_params, mb, hp, key
@@ -293,9 +293,11 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
         def epoch(carry, key):
             key_perm, key_drop = jax.random.split(key)
             assignment = shard_envs(minibatch_assignment(key_perm, n_envs, n_mb), axis=0)
-            xs = (jnp.arange(n_mb), jax.random.split(key_drop, n_mb),
-                  jnp.broadcast_to(assignment, (n_mb, *assignment.shape)))
-            return jax.lax.scan(minibatch, carry, xs)
+            return jax.lax.scan(
+                lambda c, xs: minibatch(assignment, c, xs),
+                carry,
+                (jnp.arange(n_mb), jax.random.split(key_drop, n_mb)),
+            )
 
         carry, metrics = jax.lax.scan(
             epoch, (params, actor_opt, critic_opt), jax.random.split(key, pc.ppo_epochs)
@@ -365,8 +367,8 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
             traj.reward, traj.value, next_values, traj.terminated, traj.done, hp.gamma,
             hp.gae_lambda,
         )
-        batch = Batch(transition=traj, hidden=hidden0, advantages=advantages, returns=returns)
-        batch = batch.replace(hidden=shard_envs(hidden0, axis=1))
+        batch = Batch(transition=traj, hidden=shard_envs(hidden0, axis=1), advantages=advantages,
+                      returns=returns)
 
         (params, actor_opt, critic_opt), metrics = joint_epochs(
             state.params, actor_opt, critic_opt, batch, hp, key_epochs
