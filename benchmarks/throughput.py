@@ -347,7 +347,7 @@ def measure_train(trainer: Trainer, iterations: int, profile_dir: Path | None) -
         state, metrics = compiled(state)
     jax.block_until_ready((state, metrics))
     s_per_iteration = (time.perf_counter() - t0) / iterations
-    peak = memory.peak_bytes(trainer.mesh.devices.flat[0])
+    peak, from_device = memory.measured_peak(compiled, trainer.mesh.devices.flat[0])
     if profile_dir is not None:  # one more iteration, traced and not timed
         profile_dir.mkdir(parents=True, exist_ok=True)
         with jax.profiler.trace(str(profile_dir)):
@@ -356,8 +356,8 @@ def measure_train(trainer: Trainer, iterations: int, profile_dir: Path | None) -
     return {
         "s_per_iteration": s_per_iteration,
         "compile_s": compile_s,
-        "peak_memory_bytes": peak if peak is not None else memory.compiled_bytes(compiled),
-        "peak_memory_source": "device memory stats" if peak is not None else "XLA plan",
+        "peak_memory_bytes": peak,
+        "peak_memory_source": "device memory stats" if from_device else "XLA plan",
     }
 
 

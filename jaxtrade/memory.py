@@ -257,6 +257,16 @@ def peak_bytes(device=None) -> int | None:
     return int(stats["peak_bytes_in_use"])
 
 
+def measured_peak(compiled: jax.stages.Compiled, device=None) -> tuple[int, bool]:
+    """Peak bytes per device of a run of `compiled`, and whether they come from the device.
+
+    Where the backend keeps memory statistics (GPU) that is `peak_bytes` (True); else
+    (CPU) XLA's buffer plan of `compiled`, `compiled_bytes` (False).
+    """
+    peak = peak_bytes(device)
+    return (peak, True) if peak is not None else (compiled_bytes(compiled), False)
+
+
 def compiled_bytes(compiled: jax.stages.Compiled) -> int:
     """XLA's buffer plan of a compiled function, per device: arguments + outputs + temporaries,
     less the outputs that reuse (donated) argument buffers.

@@ -338,10 +338,9 @@ def measured_peak(compiled) -> dict[str, Any]:
     compiled call (CPU)."""
     from jaxtrade import memory
 
-    device_peak = memory.peak_bytes()
-    if device_peak is not None:
-        return {"bytes": device_peak, "source": "device memory statistics"}
-    return {"bytes": memory.compiled_bytes(compiled), "source": "XLA buffer plan"}
+    peak, from_device = memory.measured_peak(compiled)
+    return {"bytes": peak,
+            "source": "device memory statistics" if from_device else "XLA buffer plan"}
 
 
 def check_new_run_dir(run_dir: Path) -> None:

@@ -119,10 +119,6 @@ class Trainer:
     def steps_per_iteration(self) -> int:
         return self.config.ppo.n_envs * self.config.ppo.n_steps
 
-    @property
-    def n_devices(self) -> int:
-        return self.mesh.size
-
     def initial_state(self, key: jax.Array) -> TrainState:
         """`init(key)`, computed where it lives: each device builds its own envs."""
         return jax.jit(self.init, out_shardings=self.state_shardings)(key)
