@@ -30,6 +30,38 @@ import jax.numpy as jnp
 Dtype = Any
 
 
+def orthonormal(a: jax.Array) -> jax.Array:
+    """The Q of ``a = QR`` with ``diag(R) > 0``, for square matrices ``a [..., n, n]``.
+
+    Classical Gram-Schmidt with every column projected twice ("twice is enough"), in
+    matmuls only, so a compiled init holds no LAPACK call. That is deliberate: jaxlib
+    0.10's CPU LAPACK kernels (``jnp.linalg.qr`` included) split a batch of matrices over
+    XLA's intra-op thread pool and block the calling pool thread until the pieces are
+    done. When as many such calls run at once as the pool has threads (two simulated
+    devices each initialising a GRU on a 2-core machine, or one program's two GRU
+    layers), every pool thread waits on work queued behind itself and the process hangs
+    forever at 0% CPU. jax removed that path from open-source builds in commit
+    859992407d ("Don't try to parallelize LAPACK kernels in opensource builds",
+    jax-ml/jax#36927), after 0.11.0; `tests/test_networks.py` keeps LAPACK out of the
+    training programs whatever the version.
+
+    For a full-rank ``a`` this is the same matrix as ``jnp.linalg.qr`` with the signs of
+    ``diag(R)`` made positive (to float rounding), so Gaussian ``a`` gives Haar-distributed Q.
+    """
+    n = a.shape[-1]
+    hi = jax.lax.Precision.HIGHEST  # TF32 matmuls on a GPU would cost orthogonality
+
+    def column(j, q):
+        v = jax.lax.dynamic_index_in_dim(a, j, axis=-1, keepdims=False)  # [..., n]
+        for _ in range(2):  # columns j.. of q are still 0, so they take nothing off v
+            v = v - jnp.einsum("...ij,...j->...i", q,
+                               jnp.einsum("...ij,...i->...j", q, v, precision=hi), precision=hi)
+        v = v / jnp.sqrt(jnp.sum(v * v, axis=-1, keepdims=True))
+        return jax.lax.dynamic_update_index_in_dim(q, v[..., None], j, axis=-1)
+
+    return jax.lax.fori_loop(0, n, column, jnp.zeros_like(a))
+
+
 def _gate_orthogonal(n_gates: int) -> nn.initializers.Initializer:
     """Orthogonal init of each gate's square block of a fused ``[H, n_gates * H]`` kernel.
 
@@ -42,9 +74,7 @@ def _gate_orthogonal(n_gates: int) -> nn.initializers.Initializer:
         rows, cols = shape
         if cols != n_gates * rows:
             raise ValueError(f"expected a [H, {n_gates}*H] recurrent kernel, got {shape}")
-        q, r = jnp.linalg.qr(jax.random.normal(key, (n_gates, rows, rows), jnp.float32))
-        # The sign fix makes Q Haar-distributed rather than biased by the QR convention.
-        q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
+        q = orthonormal(jax.random.normal(key, (n_gates, rows, rows), jnp.float32))
         return jnp.moveaxis(q, 0, 1).reshape(rows, cols).astype(dtype)
 
     return init

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtrade.networks import ActorCritic, count_params, initial_hidden
+from jaxtrade.networks import ActorCritic, count_params, initial_hidden, orthonormal
 
 # Tiny shapes keep compilation short; the reference layout is only
 # shape-evaluated.
@@ -97,6 +97,26 @@ def test_recurrent_kernel_is_orthogonal_per_gate(net):
         assert kernel.shape == (H, 3 * H)
         for gate in np.split(kernel, 3, axis=-1):
             np.testing.assert_allclose(gate.T @ gate, np.eye(H), atol=1e-5)
+
+
+def test_orthonormal_is_the_q_of_qr_with_a_positive_diagonal_of_r():
+    a = np.random.default_rng(0).normal(size=(3, 48, 48)).astype(np.float32)
+    q = np.asarray(jax.jit(orthonormal)(a))
+    q64, r64 = np.linalg.qr(a.astype(np.float64))
+    q64 = q64 * np.sign(np.diagonal(r64, axis1=-2, axis2=-1))[..., None, :]
+    np.testing.assert_allclose(q, q64, atol=5e-6)
+    np.testing.assert_allclose(np.swapaxes(q, -1, -2) @ q, np.broadcast_to(np.eye(48), q.shape),
+                               atol=5e-6)
+
+
+def test_init_calls_no_lapack_kernel():
+    # jaxlib 0.10's batched CPU LAPACK kernels can block every XLA pool thread: the start-up
+    # hang of multi-device runs (see `orthonormal`). Nothing LAPACK may reach a compiled init.
+    model = ActorCritic(A, hidden_dim=64, n_gru_layers=2, dropout=0.0)
+    text = jax.jit(model.init).lower(
+        jax.random.key(0), initial_hidden(2, 1, 64), jnp.zeros((1, D)), jnp.ones((1,), bool)
+    ).as_text()
+    assert "lapack" not in text.lower()
 
 
 def test_init_through_unroll_gives_the_same_tree(net):
