@@ -43,8 +43,7 @@ import jax.numpy as jnp
 
 from jaxtrade.config import Config, compute_dtype, with_values
 from jaxtrade.envs import N_REGIMES, PortfolioEnv
-from jaxtrade.networks import count_params
-from jaxtrade.trainer import make_network
+from jaxtrade.trainer import count_network_params
 
 ACTIVATION_OVERHEAD = 3.0  # saved forward values -> bytes XLA plans for the backward pass
 GPU_FRACTION = 0.9  # share of a GPU's memory a run may plan for (the rest: XLA's own use)
@@ -80,22 +79,9 @@ def _tree_bytes(tree) -> int:
     return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
-def _n_params(config: Config, env: PortfolioEnv) -> int:
-    """Scalars in the network's parameter tree, from shapes only."""
-    nc = config.network
-    variables = jax.eval_shape(
-        make_network(config).init,
-        {"params": jax.random.key(0)},
-        jax.ShapeDtypeStruct((nc.n_gru_layers, 1, nc.hidden_dim), jnp.float32),
-        jax.ShapeDtypeStruct((1, env.obs_dim), jnp.float32),
-        jax.ShapeDtypeStruct((1,), jnp.bool_),
-    )
-    return count_params(variables["params"])
-
-
 def _fixed_parts(config: Config, env: PortfolioEnv) -> dict[str, int]:
     """Per-device bytes that do not depend on n_envs (parameters are replicated)."""
-    p = _n_params(config, env) * _F32
+    p = count_network_params(config, env) * _F32
     market = env.make_params("train", **config.env.params_kwargs()).market
     return {
         "params": p,

@@ -27,6 +27,7 @@ from jaxtrade.data import DataError, load_market
 from jaxtrade.data.market import MARKET_FILE, market_record
 from jaxtrade.data.panel import format_date
 from jaxtrade.envs import NAMES
+from jaxtrade.watchdog import Watchdog, enable_stack_dumps, format_seconds
 
 # Per-iteration metrics that must stay finite; the first that is not stops the run.
 FINITE_KEYS = (
@@ -228,15 +229,6 @@ def check_start_flags(args: argparse.Namespace) -> None:
             raise UsageError(f"--lr-multiplier must be > 0, got {args.lr_multiplier}")
 
 
-def _fmt_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
 class Progress:
     """A one-line live bar on stderr when it is a terminal (host-only)."""
 
@@ -253,7 +245,7 @@ class Progress:
         eta = (self.total - steps) / sps if sps > 0 else float("inf")
         sys.stderr.write(
             f"\r[{bar}] {100 * frac:5.1f}% {steps:,}/{self.total:,} steps | {sps:,.0f} sps"
-            f" | ETA {_fmt_duration(eta)} | ret {ret:+.4f}\x1b[K"
+            f" | ETA {format_seconds(eta)} | ret {ret:+.4f}\x1b[K"
         )
         sys.stderr.flush()
         self.shown = True
@@ -498,7 +490,7 @@ def size_n_envs(
 def _train(args: argparse.Namespace) -> int:
     from jaxtrade import checkpoint as ckpt
     from jaxtrade.evaluation import make_evaluator
-    from jaxtrade.trainer import make_train, set_hparams
+    from jaxtrade.trainer import count_network_params, make_network, make_train, set_hparams
 
     platform = jax.default_backend()
     mesh = parallel.make_mesh(args.devices)
@@ -507,7 +499,14 @@ def _train(args: argparse.Namespace) -> int:
     start = plan_start(args, platform, n_devices)
     cfg, source = start.cfg, start.source
     verbosity = cfg.run.verbosity if primary else 0
-    say = print if verbosity > 0 else (lambda *a, **k: None)
+    partial_line = False  # the last say() left its line open for a "done in ..."
+
+    def say(*parts, end: str = "\n", **kw) -> None:
+        nonlocal partial_line
+        if verbosity > 0:
+            print(*parts, end=end, **kw)
+            partial_line = not end.endswith("\n")
+
     warn = ((lambda text: print(f"warning: {text}", file=sys.stderr)) if primary
             else (lambda text: None))
 
@@ -529,39 +528,85 @@ def _train(args: argparse.Namespace) -> int:
     max_vram = args.max_vram
     if max_vram is None and args.preset:
         max_vram = cfgmod.PRESET_MAX_VRAM_GB.get(args.preset)
-    sizing = size_n_envs(cfg, PortfolioEnv(market), n_devices, max_vram,
+    env = PortfolioEnv(market)
+    sizing = size_n_envs(cfg, env, n_devices, max_vram,
                          given=start.n_envs_given, fixed=start.mode in ("resume", "checkpoint"))
     cfg = cfgmod.validate(sizing.cfg, n_devices=n_devices)
     run_dir = Path(cfg.run.run_dir)
     if start.mode != "resume":
         check_new_run_dir(run_dir)
-    trainer = make_train(cfg, market, mesh)
     total_iters = cfgmod.total_iterations(cfg)
-    steps_per_iter = trainer.steps_per_iteration
-    total_steps = total_iters * steps_per_iter
     pc, nc = cfg.ppo, cfg.network
+    steps_per_iter = pc.n_envs * pc.n_steps
+    total_steps = total_iters * steps_per_iter
+    first, last = market.train_end, market.n_bars - 1
+
+    # The banner, printed before anything is placed on a device or compiled.
+    say(f"jaxtrade {__version__} | jax {jax.__version__} | {parallel.describe(mesh)}, "
+        f"{platform} | precision {np.dtype(make_network(cfg).dtype).name}")
+    say(f"market: {market.describe()}")
+    for line in market.report:
+        say(f"  {line}")
+    say(f"model: GRU actor-critic, hidden {nc.hidden_dim} x {nc.n_gru_layers} layers, "
+        f"{count_network_params(cfg, env):,} parameters (obs {env.obs_dim}, "
+        f"{env.num_actions} actions)")
+    say(f"ppo: {pc.n_envs:,} envs x {pc.n_steps} steps = {steps_per_iter:,} steps/iteration, "
+        f"{pc.n_minibatches} minibatches, {pc.ppo_epochs} joint + {pc.critic_epochs} critic "
+        f"epochs")
+    say(f"memory: estimated {memory.format_bytes(sizing.estimate.per_device_bytes)} per device "
+        f"({pc.n_envs // n_devices:,} envs each) of a {memory.format_bytes(sizing.budget)} "
+        f"budget ({sizing.budget_source})")
+    if sizing.note:
+        say(f"  {sizing.note}")
+    if sizing.warning:
+        warn(sizing.warning)
+    say(f"run: {total_iters:,} iterations = {total_steps:,} timesteps -> {run_dir}")
+    if eval_every:
+        say(f"eval: greedy walk of the held-out bars {format_date(market.dates[first])} .. "
+            f"{format_date(market.dates[last])} ({last - first} steps) every {eval_every} "
+            f"iterations and at the end; checkpoints ranked by eval_score")
+    else:
+        say("eval: off" + ("" if market.n_eval_bars else " (no held-out range)"))
+    sys.stdout.flush()
+
+    # Every blocking step from here on says what it waits for when it takes over a minute.
+    where = "" if jax.process_count() == 1 else f"process {jax.process_index()}: "
+
+    def notice(text: str) -> None:
+        nonlocal partial_line
+        print(("\n" if partial_line else "") + f"waiting: {where}{text}", file=sys.stderr,
+              flush=True)
+        partial_line = False
+
+    watchdog = Watchdog(notice)
+    devices = f"{n_devices} device{'s' if n_devices > 1 else ''}"
+    with watchdog.waiting(f"placing the market on {devices}"):
+        trainer = make_train(cfg, market, mesh)
 
     # The starting state: restored (resume, whole-state checkpoint) or fresh, with weights
     # from a checkpoint for a warm start. Errors here leave the run directory untouched.
     t_start = time.perf_counter()
     mode = start.mode
     state = None
-    if mode in ("resume", "checkpoint"):
-        on_mismatch = "refuse" if mode == "resume" else (args.on_mismatch or "error")
-        state = ckpt.restore_state(source, trainer, on_mismatch)
-        if state is None:
-            mode = "fresh"
-        elif hparams := ckpt.hparam_values(list(start.changes)):
-            state = set_hparams(state, **hparams)
-    if state is None:
-        state = trainer.initial_state(jax.random.key(cfg.run.seed))
-        if mode == "weights":
-            params = ckpt.restore_params(source, trainer, args.on_mismatch or "error")
-            if params is None:
+    building = (f"restoring {source.path} on {devices}" if mode in ("resume", "checkpoint")
+                else f"building the initial state on {devices}")
+    with watchdog.waiting(building):
+        if mode in ("resume", "checkpoint"):
+            on_mismatch = "refuse" if mode == "resume" else (args.on_mismatch or "error")
+            state = ckpt.restore_state(source, trainer, on_mismatch)
+            if state is None:
                 mode = "fresh"
-            else:
-                state = ckpt.warm_start(state, params)
-    state = jax.block_until_ready(trainer.place(state))
+            elif hparams := ckpt.hparam_values(list(start.changes)):
+                state = set_hparams(state, **hparams)
+        if state is None:
+            state = trainer.initial_state(jax.random.key(cfg.run.seed))
+            if mode == "weights":
+                params = ckpt.restore_params(source, trainer, args.on_mismatch or "error")
+                if params is None:
+                    mode = "fresh"
+                else:
+                    state = ckpt.warm_start(state, params)
+        state = jax.block_until_ready(trainer.place(state))
     init_s = time.perf_counter() - t_start
 
     if mode == "resume":
@@ -586,32 +631,6 @@ def _train(args: argparse.Namespace) -> int:
         (run_dir / "config.json").write_text(json.dumps(cfgmod.to_dict(cfg), indent=2) + "\n")
         (run_dir / MARKET_FILE).write_text(json.dumps(market_record(market), indent=2) + "\n")
 
-    say(f"jaxtrade {__version__} | jax {jax.__version__} | {parallel.describe(mesh)}, "
-        f"{platform} | precision {np.dtype(trainer.network.dtype).name}")
-    say(f"market: {market.describe()}")
-    for line in market.report:
-        say(f"  {line}")
-    say(f"model: GRU actor-critic, hidden {nc.hidden_dim} x {nc.n_gru_layers} layers, "
-        f"{trainer.n_params:,} parameters (obs {trainer.env.obs_dim}, "
-        f"{trainer.env.num_actions} actions)")
-    say(f"ppo: {pc.n_envs:,} envs x {pc.n_steps} steps = {steps_per_iter:,} steps/iteration, "
-        f"{pc.n_minibatches} minibatches, {pc.ppo_epochs} joint + {pc.critic_epochs} critic "
-        f"epochs")
-    say(f"memory: estimated {memory.format_bytes(sizing.estimate.per_device_bytes)} per device "
-        f"({pc.n_envs // n_devices:,} envs each) of a {memory.format_bytes(sizing.budget)} "
-        f"budget ({sizing.budget_source})")
-    if sizing.note:
-        say(f"  {sizing.note}")
-    if sizing.warning:
-        warn(sizing.warning)
-    say(f"run: {total_iters:,} iterations = {total_steps:,} timesteps -> {run_dir}")
-    first, last = market.train_end, market.n_bars - 1
-    if eval_every:
-        say(f"eval: greedy walk of the held-out bars {format_date(market.dates[first])} .. "
-            f"{format_date(market.dates[last])} ({last - first} steps) every {eval_every} "
-            f"iterations and at the end; checkpoints ranked by eval_score")
-    else:
-        say("eval: off" + ("" if market.n_eval_bars else " (no held-out range)"))
     if source is not None:
         how = {
             "resume": f"resumed from {source.path}"
@@ -664,7 +683,8 @@ def _train(args: argparse.Namespace) -> int:
         if k not in compiled:
             say(f"compiling {k} iteration(s) per call...", end=" ", flush=True)
             t0 = time.perf_counter()
-            compiled[k] = trainer.run.lower(state, k).compile()
+            with watchdog.waiting(f"compiling the training program ({k} iteration(s) per call)"):
+                compiled[k] = trainer.run.lower(state, k).compile()
             dt_s = time.perf_counter() - t0
             compile_s += dt_s
             say(f"done in {dt_s:.1f}s")
@@ -690,8 +710,10 @@ def _train(args: argparse.Namespace) -> int:
             if eval_every:
                 say("compiling evaluation...", end=" ", flush=True)
                 t0 = time.perf_counter()
-                evaluator = make_evaluator(trainer.network, trainer.env, cfg.env, first, last,
-                                           market.bars_per_year, cfg.run.seed, state.params)
+                with watchdog.waiting("compiling the evaluation"):
+                    evaluator = make_evaluator(trainer.network, trainer.env, cfg.env, first,
+                                               last, market.bars_per_year, cfg.run.seed,
+                                               state.params)
                 compile_s += time.perf_counter() - t0
                 say(f"done in {time.perf_counter() - t0:.1f}s")
         log_path = run_dir / "metrics.jsonl" if primary else os.devnull
@@ -700,8 +722,10 @@ def _train(args: argparse.Namespace) -> int:
                 k = min(k_call, total_iters - done_iters)
                 fn = get_compiled(k)
                 t0 = time.perf_counter()
-                state, metrics = fn(state)
-                metrics = jax.device_get(metrics)
+                span = f" {done_iters + 1}" if k == 1 else f"s {done_iters + 1}-{done_iters + k}"
+                with watchdog.waiting(f"running iteration{span}"):
+                    state, metrics = fn(state)
+                    metrics = jax.device_get(metrics)
                 dt_s = time.perf_counter() - t0
                 if not peak:
                     peak = measured_peak(fn)
@@ -741,7 +765,9 @@ def _train(args: argparse.Namespace) -> int:
                 if (status == "completed" and evaluator is not None
                         and (done_iters >= next_eval or done_iters == total_iters)):
                     next_eval = (done_iters // eval_every + 1) * eval_every
-                    rows[-1].update(eval_row(evaluator, state.params, rows[-1]))
+                    with watchdog.waiting(f"evaluating iteration {done_iters} on the held-out "
+                                          f"range"):
+                        rows[-1].update(eval_row(evaluator, state.params, rows[-1]))
                     new_best = rows[-1][ckpt.EVAL_SCORE_KEY] > best_eval
                     best_eval = max(best_eval, rows[-1][ckpt.EVAL_SCORE_KEY])
                 for row in rows:
@@ -776,6 +802,8 @@ def _train(args: argparse.Namespace) -> int:
             status = "interrupted"
         if status != "diverged":
             save(interrupted=status == "interrupted", final=status == "completed")
+        with watchdog.waiting("writing the last checkpoint"):
+            checkpoints.wait()
 
     trained_steps = (done_iters - start_iters) * steps_per_iter
     summary = {
@@ -826,7 +854,7 @@ def _train(args: argparse.Namespace) -> int:
     ev = last_row.get("explained_variance", float("nan"))
     print(
         f"done: {summary['iterations']:,} iterations, {summary['timesteps']:,} timesteps in "
-        f"{_fmt_duration(summary['wall_s'])} (compile {summary['compile_s']:.1f}s, "
+        f"{format_seconds(summary['wall_s'])} (compile {summary['compile_s']:.1f}s, "
         f"{summary['sps']:,.0f} steps/s); episode return {ret:+.4f}, explained variance "
         f"{ev:+.3f}; run dir {run_dir}"
     )
@@ -835,4 +863,5 @@ def _train(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    enable_stack_dumps()  # `kill -USR1 PID`: every thread's Python stack on stderr
     sys.exit(main())

@@ -171,6 +171,20 @@ def make_network(config: Config) -> ActorCritic:
     )
 
 
+def count_network_params(config: Config, env: PortfolioEnv) -> int:
+    """Scalars in the parameter tree of `config`'s network on `env`, from shapes only
+    (nothing is computed or placed on a device)."""
+    nc = config.network
+    variables = jax.eval_shape(
+        make_network(config).init,
+        {"params": jax.random.key(0)},
+        jax.ShapeDtypeStruct((nc.n_gru_layers, 1, nc.hidden_dim), jnp.float32),
+        jax.ShapeDtypeStruct((1, env.obs_dim), jnp.float32),
+        jax.ShapeDtypeStruct((1,), jnp.bool_),
+    )
+    return count_params(variables["params"])
+
+
 def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = None) -> Trainer:
     """Builds the fused training program for `config` on `market`, over `mesh`.
 

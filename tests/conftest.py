@@ -33,6 +33,13 @@ def small_params(small_env):
     return small_env.make_params("train", episode_length=SMALL_EPISODE)
 
 
+@pytest.fixture(scope="session")
+def xla_cache(tmp_path_factory):
+    """A persistent XLA compilation cache the session's CLI subprocesses share
+    (`tests.cli.Cli`): a program compiled by one of them loads in the others."""
+    return tmp_path_factory.mktemp("xla-cache")
+
+
 # --- a trained run, shared by the evaluation and deployment tests -----------------------------
 TRAINED_ITERATIONS = 6
 TRAINED_EVAL_EVERY = 2

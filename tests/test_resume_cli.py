@@ -1,87 +1,28 @@
 """`python -m jaxtrade.train` stopped by SIGINT, SIGTERM and SIGKILL, then resumed; warm starts;
 and the one-line errors of --resume and --checkpoint.
 
-The subprocesses share a persistent XLA compilation cache, so only the first one compiles
-the (identical) training program; the comparisons are between runs of that one program.
+The subprocesses share the session's persistent XLA compilation cache, so only the first one
+compiles the (identical) training program; the comparisons are between runs of that program.
 """
 
 import json
-import os
-import queue
-import re
 import shutil
 import signal
-import subprocess
-import sys
-import threading
-import time
 
 import pytest
 
 from jaxtrade import checkpoint as ckpt
 from jaxtrade import train
+from tests.cli import Cli
 from tests.test_train import TINY
 
 ITERATIONS = 200  # long enough that a signal sent after the first log line lands mid-run
 VOLATILE = ("sps", "wall_s")  # the only columns that may differ between identical runs
 
 
-class Cli:
-    """Runs `python -m jaxtrade.train` in subprocesses sharing one compilation cache."""
-
-    def __init__(self, cache_dir):
-        self.env = {
-            **os.environ,
-            "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "PYTHONUNBUFFERED": "1",
-        }
-
-    def start(self, *argv, env=None, cwd=None):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "jaxtrade.train", *map(str, argv)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**self.env, **(env or {})}, cwd=cwd,
-        )
-        proc.lines = queue.Queue()
-        proc.seen = []
-
-        def pump():
-            for line in proc.stdout:
-                proc.lines.put(line)
-            proc.lines.put(None)
-
-        threading.Thread(target=pump, daemon=True).start()
-        return proc
-
-    def wait_for(self, proc, pattern, timeout=180):
-        """Reads output until a line matches `pattern`; fails on exit or timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            line = proc.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            if line is None:
-                pytest.fail(f"exited before {pattern!r}:\n{''.join(proc.seen)}")
-            proc.seen.append(line)
-            if re.search(pattern, line):
-                return line
-
-    def finish(self, proc, timeout=180):
-        """All remaining output, once the process has exited."""
-        proc.wait(timeout=timeout)
-        while (line := proc.lines.get(timeout=10)) is not None:
-            proc.seen.append(line)
-        return "".join(proc.seen)
-
-    def check(self, *argv, env=None, cwd=None):
-        proc = self.start(*argv, env=env, cwd=cwd)
-        out = self.finish(proc)
-        assert proc.returncode == 0, out
-        return out
-
-
 @pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    return Cli(tmp_path_factory.mktemp("xla-cache"))
+def cli(xla_cache):
+    return Cli(xla_cache)
 
 
 def metrics(run_dir):
