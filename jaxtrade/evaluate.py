@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m jaxtrade.evaluate",
         description="Walk a trained policy and the baselines (cash, buy and hold, equal weight, "
                     "each fixed regime) once through a date range, with the training frictions.",
+        allow_abbrev=False,  # a misspelt flag is an error, never another flag
     )
     add = p.add_argument
     add("--run-dir", required=True, help="the training run directory")

@@ -5,6 +5,7 @@ bar out (host-side orchestration around one jitted program per history length).
 
     policy = load_policy("ckpt/my-run")              # the best checkpoint
     decision = policy(bars)                          # bars: long-format DataFrame
+    decision = policy(bars, window=60)               # only the last 60 aligned bars of them
     decision.regime, decision.weights                # 'MOMENTUM', {'AAPL': 0.5, ..., 'CASH': 0.0}
 
 How a decision is made, so that it equals what evaluation would do on the same bars
@@ -12,7 +13,9 @@ How a decision is made, so that it equals what evaluation would do on the same b
 
 * The bars are loaded like a data file (`jaxtrade.data.loader.load_frame`: same
   columns, aliases and checks), their features computed as in training and scaled
-  with the training run's statistics (RUN_DIR/market.json).
+  with the training run's statistics (RUN_DIR/market.json). With `window=N` only the
+  last N bars of the loaded, aligned panel are used, exactly as if only they had been
+  given, so a whole file can be passed whatever its date column is called.
 * The policy walks the given history greedily as one continuous pass, from all cash
   at the first bar with a complete feature window (bar 21 of those given) through
   the last bar, with the run's frictions and the evaluation key of the run's seed.
@@ -25,7 +28,7 @@ How a decision is made, so that it equals what evaluation would do on the same b
   history walk, and so the GRU state and drawdown input, stay the policy's own.
 
 Each distinct number of bars compiles the walk once (a few seconds); keep the
-window length fixed (e.g. always the last 60 bars) to reuse it.
+window length fixed (e.g. always `window=60`) to reuse it.
 """
 
 from __future__ import annotations
@@ -138,7 +141,8 @@ class Policy:
 
     # -------------------------------------------------------------------- decisions
     def __call__(self, bars: pd.DataFrame,
-                 current_weights: Mapping[str, float] | None = None) -> Decision:
+                 current_weights: Mapping[str, float] | None = None,
+                 window: int | None = None) -> Decision:
         """The decision for the bar after the last of `bars` (see the module docstring).
 
         Args:
@@ -147,16 +151,32 @@ class Policy:
             or not (they are sorted).
           current_weights: symbol -> weight (and CASH), summing to 1; None = the
             weights the policy itself would hold after walking `bars`.
+          window: use only the last `window` bars of the loaded, aligned `bars` (at
+            least `feats.WINDOW + 1`; `bars` must hold that many); None = all of them.
 
         Raises:
           DataError: bad bars (one line, as the loader's).
-          EvaluationError: wrong asset count, too few bars, bad current_weights.
+          EvaluationError: wrong asset count, too few bars, a bad window, bad
+            current_weights.
         """
+        need = feats.WINDOW + 1
+        if window is not None and (isinstance(window, bool)
+                                   or not isinstance(window, int | np.integer) or window < need):
+            raise EvaluationError(
+                f"window={window!r}: expected a whole number of bars >= {need} (the "
+                f"{feats.WINDOW}-bar feature window + 1), or None for all the bars given"
+            )
         panel = load_frame(bars, max_fill=self.config.data.max_fill)
         chosen = self.choose_symbols(panel.symbols, "bars")
         if chosen is not None and list(panel.symbols) != chosen:
             panel = load_frame(bars, symbols=chosen, max_fill=self.config.data.max_fill)
-        need = feats.WINDOW + 1
+        if window is not None:
+            if panel.n_bars < window:
+                raise EvaluationError(
+                    f"bars: {panel.n_bars} aligned bars is fewer than window={window}; give "
+                    f"more bars or a smaller window"
+                )
+            panel = panel.slice(panel.n_bars - window, panel.n_bars)
         if panel.n_bars < need:
             raise EvaluationError(
                 f"bars: {panel.n_bars} aligned bars is too few: the {feats.WINDOW}-bar feature "

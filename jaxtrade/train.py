@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m jaxtrade.train",
         description="Train a PPO trading agent end to end on the accelerator.",
         argument_default=None,
+        allow_abbrev=False,  # `--n-env 8` must not silently mean --n-envs 8
     )
     add = p.add_argument
     add("--config", metavar="FILE.toml", help="TOML config (see configs/); flags override it")

@@ -281,3 +281,14 @@ def test_select_range():
     assert select_range(intraday, None, "2020-01-01", None)[1] == 11  # the whole day
     with pytest.raises(UsageError, match="fewer than 2 bars"):
         select_range(dates, "2020-01-10", None, None)
+
+
+@pytest.mark.parametrize("argv", [["--n-env", "8"], ["--check", "latest"], ["--samp"]])
+def test_flag_abbreviations_are_rejected(argv, capsys):
+    """A shortened flag (`--check` for --checkpoint) is an error, never another flag."""
+    parser = evaluate.build_parser()
+    assert parser.parse_args(["--run-dir", "r", "--checkpoint", "latest", "--sample"]).sample
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["--run-dir", "r", *argv])
+    assert info.value.code == 2
+    assert f"unrecognized arguments: {' '.join(argv)}" in capsys.readouterr().err

@@ -101,3 +101,22 @@ def test_load_policy_is_exported_lazily():
     code = ("import sys, jaxtrade; assert 'jax' not in sys.modules; "
             "assert callable(jaxtrade.load_policy); assert 'jax' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_window_uses_the_last_bars_of_a_whole_file_whatever_its_date_header(policy, user_csv):
+    """`policy(file as read, window=60)` is the decision on the file's last 60 bars given
+    directly, with the date column under another accepted name (the README's example)."""
+    frame = pd.read_csv(user_csv[0]).rename(columns={"date": "Timestamp"})
+    dates = sorted(frame["Timestamp"].unique())
+    assert len(dates) > 60  # else the window would cut nothing
+    last = frame[frame["Timestamp"] >= dates[-60]]
+    d = policy(frame, window=60)
+    assert d == policy(last)
+    assert d.as_of == pd.Timestamp(dates[-1])
+    for window in (20, 0, 60.0, True):
+        with pytest.raises(EvaluationError, match=rf"^window={window!r}: expected a whole "
+                                                  r"number of bars >= 21 \(the 20-bar"):
+            policy(frame, window=window)
+    with pytest.raises(EvaluationError, match=rf"^bars: {len(dates)} aligned bars is fewer "
+                                              rf"than window=500; "):
+        policy(frame, window=500)

@@ -175,3 +175,13 @@ def test_vram_presets_come_after_config_and_before_flags():
     assert C.PRESET_MAX_VRAM_GB["low-vram"] == 8.0
     with pytest.raises(SystemExit):
         parser.parse_args(["--high-vram", "--low-vram"])
+
+
+def test_flag_abbreviations_are_rejected(capsys):
+    """`--n-env 8` is no longer read as `--n-envs 8`: argparse exits 2 naming it."""
+    parser = train.build_parser()
+    assert parser.parse_args(["--n-envs", "8"]).n_envs == 8
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["--n-env", "8"])
+    assert info.value.code == 2
+    assert "unrecognized arguments: --n-env 8" in capsys.readouterr().err

@@ -3,8 +3,15 @@
 Accepted inputs:
   * one long-format file (`.csv`, `.csv.gz`, `.parquet`, `.pq`) with columns
     date, symbol, open, high, low, close, volume and optionally adj close;
+  * one single-series file of the same types without a symbol column (date, open,
+    high, low, close, volume, optionally adj close: an FX pair, a coin, an index),
+    which holds one symbol named after the file (`EURUSD.csv` holds EURUSD);
   * a directory of per-symbol CSV files as yfinance and most vendors write them
     (`AAPL.csv` holds symbol AAPL), including yfinance's three-line header.
+
+Text dates are parsed file by file: each file uses one format throughout (ISO,
+MM/DD/YYYY, either with a time of day), the one that fits most of its rows, so the
+files of one directory may differ.
 
 Every problem with the data raises one `DataError` whose one-line message names the
 file, the line a user sees in an editor (or the date), the symbol and the column.
@@ -40,8 +47,14 @@ _REQUIRED = ("date", "symbol", "open", "high", "low", "close", "volume")
 _TEXT_ALIASES = {*_ALIASES["date"], *_ALIASES["symbol"]}
 _CSV_SUFFIXES = (".csv", ".csv.gz")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
-# Tried in order; a file uses one format throughout, the one that parses the most rows.
-_DATE_FORMATS = ("ISO8601", "%m/%d/%Y", "%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S")
+# pandas format -> how messages spell it. Tried in order on each file's dates; a file uses
+# one format throughout, the one that parses the most of its rows.
+_DATE_FORMATS = {
+    "ISO8601": "YYYY-MM-DD[ HH:MM[:SS]][+HH:MM]",
+    "%m/%d/%Y": "MM/DD/YYYY",
+    "%m/%d/%Y %H:%M": "MM/DD/YYYY HH:MM",
+    "%m/%d/%Y %H:%M:%S": "MM/DD/YYYY HH:MM:SS",
+}
 _DATE_HELP = "expected YYYY-MM-DD, MM/DD/YYYY or YYYY-MM-DD HH:MM[:SS][+HH:MM]"
 
 
@@ -99,7 +112,7 @@ def load_frame(
         raise DataError(f"{source}: expected a pandas DataFrame, got {type(frame).__name__}")
     if not isinstance(frame.index, pd.RangeIndex):
         frame = frame.reset_index()
-    raw = _canonical_columns(frame, source, per_symbol=False)
+    raw = _canonical_columns(frame, source, symbol=None)
     raw["_file"] = source
     raw["_line"] = np.arange(len(raw))
     raw = raw[~raw[[c for c in _ALIASES if c in raw]].isna().all(axis=1)]
@@ -199,7 +212,9 @@ def _read_source(path: Path, wanted: list[str] | None) -> tuple[pd.DataFrame, li
         return _read_directory(path, wanted)
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
-    return _select_symbols(_read_table(path, per_symbol=False), wanted, path)
+    # Without a symbol column the file holds one series, named after the file.
+    frame = _read_table(path, symbol=_stem(path.name, _CSV_SUFFIXES + _PARQUET_SUFFIXES))
+    return _select_symbols(frame, wanted, path)
 
 
 def _select_symbols(
@@ -236,7 +251,7 @@ def _read_directory(path: Path, wanted: list[str] | None) -> tuple[pd.DataFrame,
     _check_known(wanted, available, path)
     frames = []
     for symbol in wanted or available:
-        frame = _read_table(files[symbol], per_symbol=True)
+        frame = _read_table(files[symbol], symbol=symbol)
         frame["symbol"] = symbol
         frames.append(frame)
     return pd.concat(frames, ignore_index=True), available
@@ -248,7 +263,12 @@ def _csv_symbol(file: Path) -> str | None:
     # "._AAPL.csv" is macOS metadata, not data.
     if name.startswith(".") or not file.is_file():
         return None
-    for suffix in _CSV_SUFFIXES:
+    return _stem(name, _CSV_SUFFIXES)
+
+
+def _stem(name: str, suffixes: tuple[str, ...]) -> str | None:
+    """`name` less the first of `suffixes` it ends with (any case), or None."""
+    for suffix in suffixes:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return None
@@ -263,8 +283,11 @@ def _check_known(wanted: list[str] | None, available: list[str], path: Path | st
         )
 
 
-def _read_table(file: Path, *, per_symbol: bool) -> pd.DataFrame:
-    """One file's rows with canonical columns, where-from columns and blank rows dropped."""
+def _read_table(file: Path, *, symbol: str | None) -> pd.DataFrame:
+    """One file's rows with canonical columns, where-from columns and blank rows dropped.
+
+    `symbol` fills the symbol column when the file has none (see `_canonical_columns`).
+    """
     name = file.name.lower()
     if name.endswith(_PARQUET_SUFFIXES):
         frame = _pandas_read(pd.read_parquet, file)
@@ -279,10 +302,12 @@ def _read_table(file: Path, *, per_symbol: bool) -> pd.DataFrame:
             f"{file}: unsupported file type; expected .csv, .csv.gz, .parquet or "
             ".pq, or a directory of per-symbol .csv files"
         )
-    frame = _canonical_columns(frame, file, per_symbol=per_symbol)
+    frame = _canonical_columns(frame, file, symbol=symbol)
     frame["_file"] = str(file)
     frame["_line"] = np.arange(len(frame)) + header_lines + 1
-    blank = frame[[c for c in _ALIASES if c in frame]].isna().all(axis=1)
+    # A symbol named after the file is no cell of the row.
+    cells = [c for c in _ALIASES if c in frame and not (c == "symbol" and frame["_named"].all())]
+    blank = frame[cells].isna().all(axis=1)
     frame = frame[~blank]
     if frame.empty:
         raise DataError(f"{file}: no data rows")
@@ -349,11 +374,15 @@ def _header_key(header) -> str:
     return re.sub(r"[\s_]+", " ", str(header).strip().lower())
 
 
-def _canonical_columns(frame: pd.DataFrame, file: Path | str, *, per_symbol: bool) -> pd.DataFrame:
+def _canonical_columns(
+    frame: pd.DataFrame, file: Path | str, *, symbol: str | None
+) -> pd.DataFrame:
     """The known columns of `frame` under canonical names; text stripped, empty cells NA.
 
-    Adds `_adj` (the file had an adj close column); without one, adj_close is NA here
-    and becomes close once the numbers are parsed.
+    Without a symbol column every row is `symbol`'s (the file's name), or, when `symbol`
+    is None (in-memory frames), the column is required. Adds `_adj` (the file had an adj
+    close column; without one, adj_close is NA here and becomes close once the numbers
+    are parsed) and `_named` (the symbol is the file's name, not a column's).
     """
     known = {alias for aliases in _ALIASES.values() for alias in aliases}
     by_key: dict[str, str] = {}
@@ -367,11 +396,11 @@ def _canonical_columns(frame: pd.DataFrame, file: Path | str, *, per_symbol: boo
         hit = next((alias for alias in aliases if alias in by_key), None)
         if hit is not None:
             picked[name] = hit
-    required = [name for name in _REQUIRED if not (per_symbol and name == "symbol")]
+    required = [name for name in _REQUIRED if not (symbol is not None and name == "symbol")]
     missing = [name for name in required if name not in picked]
     if missing:
         hint = (
-            "; per-symbol files (no symbol column) go in a directory, passed as the path"
+            "; one symbol's bars: add its name as a symbol column"
             if "symbol" in missing
             else ""
         )
@@ -385,6 +414,9 @@ def _canonical_columns(frame: pd.DataFrame, file: Path | str, *, per_symbol: boo
     if picked["date"] == "date" and "time" in by_key and pd.api.types.is_string_dtype(out["date"]):
         # Some vendors write intraday bars with separate Date and Time columns.
         out["date"] = out["date"].str.cat(_text(frame[by_key["time"]]), sep=" ")
+    out["_named"] = "symbol" not in picked
+    if "symbol" not in picked:
+        out["symbol"] = symbol
     out["_adj"] = "adj_close" in picked
     if "adj_close" not in picked:
         out["adj_close"] = np.nan
@@ -403,30 +435,58 @@ def _text(column: pd.Series) -> pd.Series:
 
 
 def _parse_dates(raw: pd.DataFrame) -> pd.DataFrame:
-    """`raw` with `date` as tz-naive timestamps; tz-aware ones are converted to UTC first."""
+    """`raw` with `date` as tz-naive timestamps; tz-aware ones are converted to UTC first.
+
+    Text dates are parsed per file (`_file`), each file in the format that fits most of
+    its rows; the first row (in `raw` order) that does not parse raises.
+    """
     column = raw["date"]
     if pd.api.types.is_datetime64_any_dtype(column):
         dates = column.dt.tz_convert("UTC").dt.tz_localize(None) if column.dt.tz else column
+        dates = dates.dt.as_unit("us").to_numpy()
+        formats = np.full(len(raw), None)
     else:
-        dates = _parse_date_text(column.astype("str"))
-    bad = dates.isna()
-    if bad.any():
-        row = raw[bad].iloc[0]
-        what = "is empty" if pd.isna(row["date"]) else f"{row['date']!r} is not a date"
-        raise DataError(f"{_at(row, with_date=False)}: date {what}; {_DATE_HELP}")
-    return raw.assign(date=dates.dt.as_unit("us"))
+        text = column.astype("str")
+        dates = np.full(len(raw), np.datetime64("NaT"), "datetime64[us]")
+        formats = np.full(len(raw), None)
+        for rows in raw.groupby("_file", sort=False).indices.values():
+            parsed, formats[rows] = _parse_date_text(text.iloc[rows])
+            dates[rows] = parsed.dt.as_unit("us").to_numpy()
+    bad = np.flatnonzero(np.isnat(dates))
+    if len(bad):
+        raise DataError(_bad_date(raw.iloc[bad[0]], formats[bad[0]]))
+    return raw.assign(date=dates)
 
 
-def _parse_date_text(text: pd.Series) -> pd.Series:
-    """Date strings as naive UTC timestamps (NaT where unparseable), in the best format."""
-    best = None
+def _parse_date_text(text: pd.Series) -> tuple[pd.Series, str | None]:
+    """One file's date strings as naive UTC timestamps (NaT where unparseable), and the
+    format of `_DATE_FORMATS` that parses the most of them (None if none parses any)."""
+    best, best_fmt = None, None
     for fmt in _DATE_FORMATS:
         parsed = pd.to_datetime(text, format=fmt, errors="coerce", utc=True)
         if best is None or parsed.notna().sum() > best.notna().sum():
-            best = parsed
+            best, best_fmt = parsed, fmt
         if best.notna().sum() == text.notna().sum():
             break
-    return best.dt.tz_localize(None)
+    return best.dt.tz_localize(None), best_fmt if best.notna().any() else None
+
+
+def _bad_date(row: pd.Series, fmt: str | None) -> str:
+    """Why `row`'s date did not parse, given its file's format (None: no format fits)."""
+    where = _at(row, with_date=False)
+    if pd.isna(row["date"]):
+        return f"{where}: date is empty"
+    tried = ", ".join(_DATE_FORMATS.values())
+    name = Path(str(row["_file"])).name
+    if fmt is None:
+        return (
+            f"{where}: date {row['date']!r} is not a date; none of the formats tried fits "
+            f"the dates in {name}: {tried}"
+        )
+    return (
+        f"{where}: date {row['date']!r} is not a date; expected {_DATE_FORMATS[fmt]} like "
+        f"the other dates in {name} (formats tried: {tried})"
+    )
 
 
 def _filter_dates(
@@ -527,6 +587,11 @@ def _check_duplicates(bars: pd.DataFrame) -> None:
     n_extra = int(bars.duplicated(["symbol", "date"]).sum())
     suffix = f" ({n_extra} duplicate rows in all)" if n_extra > 1 else ""
     unit = _unit(first["_file"])
+    if first["_named"]:
+        suffix += (
+            f"; the file has no symbol column (symbol or ticker), so all its rows are "
+            f"one symbol, {first['symbol']}, named after the file"
+        )
     raise DataError(
         f"{first['_file']} {unit}s {lines[0]} and {lines[1]}: duplicate bar for "
         f"{first['symbol']} on {_fmt(first['date'])}{suffix}"

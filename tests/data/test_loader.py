@@ -437,9 +437,11 @@ def test_missing_columns(tmp_path):
     )
 
 
-def test_missing_symbol_column_hints_at_directories(tmp_path):
-    path = _write(tmp_path / "AAPL.csv", "Date,Open,High,Low,Close,Volume\n2024-01-02,1,1,1,1,1\n")
-    _raises(r"missing column\(s\) symbol; .*go in a directory", load_panel, path)
+def test_missing_symbol_column_in_a_frame_hints_at_adding_one():
+    # A file without one holds one symbol named after it; a frame has no name to use.
+    frame = pd.DataFrame({"Date": ["2024-01-02"], "Open": [1], "High": [1], "Low": [1],
+                          "Close": [1], "Volume": [1]})
+    _raises(r"missing column\(s\) symbol; .*add its name as a symbol column", load_frame, frame)
 
 
 def test_non_numeric_value(tmp_path):
@@ -641,3 +643,119 @@ def test_bad_options(tmp_path):
         start="2024-02-01",
         end="2024-01-01",
     )
+
+
+# --- real files as users have them -----------------------------------------------------
+
+
+def test_directory_files_each_use_their_own_date_format(tmp_path):
+    """One ISO file among MM/DD/YYYY ones: each file's format is detected on its own."""
+    _write(tmp_path / "GOOG.csv", """
+        Date,Open,High,Low,Close,Volume
+        1999-01-04,1,2,1,1.5,10
+        1999-01-05,1,2,1,1.6,10
+        1999-01-12,1,2,1,1.7,10
+        """)
+    for symbol in ("AAPL", "MSFT"):
+        _write(tmp_path / f"{symbol}.csv", """
+            Date,Open,High,Low,Close,Volume
+            1/4/1999,1,2,1,2.5,10
+            1/5/1999,1,2,1,2.6,10
+            1/12/1999,1,2,1,2.7,10
+            """)
+    panel = load_panel(tmp_path)
+    assert panel.symbols == ("AAPL", "GOOG", "MSFT")
+    assert list(panel.dates) == list(pd.to_datetime(["1999-01-04", "1999-01-05", "1999-01-12"]))
+    np.testing.assert_array_equal(panel.close, [[2.5, 1.5, 2.5], [2.6, 1.6, 2.6],
+                                                [2.7, 1.7, 2.7]])
+
+
+def test_unparseable_date_names_file_editor_line_and_formats_tried(tmp_path):
+    tried = "YYYY-MM-DD[ HH:MM[:SS]][+HH:MM], MM/DD/YYYY, MM/DD/YYYY HH:MM, MM/DD/YYYY HH:MM:SS"
+    _write(tmp_path / "AAPL.csv", "Date,Open,High,Low,Close,Volume\n1999-01-04,1,2,1,1.5,10\n")
+    # Line 3 is blank, so the bad date is on line 4 of the file as an editor shows it.
+    msft = _write(tmp_path / "MSFT.csv", """
+        Date,Open,High,Low,Close,Volume
+        1/4/1999,1,2,1,1.5,10
+
+        1999-01-05,1,2,1,1.5,10
+        1/6/1999,1,2,1,1.5,10
+        """)
+    _raises(
+        re.escape(
+            f"{msft} line 4 (MSFT): date '1999-01-05' is not a date; expected MM/DD/YYYY like "
+            f"the other dates in MSFT.csv (formats tried: {tried})"
+        ),
+        load_panel,
+        tmp_path,
+    )
+    msft.unlink()
+    bad = _write(tmp_path / "BAD.csv", "Date,Open,High,Low,Close,Volume\n04.01.1999,1,2,1,1.5,10\n")
+    _raises(
+        re.escape(
+            f"{bad} line 2 (BAD): date '04.01.1999' is not a date; none of the formats tried "
+            f"fits the dates in BAD.csv: {tried}"
+        ),
+        load_panel,
+        tmp_path,
+    )
+
+
+@pytest.mark.parametrize("name", ["EURUSD.csv", "EURUSD.csv.gz", "EURUSD.parquet"])
+@pytest.mark.parametrize("adj", [False, True])
+def test_single_series_file_is_one_symbol_named_after_the_file(tmp_path, name, adj):
+    """Date,Open,High,Low,Close,Volume[,Adj Close] with no symbol column, given as the path."""
+    rows = _long_frame(symbols=("X",), n=5)
+    path = tmp_path / name
+    frame = rows.drop(columns="symbol").rename(columns=str.title)
+    if not adj:
+        frame = frame.drop(columns="Adj Close")
+    if name.endswith(".parquet"):
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)
+    panel = load_panel(path, symbols="EURUSD")
+    assert panel.symbols == ("EURUSD",)
+    assert list(panel.dates) == list(DATES[:5])
+    close = rows["close"].to_numpy()[:, None]
+    np.testing.assert_array_equal(panel.close, close)
+    np.testing.assert_array_equal(panel.open, close - 0.5)
+    np.testing.assert_array_equal(panel.volume, rows["volume"].to_numpy()[:, None])
+    np.testing.assert_array_equal(panel.adj_close, close * 0.5 if adj else close)
+    assert panel.report[0] == f"loaded 1 symbols x 5 bars (2024-01-02 .. 2024-01-08) from {path}"
+
+
+def test_single_series_file_with_blank_lines_and_errors_by_editor_line(tmp_path):
+    path = _write(tmp_path / "BTC-USD.csv", """
+        Date,Open,High,Low,Close,Volume
+        2024-01-02,1,2,1,1.5,10
+
+        2024-01-03,1,2,1,abc,10
+        """)
+    _raises(
+        re.escape(f"{path} line 4 (BTC-USD, 2024-01-03): close 'abc' is not a number"),
+        load_panel,
+        path,
+    )
+    # A long file whose symbol header is not recognised reads as one series: say so.
+    path = _write(tmp_path / "prices.csv", """
+        date,asset,open,high,low,close,volume
+        2024-01-02,A,1,2,1,1.5,10
+        2024-01-02,B,1,2,1,1.5,10
+        """)
+    _raises(
+        re.escape(
+            f"{path} lines 2 and 3: duplicate bar for prices on 2024-01-02; the file has no "
+            "symbol column (symbol or ticker), so all its rows are one symbol, prices, named "
+            "after the file"
+        ),
+        load_panel,
+        path,
+    )
+
+
+def test_long_file_keeps_its_symbol_column(tmp_path):
+    """A file named like a symbol but with a symbol column is long format, as before."""
+    path = tmp_path / "AAPL.csv"
+    _long_frame().to_csv(path, index=False)
+    _assert_expected_long(load_panel(path))
