@@ -1,0 +1,313 @@
+"""`python -m jaxtrade.plot RUN_DIR [RUN_DIR ...]`: training curves of one or more runs,
+overlaid, as PNGs (host-only).
+
+Reads each run's metrics.jsonl and writes `training.png` (return, validation, losses, PPO
+health, costs; one colour per run) and `actions.png` (the regime mix over training, one
+stacked panel per run). Matplotlib is driven through `Figure` and the Agg canvas, never pyplot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jaxtrade.envs import NAMES
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+METRICS_FILE = "metrics.jsonl"
+# Validation columns are val_<metric>; runs written before the rename have eval_<metric>.
+VALIDATION_PREFIXES = ("val_", "eval_")
+DPI = 100
+TRAINING_SIZE = (16.0, 10.0)  # inches: a 3 x 4 grid of panels
+ACTIONS_WIDTH = 13.0  # inches
+ACTIONS_RUN_HEIGHT = 2.6  # inches per run panel
+ACTIONS_EXTRA_HEIGHT = 0.9  # inches: title and x label
+ACTION_COLORS = (0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 1, 5)  # 12 distinct tab20 entries
+
+
+class PlotError(Exception):
+    """A run that cannot be read or a plot that cannot be written; one line, exit code 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One run's metrics.jsonl, as read."""
+
+    label: str  # legend entry: the run directory's name
+    rows: tuple[dict[str, Any], ...]  # one per training iteration, in file order
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+    """One scalar panel of training.png."""
+
+    title: str
+    key: str  # metrics.jsonl column (for validation panels: the metric without its prefix)
+    validation: bool = False  # only rows with a validation walk; drawn with markers
+    scale: str = "linear"  # "log": positive values on a log axis; "auto": log past 2 decades
+    ref: float | None = None  # a dashed horizontal reference line
+    percent: bool = False  # y values are fractions, labelled as percentages
+
+
+PANELS = (  # row by row, 4 per row
+    Panel("training episode return", "episode_return_mean"),
+    Panel("validation score", "score", validation=True),
+    Panel("validation total return", "total_return", validation=True, ref=0.0, percent=True),
+    Panel("validation Sharpe", "sharpe", validation=True, ref=0.0),
+    Panel("policy loss", "policy_loss", ref=0.0),
+    Panel("value loss", "value_loss", scale="auto"),
+    Panel("explained variance", "explained_variance", ref=0.0),
+    Panel(f"entropy (dashed: uniform over {len(NAMES)})", "entropy", ref=math.log(len(NAMES))),
+    Panel("approximate KL", "approx_kl", scale="log"),
+    Panel("clip fraction", "clip_frac", percent=True),
+    Panel("cost per step (cost_mean)", "cost_mean"),
+    Panel("turnover per step (turnover_mean)", "turnover_mean"),
+)
+PANEL_COLUMNS = 4
+
+
+def split_row(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A metrics.jsonl row as (training columns, validation metrics without their prefix).
+
+    A metric logged both as val_<m> and eval_<m> takes the val_ value.
+    """
+    training, validation = {}, {}
+    for key, value in row.items():
+        prefix = next((p for p in VALIDATION_PREFIXES if key.startswith(p)), None)
+        if prefix is None:
+            training[key] = value
+            continue
+        metric = key[len(prefix):]
+        if metric not in validation or prefix == VALIDATION_PREFIXES[0]:
+            validation[metric] = value
+    return training, validation
+
+
+def number(value: Any) -> float | None:
+    """`value` as a float if it is a JSON number (NaN and infinities included), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def read_run(run_dir: Path) -> Run:
+    """The rows of `run_dir/metrics.jsonl`; PlotError if missing, empty or malformed."""
+    if not run_dir.is_dir():
+        raise PlotError(f"{run_dir}: no such run directory")
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        raise PlotError(f"{path}: not found")
+    rows = []
+    try:
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    rows.append(_parse_row(line, f"{path}:{n}"))
+    except UnicodeDecodeError as e:
+        raise PlotError(f"{path}: not UTF-8 text ({e.reason})") from None
+    except OSError as e:
+        raise PlotError(f"{path}: {e.strerror or e}") from None
+    if not rows:
+        raise PlotError(f"{path}: no rows")
+    return Run(run_dir.resolve().name or str(run_dir), tuple(rows))
+
+
+def _parse_row(line: str, where: str) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise PlotError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(row, dict):
+        raise PlotError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if number(row.get("timesteps")) is None:
+        raise PlotError(f"{where}: no numeric 'timesteps'")
+    for key in ("action_freq", *(p + "action_freq" for p in VALIDATION_PREFIXES)):
+        freq = row.get(key)
+        if freq is not None and (not isinstance(freq, list) or len(freq) != len(NAMES)):
+            raise PlotError(f"{where}: {key} is not a list of {len(NAMES)} shares")
+    return row
+
+
+def series(run: Run, panel: Panel) -> tuple[list[float], list[float]]:
+    """(timesteps, values) of `panel`'s column; rows without a numeric value are skipped."""
+    xs, ys = [], []
+    for row in run.rows:
+        training, validation = split_row(row)
+        y = number((validation if panel.validation else training).get(panel.key))
+        if y is not None:
+            xs.append(float(row["timesteps"]))
+            ys.append(y)
+    return xs, ys
+
+
+def action_mix(run: Run) -> tuple[list[float], list[list[float]]]:
+    """(timesteps, shares [len(NAMES)][T]) over the rows with finite action_freq."""
+    xs, shares = [], [[] for _ in NAMES]
+    for row in run.rows:
+        freq = row.get("action_freq")
+        if freq is None or not all(number(v) is not None and math.isfinite(v) for v in freq):
+            continue
+        xs.append(float(row["timesteps"]))
+        for column, v in zip(shares, freq, strict=True):
+            column.append(float(v))
+    return xs, shares
+
+
+def actions_figsize(n_runs: int) -> tuple[float, float]:
+    """Size of actions.png in inches for `n_runs` panels."""
+    return ACTIONS_WIDTH, ACTIONS_EXTRA_HEIGHT + ACTIONS_RUN_HEIGHT * n_runs
+
+
+def _use_log(panel: Panel, ys: list[float]) -> bool:
+    positive = [y for y in ys if math.isfinite(y) and y > 0]
+    if panel.scale == "log":
+        return bool(positive)
+    if panel.scale == "auto" and positive and len(positive) == sum(map(math.isfinite, ys)):
+        return max(positive) / min(positive) > 100.0
+    return False
+
+
+def _style_timesteps(ax):
+    from matplotlib.ticker import EngFormatter
+
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.grid(alpha=0.3)
+
+
+def training_figure(runs: list[Run]) -> Figure:
+    """training.png's `Figure`: PANELS over timesteps, one colour per run, one legend on top."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import PercentFormatter
+
+    fig = Figure(figsize=TRAINING_SIZE, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(math.ceil(len(PANELS) / PANEL_COLUMNS), PANEL_COLUMNS, sharex=True)
+    colors = colormaps["tab10"]
+    for ax, panel in zip(axes.flat, PANELS, strict=True):
+        drawn = []
+        for i, run in enumerate(runs):
+            xs, ys = series(run, panel)
+            if not xs:
+                continue
+            drawn.extend(ys)
+            dots = panel.validation or len(xs) == 1  # a lone point has no line to show it
+            style = dict(marker="o", ms=3.5, lw=1.2) if dots else dict(lw=1.1)
+            ax.plot(xs, ys, color=colors(i % 10), label=run.label, **style)
+        ax.set_title(panel.title, fontsize=10)
+        _style_timesteps(ax)
+        if not drawn:
+            ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", va="center",
+                    color="0.5")
+            continue
+        if panel.ref is not None:
+            ax.axhline(panel.ref, color="0.4", lw=0.8, ls="--", zorder=1)
+        if _use_log(panel, drawn):
+            ax.set_yscale("log", nonpositive="mask")
+        elif panel.percent:
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
+    for ax in axes[-1]:
+        ax.set_xlabel("timesteps")
+    handles = [Line2D([], [], color=colors(i % 10), label=run.label) for i, run in enumerate(runs)]
+    fig.legend(handles=handles, loc="outside upper center", ncol=min(len(runs), 6), fontsize=9,
+               frameon=False)
+    return fig
+
+
+def actions_figure(runs: list[Run]) -> Figure:
+    """actions.png's `Figure`: each run's regime mix (action_freq), stacked, over timesteps."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import PercentFormatter
+
+    fig = Figure(figsize=actions_figsize(len(runs)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(runs), 1, sharex=True, squeeze=False)[:, 0]
+    palette = colormaps["tab20"]
+    colors = [palette(i) for i in ACTION_COLORS]
+    mixes = [action_mix(run) for run in runs]
+    steps = [x for xs, _ in mixes for x in xs]
+    for ax, run, (xs, shares) in zip(axes, runs, mixes, strict=True):
+        ax.set_title(f"{run.label}: action mix (share of training steps per regime)",
+                     fontsize=10, loc="left")
+        _style_timesteps(ax)
+        ax.set_ylim(0.0, 1.0)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        if xs:
+            ax.stackplot(xs, shares, labels=NAMES, colors=colors, lw=0.0)
+        else:
+            ax.text(0.5, 0.5, "no action_freq logged", transform=ax.transAxes, ha="center",
+                    va="center", color="0.5")
+    if steps and min(steps) < max(steps):  # the panels share x: the range of all runs, no margins
+        axes[-1].set_xlim(min(steps), max(steps))
+    axes[-1].set_xlabel("timesteps")
+    # Legend top-down in stack order, so it reads like the areas.
+    patches = [Patch(facecolor=c) for c in colors]
+    fig.legend(patches[::-1], NAMES[::-1], loc="outside right center", fontsize=9,
+               frameon=False)
+    return fig
+
+
+def _labels(runs: list[Run], dirs: list[Path]) -> list[Run]:
+    """Runs whose directory names collide are labelled by the path as given."""
+    names = [r.label for r in runs]
+    return [r if names.count(r.label) == 1 else dataclasses.replace(r, label=str(d))
+            for r, d in zip(runs, dirs, strict=True)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m jaxtrade.plot",
+        description="Plot the training curves of one or more runs (metrics.jsonl), overlaid.",
+        allow_abbrev=False,
+    )
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
+                   help="training run directories (legend: each directory's name)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="output directory [FIRST_RUN_DIR/plots]")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        paths = _plot(args.run_dirs, args.out)
+    except PlotError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _plot(run_dirs: list[Path], out: Path | None) -> list[Path]:
+    runs = _labels([read_run(d) for d in run_dirs], run_dirs)
+    out = out if out is not None else run_dirs[0] / "plots"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PlotError(f"{out}: cannot create the output directory ({e.strerror or e})") from None
+    figures = [(out / "training.png", training_figure)]
+    if any(action_mix(run)[0] for run in runs):
+        figures.append((out / "actions.png", actions_figure))
+    for path, figure in figures:
+        try:
+            figure(runs).savefig(path, dpi=DPI)
+        except OSError as e:
+            raise PlotError(f"{path}: cannot write ({e.strerror or e})") from None
+    return [path for path, _ in figures]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""`python -m jaxtrade.plot`: PNGs of the expected size, overlaid runs, old eval_* columns,
+and one-line errors. Metrics files are written here, not by a training run."""
+
+import json
+import math
+import struct
+
+import numpy as np
+import pytest
+from matplotlib import colormaps
+from matplotlib.image import imread
+
+from jaxtrade import plot
+from jaxtrade.envs import NAMES
+
+N_ROWS = 8
+STEPS_PER_ITERATION = 256
+VALIDATE_EVERY = 3  # iterations 3 and 6 carry validation columns
+
+
+def make_rows(seed: int, prefix: str = "val_", n: int = N_ROWS) -> list[dict]:
+    """metrics.jsonl rows like training writes, with validation every VALIDATE_EVERY."""
+    rng = np.random.default_rng(seed)
+    k = 1 + seed  # runs differ, so overlaid lines do not hide each other
+    rows = []
+    for i in range(1, n + 1):
+        freq = rng.dirichlet(np.ones(len(NAMES)))
+        row = {
+            "iteration": i, "timesteps": i * STEPS_PER_ITERATION, "episodes": i, "sps": 1e3,
+            "action_freq": freq.tolist(), "policy_loss": -0.01 * i * k, "value_loss": k / 4**i,
+            "entropy": 2.4 - 0.01 * i * k, "approx_kl": 1e-3 * i * k, "clip_frac": 0.01 * i * k,
+            "explained_variance": 0.1 * i - 0.5 * k, "cost_mean": 0.002 * k,
+            "turnover_mean": 0.5 * k,
+            "episode_return_mean": float("nan") if i == 1 else 0.1 * i + seed,
+        }
+        if i % VALIDATE_EVERY == 0:
+            row |= {f"{prefix}score": -10.0 + i + seed, f"{prefix}total_return": 0.01 * i * k,
+                    f"{prefix}sharpe": 0.1 * i * k, f"{prefix}action_freq": freq.tolist()}
+        rows.append(row)
+    return rows
+
+
+def write_run(path, rows) -> object:
+    path.mkdir(parents=True)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def png_size(path) -> tuple[int, int]:
+    """(width, height) from the PNG header."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+    return struct.unpack(">II", head[16:24])
+
+
+def pixels_of(image: np.ndarray, color) -> int:
+    """Pixels of `image` (RGBA floats) within 2/255 of `color`."""
+    return int(np.all(np.abs(image[..., :3] - np.asarray(color[:3])) < 2 / 255, axis=-1).sum())
+
+
+def axis(fig, title):
+    return next(ax for ax in fig.axes if ax.get_title() == title)
+
+
+def panel_titled(title):
+    return next(p for p in plot.PANELS if p.title == title)
+
+
+def run_main(argv, capsys):
+    code = plot.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out.splitlines(), err.splitlines()
+
+
+# ------------------------------------------------------------------------------ rows
+def test_split_row_prefers_val_and_leaves_value_columns_alone():
+    training, validation = plot.split_row(
+        {"value_loss": 1.0, "val_score": 2.0, "eval_score": 3.0, "eval_sharpe": 4.0})
+    assert training == {"value_loss": 1.0}
+    assert validation == {"score": 2.0, "sharpe": 4.0}
+
+
+@pytest.mark.parametrize("prefix", ["val_", "eval_"])
+def test_validation_series_has_only_validated_iterations(tmp_path, prefix):
+    run = plot.read_run(write_run(tmp_path / "r", make_rows(0, prefix)))
+    xs, ys = plot.series(run, panel_titled("validation score"))
+    assert xs == [3 * STEPS_PER_ITERATION, 6 * STEPS_PER_ITERATION]
+    assert ys == [-7.0, -4.0]
+
+
+# ----------------------------------------------------------------------------- files
+def test_pngs_of_overlaid_runs_land_in_the_first_run_dir(tmp_path, capsys):
+    new = write_run(tmp_path / "new", make_rows(0, "val_"))
+    old = write_run(tmp_path / "old", make_rows(1, "eval_", n=N_ROWS - 2))
+    code, out, err = run_main([new, old], capsys)
+    assert (code, err) == (0, [])
+    training, actions = new / "plots" / "training.png", new / "plots" / "actions.png"
+    assert out == [str(training), str(actions)]
+    assert png_size(training) == (1600, 1000)  # 16 x 10 in at 100 dpi
+    assert png_size(actions) == (1300, 610)  # 13 in wide; 0.9 in + 2.6 in per run, tall
+    # Both runs' lines are drawn, and every regime's stacked area.
+    image = imread(training)
+    assert all(pixels_of(image, colormaps["tab10"](i)) > 500 for i in range(2))
+    image = imread(actions)
+    assert all(pixels_of(image, colormaps["tab20"](i)) > 500 for i in plot.ACTION_COLORS)
+
+
+def test_one_run_goes_to_out_with_a_one_panel_action_figure(tmp_path, capsys, monkeypatch):
+    from matplotlib.figure import Figure
+
+    sizes = []
+
+    def tiny(make):  # the real figure's size, saved small: this test is about paths
+        def figure(runs):
+            sizes.append(tuple(make(runs).get_size_inches() * plot.DPI))
+            return Figure(figsize=(1, 1))
+        return figure
+
+    monkeypatch.setattr(plot, "training_figure", tiny(plot.training_figure))
+    monkeypatch.setattr(plot, "actions_figure", tiny(plot.actions_figure))
+    run_dir = write_run(tmp_path / "alpha", make_rows(0))
+    out_dir = tmp_path / "a" / "b"
+    code, out, _ = run_main([run_dir, "--out", out_dir], capsys)
+    assert code == 0
+    assert out == [str(out_dir / "training.png"), str(out_dir / "actions.png")]
+    assert all(png_size(out_dir / name) == (100, 100) for name in ("training.png", "actions.png"))
+    assert sizes == [(1600, 1000), (1300, 350)]
+    assert not (run_dir / "plots").exists()
+
+
+def test_runs_without_action_freq_get_no_actions_png(tmp_path, capsys, monkeypatch):
+    from matplotlib.figure import Figure
+
+    monkeypatch.setattr(plot, "training_figure", lambda runs: Figure(figsize=(1, 1)))
+    rows = [{k: v for k, v in r.items() if k != "action_freq"} for r in make_rows(0)]
+    run_dir = write_run(tmp_path / "r", rows)
+    code, out, _ = run_main([run_dir], capsys)
+    assert (code, out) == (0, [str(run_dir / "plots" / "training.png")])
+
+
+def test_training_figure_overlays_every_run_in_every_panel(tmp_path):
+    runs = [plot.read_run(write_run(tmp_path / "new", make_rows(0, "val_"))),
+            plot.read_run(write_run(tmp_path / "old", make_rows(1, "eval_")))]
+    fig = plot.training_figure(runs)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["new", "old"]
+    score = axis(fig, "validation score")
+    assert [line.get_label() for line in score.get_lines()] == ["new", "old"]
+    assert [list(line.get_ydata()) for line in score.get_lines()] == [[-7.0, -4.0], [-6.0, -3.0]]
+    for panel in plot.PANELS:
+        lines = axis(fig, panel.title).get_lines()
+        assert [ln.get_label() for ln in lines if ln.get_label()[0] != "_"] == ["new", "old"]
+    # NaN return (no episode finished yet) stays a gap, not a zero.
+    assert math.isnan(axis(fig, "training episode return").get_lines()[0].get_ydata()[0])
+    # KL and a value loss spanning 5 decades are on log axes; the rest are linear.
+    assert axis(fig, "approximate KL").get_yscale() == "log"
+    assert axis(fig, "value loss").get_yscale() == "log"
+    assert axis(fig, "policy loss").get_yscale() == "linear"
+
+
+def test_panels_without_data_say_so(tmp_path):
+    rows = [{k: v for k, v in r.items() if not k.startswith("val_")} for r in make_rows(0)]
+    fig = plot.training_figure([plot.read_run(write_run(tmp_path / "r", rows))])
+    for title in ("validation score", "validation total return", "validation Sharpe"):
+        ax = axis(fig, title)
+        assert ax.get_lines() == [] and [t.get_text() for t in ax.texts] == ["not logged"]
+
+
+def test_actions_figure_stacks_every_regime_per_run(tmp_path):
+    runs = [plot.read_run(write_run(tmp_path / f"r{s}", make_rows(s))) for s in range(3)]
+    fig = plot.actions_figure(runs)
+    panels = [ax for ax in fig.axes if ax.collections]
+    assert len(panels) == 3
+    assert all(len(ax.collections) == len(NAMES) for ax in panels)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == list(NAMES[::-1])
+
+
+# ---------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("case, message", [
+    ("missing_dir", "{run}: no such run directory"),
+    ("no_metrics", "{run}/metrics.jsonl: not found"),
+    ("empty", "{run}/metrics.jsonl: no rows"),
+    ("blank_lines", "{run}/metrics.jsonl: no rows"),
+    ("malformed", "{run}/metrics.jsonl:2: malformed JSON (Expecting value at column 1)"),
+    ("not_object", "{run}/metrics.jsonl:2: expected a JSON object, got list"),
+    ("no_timesteps", "{run}/metrics.jsonl:1: no numeric 'timesteps'"),
+    ("short_freq", "{run}/metrics.jsonl:1: action_freq is not a list of 12 shares"),
+])
+def test_bad_run_is_one_line_and_exit_2(case, message, tmp_path, capsys):
+    good = write_run(tmp_path / "good", make_rows(0))
+    run = tmp_path / "run"
+    lines = [json.dumps(r) for r in make_rows(0, n=2)]
+    text = {
+        "no_metrics": None, "empty": "", "blank_lines": "\n \n",
+        "malformed": lines[0] + "\nnot json\n",
+        "not_object": lines[0] + "\n[1, 2]\n",
+        "no_timesteps": json.dumps({"iteration": 1}) + "\n",
+        "short_freq": json.dumps({"timesteps": 1, "action_freq": [1.0]}) + "\n",
+    }.get(case)
+    if case != "missing_dir":
+        run.mkdir()
+    if text is not None:
+        (run / "metrics.jsonl").write_text(text)
+    code, out, err = run_main([good, run], capsys)
+    assert (code, out) == (2, [])
+    assert err == ["error: " + message.format(run=run)]
+    assert not (good / "plots").exists()
+
+
+def test_flag_abbreviations_are_rejected(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        plot.main([str(write_run(tmp_path / "r", make_rows(0))), "--ou", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --ou" in capsys.readouterr().err
