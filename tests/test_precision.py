@@ -17,7 +17,11 @@ SMALL = dict(
     hidden_dim=16, n_gru_layers=2, n_envs=16, n_steps=16, n_minibatches=2, ppo_epochs=2,
     critic_epochs=2, episode_length=32, actor_lr=1e-3,
 )
-ITERATIONS = 4
+# One iteration: over more, actions sampled from slightly different probabilities send the
+# two runs down different trajectories, and their distance measures that chaos, not bf16
+# (after 4 iterations KL(fp32 || bf16) / KL(fp32 || init) ranged from 0.02 to 0.35 over
+# seeds; after 1, from 0.004 to 0.09).
+ITERATIONS = 1
 
 
 @pytest.fixture(scope="module")
