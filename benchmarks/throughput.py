@@ -488,7 +488,8 @@ def main(argv=None) -> int:
 
     market = load_market(synthetic=base.data.synthetic(),
                          episode_length=base.env.episode_length,
-                         eval_fraction=base.data.eval_fraction)
+                         val_fraction=base.data.val_fraction,
+                         test_fraction=base.data.test_fraction)
     dtype = cfgmod.compute_dtype(args.precision, info["platform"])
     print(f"device: {info['device_kind']} x{info['n_devices']} ({info['platform']}), "
           f"jax {info['jax']}; network hidden {args.hidden_dim} x {args.n_gru_layers} GRU, "

@@ -20,6 +20,7 @@ state under the same config and device count continues a run bit for bit.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import datetime as dt
 import json
@@ -45,9 +46,9 @@ from jaxtrade.trainer import HPARAM_NAMES, Trainer, TrainState
 CHECKPOINT_DIR = "checkpoints"  # under the run directory
 FORMAT = 1  # metadata layout version, bumped when it changes incompatibly
 SCORE_KEY = "episode_return_mean"  # ranks checkpoints until a held-out score exists
-EVAL_SCORE_KEY = "eval_score"  # the held-out score, preferred when a metrics row has it
-# Rank of a checkpoint without a held-out score in a run that evaluates: below every
-# eval_score (`jaxtrade.metrics.model_score` lies in [-90, 90]), so that the best checkpoint
+VAL_SCORE_KEY = "val_score"  # the validation score, preferred when a metrics row has it
+# Rank of a checkpoint without a validation score in a run that evaluates: below every
+# val_score (`jaxtrade.metrics.model_score` lies in [-90, 90]), so that the best checkpoint
 # is always an evaluated one and scores of different scales are never compared.
 UNEVALUATED = -1000.0
 # Headline metrics kept per iteration in the metadata (metrics.jsonl has every column).
@@ -59,7 +60,8 @@ HISTORY_KEYS = (
 # program's numerics (precision), so the saved state would not fit or would mean something
 # else. Start a new run from the weights instead (--checkpoint RUN --weights-only).
 SHAPE_FIELDS = (
-    "path", "symbols", "start", "end", "max_fill", "eval_fraction", "split_date", "n_assets",
+    "path", "symbols", "start", "end", "max_fill", "val_fraction", "test_fraction",
+    "split_dates", "n_assets",
     "n_bars", "synthetic_seed", "signal_strength", "episode_length", "n_envs", "n_steps",
     "n_minibatches", "hidden_dim", "n_gru_layers", "precision",
 )
@@ -115,8 +117,8 @@ class Lineage:
 def score(row: Mapping[str, Any], evaluating: bool = False) -> float:
     """What ranks checkpoints: the held-out score when the row has one; else, in a run that
     evaluates (`evaluating`), `UNEVALUATED`, and in one that does not, mean episode return."""
-    if EVAL_SCORE_KEY in row:
-        return float(row[EVAL_SCORE_KEY])
+    if VAL_SCORE_KEY in row:
+        return float(row[VAL_SCORE_KEY])
     return UNEVALUATED if evaluating else float(row[SCORE_KEY])
 
 
@@ -309,7 +311,7 @@ def select(run_dir: str | os.PathLike, which: str | int = "best") -> Source:
         step = best.get("iteration", last.step)
         if step not in steps:  # the best one was not kept: rank the ones that were
             metas = {s: _read_meta(last.directory, s) for s in steps}
-            evaluating = any(EVAL_SCORE_KEY in (m.get("metrics") or {}) for m in metas.values())
+            evaluating = any(VAL_SCORE_KEY in (m.get("metrics") or {}) for m in metas.values())
             ranked = [(score(m["metrics"], evaluating), s) for s, m in metas.items()
                       if m.get("metrics")]
             step = max(ranked)[1] if ranked else last.step
@@ -638,7 +640,7 @@ class RunCheckpoints:
         n_devices: int | None = None,
     ):
         """`resumed`: the metadata of the checkpoint this run continues (history, best).
-        `evaluating`: the run evaluates on held-out data, so checkpoints rank by eval_score
+        `evaluating`: the run walks its validation range, so checkpoints rank by val_score
         (see `score`). `n_devices`: the devices the run trains on (default: all).
 
         In a multi-process run every process creates this and calls `save` and `close`
@@ -651,10 +653,15 @@ class RunCheckpoints:
         resumed = resumed or {}
         self.history: dict[str, list] = {k: list(v) for k, v in resumed.get("history", {}).items()}
         self.best: dict | None = resumed.get("best")
-        if evaluating and self.best and self.best.get("metric") != EVAL_SCORE_KEY:
+        if evaluating and self.best and self.best.get("metric") != VAL_SCORE_KEY:
             self.best = None  # ranked by episode return before evaluation was on: not comparable
         self.last_row: dict = dict(resumed.get("metrics") or {})
         self.last_step: int | None = resumed.get("iteration")
+        # Every validation walk compares one more candidate: counted for honest statistics
+        # (`python -m jaxtrade.evaluate` deflates the chosen one's Sharpe ratio by them).
+        self.selection: dict = copy.deepcopy(resumed.get("selection") or {
+            "metric": VAL_SCORE_KEY, "validations": 0, "since_best": 0,
+            "best_iteration": None, "best_score": None, "sharpes": []})
         options = ocp.CheckpointManagerOptions(
             create=True,
             cleanup_tmp_directories=True,
@@ -670,12 +677,25 @@ class RunCheckpoints:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
-    def record(self, row: Mapping[str, Any]) -> None:
-        """Notes one iteration's metrics row (call for every row, in order)."""
+    def record(self, row: Mapping[str, Any]) -> bool:
+        """Notes one iteration's metrics row (call for every row, in order); True when the
+        row holds a validation score above every earlier one (a new best candidate)."""
         self.last_row = dict(row)
         for k in ("iteration", *HISTORY_KEYS):
             if k in row:
                 self.history.setdefault(k, []).append(row[k])
+        if VAL_SCORE_KEY not in row:
+            return False
+        sel = self.selection
+        sel["validations"] += 1
+        sel["sharpes"].append(row.get("val_sharpe"))
+        new_best = sel["best_score"] is None or row[VAL_SCORE_KEY] > sel["best_score"]
+        if new_best:
+            sel.update(best_iteration=row["iteration"], best_score=row[VAL_SCORE_KEY],
+                       since_best=0)
+        else:
+            sel["since_best"] += 1
+        return new_best
 
     def metadata(
         self, iteration: int, *, interrupted: bool, final: bool, rng_impl: str = "threefry2x32"
@@ -697,6 +717,7 @@ class RunCheckpoints:
             "metrics": self.last_row,
             "history": self.history,
             "best": self.best,
+            "selection": self.selection,
             "lineage": self.lineage.to_dict(iteration * steps),
         }
 
@@ -713,7 +734,7 @@ class RunCheckpoints:
         row_score = score(self.last_row, self.evaluating) if self.last_row else -math.inf
         if self.last_row and (self.best is None or row_score > self.best["score"]):
             self.best = {"iteration": iteration, "score": row_score,
-                         "metric": EVAL_SCORE_KEY if EVAL_SCORE_KEY in self.last_row
+                         "metric": VAL_SCORE_KEY if VAL_SCORE_KEY in self.last_row
                          else "unevaluated" if self.evaluating else SCORE_KEY}
         meta = self.metadata(iteration, interrupted=interrupted, final=final,
                              rng_impl=str(jax.random.key_impl(state.rng)))

@@ -63,8 +63,10 @@ class DataConfig:
     start: str | None = None  # first date to keep (inclusive); None = from the first bar
     end: str | None = None  # last date to keep (inclusive); None = to the last bar
     max_fill: int = 5  # longest gap (bars) forward-filled per asset before it is an error
-    eval_fraction: float = 0.2  # share of bars held out at the end for evaluation
-    split_date: str | None = None  # first held-out date; overrides eval_fraction when given
+    val_fraction: float = 0.2  # share of bars in the validation range (chooses checkpoints)
+    test_fraction: float = 0.2  # share of bars in the test range, last (only evaluate reads it)
+    split_dates: tuple[str, ...] | None = None  # (first validation, first test) date; overrides
+    # the two fractions
     n_assets: int = 12  # synthetic market: stocks (cash is added by the env)
     n_bars: int = 2520  # synthetic market: bars to generate (about 10 years of days)
     synthetic_seed: int = 0  # synthetic market: same seed, same market
@@ -147,7 +149,8 @@ class RunConfig:
     verbosity: int = 1  # 0 quiet, 1 default, 2 verbose
     save_every: int = 10  # iterations between checkpoints (at a call boundary); 0 = final only
     keep_checkpoints: int = 3  # most recent checkpoints kept, besides the best and the final one
-    eval_every: int = 10  # iterations between held-out evaluations (at a call boundary); 0 = off
+    eval_every: int = 10  # iterations between validation walks (at a call boundary); 0 = off
+    early_stop: int = 0  # stop after this many validation walks without a new best; 0 = off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,7 +231,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         item = typing.get_args(base)[0]
         if isinstance(value, str):  # a single symbol
             value = [value]
-        if not isinstance(value, list | tuple) or not all(isinstance(v, item) for v in value):
+        if not isinstance(value, list | tuple):
+            fail()
+        if item is str:  # TOML date literals, e.g. split_dates = [2021-01-04, 2022-01-03]
+            value = [v.isoformat() if isinstance(v, dt.date | dt.datetime | dt.time) else v
+                     for v in value]
+        if not all(isinstance(v, item) for v in value):
             fail()
         return tuple(value)
     if base is bool:
@@ -258,7 +266,24 @@ def _prefix(source: str | os.PathLike | None) -> str:
     return f"{os.fspath(source)}: " if source is not None else ""
 
 
+# Keys of older versions -> what replaced them, named when a file or override uses one.
+_RENAMED = {
+    "eval_fraction": "val_fraction and test_fraction (--val-fraction, --test-fraction): data "
+                     "is split into train, validation and test ranges",
+    "split_date": "split_dates (--split-dates FIRST_VALIDATION,FIRST_TEST): data is split "
+                  "into train, validation and test ranges",
+}
+
+
+def _renamed(key: str, source: str | os.PathLike | None) -> ConfigError | None:
+    if key not in _RENAMED:
+        return None
+    return ConfigError(f"{_prefix(source)}'{key}' was replaced by {_RENAMED[key]}")
+
+
 def _unknown_key(key: str, section: str, source: str | os.PathLike | None) -> ConfigError:
+    if (renamed := _renamed(key, source)) is not None:
+        return renamed
     valid = list(_FIELD_TYPES[section])
     hint = ""
     if key in _FIELD_SECTION:
@@ -353,6 +378,8 @@ def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
 
 
 def _unknown_bare_key(key: str, source: str) -> ConfigError:
+    if (renamed := _renamed(key, source)) is not None:
+        return renamed
     close = difflib.get_close_matches(key, list(_FIELD_SECTION), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return ConfigError(
@@ -617,7 +644,13 @@ def validate(cfg: Config, n_devices: int = 1) -> Config:
         check(ok, key, value, f"in [0, {top:g}{']' if closed else ')'}")
 
     at_least("max_fill", d.max_fill, 0)
-    unit("eval_fraction", d.eval_fraction, closed=False)
+    unit("val_fraction", d.val_fraction, closed=False)
+    unit("test_fraction", d.test_fraction, closed=False)
+    check(d.val_fraction + d.test_fraction < 1, "val_fraction + test_fraction",
+          d.val_fraction + d.test_fraction, "< 1 (the rest is the training range)")
+    if d.split_dates is not None:
+        check(len(d.split_dates) == 2, "split_dates", d.split_dates,
+              "two dates: the first validation and the first test date")
     at_least("n_assets", d.n_assets, 1)
     at_least("n_bars", d.n_bars, 2)
     at_least("synthetic_seed", d.synthetic_seed, 0)
@@ -674,6 +707,7 @@ def validate(cfg: Config, n_devices: int = 1) -> Config:
     at_least("save_every", r.save_every, 0)
     at_least("keep_checkpoints", r.keep_checkpoints, 1)
     at_least("eval_every", r.eval_every, 0)
+    at_least("early_stop", r.early_stop, 0)
     check(r.run_dir != "", "run_dir", r.run_dir, "a path or none")
 
     if problems:

@@ -137,7 +137,8 @@ class Policy:
 
     def market(self, panel: Panel) -> Market:
         """`panel` as a market scaled with the training statistics (no split)."""
-        return build_market(panel, stats=self.stats, episode_length=1, eval_fraction=0.0)
+        return build_market(panel, stats=self.stats, episode_length=1, val_fraction=0.0,
+                            test_fraction=0.0)
 
     # -------------------------------------------------------------------- decisions
     def __call__(self, bars: pd.DataFrame,
@@ -258,8 +259,8 @@ def load_policy(run_dir: str | os.PathLike, checkpoint: str | int = "best",
 
     Args:
       run_dir: the run directory (`python -m jaxtrade.train --run-dir`).
-      checkpoint: "best" (by eval_score when the run evaluated, else by episode
-        return), "latest", or an iteration number.
+      checkpoint: "best" (by val_score when the run walked its validation range, else
+        by episode return), "latest", or an iteration number.
       seed: key of the pass's slippage draws; default the run's seed, as evaluation.
 
     Raises:

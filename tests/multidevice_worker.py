@@ -35,7 +35,7 @@ def rel(a, b) -> float:
 def main() -> None:
     market = build_market(
         synthetic_panel(SyntheticConfig(n_assets=5, n_bars=400, seed=1)),
-        episode_length=32, eval_fraction=0.25,
+        episode_length=32, val_fraction=0.2, test_fraction=0.1,
     )
     cfg = C.resolve(C.with_values(
         C.Config(), hidden_dim=16, n_gru_layers=1, n_envs=32, n_steps=16, n_minibatches=2,

@@ -149,23 +149,30 @@ def test_locate_accepts_run_checkpoints_and_step_directories(cfg, fresh, tmp_pat
         ckpt.locate(partial)
 
 
-def test_an_evaluating_run_ranks_by_eval_score_and_select_names_checkpoints(cfg, fresh,
+def test_an_evaluating_run_ranks_by_val_score_and_select_names_checkpoints(cfg, fresh,
                                                                             tmp_path):
     state = fresh()
     store = ckpt.RunCheckpoints(tmp_path, cfg, evaluating=True)
     # Iteration 1 is not evaluated: however high its episode return, it ranks below the rest.
+    new_bests = []
     for i, ret, score in ((1, 9.0, None), (2, 0.1, 12.5), (3, 0.2, -5.0), (4, 0.3, -1.0)):
-        store.record({**row(i, ret), **({} if score is None else {"eval_score": score})})
+        new_bests.append(store.record(
+            {**row(i, ret), **({} if score is None else {"val_score": score, "val_sharpe": i})}))
         assert store.save(state, i)
     store.close()
+    # Every validation score is a candidate compared: counted for the deflated Sharpe ratio.
+    assert new_bests == [False, True, False, False]
+    assert ckpt.latest(tmp_path).meta["selection"] == {
+        "metric": "val_score", "validations": 3, "since_best": 2, "best_iteration": 2,
+        "best_score": 12.5, "sharpes": [2, 3, 4]}
     assert store.all_steps() == [2, 3, 4]  # keep_checkpoints=2 and the best
     assert ckpt.latest(tmp_path).meta["best"] == {
-        "iteration": 2, "score": 12.5, "metric": "eval_score"}
+        "iteration": 2, "score": 12.5, "metric": "val_score"}
     assert ckpt.score(row(1, 9.0), evaluating=True) == ckpt.UNEVALUATED
     assert ckpt.score(row(1, 9.0)) == 9.0
     assert ckpt.select(tmp_path, "best").step == 2
     assert ckpt.select(tmp_path, "latest").step == 4
-    assert ckpt.select(tmp_path, 3).meta["metrics"]["eval_score"] == -5.0
+    assert ckpt.select(tmp_path, 3).meta["metrics"]["val_score"] == -5.0
     with pytest.raises(ckpt.CheckpointError, match=r"no checkpoint at iteration 1 \(kept: 2, "
                                                    r"3, 4\)"):
         ckpt.select(tmp_path, "1")

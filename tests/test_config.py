@@ -26,7 +26,7 @@ def custom() -> Config:
     """A config with every kind of value away from its default."""
     return C.apply_overrides(
         Config(),
-        'symbols=[AAA, BBB],start="2012-01-01",split_date=2015-06-01,n_envs=256,'
+        'symbols=[AAA, BBB],start="2012-01-01",split_dates=[2015-06-01, 2016-06-01],n_envs=256,'
         "gamma=0.995,clip_value=true,precision=bf16,timesteps=100000,run_dir=ckpt/x,"
         "synthetic_seed=7,dropout=0",
     )
@@ -70,7 +70,10 @@ def test_defaults_match_the_library_they_configure():
 
     data = C.DataConfig()
     assert data.max_fill == defaults(load_market)["max_fill"]
-    assert data.eval_fraction == defaults(build_market)["eval_fraction"]
+    assert data.val_fraction == defaults(build_market)["val_fraction"]
+    assert data.test_fraction == defaults(build_market)["test_fraction"]
+    assert data.split_dates == defaults(build_market)["split_dates"]
+    assert C.RunConfig().early_stop == 0
     assert C.EnvConfig().episode_length == defaults(build_market)["episode_length"]
     assert data.synthetic() == SyntheticConfig()
     custom_market = dataclasses.replace(
@@ -92,7 +95,7 @@ def test_to_dict_round_trips_through_json(cfg):
 def test_to_dict_uses_json_types_only():
     d = C.to_dict(custom())
     assert d["data"]["symbols"] == ["AAA", "BBB"]
-    assert d["data"]["split_date"] == "2015-06-01"
+    assert d["data"]["split_dates"] == ["2015-06-01", "2016-06-01"]
     assert json.loads(json.dumps(d)) == d
 
 
@@ -347,7 +350,11 @@ def test_validate_suggests_nearest_valid_n_envs():
         ("actor_lr=0", "actor_lr=0.0 must be > 0"),
         ("critic_lr=-1e-3", "critic_lr=-0.001 must be > 0"),
         ("dropout=1", "dropout=1.0 must be in [0, 1)"),
-        ("eval_fraction=1", "eval_fraction=1.0 must be in [0, 1)"),
+        ("val_fraction=1", "val_fraction=1.0 must be in [0, 1)"),
+        ("test_fraction=-0.1", "test_fraction=-0.1 must be in [0, 1)"),
+        ("val_fraction=0.5,test_fraction=0.5", "val_fraction + test_fraction=1.0 must be < 1"),
+        ('split_dates=["2020-01-01"]', "split_dates=('2020-01-01',) must be two dates"),
+        ("early_stop=-1", "early_stop=-1 must be >= 0"),
         ("slippage=0.2", "slippage=0.2 must be in [0, 0.1)"),
         ("ruin_fraction=1", "ruin_fraction=1.0 must be in [0, 1)"),
         ("precision=fp16", "precision='fp16' must be one of auto|fp32|bf16"),
@@ -435,3 +442,13 @@ def test_total_iterations_needs_resolved_n_envs():
 
 def test_envs_per_minibatch():
     assert C.envs_per_minibatch(sized(), n_devices=4) == 4  # 64 / (4 devices x 4 minibatches)
+
+
+@pytest.mark.parametrize("key, new", [("eval_fraction", "val_fraction and test_fraction"),
+                                      ("split_date", "split_dates")])
+def test_keys_of_older_versions_name_what_replaced_them(key, new, tmp_path):
+    with pytest.raises(ConfigError, match=f"override '{key}=0.2': '{key}' was replaced by {new}"):
+        C.apply_overrides(Config(), f"{key}=0.2")
+    path = write(tmp_path, f"[data]\n{key} = 0.2\n")
+    with pytest.raises(ConfigError, match=f"{path}: '{key}' was replaced by {new}"):
+        C.load(path)

@@ -212,7 +212,7 @@ def test_two_processes_train_together_and_match_two_devices(two_process_runs):
     for a, b in zip(two, one, strict=True):
         for k in ("policy_loss", "value_loss", "entropy", "episode_return_mean"):
             np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7, err_msg=k)
-        assert ("eval_score" in a) == ("eval_score" in b)
+        assert ("val_score" in a) == ("val_score" in b)
     # The final checkpoints hold the same parameters, and the 2-process one says so.
     src_two, src_one = ckpt.latest(root / "two"), ckpt.latest(root / "one")
     assert src_two.step == src_one.step == 4 and src_two.meta["n_devices"] == 2

@@ -139,11 +139,11 @@ def test_truncated_steps_bootstrap_from_the_final_observation(tiny, tiny_state):
 
 
 @pytest.mark.slow
-def test_learns_to_beat_equal_weight_on_held_out_dates():
+def test_learns_to_beat_equal_weight_on_test_dates():
     """A CPU run of well under 2 minutes on a market with a strong signal ends with a greedy
-    policy whose held-out return beats holding EQUAL_WEIGHT throughout."""
+    policy whose test-range return beats holding EQUAL_WEIGHT throughout."""
     panel = synthetic_panel(SyntheticConfig(n_bars=1500, seed=0, signal_strength=2.0))
-    market = build_market(panel, episode_length=128, eval_fraction=0.3)
+    market = build_market(panel, episode_length=128, val_fraction=0.0, test_fraction=0.3)
     cfg = resolve(
         with_values(
             Config(), hidden_dim=64, n_gru_layers=1, dropout=0.0, n_envs=64, n_steps=64,
@@ -158,8 +158,8 @@ def test_learns_to_beat_equal_weight_on_held_out_dates():
     assert np.isfinite(np.asarray(metrics["policy_loss"])).all()
     assert metrics["episode_return_mean"][-10:].mean() > metrics["episode_return_mean"][:10].mean()
 
-    n_walk = market.n_eval_bars - 1
-    eval_params = trainer.env.make_params("eval", episode_length=n_walk, start=market.train_end)
+    n_walk = market.n_bars - market.test_start - 1
+    eval_params = trainer.env.make_params("test", episode_length=n_walk, start=market.test_start)
     walk = make_greedy_walk(trainer, eval_params, n_walk)
     learned = float(walk(state.params, jax.random.key(5)).reward.sum())
 

@@ -1,4 +1,5 @@
-"""Panel -> `MarketData` (device arrays shared by every environment) and the train/eval split."""
+"""Panel -> `MarketData` (device arrays shared by every environment) and its train,
+validation and test ranges."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pandas as pd
 from flax import struct
 
 from jaxtrade.data import features as feats
-from jaxtrade.data.panel import FIELDS, DataError, Panel, format_date
+from jaxtrade.data.panel import FIELDS, DataError, Panel, format_date, parse_date
 from jaxtrade.data.synthetic import SyntheticConfig, synthetic_panel
 
 
@@ -40,21 +41,31 @@ class MarketData:
         return self.features.shape[2]
 
 
+RANGES = ("train", "validation", "test")  # in date order; see `Market`
+
+
 @dataclasses.dataclass(frozen=True)
 class Market:
-    """A `MarketData` plus the host-side facts about it: dates, symbols, split, statistics.
+    """A `MarketData` plus the host-side facts about it: dates, symbols, ranges, statistics.
 
-    Bars [0, train_end) are the training range, [train_end, n_bars) the held-out range.
+    Bars are split by date into three ranges: train [0, val_start), validation
+    [val_start, test_start) and test [test_start, n_bars). Training episodes read train
+    bars only, validation chooses (the best checkpoint, early stopping), the test range
+    reports (`python -m jaxtrade.evaluate` alone reads it). A training run holds a market
+    `without_test()`: its arrays end before the test range, which it knows by dates only.
     """
 
     data: MarketData
     dates: pd.DatetimeIndex  # [T]
     symbols: tuple[str, ...]  # [A]
-    train_end: int  # index of the first held-out bar (== n_bars when nothing is held out)
+    val_start: int  # first validation bar (== test_start when there is no validation range)
+    test_start: int  # first test bar (== n_bars when there is no test range here)
     stats: feats.FeatureStats  # normalisation statistics, from the training range only
     bars_per_year: float  # for annualising metrics (about 252 for daily, 1,764 for US hourly)
     source: str = ""
     report: tuple[str, ...] = ()
+    # The test range of a market cut by `without_test()`: {"start", "end", "bars"}.
+    withheld_test: dict | None = None
 
     @property
     def n_bars(self) -> int:
@@ -65,42 +76,63 @@ class Market:
         return len(self.symbols)
 
     @property
-    def n_eval_bars(self) -> int:
-        return self.n_bars - self.train_end
+    def train_end(self) -> int:
+        """End (exclusive) of the training range: no training episode reads a later bar."""
+        return self.val_start
+
+    def bounds(self, name: str) -> tuple[int, int]:
+        """Bars [lo, hi) of range `name` (one of `RANGES`) held here; lo == hi when empty."""
+        lo, hi = {"train": (0, self.val_start), "validation": (self.val_start, self.test_start),
+                  "test": (self.test_start, self.n_bars)}[name]
+        return lo, hi
+
+    def span(self, name: str) -> dict | None:
+        """Range `name` as {"start", "end", "bars"} (dates as `format_date` writes them), or
+        None when it is empty; a withheld test range is known by its dates."""
+        if name == "test" and self.withheld_test is not None:
+            return dict(self.withheld_test)
+        lo, hi = self.bounds(name)
+        if hi <= lo:
+            return None
+        return {"start": format_date(self.dates[lo]), "end": format_date(self.dates[hi - 1]),
+                "bars": hi - lo}
+
+    def without_test(self) -> Market:
+        """This market cut before its test range: what a training run may hold. Features
+        are causal, so every kept bar is exactly as in the whole market."""
+        if self.test_start == self.n_bars:
+            return self
+        cut = self.test_start
+        data = jax.tree.map(lambda x: x[:cut], self.data)
+        return dataclasses.replace(self, data=data, dates=self.dates[:cut],
+                                   withheld_test=self.span("test"))
 
     def describe(self) -> str:
-        """One line for logs."""
+        """One line for logs: the three ranges with their bars and dates."""
 
-        def span(lo: int, hi: int) -> str:
-            if hi <= lo:
-                return "none"
-            return f"{format_date(self.dates[lo])} .. {format_date(self.dates[hi - 1])}"
+        def part(name: str) -> str:
+            span = self.span(name)
+            if span is None:
+                return f"{name} none"
+            return f"{name} {span['bars']} bars ({span['start']} .. {span['end']})"
 
-        return (
-            f"{self.n_assets} assets x {self.n_bars} bars; train {self.train_end} bars "
-            f"({span(0, self.train_end)}), held out {self.n_eval_bars} bars "
-            f"({span(self.train_end, self.n_bars)}); {self.bars_per_year:.0f} bars/year"
-        )
+        n_total = self.n_bars + (self.withheld_test or {}).get("bars", 0)
+        return (f"{self.n_assets} assets x {n_total} bars; "
+                + ", ".join(part(name) for name in RANGES)
+                + f"; {self.bars_per_year:.0f} bars/year")
 
 
 MARKET_FILE = "market.json"  # in a run directory: what evaluation and deployment need of it
-MARKET_FORMAT = 1  # layout version of MARKET_FILE
+MARKET_FORMAT = 2  # layout version of MARKET_FILE (2: train, validation and test ranges)
 
 
 def market_record(market: Market) -> dict:
     """What evaluating or deploying a model trained on `market` needs to know of it (JSON-ready).
 
     The normalisation statistics (features of new data must be scaled as in training),
-    the symbols in column order, and the training and held-out date ranges (None when
-    nothing is held out); dates as `format_date` writes them.
+    the symbols in column order, and the train, validation and test date ranges (None
+    when empty); dates as `format_date` writes them.
     """
-
-    def span(lo: int, hi: int) -> dict | None:
-        if hi <= lo:
-            return None
-        return {"start": format_date(market.dates[lo]), "end": format_date(market.dates[hi - 1]),
-                "bars": hi - lo}
-
     return {
         "format": MARKET_FORMAT,
         "source": market.source,
@@ -109,8 +141,7 @@ def market_record(market: Market) -> dict:
         "bars_per_year": market.bars_per_year,
         "feature_window": feats.WINDOW,
         "stats": market.stats.to_dict(),
-        "train": span(0, market.train_end),
-        "held_out": span(market.train_end, market.n_bars),
+        **{name: market.span(name) for name in RANGES},
     }
 
 
@@ -122,33 +153,52 @@ def estimate_bars_per_year(dates: pd.DatetimeIndex) -> float:
     return (len(dates) - 1) / years
 
 
-def _split_index(dates: pd.DatetimeIndex, eval_fraction: float, split_date) -> int:
-    if split_date is not None:
-        try:
-            when = pd.Timestamp(split_date)
-        except (ValueError, TypeError) as e:
-            raise DataError(f"split date {split_date!r} is not a date") from e
-        return int(dates.searchsorted(when, side="left"))
-    if not 0.0 <= eval_fraction < 1.0:
-        raise DataError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
-    return len(dates) - int(round(eval_fraction * len(dates)))
+def _split_indices(dates: pd.DatetimeIndex, val_fraction: float, test_fraction: float,
+                   split_dates) -> tuple[int, int]:
+    """(val_start, test_start): from `split_dates` (first validation date, first test date)
+    when given, else the last `test_fraction` of the bars are the test range and the
+    `val_fraction` before them the validation range."""
+    if split_dates is not None:
+        if len(split_dates) != 2:
+            raise DataError(f"split dates must be two dates (first validation, first test), "
+                            f"got {split_dates!r}")
+        stamps = [parse_date(text) for text in split_dates]
+        for text, stamp in zip(split_dates, stamps, strict=True):
+            if stamp is None:
+                raise DataError(f"split date {text!r} is not a date")
+        if stamps[0] > stamps[1]:
+            raise DataError(f"split dates {split_dates[0]} (validation) and {split_dates[1]} "
+                            f"(test) are out of order")
+        val_start, test_start = (int(dates.searchsorted(x, side="left")) for x in stamps)
+        return val_start, test_start
+    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= f < 1.0:
+            raise DataError(f"{name} must be in [0, 1), got {f}")
+    if val_fraction + test_fraction >= 1.0:
+        raise DataError(f"val_fraction + test_fraction = {val_fraction + test_fraction:g} "
+                        f"leaves no training bars")
+    n = len(dates)
+    test_start = n - int(round(test_fraction * n))
+    return test_start - int(round(val_fraction * n)), test_start
 
 
 def build_market(
     panel: Panel,
     *,
     episode_length: int = 256,
-    eval_fraction: float = 0.2,
-    split_date=None,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    split_dates=None,
     stats: feats.FeatureStats | None = None,
 ) -> Market:
-    """Features, split and device arrays for a panel.
+    """Features, ranges and device arrays for a panel.
 
     Args:
       panel: aligned bars.
       episode_length: training episode length; the training range must hold one episode.
-      eval_fraction: share of the (feature-complete) bars held out at the end.
-      split_date: first held-out date; overrides `eval_fraction` when given.
+      val_fraction, test_fraction: shares of the (feature-complete) bars in the validation
+        and test ranges, which come last, in that order.
+      split_dates: (first validation date, first test date); overrides the fractions.
       stats: normalisation statistics to reuse (e.g. a trained model's); fitted on
         the training range when None.
 
@@ -168,20 +218,22 @@ def build_market(
             f"(use more history or a shorter episode length)"
         )
     dates = panel.dates[w:]
-    train_end = _split_index(dates, eval_fraction, split_date)
-    if train_end < need:
+    val_start, test_start = _split_indices(dates, val_fraction, test_fraction, split_dates)
+    if val_start < need:
         raise DataError(
-            f"{panel.source}: the training range has {train_end} complete bars "
-            f"(up to the split at {dates[min(train_end, len(dates) - 1)]:%Y-%m-%d}); one "
+            f"{panel.source}: the training range has {val_start} complete bars "
+            f"(up to the split at {dates[min(val_start, len(dates) - 1)]:%Y-%m-%d}); one "
             f"episode of {episode_length} steps needs {need}: move the split later, "
             f"hold out less, or shorten episodes"
         )
-    if 0 < len(dates) - train_end < 2:
-        raise DataError(f"{panel.source}: the held-out range has fewer than 2 bars")
+    for name, lo, hi in (("validation", val_start, test_start),
+                         ("test", test_start, len(dates))):
+        if 0 < hi - lo < 2:
+            raise DataError(f"{panel.source}: the {name} range has fewer than 2 bars")
 
     raw, scores = raw[w:], scores[w:]
     if stats is None:
-        stats = feats.fit_stats(raw[:train_end])
+        stats = feats.fit_stats(raw[:val_start])
     elif stats.mean.shape != (raw.shape[-1],):
         raise DataError(f"normalisation statistics have {stats.mean.shape[0]} features, "
                         f"expected {raw.shape[-1]}")
@@ -194,7 +246,8 @@ def build_market(
         data=data,
         dates=dates,
         symbols=panel.symbols,
-        train_end=train_end,
+        val_start=val_start,
+        test_start=test_start,
         stats=stats,
         bars_per_year=estimate_bars_per_year(dates),
         source=panel.source,
@@ -215,7 +268,7 @@ def load_market(
     """The user's data at `path` (see `jaxtrade.data.loader.load_panel`), or the embedded market.
 
     `split` takes the keyword arguments of `build_market` (episode_length,
-    eval_fraction, split_date, stats).
+    val_fraction, test_fraction, split_dates, stats).
     """
     if path is None:
         panel = synthetic_panel(synthetic or SyntheticConfig())

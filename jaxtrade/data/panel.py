@@ -15,6 +15,16 @@ def format_date(stamp: pd.Timestamp) -> str:
     return stamp.strftime("%Y-%m-%d") if stamp == stamp.normalize() else str(stamp)
 
 
+def parse_date(text) -> pd.Timestamp | None:
+    """`text` (a date or timestamp, as a user types it) as a Timestamp, or None when it is
+    not one."""
+    try:
+        stamp = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        return None
+    return None if pd.isna(stamp) else stamp
+
+
 class DataError(ValueError):
     """Bad market data or data options; the message is one line meant for the user."""
 

@@ -88,7 +88,7 @@ class PortfolioEnv:
         self.n_assets = market.n_assets
         self.n_features = market.data.n_features
         self.n_bars = market.n_bars
-        self.train_end = market.train_end
+        self._ranges = {name: market.bounds(name) for name in ("train", "validation", "test")}
         self._data = market.data
 
     # ----------------------------------------------------------------- spaces, params
@@ -124,9 +124,10 @@ class PortfolioEnv:
         drawdown_penalty: float = 0.0,
         ruin_fraction: float = 0.5,
     ) -> EnvParams:
-        """Params for episodes inside the training ("train") or held-out ("eval") range.
+        """Params for episodes inside the market's "train", "validation" or "test" range
+        (`jaxtrade.data.market.Market`): no step reads a price after the range's last bar.
 
-        Host-side. `start` fixes the first bar (e.g. the first held-out bar for one
+        Host-side. `start` fixes the first bar (e.g. the first validation bar for one
         continuous evaluation pass); by default episodes start at a random bar that
         leaves room for a whole episode.
 
@@ -134,12 +135,10 @@ class PortfolioEnv:
           ValueError: unknown split, a range too short for the episode, or a
             coefficient outside its valid range.
         """
-        if split == "train":
-            lo, hi = 1, self.train_end - 1
-        elif split == "eval":
-            lo, hi = max(self.train_end, 1), self.n_bars - 1
-        else:
-            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        if split not in self._ranges:
+            raise ValueError(f"split must be one of {', '.join(self._ranges)}, got {split!r}")
+        first, stop = self._ranges[split]
+        lo, hi = max(first, 1), stop - 1  # bar 0 has no bar before it to decide on
         if episode_length < 1:
             raise ValueError(f"episode_length must be >= 1, got {episode_length}")
         # An episode starting at t0 marks its last step at t0 + episode_length.

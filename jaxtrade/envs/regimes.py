@@ -101,3 +101,21 @@ def target_weights(action: jax.Array, scores: jax.Array, current: jax.Array) -> 
     stocks = jnp.where(rank < k, (1.0 - cash) / k, 0.0)
     target = jnp.concatenate([stocks, cash[None]]).astype(jnp.float32)
     return jnp.where(action == Regime.HOLD, current, target)
+
+
+def coinciding(n_assets: int) -> list[tuple[str, ...]]:
+    """Groups of regimes that are the same position for every score with `n_assets` assets.
+
+    Two regimes coincide when they hold the same cash and either both hold every asset
+    (the score does not matter) or both rank by the same score and hold as many assets.
+    With one asset, for example, MOMENTUM is EQUAL_WEIGHT. HOLD coincides with none.
+    Host-side (numpy); the groups come in regime order.
+    """
+    groups: dict[tuple, list[str]] = {}
+    for r in Regime:
+        if r == Regime.HOLD:
+            continue
+        k = max((int(_TOP_PCT[r]) * n_assets + 99) // 100, 1)
+        basket = "all" if k >= n_assets else (int(_SCORE[r]), k)
+        groups.setdefault((float(_CASH[r]), basket), []).append(r.name)
+    return [tuple(names) for names in groups.values() if len(names) > 1]

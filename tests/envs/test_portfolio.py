@@ -203,7 +203,8 @@ def test_no_look_ahead(small_panel, small_market, small_env):
     perturbed = build_market(
         dataclasses.replace(small_panel, **changed),
         episode_length=32,
-        eval_fraction=0.25,
+        val_fraction=0.2,
+        test_fraction=0.1,
         stats=small_market.stats,  # normalisation is fixed ahead of time
     )
     assert not np.allclose(perturbed.data.price[t_exec:], small_market.data.price[t_exec:])
@@ -259,23 +260,31 @@ def test_spaces(small_env, small_params):
     assert a.dtype == jnp.int32 and bool(small_env.action_space().contains(a))
 
 
-def test_make_params_validates(small_env):
-    with pytest.raises(ValueError, match="split must be"):
-        small_env.make_params("test")
+def test_make_params_validates(small_env, small_market):
+    with pytest.raises(ValueError, match="split must be one of train, validation, test"):
+        small_env.make_params("eval")
     with pytest.raises(ValueError, match="too few for an episode of 5000 steps"):
         small_env.make_params("train", episode_length=5000)
     with pytest.raises(ValueError, match="impact must be"):
         small_env.make_params(impact=-0.1)
-    with pytest.raises(ValueError, match="outside the eval range"):
-        small_env.make_params("eval", start=3)
-    p = small_env.make_params("eval", episode_length=10)
-    assert int(p.start_min) == small_env.train_end and int(p.end) == small_env.n_bars - 1
+    with pytest.raises(ValueError, match="outside the validation range"):
+        small_env.make_params("validation", start=3)
+    # Each range reads no price after its last bar: training stops before validation, ...
+    m = small_market
+    train = small_env.make_params("train", episode_length=10)
+    assert (int(train.start_min), int(train.end)) == (1, m.val_start - 1)
+    assert int(train.start_max) + 10 == m.val_start - 1
+    val = small_env.make_params("validation", episode_length=10)
+    assert (int(val.start_min), int(val.end)) == (m.val_start, m.test_start - 1)
+    test = small_env.make_params("test", episode_length=10)
+    assert (int(test.start_min), int(test.end)) == (m.test_start, m.n_bars - 1)
 
 
 @pytest.mark.slow
 def test_synthetic_signal_lets_a_policy_beat_equal_weight_after_costs():
     """MOMENTUM every 20 bars (HOLD between) beats EQUAL_WEIGHT held throughout, on both
-    ranges of the default market, and loses that edge when the signal is switched off."""
+    ranges of the default market (train and test), and loses that edge when the signal is
+    switched off."""
     markets = {s: build_market(synthetic_panel(SyntheticConfig(signal_strength=s)))
                for s in (1.0, 0.0)}
     env = PortfolioEnv(markets[1.0])  # same shapes for both markets: one compile
@@ -306,7 +315,7 @@ def test_synthetic_signal_lets_a_policy_beat_equal_weight_after_costs():
     edges = {
         (s, split): float(edge(PortfolioEnv(m).make_params(split), jax.random.key(0)))
         for s, m in markets.items()
-        for split in ("train", "eval")
+        for split in ("train", "test")
     }
-    assert edges[1.0, "train"] > 0.03 and edges[1.0, "eval"] > 0.03, edges
-    assert edges[0.0, "train"] < 0 and edges[0.0, "eval"] < 0, edges
+    assert edges[1.0, "train"] > 0.03 and edges[1.0, "test"] > 0.03, edges
+    assert edges[0.0, "train"] < 0 and edges[0.0, "test"] < 0, edges

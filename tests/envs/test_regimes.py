@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtrade.envs.regimes import NAMES, Regime, target_weights
+from jaxtrade.envs.regimes import NAMES, Regime, coinciding, target_weights
 
 weights_of = jax.jit(target_weights)
 
@@ -78,3 +78,21 @@ def test_any_number_of_assets(n_assets, top):
     assert np.count_nonzero(w(Regime.RISK_ON, scores, current)[:-1]) == top[1]
     best = np.argmax(scores[:, 0])
     assert w(Regime.RISK_ON, scores, current)[best] > 0
+
+
+@pytest.mark.parametrize("n_assets", [1, 2, 3, 4, 12])
+def test_coinciding_regimes_are_exactly_those_with_equal_weights_for_any_scores(n_assets):
+    """The groups `coinciding` names (for the banner) against the weights themselves, over
+    random scores: same group <=> the same target for every draw."""
+    rng = np.random.default_rng(n_assets)
+    draws = rng.normal(size=(64, n_assets, 4)).astype(np.float32)
+    current = np.full(n_assets + 1, 1 / (n_assets + 1), np.float32)
+    targets = {r.name: np.stack([w(r, d, current) for d in draws]) for r in Regime
+               if r != Regime.HOLD}
+    same = {(a, b) for a in targets for b in targets
+            if a < b and np.allclose(targets[a], targets[b])}
+    named = {(a, b) for group in coinciding(n_assets) for a in group for b in group if a < b}
+    assert named == same
+    if n_assets == 1:
+        assert coinciding(1) == [("EQUAL_WEIGHT", "MOMENTUM", "LOW_VOL", "QUALITY", "SIZE_SMALL",
+                                  "RISK_ON"), ("SAFE_MOMENTUM", "SAFE_QUALITY")]
