@@ -1,8 +1,10 @@
 """`python -m jaxtrade.evaluate`: a trained policy and the baselines in one continuous pass of a
-date range; report.json, equity.csv, decisions.csv, equity.png and a table (host-only).
+date range (the run's untouched test range by default), compared honestly: the baseline to
+beat is chosen on the validation range, and the statistics count the candidates compared;
+report.json, equity.csv, decisions.csv, equity.png and a table (host-only).
 
-No evaluation logic lives here: the passes and metrics are `jaxtrade.evaluation`'s, loading
-the run is `jaxtrade.policy`'s.
+No evaluation logic lives here: the passes and metrics are `jaxtrade.evaluation`'s, the
+statistics `jaxtrade.stats`', loading the run `jaxtrade.policy`'s.
 """
 
 from __future__ import annotations
@@ -21,19 +23,22 @@ import pandas as pd
 
 from jaxtrade import __version__
 from jaxtrade.data import features as feats
-from jaxtrade.data.panel import DataError, format_date
+from jaxtrade.data.panel import DataError, format_date, parse_date
 
 COLUMNS = (  # the terminal table: (header, metric, format)
     ("total", "total_return", "{:+.2%}"),
     ("annual", "annual_return", "{:+.2%}"),
     ("Sharpe", "sharpe", "{:+.2f}"),
-    ("Sortino", "sortino", "{:+.2f}"),
+    ("PSR", "psr", "{:.2f}"),
+    ("DSR", "dsr", "{:.2f}"),
     ("max DD", "max_drawdown", "{:.2%}"),
-    ("Calmar", "calmar", "{:+.2f}"),
-    ("win rate", "win_rate", "{:.1%}"),
+    ("Sortino", "sortino", "{:+.2f}"),
     ("turnover", "turnover_total", "{:.2f}"),
     ("costs", "costs_fraction", "{:.3%}"),
 )
+RANGE_CHOICES = ("test", "validation", "train", "all")
+HEADLINE = ("buy_and_hold", "cash", "EQUAL_WEIGHT/1")  # shown beside the policy and the
+# chosen baseline; --all shows every strategy
 
 
 class UsageError(Exception):
@@ -43,21 +48,28 @@ class UsageError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m jaxtrade.evaluate",
-        description="Walk a trained policy and the baselines (cash, buy and hold, equal weight, "
-                    "each fixed regime) once through a date range, with the training frictions.",
+        description="Walk a trained policy and the baselines (cash, buy and hold, each fixed "
+                    "regime rebalanced every 1, 5 or 20 bars) once through a date range with the "
+                    "training frictions, and compare the policy with the baseline chosen on the "
+                    "validation range.",
         allow_abbrev=False,  # a misspelt flag is an error, never another flag
     )
     add = p.add_argument
     add("--run-dir", required=True, help="the training run directory")
     add("--checkpoint", default="best",
-        help="best (by eval_score, else episode return), latest, or an iteration number [best]")
+        help="best (by val_score on the validation range, else episode return), latest, or "
+             "an iteration number [best]")
     add("--data", metavar="PATH",
         help="CSV/Parquet file or directory of per-symbol CSVs, as training accepts, with the "
              "run's asset count; default: the run's own data")
+    add("--range", choices=RANGE_CHOICES,
+        help="the run's range to report: test (never read in training), validation (chose the "
+             "checkpoint: optimistic), train, or all [test]")
     add("--start", metavar="DATE",
-        help="first bar of the range; default: the run's held-out range (with --data: the "
-             "data's first bar after the 20-bar feature window)")
-    add("--end", metavar="DATE", help="last bar of the range (inclusive)")
+        help="first bar of a range of your choosing (instead of --range; with --data, default "
+             "the data's first bar after the 20-bar feature window)")
+    add("--end", metavar="DATE", help="last bar of a range of your choosing (inclusive)")
+    add("--all", action="store_true", help="every baseline in the table, not only the headline")
     add("--out", metavar="DIR", help="output directory [RUN_DIR/eval]")
     add("--sample", action="store_true", help="sample the policy's actions instead of greedy")
     add("--seed", type=int,
@@ -80,11 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _date(text: str, flag: str) -> pd.Timestamp:
-    try:
-        stamp = pd.Timestamp(text)
-    except (ValueError, TypeError):
-        stamp = pd.NaT
-    if pd.isna(stamp):
+    stamp = parse_date(text)
+    if stamp is None:
         raise UsageError(f"{flag} {text!r} is not a date (expected YYYY-MM-DD[ HH:MM])")
     return stamp.tz_convert("UTC").tz_localize(None) if stamp.tz is not None else stamp
 
@@ -132,6 +141,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from jaxtrade.data.market import load_market
     from jaxtrade.envs import NAMES, PortfolioEnv
     from jaxtrade.evaluation import (
+        BASELINES,
         HEALTH_KEYS,
         STRATEGIES,
         make_strategy_walk,
@@ -143,32 +153,49 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if not Path(args.run_dir).is_dir():
         raise UsageError(f"{args.run_dir}: no such run directory")
+    custom = args.start is not None or args.end is not None
+    if args.range and (custom or args.data):
+        raise UsageError("--range picks one of the run's own ranges; for a range of your choosing "
+                         "give --start/--end (and --data for other data) instead")
     policy = load_policy(args.run_dir, args.checkpoint, seed=args.seed)
     cfg, record, source = policy.config, policy.record, policy.checkpoint
-
+    if record.get("format", 1) < 2:
+        raise UsageError(f"{args.run_dir} was trained before train, validation and test ranges "
+                         f"existed: no range of its data is untouched by its selection; train it "
+                         f"again, or evaluate it on other data with --data")
+    d = cfg.data
+    own = load_market(d.path, symbols=d.symbols, start=d.start, end=d.end, max_fill=d.max_fill,
+                      synthetic=d.synthetic(), stats=policy.stats, episode_length=1,
+                      val_fraction=0.0, test_fraction=0.0)
     if args.data:
-        panel = load_panel(args.data, max_fill=cfg.data.max_fill)
+        panel = load_panel(args.data, max_fill=d.max_fill)
         chosen = policy.choose_symbols(panel.symbols, args.data)
         if chosen is not None and list(panel.symbols) != chosen:
-            panel = load_panel(args.data, symbols=chosen, max_fill=cfg.data.max_fill)
-        market = policy.market(panel)
-        default, what = None, "the whole data"
+            panel = load_panel(args.data, symbols=chosen, max_fill=d.max_fill)
+        market, range_name, default = policy.market(panel), None, None
+        what = "the whole data" if not custom else "the requested range"
     else:
-        d = cfg.data
-        market = load_market(d.path, symbols=d.symbols, start=d.start, end=d.end,
-                             max_fill=d.max_fill, synthetic=d.synthetic(), stats=policy.stats,
-                             episode_length=1, eval_fraction=0.0)
-        held = record.get("held_out")
-        if held is None and args.start is None and args.end is None:
-            raise UsageError(f"{args.run_dir} holds no bars out (trained on all of its data); "
-                             f"choose a range with --start/--end, or other data with --data")
-        default = (held["start"], held["end"]) if held else None
-        what = "the run's held-out range"
-    if args.start is not None or args.end is not None:
-        what = "the requested range"
+        market = own
+        range_name = None if custom else (args.range or "test")
+        if range_name in (None, "all"):
+            default, what = None, "the requested range" if custom else "all of the run's data"
+        else:
+            span = record.get(range_name)
+            if span is None:
+                raise UsageError(
+                    f"{args.run_dir} has no {range_name} range ({_fractions(cfg)}); choose "
+                    f"another with --range, or dates with --start/--end")
+            default = (span["start"], span["end"])
+            what = {"test": "the run's test range, never read in training",
+                    "validation": "the run's validation range, which chose the checkpoint: "
+                                  "optimistic",
+                    "train": "the run's training range: in-sample"}[range_name]
     first, last, notes = select_range(market.dates, args.start, args.end, default)
     n_steps = last - first
     seed = policy.seed
+
+    # The baseline to beat, chosen on the run's validation range (as a user without RL would).
+    choice = choose_on_validation(own, record, cfg, seed)
 
     env = PortfolioEnv(market)
     env_params = pass_params(env, cfg.env, first, last)
@@ -183,6 +210,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         row = {k: v[0] for k, v in metrics.items()}
         model_score = float(score(row, health))
 
+    selection = checkpoint_selection(args.run_dir, args.checkpoint, source)
+    chosen = choice["name"] if choice else None
+    baseline = chosen or "buy_and_hold"
+    returns = {name: bar_returns(strategies.values[i]) for i, name in enumerate(STRATEGIES)}
+    statistics = honest_statistics(returns, baseline, market.bars_per_year, selection, choice,
+                                   seed)
     dates = market.dates[first:last + 1]
     names = [*market.symbols, CASH]
     table = {}
@@ -190,6 +223,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         m = {k: _plain(v[i]) for k, v in metrics.items()}
         m["action_freq"] = dict(zip(NAMES, m["action_freq"], strict=True))
         m["final_value"] = float(strategies.values[i, -1])
+        stats_of = statistics["strategies"].get(name, {})
+        m["psr"], m["dsr"] = stats_of.get("psr", math.nan), stats_of.get("dsr", math.nan)
         table[name] = m
 
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
@@ -203,8 +238,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             "iteration": source.step,
             "path": str(source.path),
             "timesteps": source.meta.get("timesteps"),
-            "eval_score": health.get("eval_score"),
+            "val_score": health.get("val_score"),
         },
+        "selection": selection,
         "data": {
             "source": market.source,
             "symbols": list(market.symbols),
@@ -212,18 +248,24 @@ def _evaluate(args: argparse.Namespace) -> int:
             "bars_per_year": market.bars_per_year,
         },
         "range": {
+            "name": range_name,
             "start": format_date(dates[0]),
             "end": format_date(dates[-1]),
             "bars": len(dates),
             "steps": n_steps,
             "what": what,
         },
+        "ranges": {name: record.get(name) for name in ("train", "validation", "test")},
         "actions": "sampled" if args.sample else "greedy",
         "seed": seed,
         # The run's frictions and penalties; a pass has no episode cuts and no ruin stop.
         "env": {k: v for k, v in cfg.env.params_kwargs().items()
                 if k not in ("episode_length", "ruin_fraction")},
         "model_score": model_score,
+        "baseline": choice or {"name": baseline, "chosen_on": None,
+                               "why": "the run has no validation range to choose one on"},
+        "statistics": statistics,
+        "verdict": verdict(statistics, baseline, range_name, selection),
         "strategies": table,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -238,20 +280,187 @@ def _evaluate(args: argparse.Namespace) -> int:
         "cost": strategies.costs[0],
     })
     decisions.to_csv(out / "decisions.csv", index=False, float_format="%.10g")
-    plot_equity(out / "equity.png", dates, strategies.values, STRATEGIES,
+    shown = headline(baseline)
+    plot_equity(out / "equity.png", dates,
+                np.stack([strategies.values[STRATEGIES.index(n)] for n in shown]),
+                [label(n, chosen) for n in shown],
                 title=f"{args.run_dir} @ {source.step} | {report['range']['start']} .. "
-                      f"{report['range']['end']}")
+                      f"{report['range']['end']} ({range_name or 'chosen dates'})")
 
     how = "sampled" if args.sample else "greedy"
-    print(f"policy: {source.path} ({args.checkpoint}; {how}, seed {seed})"
+    print(f"policy: {source.path} ({selection['chosen_by']}; {how}, seed {seed})"
           + (f"; model score {model_score:+.2f}" if model_score is not None else ""))
     print(f"range: {report['range']['start']} .. {report['range']['end']} "
           f"({len(dates)} bars, {what}) of {market.source}")
+    if choice:
+        print(f"baseline: {baseline}, the best fixed strategy by Sharpe on the validation range "
+              f"({choice['validation']['start']} .. {choice['validation']['end']}; Sharpe "
+              f"{choice['validation_sharpe'][baseline]:+.2f} there) among {len(BASELINES)} "
+              f"compared")
+    else:
+        print("baseline: buy_and_hold (the run has no validation range to choose one on)")
     for note in notes:
         print(f"note: {note}")
-    print(format_table(table))
+    rows = STRATEGIES if args.all else shown
+    print(format_table({label(n, chosen): table[n] for n in rows}))
+    for line in statistics_lines(statistics, baseline):
+        print(line)
+    print(f"verdict: {report['verdict']}")
     print(f"wrote report.json, equity.csv, decisions.csv, equity.png to {out}")
     return 0
+
+
+def _fractions(cfg) -> str:
+    d = cfg.data
+    if d.split_dates:
+        return f"split_dates={','.join(d.split_dates)}"
+    return f"val_fraction={d.val_fraction:g}, test_fraction={d.test_fraction:g}"
+
+
+def headline(baseline: str) -> list[str]:
+    """The strategies the table and plot show by default: the policy, the baseline to beat,
+    then `HEADLINE` (each once)."""
+    from jaxtrade.evaluation import POLICY
+
+    return list(dict.fromkeys([POLICY, baseline, *HEADLINE]))
+
+
+def label(name: str, chosen: str | None) -> str:
+    """A strategy's name in the table and plot; the baseline chosen on validation is marked."""
+    return f"{name} (best fixed)" if name == chosen else name
+
+
+def bar_returns(values: np.ndarray) -> np.ndarray:
+    """Per-bar simple returns [T] of an equity curve of T + 1 marks, in float64."""
+    v = np.asarray(values, np.float64)
+    return v[1:] / v[:-1] - 1.0
+
+
+def choose_on_validation(market, record: dict, cfg, seed: int) -> dict | None:
+    """The baseline with the best Sharpe ratio on the run's validation range, and every
+    baseline's Sharpe there; None when the run has no validation range (host-side)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxtrade.envs import PortfolioEnv
+    from jaxtrade.evaluation import (
+        BASELINES,
+        choose_baseline,
+        make_baseline_evaluation,
+        pass_params,
+        walk_key,
+    )
+
+    span = record.get("validation")
+    if span is None:
+        return None
+    first, last, _ = select_range(market.dates, span["start"], span["end"], None)
+    env = PortfolioEnv(market)
+    run = make_baseline_evaluation(env, last - first)
+    metrics = jax.device_get(run(pass_params(env, cfg.env, first, last), walk_key(seed),
+                                 jnp.float32(market.bars_per_year)))
+    sharpes = {name: float(metrics["sharpe"][i]) for i, name in enumerate(BASELINES)}
+    return {"name": choose_baseline(sharpes), "chosen_on": "validation",
+            "by": "Sharpe ratio", "validation": span, "validation_sharpe": sharpes}
+
+
+def checkpoint_selection(run_dir, requested, source) -> dict:
+    """What chose the evaluated checkpoint and among how many candidates (the trials that
+    deflate its Sharpe ratio): "best" was chosen by val_score among every validation walk
+    of the run; a checkpoint named by the user counts as one trial."""
+    from jaxtrade import checkpoint as ckpt
+
+    latest = ckpt.latest(run_dir, purpose="")
+    sel = latest.meta.get("selection") or {}
+    validations = int(sel.get("validations") or 0)
+    if str(requested) == "best" and validations:
+        sharpes = [x for x in sel.get("sharpes") or [] if x is not None]
+        return {"chosen_by": f"best val_score on the validation range among {validations} "
+                             f"candidates",
+                "range": "validation", "metric": sel.get("metric"), "candidates": validations,
+                "candidate_sharpes": sharpes}
+    how = ("best episode return in training (the run made no validation walks)"
+           if str(requested) == "best" else f"named by the user ({requested})")
+    return {"chosen_by": how, "range": None, "metric": None, "candidates": 1,
+            "candidate_sharpes": []}
+
+
+def honest_statistics(returns: dict, baseline: str, bars_per_year: float, selection: dict,
+                      choice: dict | None, seed: int) -> dict:
+    """PSR and DSR of the policy and of the baseline to beat (each deflated by the candidates
+    its selection compared), bootstrap intervals of the Sharpe difference and of the policy's
+    annualised return (host-side; `jaxtrade.stats`)."""
+    from jaxtrade import stats
+    from jaxtrade.evaluation import POLICY
+
+    per_bar = math.sqrt(bars_per_year)
+
+    def variance(annual_sharpes) -> float:
+        x = np.asarray(annual_sharpes, np.float64) / per_bar
+        return float(x.var(ddof=1)) if x.size > 1 else 0.0
+
+    trials = {POLICY: (selection["candidates"], variance(selection["candidate_sharpes"]))}
+    if choice:
+        trials[baseline] = (len(choice["validation_sharpe"]),
+                            variance(list(choice["validation_sharpe"].values())))
+    out: dict[str, Any] = {"strategies": {}}
+    for name, r in returns.items():
+        n_trials, var = trials.get(name, (1, 0.0))
+        try:
+            out["strategies"][name] = stats.strategy_stats(r, bars_per_year, n_trials,
+                                                           var).to_dict()
+        except ValueError:  # constant returns (cash): no Sharpe ratio to test
+            continue
+    p = returns[POLICY]
+    try:
+        out["sharpe_difference"] = stats.compare_sharpe(p, returns[baseline], bars_per_year,
+                                                        seed=seed).to_dict()
+        out["policy_annual_return"] = stats.annualised_return_interval(
+            p, bars_per_year, seed=seed).to_dict()
+    except ValueError as e:  # e.g. a constant policy (all cash): no interval to give
+        out["sharpe_difference"] = out["policy_annual_return"] = None
+        out["note"] = str(e)
+    return out
+
+
+def statistics_lines(statistics: dict, baseline: str) -> list[str]:
+    """The intervals in words, under the table."""
+    diff, ann = statistics.get("sharpe_difference"), statistics.get("policy_annual_return")
+    if diff is None:
+        return [f"statistics: {statistics.get('note', 'not available')}"]
+    level = f"{diff['level']:.0%}"
+    return [
+        f"Sharpe of policy minus {baseline}: {diff['sharpe_diff']:+.2f}, {level} interval "
+        f"[{diff['ci_low']:+.2f}, {diff['ci_high']:+.2f}] (stationary bootstrap, mean block "
+        f"{diff['mean_block']:.1f} bars, {diff['n_resamples']:,} resamples)",
+        f"policy annualised return: {ann['estimate']:+.2%}, {level} interval "
+        f"[{ann['ci_low']:+.2%}, {ann['ci_high']:+.2%}]",
+    ]
+
+
+def verdict(statistics: dict, baseline: str, range_name: str | None, selection: dict) -> str:
+    """Whether the policy beat the baseline to beat with confidence, in words."""
+    from jaxtrade.evaluation import POLICY
+
+    diff = statistics.get("sharpe_difference")
+    policy = statistics["strategies"].get(POLICY)
+    if diff is None or policy is None:
+        return "no verdict: the policy's returns do not vary (it held cash throughout)"
+    level = f"{diff['level']:.0%}"
+    beat = (f"the policy beat {baseline} with {level} confidence (the interval of the Sharpe "
+            f"difference is above 0)" if diff["beat_with_confidence"] else
+            f"the policy did not beat {baseline} with {level} confidence (the interval of the "
+            f"Sharpe difference reaches {diff['ci_low']:+.2f})")
+    n = int(policy["n_trials"])
+    dsr = (f"; deflated Sharpe ratio {policy['dsr']:.2f} after {n} candidate"
+           f"{'s' if n > 1 else ''} (the probability that its true Sharpe ratio is above the "
+           f"best that many unskilled candidates would show)")
+    caveat = {
+        "validation": "; reported on the validation range, which chose the checkpoint and the "
+                      "baseline: optimistic",
+        "train": "; reported on the training range: in-sample, not evidence of skill",
+    }.get(range_name or "", "")
+    return beat + dsr + caveat
 
 
 def _plain(x: Any) -> Any:
@@ -260,7 +469,8 @@ def _plain(x: Any) -> Any:
 
 
 def format_table(table: dict[str, dict]) -> str:
-    """Strategies as rows, the headline metrics as columns."""
+    """Strategies as rows, the headline metrics as columns; "-" where a metric is undefined
+    (cash has no PSR)."""
     width = max(len(name) for name in table) + 2
     header = "strategy".ljust(width) + "".join(h.rjust(10) for h, _, _ in COLUMNS)
     lines = [header, "-" * len(header)]
@@ -268,7 +478,7 @@ def format_table(table: dict[str, dict]) -> str:
         cells = []
         for _, key, fmt in COLUMNS:
             v = m[key]
-            cells.append((fmt.format(v) if math.isfinite(v) else str(v)).rjust(10))
+            cells.append((fmt.format(v) if math.isfinite(v) else "-").rjust(10))
         lines.append(name.ljust(width) + "".join(cells))
     return "\n".join(lines)
 

@@ -21,8 +21,10 @@ key take identical steps where they overlap: what `jaxtrade.policy` relies on.
 
 Baselines (`BASELINES`), each a fixed action sequence through the same environment:
 cash (FULL_CASH every bar, flat at 1), buy_and_hold (EQUAL_WEIGHT on the first bar
-then HOLD), equal_weight (EQUAL_WEIGHT every bar: rebalanced), and every other fixed
-regime by its name (DEFENSIVE ... RISK_ON).
+then HOLD), and every fixed regime from EQUAL_WEIGHT to RISK_ON rebalanced every k
+bars for k in `REBALANCE_EVERY` (1, 5, 20), HOLD in between, named `REGIME/k`
+(`EQUAL_WEIGHT/1` is equal weight rebalanced every bar). Any of them a user could run
+without RL; `choose_baseline` picks the one to beat on the validation range.
 """
 
 from __future__ import annotations
@@ -42,10 +44,12 @@ from jaxtrade.rollout import Carry, Transition, initial_carry, make_rollout
 
 CONTINUOUS = 2**30  # episode length of a continuous pass: never reached, progress input ~0
 POLICY = "policy"  # the strategy name of the trained policy
-_FIXED = tuple(r for r in Regime if r not in (Regime.HOLD, Regime.FULL_CASH, Regime.EQUAL_WEIGHT))
-BASELINES = ("cash", "buy_and_hold", "equal_weight", *(r.name for r in _FIXED))
+_FIXED = tuple(r for r in Regime if r not in (Regime.HOLD, Regime.FULL_CASH))
+REBALANCE_EVERY = (1, 5, 20)  # bars between a fixed regime's trades (HOLD in between)
+BASELINES = ("cash", "buy_and_hold",
+             *(f"{r.name}/{k}" for r in _FIXED for k in REBALANCE_EVERY))
 STRATEGIES = (POLICY, *BASELINES)
-# What the model score takes from training (the rest comes from the held-out walk).
+# What the model score takes from training (the rest comes from the validation walk).
 HEALTH_KEYS = ("explained_variance", "entropy", "approx_kl", "clip_frac")
 
 
@@ -90,11 +94,12 @@ def walk_key(seed: int) -> jax.Array:
 
 def baseline_actions(n_steps: int) -> np.ndarray:
     """int32 [len(BASELINES), n_steps], the action sequence of each baseline."""
+    steps = np.arange(n_steps)
     rows = {
         "cash": [Regime.FULL_CASH] * n_steps,
         "buy_and_hold": [Regime.EQUAL_WEIGHT] + [Regime.HOLD] * (n_steps - 1),
-        "equal_weight": [Regime.EQUAL_WEIGHT] * n_steps,
-        **{r.name: [r] * n_steps for r in _FIXED},
+        **{f"{r.name}/{k}": np.where(steps % k == 0, r, Regime.HOLD)
+           for r in _FIXED for k in REBALANCE_EVERY},
     }
     return np.asarray([rows[name] for name in BASELINES], np.int32)
 
@@ -167,6 +172,25 @@ def make_strategy_walk(network: ActorCritic, env: PortfolioEnv, n_steps: int, *,
     return walk
 
 
+def make_baseline_evaluation(env: PortfolioEnv, n_steps: int) -> Callable:
+    """jit: `(env_params, key, bars_per_year) -> metrics` of every baseline (`BASELINES`, leaves
+    [len(BASELINES), ...]) over one pass of `n_steps` steps; no network involved."""
+    walk = make_baseline_walk(env)
+    actions = baseline_actions(n_steps)
+
+    def run(env_params: EnvParams, key: jax.Array, bars_per_year) -> dict:
+        return walk_metrics(walk(jnp.asarray(actions), env_params, key), env_params,
+                            bars_per_year)
+
+    return jax.jit(run)
+
+
+def choose_baseline(sharpes: Mapping[str, float]) -> str:
+    """The baseline to beat: the highest Sharpe ratio of `sharpes` (baseline -> Sharpe on the
+    validation range), the earliest in `BASELINES` order on a tie. Host-side."""
+    return max(BASELINES, key=lambda name: (sharpes[name], -BASELINES.index(name)))
+
+
 def market_returns(env_params: EnvParams, n_steps: int) -> jax.Array:
     """float32 [n_steps]: the equal-weight index return over the bar of each step of a pass
     from `env_params.start_min` (mean_i p_i[t + 1] / p_i[t] - 1, t the step's trade bar)."""
@@ -198,7 +222,7 @@ def score(walk_row: Mapping, health: Mapping) -> jax.Array:
 
 def make_evaluator(network: ActorCritic, env: PortfolioEnv, env_config: EnvConfig,
                    first: int, last: int, bars_per_year: float, seed: int, params_like):
-    """The held-out evaluation of training, compiled once (host-side setup).
+    """The validation walk of training, compiled once (host-side setup).
 
     Returns `evaluate(params, health) -> {metric: scalar}`: the greedy walk of bars
     [first, last] with `walk_key(seed)` (so every evaluation of a run draws the same

@@ -384,8 +384,9 @@ def compare_sharpe(
 
     Both series are resampled at the SAME indices, so their dependence (same bars,
     same market) is kept in the interval. The policy beats the baseline with
-    confidence when the interval's lower bound is above 0; against a constant
-    baseline (cash) the Sharpe ratio is undefined: test the policy's PSR/DSR instead.
+    confidence when the interval's lower bound is above 0. A constant baseline (cash:
+    no excess return, no risk) has Sharpe ratio 0, in the sample and in every resample,
+    so the interval is then that of the policy's own Sharpe ratio.
 
     Args:
       policy, baseline: float [T] per-bar returns over the same bars.
@@ -404,11 +405,15 @@ def compare_sharpe(
         )
     _check_level(level)
     scale = math.sqrt(bars_per_year)
-    diff = (moments(p, "policy").sharpe - moments(q, "baseline").sharpe) * scale
+    cash = bool(q.std() <= CONSTANT_STD)
+    base_sharpe = 0.0 if cash else moments(q, "baseline").sharpe
+    diff = (moments(p, "policy").sharpe - base_sharpe) * scale
     if mean_block is None:
-        mean_block = optimal_block_length(p, q, (p - p.mean()) ** 2, (q - q.mean()) ** 2)
+        series = (p, (p - p.mean()) ** 2) if cash else (p, q, (p - p.mean()) ** 2,
+                                                         (q - q.mean()) ** 2)
+        mean_block = optimal_block_length(*series)
     low, high = _percentile_interval(
-        lambda idx: (_row_sharpe(p[idx]) - _row_sharpe(q[idx])) * scale,
+        lambda idx: (_row_sharpe(p[idx]) - (0.0 if cash else _row_sharpe(q[idx]))) * scale,
         p.shape[0],
         mean_block,
         n_resamples,

@@ -27,6 +27,7 @@ from jaxtrade.data import DataError, load_market
 from jaxtrade.data.market import MARKET_FILE, market_record
 from jaxtrade.data.panel import format_date
 from jaxtrade.envs import NAMES
+from jaxtrade.envs.regimes import coinciding
 from jaxtrade.watchdog import Watchdog, enable_stack_dumps, format_seconds
 
 # Per-iteration metrics that must stay finite; the first that is not stops the run.
@@ -36,12 +37,12 @@ FINITE_KEYS = (
 )
 # CLI flag -> config field, for flags whose value goes straight into the config.
 FLAG_FIELDS = (
-    "path", "symbols", "start", "end", "max_fill", "eval_fraction", "split_date",
+    "path", "symbols", "start", "end", "max_fill", "val_fraction", "test_fraction", "split_dates",
     "signal_strength", "episode_length", "n_envs", "n_steps", "n_minibatches", "timesteps",
     "episodes", "iterations", "hidden_dim", "n_gru_layers", "dropout", "precision", "actor_lr",
     "critic_lr", "ppo_epochs", "critic_epochs", "gamma", "gae_lambda", "clip", "ent_coef",
     "vf_coef", "max_grad_norm", "seed", "run_dir", "iterations_per_call", "log_every",
-    "save_every", "keep_checkpoints", "eval_every",
+    "save_every", "keep_checkpoints", "eval_every", "early_stop",
 )
 # Config key -> the flag that sets it, to name it in messages.
 FLAG_OF = {**{k: "--" + k.replace("_", "-") for k in FLAG_FIELDS}, "path": "--data"}
@@ -68,8 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--symbols", help="comma-separated subset of symbols")
     g.add_argument("--start", help="first date to load (inclusive)")
     g.add_argument("--end", help="last date to load (inclusive)")
-    g.add_argument("--eval-fraction", type=float, help="share of bars held out at the end [0.2]")
-    g.add_argument("--split-date", help="first held-out date (overrides --eval-fraction)")
+    g.add_argument("--val-fraction", type=float,
+                   help="share of bars in the validation range, which chooses checkpoints "
+                        "and stops early [0.2]")
+    g.add_argument("--test-fraction", type=float,
+                   help="share of bars in the test range, last; training never reads it, only "
+                        "python -m jaxtrade.evaluate does [0.2]")
+    g.add_argument("--split-dates", metavar="VAL_DATE,TEST_DATE",
+                   help="first validation date and first test date (override the fractions)")
+    for old in ("--eval-fraction", "--split-date"):  # older flags: refused, naming the new ones
+        g.add_argument(old, dest=old[2:].replace("-", "_"), help=argparse.SUPPRESS)
     g.add_argument("--max-fill", type=int, help="max consecutive missing bars to forward-fill [5]")
     g.add_argument("--signal-strength", type=float,
                    help="synthetic market: strength of the tradable signal [1.0]")
@@ -141,8 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-checkpoints", type=int,
                    help="most recent checkpoints kept, besides the best and the final one [3]")
     g.add_argument("--eval-every", type=int,
-                   help="iterations between greedy walks of the held-out range, logged as eval_* "
-                        "in metrics.jsonl and ranking checkpoints by eval_score; 0 = off [10]")
+                   help="iterations between greedy walks of the validation range, logged as "
+                        "val_* in metrics.jsonl and ranking checkpoints by val_score; 0 = off "
+                        "[10]")
+    g.add_argument("--early-stop", type=int, metavar="N",
+                   help="stop when N validation walks in a row found no new best val_score; "
+                        "0 = off [0]")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --run-dir from its latest complete checkpoint; "
                         "flags change its hyperparameters or duration, never its shapes")
@@ -173,9 +186,15 @@ def config_from_args(
     cfg = cfgmod.load(args.config, base) if args.config else base
     if args.preset:
         cfg = cfgmod.preset(cfg, args.preset)
+    for old, new in (("eval_fraction", "--val-fraction and --test-fraction"),
+                     ("split_date", "--split-dates VAL_DATE,TEST_DATE")):
+        if getattr(args, old, None) is not None:
+            raise UsageError(f"--{old.replace('_', '-')} was replaced by {new}: data is split "
+                             f"into train, validation and test ranges")
     values = {k: getattr(args, k) for k in FLAG_FIELDS}
-    if values["symbols"] is not None:
-        values["symbols"] = tuple(s.strip() for s in values["symbols"].split(",") if s.strip())
+    for key in ("symbols", "split_dates"):
+        if values[key] is not None:
+            values[key] = tuple(s.strip() for s in values[key].split(",") if s.strip())
     if args.verbose or args.quiet:
         values["verbosity"] = 2 if args.verbose else 0
     cfg = cfgmod.with_values(cfg, **values)
@@ -280,31 +299,36 @@ def verbose_lines(row: dict) -> list[str]:
 
 def eval_line(row: dict, new_best: bool) -> str:
     return (
-        f"eval {row['iteration']:>5} | held-out return {100 * row['eval_total_return']:+.2f}% | "
-        f"Sharpe {row['eval_sharpe']:+.2f} | max DD {100 * row['eval_max_drawdown']:.2f}% | "
-        f"score {row['eval_score']:+.2f}" + (" (best)" if new_best else "")
+        f"val  {row['iteration']:>5} | validation return {100 * row['val_total_return']:+.2f}% | "
+        f"Sharpe {row['val_sharpe']:+.2f} | max DD {100 * row['val_max_drawdown']:.2f}% | "
+        f"score {row['val_score']:+.2f}" + (" (best)" if new_best else "")
     )
 
 
 def eval_interval(cfg: cfgmod.Config, market, given: bool) -> int:
-    """Iterations between held-out evaluations: `run.eval_every`, or 0 when the market holds
-    nothing out and eval_every is the default (an eval_every set by the user is an error)."""
+    """Iterations between validation walks: `run.eval_every`, or 0 when the market has no
+    validation range and eval_every is the default (an eval_every set by the user, or early
+    stopping, is then an error)."""
     every = cfg.run.eval_every
-    if every and not market.n_eval_bars:
+    lo, hi = market.bounds("validation")
+    if every and hi - lo == 0:
         if given or every != cfgmod.RunConfig.eval_every:
             raise UsageError(
-                f"--eval-every {every} walks the held-out range, but this run holds no bars out "
-                f"(eval_fraction={cfg.data.eval_fraction:g}, split_date={cfg.data.split_date}); "
-                f"hold some out with --eval-fraction or --split-date, or pass --eval-every 0"
+                f"--eval-every {every} walks the validation range, but this run has none "
+                f"(val_fraction={cfg.data.val_fraction:g}, split_dates={cfg.data.split_dates}); "
+                f"give it one with --val-fraction or --split-dates, or pass --eval-every 0"
             )
-        return 0
+        every = 0
+    if cfg.run.early_stop and not every:
+        raise UsageError(f"--early-stop {cfg.run.early_stop} counts validation walks, but this "
+                         f"run makes none; set --eval-every and keep a validation range")
     return every
 
 
 def eval_row(evaluator, params, row: dict) -> dict:
-    """The held-out metrics of `params` as metrics.jsonl columns: eval_<metric>, eval_score."""
+    """The validation metrics of `params` as metrics.jsonl columns: val_<metric>, val_score."""
     out = jax.device_get(evaluator(params, row))
-    return {f"eval_{k}": (np.asarray(v).tolist()) for k, v in out.items()}
+    return {f"val_{k}": (np.asarray(v).tolist()) for k, v in out.items()}
 
 
 def first_non_finite(row: dict) -> str | None:
@@ -491,6 +515,7 @@ def size_n_envs(
 def _train(args: argparse.Namespace) -> int:
     from jaxtrade import checkpoint as ckpt
     from jaxtrade.evaluation import make_evaluator
+    from jaxtrade.tensorboard import TensorBoardLog
     from jaxtrade.trainer import count_network_params, make_network, make_train, set_hparams
 
     platform = jax.default_backend()
@@ -519,9 +544,10 @@ def _train(args: argparse.Namespace) -> int:
         max_fill=cfg.data.max_fill,
         synthetic=cfg.data.synthetic(),
         episode_length=cfg.env.episode_length,
-        eval_fraction=cfg.data.eval_fraction,
-        split_date=cfg.data.split_date,
-    )
+        val_fraction=cfg.data.val_fraction,
+        test_fraction=cfg.data.test_fraction,
+        split_dates=cfg.data.split_dates,
+    ).without_test()  # the test range is python -m jaxtrade.evaluate's alone
     eval_every = eval_interval(cfg, market, given=args.eval_every is not None)
     from jaxtrade import memory
     from jaxtrade.envs import PortfolioEnv
@@ -540,7 +566,8 @@ def _train(args: argparse.Namespace) -> int:
     pc, nc = cfg.ppo, cfg.network
     steps_per_iter = pc.n_envs * pc.n_steps
     total_steps = total_iters * steps_per_iter
-    first, last = market.train_end, market.n_bars - 1
+    first, stop = market.bounds("validation")
+    last = stop - 1  # a walk of the validation range marks its last step at its last bar
 
     # The banner, printed before anything is placed on a device or compiled.
     say(f"jaxtrade {__version__} | jax {jax.__version__} | {parallel.describe(mesh)}, "
@@ -548,6 +575,9 @@ def _train(args: argparse.Namespace) -> int:
     say(f"market: {market.describe()}")
     for line in market.report:
         say(f"  {line}")
+    for group in coinciding(market.n_assets):
+        say(f"  with {market.n_assets} asset{'s' if market.n_assets > 1 else ''} these regimes "
+            f"are the same position: {' = '.join(group)}")
     say(f"model: GRU actor-critic, hidden {nc.hidden_dim} x {nc.n_gru_layers} layers, "
         f"{count_network_params(cfg, env):,} parameters (obs {env.obs_dim}, "
         f"{env.num_actions} actions)")
@@ -563,11 +593,17 @@ def _train(args: argparse.Namespace) -> int:
         warn(sizing.warning)
     say(f"run: {total_iters:,} iterations = {total_steps:,} timesteps -> {run_dir}")
     if eval_every:
-        say(f"eval: greedy walk of the held-out bars {format_date(market.dates[first])} .. "
+        say(f"eval: greedy walk of the validation bars {format_date(market.dates[first])} .. "
             f"{format_date(market.dates[last])} ({last - first} steps) every {eval_every} "
-            f"iterations and at the end; checkpoints ranked by eval_score")
+            f"iterations and at the end; checkpoints ranked by val_score"
+            + (f"; stop after {cfg.run.early_stop} walks without a new best"
+               if cfg.run.early_stop else ""))
     else:
-        say("eval: off" + ("" if market.n_eval_bars else " (no held-out range)"))
+        say("eval: off" + ("" if stop > first else " (no validation range)"))
+    test = market.span("test")
+    say("test: " + (f"{test['bars']} bars ({test['start']} .. {test['end']}) withheld: "
+                    f"training never reads them; python -m jaxtrade.evaluate reports on them"
+                    if test else "none (every bar trains or validates)"))
     sys.stdout.flush()
 
     # Every blocking step from here on says what it waits for when it takes over a minute.
@@ -672,8 +708,6 @@ def _train(args: argparse.Namespace) -> int:
     save_every = cfg.run.save_every
     next_save = (done_iters // save_every + 1) * save_every if save_every else None
     next_eval = (done_iters // eval_every + 1) * eval_every if eval_every else None
-    best = (resumed or {}).get("best") or {}
-    best_eval = best["score"] if best.get("metric") == ckpt.EVAL_SCORE_KEY else -math.inf
     evaluator = None
     k_call = min(cfg.run.iterations_per_call, total_iters)
     compiled = {}
@@ -718,6 +752,9 @@ def _train(args: argparse.Namespace) -> int:
                 compile_s += time.perf_counter() - t0
                 say(f"done in {time.perf_counter() - t0:.1f}s")
         log_path = run_dir / "metrics.jsonl" if primary else os.devnull
+        # TensorBoard events of the same rows; a resumed run drops those after its checkpoint.
+        tb = (TensorBoardLog(run_dir, purge_step=start_iters * steps_per_iter if start_iters
+                             else None) if primary else None)
         with open(log_path, "a") as log:
             while done_iters < total_iters and not stop_requested():
                 k = min(k_call, total_iters - done_iters)
@@ -761,19 +798,19 @@ def _train(args: argparse.Namespace) -> int:
                         "episodes_this_iteration": int(row["episodes"]),
                     }
                     rows.append(row)
-                # Held-out evaluation of the parameters this call ended with, into its last row.
-                new_best = False
+                # Validation walk of the parameters this call ended with, into its last row.
                 if (status == "completed" and evaluator is not None
                         and (done_iters >= next_eval or done_iters == total_iters)):
                     next_eval = (done_iters // eval_every + 1) * eval_every
-                    with watchdog.waiting(f"evaluating iteration {done_iters} on the held-out "
-                                          f"range"):
+                    with watchdog.waiting(f"evaluating iteration {done_iters} on the "
+                                          f"validation range"):
                         rows[-1].update(eval_row(evaluator, state.params, rows[-1]))
-                    new_best = rows[-1][ckpt.EVAL_SCORE_KEY] > best_eval
-                    best_eval = max(best_eval, rows[-1][ckpt.EVAL_SCORE_KEY])
+                new_best = False
                 for row in rows:
                     log.write(json.dumps(row) + "\n")
-                    checkpoints.record(row)
+                    if tb is not None:
+                        tb.write(row)
+                    new_best = checkpoints.record(row) or new_best
                     last_row = row
                     it = row["iteration"]
                     if verbosity > 0 and (it % cfg.run.log_every == 0 or it == total_iters):
@@ -782,14 +819,21 @@ def _train(args: argparse.Namespace) -> int:
                         if verbosity > 1:
                             for line in verbose_lines(row):
                                 print(line)
-                    if verbosity > 0 and ckpt.EVAL_SCORE_KEY in row:
+                    if verbosity > 0 and ckpt.VAL_SCORE_KEY in row:
                         progress.clear()
                         print(eval_line(row, new_best), flush=True)
                 log.flush()
                 if status != "completed":
                     break
+                sel = checkpoints.selection
+                if cfg.run.early_stop and sel["since_best"] >= cfg.run.early_stop:
+                    status = "stopped_early"
+                    message = (f"no new best val_score in {sel['since_best']} validation walks; "
+                               f"the best is iteration {sel['best_iteration']} (score "
+                               f"{sel['best_score']:+.2f})")
+                    break
                 # Between calls, after the rows above were checked finite and written; a new
-                # best held-out score is saved too, so that the best checkpoint is kept.
+                # best validation score is saved too, so that the best checkpoint is kept.
                 save_due = next_save is not None and done_iters >= next_save
                 if save_due:
                     next_save = (done_iters // save_every + 1) * save_every
@@ -802,7 +846,10 @@ def _train(args: argparse.Namespace) -> int:
         if status == "completed" and done_iters < total_iters:
             status = "interrupted"
         if status != "diverged":
-            save(interrupted=status == "interrupted", final=status == "completed")
+            save(interrupted=status == "interrupted",
+                 final=status in ("completed", "stopped_early"))
+        if tb is not None:
+            tb.close()
         with watchdog.waiting("writing the last checkpoint"):
             checkpoints.wait()
 
@@ -828,6 +875,8 @@ def _train(args: argparse.Namespace) -> int:
                        if checkpoints.last_step is not None else None),
         "lineage": lineage.to_dict(done_iters * steps_per_iter),
         "best": checkpoints.best,
+        # What chose the best checkpoint: validation walks (candidates compared) and the best.
+        "selection": {k: v for k, v in checkpoints.selection.items() if k != "sharpes"},
         "memory": {
             "estimated_bytes": sizing.estimate.per_device_bytes,
             "budget_bytes": sizing.budget,
@@ -851,8 +900,16 @@ def _train(args: argparse.Namespace) -> int:
               f"checkpoint {summary['checkpoint']}")
         print(f"resume with: {summary['resume_command']}", flush=True)
         return 0
+    if status == "stopped_early":
+        print(f"stopped early after {done_iters:,} of {total_iters:,} iterations: {message}")
     ret = last_row.get("episode_return_mean", float("nan"))
     ev = last_row.get("explained_variance", float("nan"))
+    sel = checkpoints.selection
+    if sel["validations"]:
+        n = sel["validations"]
+        print(f"best: iteration {sel['best_iteration']} by val_score {sel['best_score']:+.2f}, "
+              f"chosen on validation among {n} candidate{'s' if n > 1 else ''}; report it on "
+              f"the test range with: python -m jaxtrade.evaluate --run-dir {run_dir}")
     print(
         f"done: {summary['iterations']:,} iterations, {summary['timesteps']:,} timesteps in "
         f"{format_seconds(summary['wall_s'])} (compile {summary['compile_s']:.1f}s, "

@@ -185,8 +185,6 @@ def test_bad_arguments_are_clear_errors():
         S.probabilistic_sharpe_ratio(1.0, 100, skewness=5.0, kurtosis=3.0)
     with pytest.raises(ValueError, match="aligned"):
         S.compare_sharpe(r, r[:-1], 252.0)
-    with pytest.raises(ValueError, match="baseline are constant"):
-        S.compare_sharpe(r, np.zeros(100), 252.0)  # cash: use PSR/DSR instead
     with pytest.raises(ValueError, match="level"):
         S.compare_sharpe(r, r * 2, 252.0, level=1.0)
     with pytest.raises(ValueError, match="mean_block"):
@@ -330,3 +328,16 @@ def test_automatic_block_length_without_dependence_or_data():
     assert S.optimal_block_length(rng.standard_normal(5000)) == 1.0
     # Too short for the estimator: the T^(1/3) rule.
     assert S.optimal_block_length(rng.standard_normal(10)) == pytest.approx(10 ** (1 / 3))
+
+
+def test_a_constant_baseline_is_cash_with_sharpe_zero():
+    # Cash has no excess return and no risk: Sharpe 0 in the sample and in every resample,
+    # so the difference and its interval are the policy's own Sharpe ratio and interval.
+    r = np.random.default_rng(3).normal(0.001, 0.01, 400)
+    cash = S.compare_sharpe(r, np.zeros(400), 252.0, mean_block=5.0, seed=1)
+    assert cash.sharpe_diff == pytest.approx(S.sharpe_ratio(r) * math.sqrt(252.0))
+    idx = S.stationary_bootstrap_indices(400, 5.0, cash.n_resamples, seed=1)
+    draws = r[idx].mean(1) / r[idx].std(1) * math.sqrt(252.0)
+    low, high = np.quantile(draws, [0.05, 0.95])
+    assert (cash.ci_low, cash.ci_high) == pytest.approx((low, high))
+    assert cash.beat_with_confidence == (low > 0)

@@ -63,6 +63,9 @@ def test_run_writes_config_metrics_and_summary(tiny_run, capsys):
     # The final checkpoint (default --save-every 10 > 3 iterations: the only one).
     assert summary["checkpoint"] == str(run_dir / "checkpoints" / "3")
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["3"]
+    # TensorBoard events of the same rows (tests/test_tensorboard.py reads them back).
+    assert [p.name.startswith("events.out.tfevents.") for p in (run_dir / "tb").iterdir()] \
+        == [True]
 
     # The same run directory is not silently overwritten.
     assert train.main(argv) == 2
@@ -185,3 +188,109 @@ def test_flag_abbreviations_are_rejected(capsys):
         parser.parse_args(["--n-env", "8"])
     assert info.value.code == 2
     assert "unrecognized arguments: --n-env 8" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_test_range_cannot_leak_into_training_validation_or_selection(tmp_path, capsys):
+    """Every price and volume of the test bars shaken (so every feature there too): training
+    metrics, validation scores, the chosen checkpoint and its weights stay bit-identical;
+    only `python -m jaxtrade.evaluate`'s test report changes."""
+    import jax
+    import numpy as np
+
+    from jaxtrade import checkpoint as ckpt
+    from jaxtrade import evaluate
+    from jaxtrade.data import SyntheticConfig, build_market, synthetic_panel
+    from tests.conftest import long_frame
+
+    panel = synthetic_panel(SyntheticConfig(n_assets=4, n_bars=400, seed=5))
+    first_test = build_market(panel, episode_length=32).span("test")["start"]
+    frame = long_frame(panel)
+    later = (frame["date"] >= first_test).to_numpy()
+    rng = np.random.default_rng(0)
+    shaken = frame.copy()
+    factor = rng.uniform(0.5, 1.5, later.sum())  # one per bar and asset: OHLC stay consistent
+    for column in ("open", "high", "low", "close"):
+        shaken.loc[later, column] *= factor
+    shaken.loc[later, "volume"] *= rng.uniform(0.1, 3.0, later.sum())
+
+    runs = {}
+    for name, data in (("clean", frame), ("shaken", shaken)):
+        path = tmp_path / f"{name}.csv"
+        data.to_csv(path, index=False)
+        run_dir = tmp_path / name
+        argv = [*TINY, "--data", str(path), "--iterations", "6", "--eval-every", "2",
+                "--save-every", "0", "--run-dir", str(run_dir), "-q"]
+        assert train.main(argv) == 0
+        rows = [{k: v for k, v in json.loads(line).items() if k not in ("sps", "wall_s")}
+                for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        best = ckpt.select(run_dir, "best")
+        assert evaluate.main(["--run-dir", str(run_dir), "--out", str(tmp_path / f"e-{name}")]) \
+            == 0
+        report = json.loads((tmp_path / f"e-{name}" / "report.json").read_text())
+        runs[name] = (rows, summary, best, ckpt.read_params(best), report)
+    capsys.readouterr()
+
+    (rows_a, sum_a, best_a, params_a, rep_a), (rows_b, sum_b, best_b, params_b, rep_b) = (
+        runs["clean"], runs["shaken"])
+    assert sum(1 for r in rows_a if "val_score" in r) == 3
+    assert rows_a == rows_b  # training and validation metrics, bit for bit
+    assert sum_a["best"] == sum_b["best"] and sum_a["selection"] == sum_b["selection"]
+    assert best_a.step == best_b.step
+    for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert rep_a["baseline"] == rep_b["baseline"]  # chosen on validation, before the test bars
+    assert rep_a["range"] == rep_b["range"] and rep_a["range"]["name"] == "test"
+    assert (rep_a["strategies"]["policy"]["total_return"]
+            != rep_b["strategies"]["policy"]["total_return"])  # the shaking was real
+
+
+@pytest.mark.slow
+def test_early_stop_ends_the_run_after_n_walks_without_a_new_best(tmp_path, capsys):
+    run_dir = tmp_path / "early"
+    argv = [*TINY, "--iterations", "60", "--eval-every", "1", "--early-stop", "2",
+            "--save-every", "0", "--run-dir", str(run_dir)]
+    assert train.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    scores = [r["val_score"] for r in rows]  # one walk per iteration
+    since, top, counts = 0, -float("inf"), []
+    for s in scores:
+        since, top = (0, s) if s > top else (since + 1, top)
+        counts.append(since)
+    # It stopped at the second walk in a row without a new best, and not before.
+    assert len(rows) < 60 and counts[-1] == 2 and max(counts[:-1]) < 2
+    best = scores.index(top)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped_early" and summary["iterations"] == len(rows)
+    assert summary["selection"]["since_best"] == 2
+    assert summary["best"]["iteration"] == best + 1
+    assert (f"stopped early after {len(rows)} of 60 iterations: no new best val_score in 2 "
+            f"validation walks; the best is iteration {best + 1}") in out
+    from jaxtrade import checkpoint as ckpt
+
+    assert ckpt.latest(run_dir).meta["final"] is True
+
+
+def test_a_single_asset_market_names_the_regimes_that_coincide(tmp_path, capsys):
+    """One series (a single-series file, named after itself): the banner says which regimes
+    are the same position with one asset."""
+    import pandas as pd
+
+    from jaxtrade.data import SyntheticConfig, synthetic_panel
+
+    panel = synthetic_panel(SyntheticConfig(n_assets=1, n_bars=400, seed=2))
+    path = tmp_path / "EURUSD.csv"
+    pd.DataFrame({"Date": panel.dates, "Open": panel.open[:, 0], "High": panel.high[:, 0],
+                  "Low": panel.low[:, 0], "Close": panel.close[:, 0],
+                  "Volume": panel.volume[:, 0]}).to_csv(path, index=False)
+    argv = [*TINY[:-2], "--data", str(path), "--iterations", "1", "--eval-every", "0",
+            "--run-dir", str(tmp_path / "fx")]
+    assert train.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "market: 1 assets x 380 bars" in out and "loaded 1 symbols" in out
+    assert ("  with 1 asset these regimes are the same position: EQUAL_WEIGHT = MOMENTUM = "
+            "LOW_VOL = QUALITY = SIZE_SMALL = RISK_ON") in out
+    assert "  with 1 asset these regimes are the same position: SAFE_MOMENTUM = SAFE_QUALITY" \
+        in out
