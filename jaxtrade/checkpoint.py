@@ -45,7 +45,7 @@ from jaxtrade.trainer import HPARAM_NAMES, Trainer, TrainState
 
 CHECKPOINT_DIR = "checkpoints"  # under the run directory
 FORMAT = 1  # metadata layout version, bumped when it changes incompatibly
-SCORE_KEY = "episode_return_mean"  # ranks checkpoints until a held-out score exists
+SCORE_KEY = "episode_return_mean"  # ranks checkpoints until a validation score exists
 VAL_SCORE_KEY = "val_score"  # the validation score, preferred when a metrics row has it
 # Rank of a checkpoint without a validation score in a run that evaluates: below every
 # val_score (`jaxtrade.metrics.model_score` lies in [-90, 90]), so that the best checkpoint
@@ -115,7 +115,7 @@ class Lineage:
 
 
 def score(row: Mapping[str, Any], evaluating: bool = False) -> float:
-    """What ranks checkpoints: the held-out score when the row has one; else, in a run that
+    """What ranks checkpoints: the validation score when the row has one; else, in a run that
     evaluates (`evaluating`), `UNEVALUATED`, and in one that does not, mean episode return."""
     if VAL_SCORE_KEY in row:
         return float(row[VAL_SCORE_KEY])

@@ -380,7 +380,7 @@ def checkpoint_selection(run_dir, requested, source) -> dict:
                 "range": "validation", "metric": sel.get("metric"), "candidates": validations,
                 "candidate_sharpes": sharpes}
     how = ("best episode return in training (the run made no validation walks)"
-           if str(requested) == "best" else f"named by the user ({requested})")
+           if str(requested) == "best" else f"{requested}, named by the user")
     return {"chosen_by": how, "range": None, "metric": None, "candidates": 1,
             "candidate_sharpes": []}
 
@@ -452,9 +452,11 @@ def verdict(statistics: dict, baseline: str, range_name: str | None, selection: 
             f"the policy did not beat {baseline} with {level} confidence (the interval of the "
             f"Sharpe difference reaches {diff['ci_low']:+.2f})")
     n = int(policy["n_trials"])
-    dsr = (f"; deflated Sharpe ratio {policy['dsr']:.2f} after {n} candidate"
-           f"{'s' if n > 1 else ''} (the probability that its true Sharpe ratio is above the "
-           f"best that many unskilled candidates would show)")
+    dsr = (f"; deflated Sharpe ratio {policy['dsr']:.2f} after {n} candidates (the probability "
+           f"that its true Sharpe ratio is above the best that many unskilled candidates would "
+           f"show)" if n > 1 else
+           f"; probabilistic Sharpe ratio {policy['psr']:.2f} (one candidate: nothing to "
+           f"deflate)")
     caveat = {
         "validation": "; reported on the validation range, which chose the checkpoint and the "
                       "baseline: optimistic",
