@@ -4,7 +4,8 @@ beat is chosen on the validation range, and the statistics count the candidates 
 report.json, equity.csv, decisions.csv, equity.png and a table (host-only).
 
 No evaluation logic lives here: the passes and metrics are `jaxtrade.evaluation`'s, the
-statistics `jaxtrade.stats`', loading the run `jaxtrade.policy`'s.
+comparison (baseline choice, candidates, statistics, verdict) `jaxtrade.report`'s, loading
+the run `jaxtrade.policy`'s.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def _date(text: str, flag: str) -> pd.Timestamp:
     stamp = parse_date(text)
     if stamp is None:
         raise UsageError(f"{flag} {text!r} is not a date (expected YYYY-MM-DD[ HH:MM])")
-    return stamp.tz_convert("UTC").tz_localize(None) if stamp.tz is not None else stamp
+    return stamp
 
 
 def select_range(dates: pd.DatetimeIndex, start: str | None, end: str | None,
@@ -137,8 +138,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     import jax
     import jax.numpy as jnp
 
+    from jaxtrade import report as comparison
     from jaxtrade.data.loader import load_panel
-    from jaxtrade.data.market import load_market
+    from jaxtrade.data.market import MARKET_FILE, load_market, span_bounds
     from jaxtrade.envs import NAMES, PortfolioEnv
     from jaxtrade.evaluation import (
         BASELINES,
@@ -157,12 +159,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.range and (custom or args.data):
         raise UsageError("--range picks one of the run's own ranges; for a range of your choosing "
                          "give --start/--end (and --data for other data) instead")
+    record_path = Path(args.run_dir) / MARKET_FILE
+    if record_path.exists() and json.loads(record_path.read_text()).get("format", 1) < 2:
+        raise UsageError(f"{args.run_dir} was trained before train, validation and test ranges "
+                         f"existed: its best checkpoint was chosen on the range it would "
+                         f"report, and its config uses older keys; train it again")
     policy = load_policy(args.run_dir, args.checkpoint, seed=args.seed)
     cfg, record, source = policy.config, policy.record, policy.checkpoint
-    if record.get("format", 1) < 2:
-        raise UsageError(f"{args.run_dir} was trained before train, validation and test ranges "
-                         f"existed: no range of its data is untouched by its selection; train it "
-                         f"again, or evaluate it on other data with --data")
     d = cfg.data
     own = load_market(d.path, symbols=d.symbols, start=d.start, end=d.end, max_fill=d.max_fill,
                       synthetic=d.synthetic(), stats=policy.stats, episode_length=1,
@@ -185,17 +188,21 @@ def _evaluate(args: argparse.Namespace) -> int:
                 raise UsageError(
                     f"{args.run_dir} has no {range_name} range ({_fractions(cfg)}); choose "
                     f"another with --range, or dates with --start/--end")
-            default = (span["start"], span["end"])
+            default = span
             what = {"test": "the run's test range, never read in training",
                     "validation": "the run's validation range, which chose the checkpoint: "
                                   "optimistic",
                     "train": "the run's training range: in-sample"}[range_name]
-    first, last, notes = select_range(market.dates, args.start, args.end, default)
+    if isinstance(default, dict):  # one of the run's ranges, matched on its exact bars
+        first, last = span_bounds(market.dates, default)
+        first, notes = max(first, 1), []
+    else:
+        first, last, notes = select_range(market.dates, args.start, args.end, None)
     n_steps = last - first
     seed = policy.seed
 
     # The baseline to beat, chosen on the run's validation range (as a user without RL would).
-    choice = choose_on_validation(own, record, cfg, seed)
+    choice = comparison.choose_on_validation(own, record, cfg.env, seed)
 
     env = PortfolioEnv(market)
     env_params = pass_params(env, cfg.env, first, last)
@@ -210,12 +217,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         row = {k: v[0] for k, v in metrics.items()}
         model_score = float(score(row, health))
 
-    selection = checkpoint_selection(args.run_dir, args.checkpoint, source)
+    selection = comparison.checkpoint_selection(args.run_dir, args.checkpoint)
     chosen = choice["name"] if choice else None
     baseline = chosen or "buy_and_hold"
-    returns = {name: bar_returns(strategies.values[i]) for i, name in enumerate(STRATEGIES)}
-    statistics = honest_statistics(returns, baseline, market.bars_per_year, selection, choice,
-                                   seed)
+    statistics = comparison.honest_statistics(
+        {name: strategies.values[i] for i, name in enumerate(STRATEGIES)}, baseline,
+        market.bars_per_year, selection, choice, record["bars_per_year"], seed)
     dates = market.dates[first:last + 1]
     names = [*market.symbols, CASH]
     table = {}
@@ -265,7 +272,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         "baseline": choice or {"name": baseline, "chosen_on": None,
                                "why": "the run has no validation range to choose one on"},
         "statistics": statistics,
-        "verdict": verdict(statistics, baseline, range_name, selection),
+        "verdict": comparison.verdict(statistics, baseline, range_name),
         "strategies": table,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -296,7 +303,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"baseline: {baseline}, the best fixed strategy by Sharpe on the validation range "
               f"({choice['validation']['start']} .. {choice['validation']['end']}; Sharpe "
               f"{choice['validation_sharpe'][baseline]:+.2f} there) among {len(BASELINES)} "
-              f"compared")
+              f"compared ({choice['candidates']} distinct)")
     else:
         print("baseline: buy_and_hold (the run has no validation range to choose one on)")
     for note in notes:
@@ -330,99 +337,6 @@ def label(name: str, chosen: str | None) -> str:
     return f"{name} (best fixed)" if name == chosen else name
 
 
-def bar_returns(values: np.ndarray) -> np.ndarray:
-    """Per-bar simple returns [T] of an equity curve of T + 1 marks, in float64."""
-    v = np.asarray(values, np.float64)
-    return v[1:] / v[:-1] - 1.0
-
-
-def choose_on_validation(market, record: dict, cfg, seed: int) -> dict | None:
-    """The baseline with the best Sharpe ratio on the run's validation range, and every
-    baseline's Sharpe there; None when the run has no validation range (host-side)."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxtrade.envs import PortfolioEnv
-    from jaxtrade.evaluation import (
-        BASELINES,
-        choose_baseline,
-        make_baseline_evaluation,
-        pass_params,
-        walk_key,
-    )
-
-    span = record.get("validation")
-    if span is None:
-        return None
-    first, last, _ = select_range(market.dates, span["start"], span["end"], None)
-    env = PortfolioEnv(market)
-    run = make_baseline_evaluation(env, last - first)
-    metrics = jax.device_get(run(pass_params(env, cfg.env, first, last), walk_key(seed),
-                                 jnp.float32(market.bars_per_year)))
-    sharpes = {name: float(metrics["sharpe"][i]) for i, name in enumerate(BASELINES)}
-    return {"name": choose_baseline(sharpes), "chosen_on": "validation",
-            "by": "Sharpe ratio", "validation": span, "validation_sharpe": sharpes}
-
-
-def checkpoint_selection(run_dir, requested, source) -> dict:
-    """What chose the evaluated checkpoint and among how many candidates (the trials that
-    deflate its Sharpe ratio): "best" was chosen by val_score among every validation walk
-    of the run; a checkpoint named by the user counts as one trial."""
-    from jaxtrade import checkpoint as ckpt
-
-    latest = ckpt.latest(run_dir, purpose="")
-    sel = latest.meta.get("selection") or {}
-    validations = int(sel.get("validations") or 0)
-    if str(requested) == "best" and validations:
-        sharpes = [x for x in sel.get("sharpes") or [] if x is not None]
-        return {"chosen_by": f"best val_score on the validation range among {validations} "
-                             f"candidates",
-                "range": "validation", "metric": sel.get("metric"), "candidates": validations,
-                "candidate_sharpes": sharpes}
-    how = ("best episode return in training (the run made no validation walks)"
-           if str(requested) == "best" else f"{requested}, named by the user")
-    return {"chosen_by": how, "range": None, "metric": None, "candidates": 1,
-            "candidate_sharpes": []}
-
-
-def honest_statistics(returns: dict, baseline: str, bars_per_year: float, selection: dict,
-                      choice: dict | None, seed: int) -> dict:
-    """PSR and DSR of the policy and of the baseline to beat (each deflated by the candidates
-    its selection compared), bootstrap intervals of the Sharpe difference and of the policy's
-    annualised return (host-side; `jaxtrade.stats`)."""
-    from jaxtrade import stats
-    from jaxtrade.evaluation import POLICY
-
-    per_bar = math.sqrt(bars_per_year)
-
-    def variance(annual_sharpes) -> float:
-        x = np.asarray(annual_sharpes, np.float64) / per_bar
-        return float(x.var(ddof=1)) if x.size > 1 else 0.0
-
-    trials = {POLICY: (selection["candidates"], variance(selection["candidate_sharpes"]))}
-    if choice:
-        trials[baseline] = (len(choice["validation_sharpe"]),
-                            variance(list(choice["validation_sharpe"].values())))
-    out: dict[str, Any] = {"strategies": {}}
-    for name, r in returns.items():
-        n_trials, var = trials.get(name, (1, 0.0))
-        try:
-            out["strategies"][name] = stats.strategy_stats(r, bars_per_year, n_trials,
-                                                           var).to_dict()
-        except ValueError:  # constant returns (cash): no Sharpe ratio to test
-            continue
-    p = returns[POLICY]
-    try:
-        out["sharpe_difference"] = stats.compare_sharpe(p, returns[baseline], bars_per_year,
-                                                        seed=seed).to_dict()
-        out["policy_annual_return"] = stats.annualised_return_interval(
-            p, bars_per_year, seed=seed).to_dict()
-    except ValueError as e:  # e.g. a constant policy (all cash): no interval to give
-        out["sharpe_difference"] = out["policy_annual_return"] = None
-        out["note"] = str(e)
-    return out
-
-
 def statistics_lines(statistics: dict, baseline: str) -> list[str]:
     """The intervals in words, under the table."""
     diff, ann = statistics.get("sharpe_difference"), statistics.get("policy_annual_return")
@@ -436,33 +350,6 @@ def statistics_lines(statistics: dict, baseline: str) -> list[str]:
         f"policy annualised return: {ann['estimate']:+.2%}, {level} interval "
         f"[{ann['ci_low']:+.2%}, {ann['ci_high']:+.2%}]",
     ]
-
-
-def verdict(statistics: dict, baseline: str, range_name: str | None, selection: dict) -> str:
-    """Whether the policy beat the baseline to beat with confidence, in words."""
-    from jaxtrade.evaluation import POLICY
-
-    diff = statistics.get("sharpe_difference")
-    policy = statistics["strategies"].get(POLICY)
-    if diff is None or policy is None:
-        return "no verdict: the policy's returns do not vary (it held cash throughout)"
-    level = f"{diff['level']:.0%}"
-    beat = (f"the policy beat {baseline} with {level} confidence (the interval of the Sharpe "
-            f"difference is above 0)" if diff["beat_with_confidence"] else
-            f"the policy did not beat {baseline} with {level} confidence (the interval of the "
-            f"Sharpe difference reaches {diff['ci_low']:+.2f})")
-    n = int(policy["n_trials"])
-    dsr = (f"; deflated Sharpe ratio {policy['dsr']:.2f} after {n} candidates (the probability "
-           f"that its true Sharpe ratio is above the best that many unskilled candidates would "
-           f"show)" if n > 1 else
-           f"; probabilistic Sharpe ratio {policy['psr']:.2f} (one candidate: nothing to "
-           f"deflate)")
-    caveat = {
-        "validation": "; reported on the validation range, which chose the checkpoint and the "
-                      "baseline: optimistic",
-        "train": "; reported on the training range: in-sample, not evidence of skill",
-    }.get(range_name or "", "")
-    return beat + dsr + caveat
 
 
 def _plain(x: Any) -> Any:

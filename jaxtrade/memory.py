@@ -79,10 +79,16 @@ def _tree_bytes(tree) -> int:
     return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
+def _params_shapes(config: Config, env: PortfolioEnv):
+    """The training `EnvParams` as shapes: nothing is placed on a device (the estimate comes
+    before the banner, and before a run places anything)."""
+    return jax.eval_shape(lambda: env.make_params("train", **config.env.params_kwargs()))
+
+
 def _fixed_parts(config: Config, env: PortfolioEnv) -> dict[str, int]:
     """Per-device bytes that do not depend on n_envs (parameters are replicated)."""
     p = count_network_params(config, env) * _F32
-    market = env.make_params("train", **config.env.params_kwargs()).market
+    market = _params_shapes(config, env).market
     return {
         "params": p,
         "grads": p,  # one minibatch gradient at a time
@@ -94,7 +100,7 @@ def _fixed_parts(config: Config, env: PortfolioEnv) -> dict[str, int]:
 
 def _env_step_bytes(config: Config, env: PortfolioEnv) -> tuple[int, int]:
     """Bytes of one env's `EnvState` and of one step's info dict without final_obs."""
-    params = env.make_params("train", **config.env.params_kwargs())
+    params = _params_shapes(config, env)
     key = jax.random.key(0)
     _, state = jax.eval_shape(env.reset, key, params)
     *_, info = jax.eval_shape(env.step, key, state, jax.ShapeDtypeStruct((), jnp.int32), params)

@@ -43,7 +43,7 @@ def orthonormal(a: jax.Array) -> jax.Array:
     forever at 0% CPU. jax removed that path from open-source builds in commit
     859992407d ("Don't try to parallelize LAPACK kernels in opensource builds",
     jax-ml/jax#36927), after 0.11.0; `tests/test_networks.py` keeps LAPACK out of the
-    training programs whatever the version.
+    network's compiled init whatever the version.
 
     For a full-rank ``a`` this is the same matrix as ``jnp.linalg.qr`` with the signs of
     ``diag(R)`` made positive (to float rounding), so Gaussian ``a`` gives Haar-distributed Q.

@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jaxtrade.envs import NAMES
+from jaxtrade.rows import VALIDATION_PREFIXES, number, split_row
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 METRICS_FILE = "metrics.jsonl"
-# Validation columns are val_<metric>; runs written before the rename have eval_<metric>.
-VALIDATION_PREFIXES = ("val_", "eval_")
 DPI = 100
 TRAINING_SIZE = (16.0, 10.0)  # inches: a 3 x 4 grid of panels
 ACTIONS_WIDTH = 13.0  # inches
@@ -71,30 +70,6 @@ PANELS = (  # row by row, 4 per row
     Panel("turnover per step (turnover_mean)", "turnover_mean"),
 )
 PANEL_COLUMNS = 4
-
-
-def split_row(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A metrics.jsonl row as (training columns, validation metrics without their prefix).
-
-    A metric logged both as val_<m> and eval_<m> takes the val_ value.
-    """
-    training, validation = {}, {}
-    for key, value in row.items():
-        prefix = next((p for p in VALIDATION_PREFIXES if key.startswith(p)), None)
-        if prefix is None:
-            training[key] = value
-            continue
-        metric = key[len(prefix):]
-        if metric not in validation or prefix == VALIDATION_PREFIXES[0]:
-            validation[metric] = value
-    return training, validation
-
-
-def number(value: Any) -> float | None:
-    """`value` as a float if it is a JSON number (NaN and infinities included), else None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
 
 
 def read_run(run_dir: Path) -> Run:

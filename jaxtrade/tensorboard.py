@@ -13,7 +13,7 @@ from typing import Any
 from tensorboardX import SummaryWriter
 
 from jaxtrade.envs import NAMES
-from jaxtrade.plot import number, split_row
+from jaxtrade.rows import number, split_row
 
 TB_DIR = "tb"
 VALIDATION_TAG = "validation/"

@@ -609,8 +609,11 @@ def _train(args: argparse.Namespace) -> int:
     # Every blocking step from here on says what it waits for when it takes over a minute.
     where = "" if jax.process_count() == 1 else f"process {jax.process_index()}: "
 
+    progress = Progress(total_steps, enabled=verbosity > 0)
+
     def notice(text: str) -> None:
         nonlocal partial_line
+        progress.clear()
         print(("\n" if partial_line else "") + f"waiting: {where}{text}", file=sys.stderr,
               flush=True)
         partial_line = False
@@ -696,7 +699,6 @@ def _train(args: argparse.Namespace) -> int:
 
     checkpoints = ckpt.RunCheckpoints(run_dir, cfg, lineage=lineage, resumed=resumed,
                                       evaluating=bool(eval_every), n_devices=n_devices)
-    progress = Progress(total_steps, enabled=verbosity > 0)
     train_s = 0.0
     compile_s = 0.0
     done_iters = start_iters
@@ -753,9 +755,11 @@ def _train(args: argparse.Namespace) -> int:
                 say(f"done in {time.perf_counter() - t0:.1f}s")
         log_path = run_dir / "metrics.jsonl" if primary else os.devnull
         # TensorBoard events of the same rows; a resumed run drops those after its checkpoint.
-        tb = (TensorBoardLog(run_dir, purge_step=start_iters * steps_per_iter if start_iters
-                             else None) if primary else None)
-        with open(log_path, "a") as log:
+        # (tensorboardX purges events at steps >= purge_step: the checkpoint's row stays.)
+        tb = (TensorBoardLog(run_dir, purge_step=start_iters * steps_per_iter + 1
+                             if start_iters else None) if primary else None)
+        with (open(log_path, "a") as log,
+              contextlib.closing(tb) if tb is not None else contextlib.nullcontext()):
             while done_iters < total_iters and not stop_requested():
                 k = min(k_call, total_iters - done_iters)
                 fn = get_compiled(k)
@@ -826,7 +830,8 @@ def _train(args: argparse.Namespace) -> int:
                 if status != "completed":
                     break
                 sel = checkpoints.selection
-                if cfg.run.early_stop and sel["since_best"] >= cfg.run.early_stop:
+                if (cfg.run.early_stop and ckpt.VAL_SCORE_KEY in rows[-1]
+                        and sel["since_best"] >= cfg.run.early_stop):
                     status = "stopped_early"
                     message = (f"no new best val_score in {sel['since_best']} validation walks; "
                                f"the best is iteration {sel['best_iteration']} (score "
@@ -848,8 +853,6 @@ def _train(args: argparse.Namespace) -> int:
         if status != "diverged":
             save(interrupted=status == "interrupted",
                  final=status in ("completed", "stopped_early"))
-        if tb is not None:
-            tb.close()
         with watchdog.waiting("writing the last checkpoint"):
             checkpoints.wait()
 

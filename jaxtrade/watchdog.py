@@ -60,15 +60,18 @@ class Watchdog:
         took = [math.inf]  # the block's duration, once it has ended
 
         def watch() -> None:
-            deadline = self.after
+            deadline, reported = self.after, False
             while True:
-                ended = done.wait(max(0.0, deadline - (time.monotonic() - start)))
-                # A block that outlasted a deadline is reported even when it ended before
-                # this thread got to run (a notice is never lost to scheduling).
-                if ended and took[0] < deadline:
+                if done.wait(max(0.0, deadline - (time.monotonic() - start))):
+                    # Ended: a block that outlasted the threshold is still named once, even
+                    # when it ended before this thread got to run (no notice is lost to
+                    # scheduling, and a late thread does not repeat itself).
+                    if not reported and took[0] >= self.after:
+                        self.report(f"still {what} after {format_seconds(took[0])}")
                     return
-                elapsed = min(time.monotonic() - start, took[0])
-                self.report(f"still {what} after {format_seconds(elapsed)}")
+                self.report(f"still {what} after "
+                            f"{format_seconds(time.monotonic() - start)}")
+                reported = True
                 deadline = max(2 * deadline, deadline + 1.0)
 
         thread = threading.Thread(target=watch, name="jaxtrade-watchdog", daemon=True)

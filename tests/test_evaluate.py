@@ -209,10 +209,13 @@ def test_evaluate_reports_the_test_range_against_the_baseline_chosen_on_validati
     assert base["name"] == max(base["validation_sharpe"], key=base["validation_sharpe"].get)
 
     # Statistics: the policy deflated by the validation walks that chose it, the baseline by
-    # the 32 strategies compared; PSR and DSR are probabilities, DSR <= PSR.
+    # the distinct strategies compared (some are one position: identical validation
+    # Sharpes); PSR and DSR are probabilities, DSR <= PSR.
     st = report["statistics"]
     policy, chosen = st["strategies"]["policy"], st["strategies"][base["name"]]
-    assert policy["n_trials"] == n_validations and chosen["n_trials"] == 32
+    distinct = len({round(v, 9) for v in base["validation_sharpe"].values()})
+    assert base["candidates"] == distinct and 20 < distinct <= 32
+    assert policy["n_trials"] == n_validations and chosen["n_trials"] == distinct
     for s_ in (policy, chosen):
         assert 0 <= s_["dsr"] <= s_["psr"] <= 1
     assert policy["sharpe_annualised"] == pytest.approx(

@@ -10,7 +10,7 @@ import pytest
 from matplotlib import colormaps
 from matplotlib.image import imread
 
-from jaxtrade import plot
+from jaxtrade import plot, rows
 from jaxtrade.envs import NAMES
 
 N_ROWS = 8
@@ -74,7 +74,7 @@ def run_main(argv, capsys):
 
 # ------------------------------------------------------------------------------ rows
 def test_split_row_prefers_val_and_leaves_value_columns_alone():
-    training, validation = plot.split_row(
+    training, validation = rows.split_row(
         {"value_loss": 1.0, "val_score": 2.0, "eval_score": 3.0, "eval_sharpe": 4.0})
     assert training == {"value_loss": 1.0}
     assert validation == {"score": 2.0, "sharpe": 4.0}

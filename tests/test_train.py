@@ -294,3 +294,23 @@ def test_a_single_asset_market_names_the_regimes_that_coincide(tmp_path, capsys)
             "LOW_VOL = QUALITY = SIZE_SMALL = RISK_ON") in out
     assert "  with 1 asset these regimes are the same position: SAFE_MOMENTUM = SAFE_QUALITY" \
         in out
+
+
+@pytest.mark.slow
+def test_a_resumed_early_stopped_run_trains_until_its_next_walk(tmp_path, capsys):
+    """Resumed with more iterations, a run that stopped early does not stop again before
+    it has walked its validation range once more."""
+    run_dir = tmp_path / "early2"
+    argv = [*TINY, "--iterations", "40", "--eval-every", "2", "--early-stop", "1",
+            "--save-every", "0", "--run-dir", str(run_dir), "-q"]
+    assert train.main(argv) == 0
+    stopped = json.loads((run_dir / "summary.json").read_text())
+    assert stopped["status"] == "stopped_early"
+    n = stopped["iterations"]  # a walk without a new best, at an even iteration
+    assert n % 2 == 0 and n < 40
+    assert train.main(["--run-dir", str(run_dir), "--resume", "--iterations", str(n + 3),
+                       "-q"]) == 0
+    capsys.readouterr()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows][-1] >= n + 2  # not stopped at n + 1, before a walk
+    assert "val_score" in rows[n + 1]  # the walk at n + 2

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from flax import struct
@@ -22,6 +21,8 @@ class MarketData:
 
     Row t is bar t of the trimmed panel (the first `feats.WINDOW` raw bars are dropped
     so every row is complete). `features[t]` and `scores[t]` use bars <= t only.
+    `build_market` makes them numpy arrays on the host; they become device arrays where
+    a program places them (`parallel.put_replicated`) or takes them as arguments.
     """
 
     features: jax.Array  # [T, A, F] float32, normalised features of bar t
@@ -75,11 +76,6 @@ class Market:
     def n_assets(self) -> int:
         return len(self.symbols)
 
-    @property
-    def train_end(self) -> int:
-        """End (exclusive) of the training range: no training episode reads a later bar."""
-        return self.val_start
-
     def bounds(self, name: str) -> tuple[int, int]:
         """Bars [lo, hi) of range `name` (one of `RANGES`) held here; lo == hi when empty."""
         lo, hi = {"train": (0, self.val_start), "validation": (self.val_start, self.test_start),
@@ -87,15 +83,18 @@ class Market:
         return lo, hi
 
     def span(self, name: str) -> dict | None:
-        """Range `name` as {"start", "end", "bars"} (dates as `format_date` writes them), or
-        None when it is empty; a withheld test range is known by its dates."""
+        """Range `name` as {"start", "end", "bars", "first", "last"}, or None when it is empty:
+        start and end as `format_date` writes them (for people), first and last the exact
+        timestamps of its first and last bar (for `span_bounds`). A withheld test range is
+        known by these alone."""
         if name == "test" and self.withheld_test is not None:
             return dict(self.withheld_test)
         lo, hi = self.bounds(name)
         if hi <= lo:
             return None
-        return {"start": format_date(self.dates[lo]), "end": format_date(self.dates[hi - 1]),
-                "bars": hi - lo}
+        first, last = self.dates[lo], self.dates[hi - 1]
+        return {"start": format_date(first), "end": format_date(last), "bars": hi - lo,
+                "first": first.isoformat(), "last": last.isoformat()}
 
     def without_test(self) -> Market:
         """This market cut before its test range: what a training run may hold. Features
@@ -120,6 +119,15 @@ class Market:
         return (f"{self.n_assets} assets x {n_total} bars; "
                 + ", ".join(part(name) for name in RANGES)
                 + f"; {self.bars_per_year:.0f} bars/year")
+
+
+def span_bounds(dates: pd.DatetimeIndex, span: dict) -> tuple[int, int]:
+    """Bars [first, last] (inclusive) of `dates` inside a range recorded by `Market.span`,
+    matched on its exact first and last timestamps (a range that ends at midnight of an
+    intraday day ends there, not at the end of that day)."""
+    first = int(dates.searchsorted(pd.Timestamp(span["first"]), "left"))
+    last = int(dates.searchsorted(pd.Timestamp(span["last"]), "right")) - 1
+    return first, last
 
 
 MARKET_FILE = "market.json"  # in a run directory: what evaluation and deployment need of it
@@ -237,10 +245,12 @@ def build_market(
     elif stats.mean.shape != (raw.shape[-1],):
         raise DataError(f"normalisation statistics have {stats.mean.shape[0]} features, "
                         f"expected {raw.shape[-1]}")
+    # Host (numpy) arrays: a run places them on its devices itself (`make_train`), after
+    # cutting off what it may not hold (`Market.without_test`).
     data = MarketData(
-        features=jnp.asarray(feats.normalize(raw, stats), jnp.float32),
-        scores=jnp.asarray(scores, jnp.float32),
-        price=jnp.asarray(panel.adj_close[w:], jnp.float32),
+        features=np.asarray(feats.normalize(raw, stats), np.float32),
+        scores=np.asarray(scores, np.float32),
+        price=np.asarray(panel.adj_close[w:], np.float32),
     )
     return Market(
         data=data,

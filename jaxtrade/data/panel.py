@@ -16,13 +16,16 @@ def format_date(stamp: pd.Timestamp) -> str:
 
 
 def parse_date(text) -> pd.Timestamp | None:
-    """`text` (a date or timestamp, as a user types it) as a Timestamp, or None when it is
-    not one."""
+    """`text` (a date or timestamp, as a user types it) as a naive Timestamp in UTC, as the
+    loader stores bars (a time zone is converted, then dropped), or None when it is not
+    one."""
     try:
         stamp = pd.Timestamp(text)
     except (ValueError, TypeError):
         return None
-    return None if pd.isna(stamp) else stamp
+    if pd.isna(stamp):
+        return None
+    return stamp.tz_convert("UTC").tz_localize(None) if stamp.tz is not None else stamp
 
 
 class DataError(ValueError):

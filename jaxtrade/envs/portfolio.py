@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxtrade.data.market import Market, MarketData
+from jaxtrade.data.market import RANGES, Market, MarketData
 from jaxtrade.envs import regimes
 from jaxtrade.envs.frictions import trade_costs
 from jaxtrade.envs.spaces import Box, Discrete
@@ -88,7 +88,7 @@ class PortfolioEnv:
         self.n_assets = market.n_assets
         self.n_features = market.data.n_features
         self.n_bars = market.n_bars
-        self._ranges = {name: market.bounds(name) for name in ("train", "validation", "test")}
+        self._ranges = {name: market.bounds(name) for name in RANGES}
         self._data = market.data
 
     # ----------------------------------------------------------------- spaces, params
@@ -167,7 +167,7 @@ class PortfolioEnv:
                 raise ValueError(f"{name} must be {bound}, got {v}")
         i32, f32 = jnp.int32, jnp.float32
         return EnvParams(
-            market=self._data,
+            market=jax.tree.map(jnp.asarray, self._data),  # host arrays onto the device
             start_min=jnp.asarray(start_min, i32),
             start_max=jnp.asarray(start_max, i32),
             end=jnp.asarray(hi, i32),

@@ -23,7 +23,7 @@ def test_market_arrays_and_three_ranges(small_panel, small_market):
     # conftest: 20% validation (76 bars), then 10% test (38 bars), last.
     assert (m.val_start, m.test_start) == (380 - 38 - 76, 380 - 38)
     assert m.bounds("train") == (0, 266) and m.bounds("validation") == (266, 342)
-    assert m.bounds("test") == (342, 380) and m.train_end == 266
+    assert m.bounds("test") == (342, 380)
     np.testing.assert_allclose(m.data.price, small_panel.adj_close[WINDOW:], rtol=1e-6)
     assert m.dates[0] == small_panel.dates[WINDOW]
     # Statistics come from the training rows only (means off 0 only by the +-10 clipping).
@@ -48,9 +48,12 @@ def test_without_test_holds_no_test_bar_and_names_the_range(small_market):
     assert cut.n_bars == cut.test_start == 342 and cut.data.price.shape == (342, 5)
     np.testing.assert_array_equal(cut.data.features, small_market.data.features[:342])
     assert cut.bounds("test") == (342, 342)
+    first, last = small_market.dates[342], small_market.dates[379]
     assert cut.span("test") == small_market.span("test") == {
-        "start": f"{small_market.dates[342]:%Y-%m-%d}",
-        "end": f"{small_market.dates[379]:%Y-%m-%d}", "bars": 38}
+        "start": f"{first:%Y-%m-%d}", "end": f"{last:%Y-%m-%d}", "bars": 38,
+        "first": first.isoformat(), "last": last.isoformat()}
+    # The arrays a training run holds are host arrays until it places them itself.
+    assert isinstance(cut.data.price, np.ndarray)
     assert cut.describe() == small_market.describe()
     assert cut.without_test() is cut
 
