@@ -71,8 +71,6 @@ from benchmarks.common import device_info, save, table
 from jaxtrade import config as cfgmod
 from jaxtrade import memory, parallel, ppo
 from jaxtrade.data import load_market
-from jaxtrade.envs import N_REGIMES
-from jaxtrade.networks import ActorCritic
 from jaxtrade.rollout import make_rollout
 from jaxtrade.trainer import Trainer, make_train
 
@@ -188,7 +186,7 @@ def count_flops(trainer: Trainer) -> dict:
     Each part is XLA's count of loop-free pieces times their trip counts (module docstring).
     """
     cfg, network, env = trainer.config, trainer.network, trainer.env
-    pc, nc = cfg.ppo, cfg.network
+    pc = cfg.ppo
     b, t, k = pc.n_envs, pc.n_steps, pc.n_minibatches
     m = b // k
     state = jax.eval_shape(trainer.init, jax.random.key(0))  # shapes only, nothing allocated
@@ -201,7 +199,9 @@ def count_flops(trainer: Trainer) -> dict:
         return jax.ShapeDtypeStruct(shape, dtype)
 
     def hidden(n):
-        return arr(nc.n_gru_layers, n, nc.hidden_dim)
+        return jax.tree.map(_shape, jax.eval_shape(lambda: network.initial_state(n)))
+
+    rule, hp = trainer.rule, state.hparams
 
     def forward(p, h, obs, reset):
         return network.apply({"params": p}, h, obs, reset)
@@ -210,35 +210,30 @@ def count_flops(trainer: Trainer) -> dict:
     act = xla_flops(rollout_step, params, env_params, state.carry, key)
     bootstrap = xla_flops(forward, params, hidden(b), arr(b, env.obs_dim), arr(b, dtype=bool))
 
-    def step_loss(p, h, obs, reset, action, old_log_prob, old_value, adv, ret, key):
-        deterministic = nc.dropout == 0
-        rngs = None if deterministic else {"dropout": key}
+    one = jax.eval_shape(rollout_step, params, env_params, state.carry, key)[1]
 
-        def policy(q):
-            return network.apply({"params": q}, h, obs, reset, deterministic, rngs=rngs)
+    def one_step(n_steps: int):
+        """A minibatch of `n_steps` steps, shaped as the trainer's."""
+        tr = jax.tree.map(lambda x: arr(n_steps, m, *x.shape[2:], dtype=x.dtype), one)
+        return ppo.Batch(transition=tr, hidden=hidden(m), advantages=arr(n_steps, m),
+                         returns=arr(n_steps, m))
 
-        _, logits, values = policy(p)
-        if not deterministic:  # the old policy under the same masks (`jaxtrade.trainer`)
-            _, old_logits, _ = policy(jax.lax.stop_gradient(p))
-            old_log_prob = jnp.take_along_axis(
-                jax.nn.log_softmax(old_logits), action[:, None], -1
-            )[:, 0]
-        loss, _ = ppo.ppo_loss(logits, values, action, old_log_prob, old_value, adv, ret,
-                               clip_eps=pc.clip, vf_coef=pc.vf_coef, ent_coef=pc.ent_coef,
-                               clip_value=pc.clip_value)
-        return loss
+    # The learning rule's own loss (`jaxtrade.ppo.LearningRule`) on a one-step minibatch,
+    # differentiated w.r.t. the parameters and the incoming recurrent state, as
+    # backpropagation through time computes; then both optimizer chains.
+    def step_grad(p, mb, hp, key):
+        def loss(p, h):
+            return rule.loss(p, p, mb.replace(hidden=h), hp, key)[0]
 
-    grad = xla_flops(
-        jax.value_and_grad(step_loss, argnums=(0, 1)), params, hidden(m),
-        arr(m, env.obs_dim, dtype=network.dtype), arr(m, dtype=bool), arr(m, dtype=jnp.int32),
-        arr(m), arr(m), arr(m), arr(m), key,
-    )
+        return jax.value_and_grad(loss, argnums=(0, 1))(p, mb.hidden)
+
+    grad = xla_flops(step_grad, params, one_step(1), hp, key)
 
     def update(p, g, actor_opt, critic_opt):
         actor_g, critic_g = ppo.split_params(g)
         norms = optax.tree.norm(actor_g) + optax.tree.norm(critic_g)  # logged by the trainer
         return ppo.apply_actor_critic_update(
-            p, g, trainer.actor_tx, trainer.critic_tx, actor_opt, critic_opt
+            p, g, rule.actor_tx, rule.critic_tx, actor_opt, critic_opt
         ), norms
 
     opt = xla_flops(update, params, params, state.actor_opt, state.critic_opt)
@@ -250,28 +245,12 @@ def count_flops(trainer: Trainer) -> dict:
         "critic_epochs": 0.0,
     }
     if pc.critic_epochs > 0:
-        def trunk_forward(p, h, obs, reset):
-            *_, trunk = network.apply({"params": p}, h, obs, reset, method=ActorCritic.unroll)
-            return trunk  # the heads' outputs are unused, so XLA drops them, as in training
-
-        trunk = xla_flops(trunk_forward, params, hidden(m),
-                          arr(1, m, env.obs_dim, dtype=network.dtype), arr(1, m, dtype=bool))
-        actor, critic = ppo.split_params(params)
-
-        def critic_step(actor, critic, critic_opt, features, old_value, ret):
-            def loss(c):
-                values = network.apply({"params": ppo.merge_params(actor, c)}, features,
-                                       method=ActorCritic.value_from_trunk)
-                return ppo.value_loss(values, old_value, ret, clip_eps=0.0, clip_value=False)
-
-            value, g = jax.value_and_grad(loss)(critic)
-            return value, ppo.apply_critic_update(
-                ppo.merge_params(actor, critic), g, trainer.critic_tx, critic_opt
-            )
-
-        critic_flops = xla_flops(critic_step, actor, critic, state.critic_opt,
-                                 arr(t, m, nc.hidden_dim, dtype=network.dtype), arr(t, m),
-                                 arr(t, m))
+        trunk = xla_flops(rule.trunk, params, one_step(1))
+        critic_flops = xla_flops(
+            lambda p, opt, trunk, mb: rule.critic_step(p, opt, trunk, mb.transition, mb.returns),
+            params, state.critic_opt, arr(t, m, network.trunk_dim, dtype=network.dtype),
+            one_step(t),
+        )
         per_iteration["critic_trunk"] = k * t * trunk
         per_iteration["critic_epochs"] = k * pc.critic_epochs * critic_flops
     parts = {name: v / (b * t) for name, v in per_iteration.items()}
@@ -296,7 +275,7 @@ def make_env_run(trainer: Trainer, n_steps: int):
             env_state, obs, total = carry
             key_act, key_step = jax.random.split(key)
             actions = parallel.constrain(
-                jax.random.randint(key_act, (n_envs,), 0, N_REGIMES), mesh, 0
+                jax.random.randint(key_act, (n_envs,), 0, env.num_actions), mesh, 0
             )
             keys = parallel.constrain(jax.random.split(key_step, n_envs), mesh, 0)
             obs, env_state, reward, _, _ = step(keys, env_state, actions, env_params)
@@ -338,20 +317,20 @@ def measure_train(trainer: Trainer, iterations: int, profile_dir: Path | None) -
     """Compile time, mean seconds per iteration and peak memory of whole PPO iterations."""
     state = trainer.initial_state(jax.random.key(0))
     t0 = time.perf_counter()
-    compiled = trainer.run.lower(state, 1).compile()
+    compiled = trainer.compile(state, 1)
     compile_s = time.perf_counter() - t0
-    state, metrics = compiled(state)  # warm-up
+    state, metrics = compiled(state, trainer.env_params)  # warm-up
     jax.block_until_ready((state, metrics))
     t0 = time.perf_counter()
     for _ in range(iterations):
-        state, metrics = compiled(state)
+        state, metrics = compiled(state, trainer.env_params)
     jax.block_until_ready((state, metrics))
     s_per_iteration = (time.perf_counter() - t0) / iterations
     peak, from_device = memory.measured_peak(compiled, trainer.mesh.devices.flat[0])
     if profile_dir is not None:  # one more iteration, traced and not timed
         profile_dir.mkdir(parents=True, exist_ok=True)
         with jax.profiler.trace(str(profile_dir)):
-            state, metrics = compiled(state)
+            state, metrics = compiled(state, trainer.env_params)
             jax.block_until_ready((state, metrics))
     return {
         "s_per_iteration": s_per_iteration,

@@ -61,7 +61,7 @@ HISTORY_KEYS = (
 # else. Start a new run from the weights instead (--checkpoint RUN --weights-only).
 SHAPE_FIELDS = (
     "path", "symbols", "start", "end", "max_fill", "val_fraction", "test_fraction",
-    "split_dates", "n_assets",
+    "split_dates", "n_assets", "name", "kind",
     "n_bars", "synthetic_seed", "signal_strength", "episode_length", "n_envs", "n_steps",
     "n_minibatches", "hidden_dim", "n_gru_layers", "precision",
 )

@@ -18,8 +18,9 @@ TOML layout: one table per section, keys are the field names::
 Every bare field name is unique across sections, so overrides may name a field
 as `n_envs=8192` or `ppo.n_envs=8192`.
 
-Host-only: nothing here runs under `jit`. JAX is imported only by `compute_dtype`
-and the data package only by `DataConfig.synthetic`, so loading a config is cheap.
+Host-only: nothing here runs under `jit`. JAX is imported only by `compute_dtype` and
+`validate` (which asks the env registry and the network kinds), and the data package
+only by `DataConfig.synthetic`, so loading a config is cheap.
 """
 
 from __future__ import annotations
@@ -86,8 +87,9 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EnvConfig:
-    """Episode and friction settings (see `PortfolioEnv.make_params`)."""
+    """Which env, and its episode and friction settings (see `PortfolioEnv.make_params`)."""
 
+    name: str = "portfolio"  # registered env (`jaxtrade.envs.registered()`), --env
     episode_length: int = 256  # steps per training episode
     slippage: float = 0.0005  # proportional cost per unit traded, in [0, 0.1)
     spread: float = 0.0002  # half the bid-ask spread paid per unit traded, in [0, 0.1)
@@ -97,16 +99,19 @@ class EnvConfig:
     ruin_fraction: float = 0.5  # episode ends when equity falls below this share of the start
 
     def params_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `PortfolioEnv.make_params` (all but `split` and `start`)."""
-        return dataclasses.asdict(self)
+        """Keyword arguments for the env's `make_params` (all but `name`, `split`, `start`)."""
+        kwargs = dataclasses.asdict(self)
+        del kwargs["name"]
+        return kwargs
 
 
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
-    """GRU actor-critic shape and compute precision (see `jaxtrade.networks.ActorCritic`)."""
+    """Actor-critic kind, shape and compute precision (see `jaxtrade.networks`)."""
 
+    kind: str = "gru"  # network (`jaxtrade.networks.KINDS`): gru or mlp, --network
     hidden_dim: int = 256  # encoder and GRU width; the heads use hidden_dim // 2
-    n_gru_layers: int = 2  # stacked GRU layers
+    n_gru_layers: int = 2  # stacked GRU layers (gru only)
     dropout: float = 0.0  # dropout after the encoder and between GRU layers, in [0, 1)
     precision: str = "auto"  # matmul dtype: auto (bf16 on accelerators, fp32 on CPU), fp32, bf16
 
@@ -660,6 +665,10 @@ def validate(cfg: Config, n_devices: int = 1) -> Config:
         dupes = sorted({s for s in d.symbols if d.symbols.count(s) > 1})
         check(not dupes, "symbols", d.symbols, f"unique (repeated: {', '.join(dupes)})")
 
+    from jaxtrade.envs import registered
+    from jaxtrade.networks import KINDS
+
+    check(e.name in registered(), "name", e.name, f"a registered env: {'|'.join(registered())}")
     at_least("episode_length", e.episode_length, 1)
     unit("slippage", e.slippage, closed=False, top=0.1)
     unit("spread", e.spread, closed=False, top=0.1)
@@ -668,6 +677,7 @@ def validate(cfg: Config, n_devices: int = 1) -> Config:
     at_least("drawdown_penalty", e.drawdown_penalty, 0)
     unit("ruin_fraction", e.ruin_fraction, closed=False)
 
+    check(n.kind in KINDS, "kind", n.kind, f"one of {'|'.join(KINDS)}")
     at_least("hidden_dim", n.hidden_dim, 2)  # the heads are hidden_dim // 2 wide
     at_least("n_gru_layers", n.n_gru_layers, 1)
     unit("dropout", n.dropout, closed=False)

@@ -166,6 +166,9 @@ def _evaluate(args: argparse.Namespace) -> int:
                          f"report, and its config uses older keys; train it again")
     policy = load_policy(args.run_dir, args.checkpoint, seed=args.seed)
     cfg, record, source = policy.config, policy.record, policy.checkpoint
+    if cfg.env.name != PortfolioEnv.name:
+        raise UsageError(f"{args.run_dir} trained the {cfg.env.name} env; evaluate reports "
+                         f"trading strategies of the {PortfolioEnv.name} env only")
     d = cfg.data
     own = load_market(d.path, symbols=d.symbols, start=d.start, end=d.end, max_fill=d.max_fill,
                       synthetic=d.synthetic(), stats=policy.stats, episode_length=1,

@@ -39,7 +39,7 @@ from flax import struct
 from jaxtrade import metrics as M
 from jaxtrade.config import EnvConfig
 from jaxtrade.envs import EnvParams, PortfolioEnv, Regime
-from jaxtrade.networks import ActorCritic
+from jaxtrade.networks import Network
 from jaxtrade.rollout import Carry, Transition, initial_carry, make_rollout
 
 CONTINUOUS = 2**30  # episode length of a continuous pass: never reached, progress input ~0
@@ -104,7 +104,7 @@ def baseline_actions(n_steps: int) -> np.ndarray:
     return np.asarray([rows[name] for name in BASELINES], np.int32)
 
 
-def make_policy_walk(network: ActorCritic, env: PortfolioEnv, n_steps: int, *,
+def make_policy_walk(network: Network, env: PortfolioEnv, n_steps: int, *,
                      greedy: bool = True) -> Callable:
     """`walk(params, env_params, key) -> (Carry, Transition [n_steps, 1, ...])`: one env from
     `env_params`' first bar; the greedy (or, with greedy=False, sampled) policy."""
@@ -155,7 +155,7 @@ def make_baseline_walk(env: PortfolioEnv) -> Callable:
     return walk
 
 
-def make_strategy_walk(network: ActorCritic, env: PortfolioEnv, n_steps: int, *,
+def make_strategy_walk(network: Network, env: PortfolioEnv, n_steps: int, *,
                        greedy: bool = True) -> Callable:
     """`walk(params, env_params, key, bars_per_year) -> (Walk, metrics)` of every strategy of
     `STRATEGIES` (the policy first, then `BASELINES`) over one pass of `n_steps` steps."""
@@ -216,11 +216,11 @@ def score(walk_row: Mapping, health: Mapping) -> jax.Array:
     return M.model_score(
         walk_row["avg_trade_return"], walk_row["win_rate"], walk_row["reward_mean"],
         health["explained_variance"], health["entropy"], health["approx_kl"],
-        health["clip_frac"],
+        health["clip_frac"], health.get("valid_actions", M.N_REGIMES),
     )
 
 
-def make_evaluator(network: ActorCritic, env: PortfolioEnv, env_config: EnvConfig,
+def make_evaluator(network: Network, env: PortfolioEnv, env_config: EnvConfig,
                    first: int, last: int, bars_per_year: float, seed: int, params_like):
     """The validation walk of training, compiled once (host-side setup).
 
@@ -243,11 +243,14 @@ def make_evaluator(network: ActorCritic, env: PortfolioEnv, env_config: EnvConfi
         row["score"] = score(row, health)
         return row
 
-    health_shape = {k: jax.ShapeDtypeStruct((), jnp.float32) for k in HEALTH_KEYS}
+    health_shape = {k: jax.ShapeDtypeStruct((), jnp.float32)
+                    for k in (*HEALTH_KEYS, "valid_actions")}
     compiled = jax.jit(evaluate).lower(params_like, env_params, health_shape).compile()
 
     def run(params, health: Mapping[str, float]) -> dict:
         h = {k: np.float32(health[k]) for k in HEALTH_KEYS}
+        # The entropy's ceiling: log of the valid actions (rows before it was logged: all).
+        h["valid_actions"] = np.float32(health.get("valid_actions", env.num_actions))
         return compiled(params, env_params, h)
 
     return run

@@ -12,8 +12,8 @@ Host-only. `estimate(config, env)` adds up what one device holds while
   minibatch holds 1/n_minibatches of the envs at a time) and the trunk
   features of the critic-only epochs.
 
-Activations are counted as the forward values of the network (see
-`_activation_bytes_per_step`) times `ACTIVATION_OVERHEAD`, the one calibrated
+Activations are counted as the forward values of the network (its
+`saved_bytes_per_step`, `jaxtrade.networks.base`) times `ACTIVATION_OVERHEAD`, the one calibrated
 constant: the backward pass holds a cotangent beside most saved values, and
 XLA keeps further temporaries (layout copies, fused-op inputs, heap
 fragmentation). It was calibrated against `compiled_bytes` of the real program
@@ -41,9 +41,9 @@ import os
 import jax
 import jax.numpy as jnp
 
-from jaxtrade.config import Config, compute_dtype, with_values
-from jaxtrade.envs import N_REGIMES, PortfolioEnv
-from jaxtrade.trainer import count_network_params
+from jaxtrade.config import Config, with_values
+from jaxtrade.envs import Environment
+from jaxtrade.trainer import build_network, count_network_params
 
 ACTIVATION_OVERHEAD = 3.0  # saved forward values -> bytes XLA plans for the backward pass
 GPU_FRACTION = 0.9  # share of a GPU's memory a run may plan for (the rest: XLA's own use)
@@ -79,27 +79,28 @@ def _tree_bytes(tree) -> int:
     return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
-def _params_shapes(config: Config, env: PortfolioEnv):
-    """The training `EnvParams` as shapes: nothing is placed on a device (the estimate comes
+def _params_shapes(config: Config, env: Environment):
+    """The training env params as shapes: nothing is placed on a device (the estimate comes
     before the banner, and before a run places anything)."""
     return jax.eval_shape(lambda: env.make_params("train", **config.env.params_kwargs()))
 
 
-def _fixed_parts(config: Config, env: PortfolioEnv) -> dict[str, int]:
+def _fixed_parts(config: Config, env: Environment) -> dict[str, int]:
     """Per-device bytes that do not depend on n_envs (parameters are replicated)."""
     p = count_network_params(config, env) * _F32
-    market = _params_shapes(config, env).market
     return {
         "params": p,
         "grads": p,  # one minibatch gradient at a time
         "optimizer": 2 * p,  # Adam mu and nu; the actor and critic chains split the tree
         "old_params": p,  # the rollout-time parameters of the joint epochs
-        "market": _tree_bytes(market),  # features, scores, prices (one copy for all envs)
+        # The env's arrays (for the portfolio, the market's features, scores and prices):
+        # one copy for all envs.
+        "market": _tree_bytes(_params_shapes(config, env)),
     }
 
 
-def _env_step_bytes(config: Config, env: PortfolioEnv) -> tuple[int, int]:
-    """Bytes of one env's `EnvState` and of one step's info dict without final_obs."""
+def _env_step_bytes(config: Config, env: Environment) -> tuple[int, int]:
+    """Bytes of one env's state and of one step's info dict without final_obs."""
     params = _params_shapes(config, env)
     key = jax.random.key(0)
     _, state = jax.eval_shape(env.reset, key, params)
@@ -108,54 +109,36 @@ def _env_step_bytes(config: Config, env: PortfolioEnv) -> tuple[int, int]:
     return _tree_bytes(state), _tree_bytes(info)
 
 
-def _transition_bytes(env: PortfolioEnv, info_bytes: int, dtype: jnp.dtype) -> int:
+def _transition_bytes(env: Environment, info_bytes: int, dtype: jnp.dtype) -> int:
     """One env's `jaxtrade.rollout.Transition` for one step."""
     return (
         env.obs_dim * jnp.dtype(dtype).itemsize  # obs, stored in the compute dtype
         + 3 * _BOOL  # reset, done, terminated
         + 6 * _F32  # action (int32), log_prob, value, reward, final_value, episode_return
         + info_bytes  # the env's info: value, weights, turnover, costs, ...
+        + (env.num_actions * _BOOL if env.masks_actions else 0)  # the action mask
     )
 
 
-def _activation_bytes_per_step(config: Config, dtype: jnp.dtype) -> int:
-    """Forward values of one env for one step that the minibatch backward pass saves.
-
-    Matmul outputs are in the compute dtype; the GRU's gates and state, logits,
-    log-probs and values are float32 (`jaxtrade.networks`).
-    """
-    nc = config.network
-    h, c = nc.hidden_dim, jnp.dtype(dtype).itemsize
-    encoder = 4 * h * c  # 2 Dense + 2 LayerNorm outputs of width H
-    gru = nc.n_gru_layers * 4 * h * _F32  # per layer: gates r, z, n (3H) and the new state (H)
-    trunk = h * c  # the GRU output both heads read
-    heads = 2 * 2 * (h // 2) * c  # policy and value heads: Dense + LayerNorm of width H/2
-    loss = (2 * N_REGIMES + 8) * _F32  # logits, log-softmax, value, ratio and loss terms
-    dropout = 0
-    if nc.dropout > 0:
-        # A mask per dropout site (after the encoder, between GRU layers) and the
-        # old policy's logits, re-evaluated under the same masks.
-        dropout = (nc.n_gru_layers * h + N_REGIMES) * _F32
-    return encoder + gru + trunk + heads + loss + dropout
-
-
-def _per_env_parts(config: Config, env: PortfolioEnv) -> dict[str, int]:
+def _per_env_parts(config: Config, env: Environment) -> dict[str, int]:
     """Bytes per env on its device, by part (rounded up to whole bytes)."""
-    pc, nc = config.ppo, config.network
+    pc = config.ppo
     t, n_mb = pc.n_steps, pc.n_minibatches
-    dtype = compute_dtype(nc.precision, jax.default_backend())
+    network = build_network(config, env)
+    dtype = network.dtype
     state_bytes, info_bytes = _env_step_bytes(config, env)
-    hidden = nc.n_gru_layers * nc.hidden_dim * _F32
+    hidden = _tree_bytes(jax.eval_shape(lambda: network.initial_state(1)))  # recurrent state
     transition = _transition_bytes(env, info_bytes, dtype)
-    # Carry: env state, float32 obs, GRU state, reset flag, running return; plus the
-    # GRU state before the rollout, which the update re-runs sequences from.
+    # Carry: env state, float32 obs, recurrent state, reset flag, running return; plus
+    # the recurrent state before the rollout, which the update re-runs sequences from.
     carry = state_bytes + env.obs_dim * _F32 + hidden + _BOOL + _F32 + hidden
     gae = t * 3 * _F32  # advantages and returns [T] float32, and the next values they read
     # The minibatch is gathered into its own buffers: transitions, advantages,
-    # returns and initial GRU state of 1/n_minibatches of the envs.
+    # returns and initial recurrent state of 1/n_minibatches of the envs.
     minibatch = (t * (transition + 2 * _F32) + hidden) / n_mb
-    activations = ACTIVATION_OVERHEAD * t * _activation_bytes_per_step(config, dtype) / n_mb
-    critic = t * nc.hidden_dim * jnp.dtype(dtype).itemsize / n_mb  # cached trunk [T, M, H]
+    # What the network's forward pass keeps for the backward pass (`saved_bytes_per_step`).
+    activations = ACTIVATION_OVERHEAD * t * network.saved_bytes_per_step() / n_mb
+    critic = t * network.trunk_dim * jnp.dtype(dtype).itemsize / n_mb  # cached trunk [T, M, H]
     return {
         "carry": carry,
         "rollout": t * transition,
@@ -166,7 +149,7 @@ def _per_env_parts(config: Config, env: PortfolioEnv) -> dict[str, int]:
     }
 
 
-def estimate(config: Config, env: PortfolioEnv, n_devices: int = 1) -> MemoryEstimate:
+def estimate(config: Config, env: Environment, n_devices: int = 1) -> MemoryEstimate:
     """Device memory of `jaxtrade.trainer.make_train(config, market)`'s program, per device.
 
     Args:
@@ -194,7 +177,7 @@ def estimate(config: Config, env: PortfolioEnv, n_devices: int = 1) -> MemoryEst
     )
 
 
-def max_n_envs(config: Config, env: PortfolioEnv, budget_bytes: int, n_devices: int = 1) -> int:
+def max_n_envs(config: Config, env: Environment, budget_bytes: int, n_devices: int = 1) -> int:
     """The largest n_envs (all devices) whose estimate fits `budget_bytes` per device.
 
     The result is a multiple of `n_devices * config.ppo.n_minibatches` (the sizes

@@ -30,7 +30,6 @@ value instead of inf or NaN, so that non-finite checks keep meaning divergence.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -443,7 +442,7 @@ def model_score(
     entropy: Scalar,
     approx_kl: Scalar,
     clip_frac: Scalar,
-    n_actions: int = N_REGIMES,
+    n_actions: Scalar = N_REGIMES,
     *,
     trade_return_scale: Scalar = 0.01,
     reward_scale: Scalar = 1e-3,
@@ -479,7 +478,8 @@ def model_score(
       entropy: mean policy entropy, in nats.
       approx_kl: mean approximate KL of the PPO update.
       clip_frac: share of ratios clipped in the PPO update.
-      n_actions: number of actions (>= 2), for the maximal entropy log(n_actions).
+      n_actions: number of valid actions (>= 2; a mean over states where the env masks
+        actions), for the maximal entropy log(n_actions).
 
     Returns:
       float32 [] score.
@@ -488,7 +488,7 @@ def model_score(
     profitability = jnp.tanh(f(avg_trade_return) * f(win_rate) / trade_return_scale)
     reward = jnp.tanh(f(avg_reward) / reward_scale)
     value = jnp.clip(f(explained_variance), -1.0, 1.0)
-    exploration = jnp.clip(f(entropy) / math.log(n_actions), 0.0, 1.0)
+    exploration = jnp.clip(f(entropy) / jnp.log(f(n_actions)), 0.0, 1.0)
     excess = jnp.maximum(f(approx_kl) / kl_limit, f(clip_frac) / clip_limit) - 1.0
     instability = jnp.clip(excess, 0.0, 1.0)
     w = SCORE_WEIGHTS

@@ -53,7 +53,7 @@ from jaxtrade.data.market import MARKET_FILE, MARKET_FORMAT, Market, build_marke
 from jaxtrade.data.panel import FIELDS, Panel, format_date
 from jaxtrade.envs import NAMES, PortfolioEnv, regimes
 from jaxtrade.evaluation import EvaluationError, make_policy_walk, pass_params, walk_key
-from jaxtrade.trainer import make_network
+from jaxtrade.networks import make_network
 
 CASH = "CASH"  # the cash entry of weight dicts
 
@@ -105,7 +105,10 @@ class Policy:
         self.symbols: tuple[str, ...] = tuple(record["symbols"])  # trained on, in column order
         self.stats = feats.FeatureStats.from_dict(record["stats"])
         self.seed = self.config.run.seed if seed is None else seed  # evaluation key seed
-        self.network = make_network(self.config)
+        # The input and output widths the weights were trained with.
+        obs_dim = params["encoder"]["dense_0"]["kernel"].shape[0]
+        n_actions = params["policy_head"]["out"]["kernel"].shape[1]
+        self.network = make_network(self.config.network, obs_dim, n_actions)
         self._programs: dict[int, Any] = {}
 
     @property
@@ -232,7 +235,7 @@ class Policy:
                 held = jnp.where(use_weights, weights[None], state.weights)
                 state = state.replace(weights=held)
                 obs = jax.vmap(env.get_obs, in_axes=(0, None))(state, env_params)
-                _, logits, _ = network.apply({"params": params}, carry.hidden, obs, carry.reset)
+                logits = network.apply({"params": params}, carry.hidden, obs, carry.reset).logits
                 action = jnp.argmax(logits[0]).astype(jnp.int32)
                 scores = env_params.market.scores[state.t[0] - 1]
                 target = regimes.target_weights(action, scores, held[0])

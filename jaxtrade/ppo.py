@@ -7,17 +7,26 @@ them never recompiles. Advantages, losses and metrics are float32 whatever
 the network's compute dtype.
 
 The parameter tree is split by its top-level ``value_head`` key: the critic
-chain owns the value head, the actor chain owns the rest (encoder, GRU,
-policy head), each with its own gradient clipping and Adam state.
+chain owns the value head, the actor chain owns the rest (for the GRU network:
+encoder, GRU, policy head), each with its own gradient clipping and Adam state.
+
+`LearningRule` composes these into the update of one rollout (minibatches of whole
+sequences, joint epochs, critic-only epochs); the trainer runs it inside its fused
+program, and `benchmarks/throughput.py` counts the FLOPs of the same functions.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
+
+from jaxtrade.rollout import Transition, masked_logits
 
 Params = dict[str, Any]
 
@@ -118,6 +127,7 @@ def ppo_loss(
     vf_coef: jax.Array | float,
     ent_coef: jax.Array | float,
     clip_value: jax.Array | bool,
+    mask: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Clipped-surrogate PPO loss for a discrete policy over one minibatch.
 
@@ -136,13 +146,15 @@ def ppo_loss(
         vf_coef: value-loss weight (may be traced).
         ent_coef: entropy-bonus weight (may be traced).
         clip_value: whether to clip the value loss (Python or traced bool).
+        mask: [..., A] bool, the actions that were valid (None: all); masked actions get
+            no probability, so they take no part in the log-softmax or the entropy.
 
     Returns:
         total_loss (scalar float32) and a dict of scalar float32 metrics:
         ``policy_loss``, ``value_loss``, ``entropy``, ``approx_kl``, ``clip_frac``.
     """
     f32 = jnp.float32
-    log_probs_all = jax.nn.log_softmax(logits.astype(f32), axis=-1)
+    log_probs_all = jax.nn.log_softmax(masked_logits(logits.astype(f32), mask), axis=-1)
     log_probs = jnp.take_along_axis(log_probs_all, actions[..., None].astype(jnp.int32), axis=-1)
     log_ratio = log_probs[..., 0] - old_log_probs.astype(f32)
     ratio = jnp.exp(log_ratio)
@@ -241,11 +253,6 @@ def make_optimizers(
     return inject(learning_rate=actor_lr), inject(learning_rate=critic_lr)
 
 
-def get_learning_rate(opt_state: optax.OptState) -> jax.Array:
-    """The learning rate held in an ``inject_hyperparams`` state, float32 scalar."""
-    return opt_state.hyperparams["learning_rate"]
-
-
 def set_learning_rate(opt_state: optax.OptState, learning_rate: jax.Array | float) -> Any:
     """A copy of ``opt_state`` whose next update uses ``learning_rate``.
 
@@ -303,3 +310,211 @@ def apply_critic_update(
     actor, critic = split_params(params)
     updates, critic_opt_state = critic_tx.update(critic_grads, critic_opt_state, critic)
     return merge_params(actor, optax.apply_updates(critic, updates)), critic_opt_state
+
+
+# ---------------------------------------------------------------------------------------
+# Minibatches and epochs: the learning rule the trainer composes and the benchmark counts.
+
+
+@struct.dataclass
+class Batch:
+    """A rollout ready for the update (or a minibatch of it: M envs, all T steps)."""
+
+    transition: Transition  # leaves [T, B, ...]
+    hidden: Any  # the network's recurrent state before the first step, leaves [B, ...]
+    advantages: jax.Array  # [T, B] float32
+    returns: jax.Array  # [T, B] float32
+
+    def env_axes(self) -> Batch:
+        """The env axis of every leaf: 1 for time-major leaves, 0 for the recurrent state."""
+        return Batch(
+            transition=jax.tree.map(lambda _: 1, self.transition),
+            hidden=jax.tree.map(lambda _: 0, self.hidden),
+            advantages=1,
+            returns=1,
+        )
+
+
+def minibatch_assignment(key: jax.Array, n_envs: int, n_minibatches: int) -> jax.Array:
+    """A random split of the env axis into minibatches: int32 [n_envs // n_minibatches,
+    n_minibatches], row c a permutation of 0..n_minibatches-1.
+
+    Env `c * n_minibatches + a[c, m]` goes to minibatch m: each run of n_minibatches
+    consecutive envs gives one env to every minibatch. A device holds whole runs (its
+    env count is a multiple of n_minibatches), so it builds its part of every minibatch
+    from its own envs, and the split does not depend on the device count.
+    """
+    u = jax.random.uniform(key, (n_envs // n_minibatches, n_minibatches))
+    return jnp.argsort(u, axis=1).astype(jnp.int32)
+
+
+def take_minibatch(tree, assignment: jax.Array, m: jax.Array, axes):
+    """Minibatch `m` of `minibatch_assignment` from every leaf of `tree`, whose env axis is
+    given by `axes` (an int for every leaf, or a tree of ints shaped like `tree`; static:
+    close over it rather than pass it through `jit`)."""
+    runs, n_mb = assignment.shape
+    pick = assignment[:, m]  # [runs], which env of each run
+
+    def take(x, axis):
+        grouped = x.reshape(x.shape[:axis] + (runs, n_mb) + x.shape[axis + 1:])
+        idx = pick.reshape((1,) * axis + (runs, 1) + (1,) * (x.ndim - axis - 1))
+        idx = jnp.broadcast_to(idx, grouped.shape[:axis + 1] + (1,) + grouped.shape[axis + 2:])
+        return jnp.take_along_axis(grouped, idx, axis=axis + 1).squeeze(axis + 1)
+
+    if isinstance(axes, int):
+        return jax.tree.map(lambda x: take(x, axes), tree)
+    return jax.tree.map(take, tree, axes)
+
+
+def _no_shard(tree, axes):
+    return tree
+
+
+@dataclasses.dataclass(frozen=True)
+class LearningRule:
+    """PPO's update of one rollout: `ppo_epochs` x `n_minibatches` clipped-surrogate steps of
+    both optimizer chains, then per minibatch `critic_epochs` value-head-only steps on the
+    trunk features the updated network computes once.
+
+    Minibatches keep whole sequences: the network re-runs each from its stored initial
+    recurrent state. `shard(tree, axes)` pins a tree's env axes to their devices
+    (`jaxtrade.parallel.constrain`); the default leaves placement to XLA.
+    Hyperparameters come in `hp` (any object with float32 `clip`, `vf_coef`, `ent_coef`),
+    so changing them never recompiles.
+    """
+
+    network: Any
+    actor_tx: optax.GradientTransformation
+    critic_tx: optax.GradientTransformation
+    n_envs: int
+    n_minibatches: int
+    ppo_epochs: int
+    critic_epochs: int
+    dropout: bool  # the network has dropout: the update trains with it on
+    clip_value: bool
+    shard: Callable = _no_shard
+
+    def minibatch(self, batch: Batch, assignment: jax.Array, m: jax.Array) -> Batch:
+        axes = batch.env_axes()
+        return self.shard(take_minibatch(batch, assignment, m, axes), axes)
+
+    def assignment(self, key: jax.Array) -> jax.Array:
+        return self.shard(minibatch_assignment(key, self.n_envs, self.n_minibatches), 0)
+
+    def unroll_train(self, params, mb: Batch, key: jax.Array):
+        """Logits and values of a minibatch with dropout on (mask fixed by `key`)."""
+        tr = mb.transition
+        out = self.network.apply(
+            {"params": params}, mb.hidden, tr.obs, tr.reset, deterministic=False,
+            rngs={"dropout": key}, method="unroll",
+        )
+        return out.logits, out.value
+
+    def loss(self, params, old_params, mb: Batch, hp, key: jax.Array):
+        """`ppo_loss` of minibatch `mb` -> (loss, metrics)."""
+        tr = mb.transition
+        logits, values = self.unroll_train(params, mb, key)
+        old_log_probs = tr.log_prob
+        if self.dropout:
+            # Rollouts act without dropout, updates train with it. Comparing a dropped-out
+            # new policy with the dropout-free old one would make the ratio noisy before
+            # any update (clip fractions near 0.5); instead the old policy is re-evaluated
+            # under the same dropout mask, so the ratio measures parameter change only.
+            old_logits, _ = self.unroll_train(old_params, mb, key)
+            old_logits = masked_logits(jax.lax.stop_gradient(old_logits), tr.mask)
+            old_log_probs = jnp.take_along_axis(
+                jax.nn.log_softmax(old_logits), tr.action[..., None], -1
+            )[..., 0]
+        return ppo_loss(
+            logits, values, tr.action, old_log_probs, tr.value, mb.advantages, mb.returns,
+            clip_eps=hp.clip, vf_coef=hp.vf_coef, ent_coef=hp.ent_coef,
+            clip_value=self.clip_value, mask=tr.mask,
+        )
+
+    def actor_critic_step(self, params, old_params, actor_opt, critic_opt, mb: Batch, hp,
+                          key: jax.Array):
+        """One gradient step of both chains on `mb` -> ((params, opts...), metrics)."""
+        grads, metrics = jax.grad(self.loss, has_aux=True)(params, old_params, mb, hp, key)
+        actor_grads, critic_grads = split_params(grads)
+        metrics["actor_grad_norm"] = optax.tree.norm(actor_grads)
+        metrics["critic_grad_norm"] = optax.tree.norm(critic_grads)
+        params, actor_opt, critic_opt = apply_actor_critic_update(
+            params, grads, self.actor_tx, self.critic_tx, actor_opt, critic_opt
+        )
+        return (params, actor_opt, critic_opt), metrics
+
+    def joint_epochs(self, params, actor_opt, critic_opt, batch: Batch, hp, key: jax.Array):
+        """`ppo_epochs` x `n_minibatches` steps -> ((params, actor_opt, critic_opt), metrics
+        averaged over the steps)."""
+        old_params = params
+
+        def minibatch(assignment, carry, xs):
+            params, actor_opt, critic_opt = carry
+            m, key = xs
+            mb = self.minibatch(batch, assignment, m)
+            return self.actor_critic_step(params, old_params, actor_opt, critic_opt, mb, hp, key)
+
+        def epoch(carry, key):
+            key_perm, key_drop = jax.random.split(key)
+            assignment = self.assignment(key_perm)
+            return jax.lax.scan(
+                lambda c, xs: minibatch(assignment, c, xs),
+                carry,
+                (jnp.arange(self.n_minibatches), jax.random.split(key_drop, self.n_minibatches)),
+            )
+
+        carry, metrics = jax.lax.scan(
+            epoch, (params, actor_opt, critic_opt), jax.random.split(key, self.ppo_epochs)
+        )
+        return carry, jax.tree.map(jnp.mean, metrics)
+
+    def trunk(self, params, mb: Batch) -> jax.Array:
+        """The trunk features of minibatch `mb` [T, M, trunk_dim], no gradient."""
+        tr = mb.transition
+        out = self.network.apply({"params": params}, mb.hidden, tr.obs, tr.reset,
+                                 method="unroll")
+        return jax.lax.stop_gradient(out.trunk)
+
+    def critic_loss(self, critic, actor, trunk: jax.Array, tr: Transition, returns):
+        values = self.network.apply({"params": merge_params(actor, critic)}, trunk,
+                                    method="value_from_trunk")
+        return value_loss(values, tr.value, returns, clip_eps=0.0, clip_value=False)
+
+    def critic_step(self, params, critic_opt, trunk: jax.Array, tr: Transition, returns):
+        """One value-head step on cached trunk features -> ((params, critic_opt), loss)."""
+        actor, critic = split_params(params)
+        loss, grads = jax.value_and_grad(self.critic_loss)(critic, actor, trunk, tr, returns)
+        return apply_critic_update(params, grads, self.critic_tx, critic_opt), loss
+
+    def critic_only_epochs(self, params, critic_opt, batch: Batch, key: jax.Array):
+        """Per minibatch: trunk features once, then `critic_epochs` value-head steps ->
+        (params, critic_opt, loss before the first step, loss after the last), the losses
+        averaged over minibatches."""
+        assignment = self.assignment(key)
+
+        def minibatch(carry, m):
+            mb = self.minibatch(batch, assignment, m)
+            trunk = self.trunk(carry[0], mb)
+            return jax.lax.scan(
+                lambda c, _: self.critic_step(*c, trunk, mb.transition, mb.returns),
+                carry, None, length=self.critic_epochs,
+            )
+
+        (params, critic_opt), losses = jax.lax.scan(
+            minibatch, (params, critic_opt), jnp.arange(self.n_minibatches)
+        )
+        return params, critic_opt, losses[:, 0].mean(), losses[:, -1].mean()
+
+    def update(self, params, actor_opt, critic_opt, batch: Batch, hp, key_epochs: jax.Array,
+               key_critic: jax.Array):
+        """The whole update of one rollout -> (params, actor_opt, critic_opt, metrics)."""
+        (params, actor_opt, critic_opt), metrics = self.joint_epochs(
+            params, actor_opt, critic_opt, batch, hp, key_epochs
+        )
+        if self.critic_epochs > 0:
+            params, critic_opt, before, after = self.critic_only_epochs(
+                params, critic_opt, batch, key_critic
+            )
+            metrics["critic_loss_before"] = before
+            metrics["critic_loss_after"] = after
+        return params, actor_opt, critic_opt, metrics

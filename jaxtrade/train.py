@@ -26,8 +26,6 @@ from jaxtrade import config as cfgmod
 from jaxtrade.data import DataError, load_market
 from jaxtrade.data.market import MARKET_FILE, market_record
 from jaxtrade.data.panel import format_date
-from jaxtrade.envs import NAMES
-from jaxtrade.envs.regimes import coinciding
 from jaxtrade.watchdog import Watchdog, enable_stack_dumps, format_seconds
 
 # Per-iteration metrics that must stay finite; the first that is not stops the run.
@@ -38,14 +36,16 @@ FINITE_KEYS = (
 # CLI flag -> config field, for flags whose value goes straight into the config.
 FLAG_FIELDS = (
     "path", "symbols", "start", "end", "max_fill", "val_fraction", "test_fraction", "split_dates",
-    "signal_strength", "episode_length", "n_envs", "n_steps", "n_minibatches", "timesteps",
-    "episodes", "iterations", "hidden_dim", "n_gru_layers", "dropout", "precision", "actor_lr",
+    "signal_strength", "name", "episode_length", "n_envs", "n_steps", "n_minibatches",
+    "timesteps", "episodes", "iterations", "kind", "hidden_dim", "n_gru_layers", "dropout",
+    "precision", "actor_lr",
     "critic_lr", "ppo_epochs", "critic_epochs", "gamma", "gae_lambda", "clip", "ent_coef",
     "vf_coef", "max_grad_norm", "seed", "run_dir", "iterations_per_call", "log_every",
     "save_every", "keep_checkpoints", "eval_every", "early_stop",
 )
 # Config key -> the flag that sets it, to name it in messages.
-FLAG_OF = {**{k: "--" + k.replace("_", "-") for k in FLAG_FIELDS}, "path": "--data"}
+FLAG_OF = {**{k: "--" + k.replace("_", "-") for k in FLAG_FIELDS}, "path": "--data",
+           "name": "--env", "kind": "--network"}
 DURATION_FIELDS = ("timesteps", "episodes", "iterations")
 
 
@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-fill", type=int, help="max consecutive missing bars to forward-fill [5]")
     g.add_argument("--signal-strength", type=float,
                    help="synthetic market: strength of the tradable signal [1.0]")
+    g.add_argument("--env", dest="name", metavar="NAME",
+                   help="registered environment (jaxtrade.envs.registered()) [portfolio]")
     g.add_argument("--episode-length", type=int, help="steps per training episode [256]")
     g = p.add_argument_group("rollout and duration (--timesteps > --episodes > --iterations)")
     g.add_argument("--n-envs", type=int,
@@ -93,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--episodes", type=int, help="train for this many x episode length steps")
     g.add_argument("--iterations", type=int, help="train for this many x n_envs x n_steps steps")
     g = p.add_argument_group("network")
+    g.add_argument("--network", dest="kind", metavar="KIND",
+                   help="network: gru (recurrent) or mlp (feed-forward) [gru]")
     g.add_argument("--hidden-dim", type=int, help="encoder/GRU width [256]")
     g.add_argument("--n-gru-layers", type=int, help="stacked GRU layers [2]")
     g.add_argument("--dropout", type=float, help="dropout rate [0.0]")
@@ -286,13 +290,15 @@ def log_line(row: dict, total_iters: int) -> str:
     )
 
 
-def verbose_lines(row: dict) -> list[str]:
-    hist = " ".join(f"{n}={f:.2f}" for n, f in zip(NAMES, row["action_freq"], strict=True))
+def verbose_lines(row: dict, action_names) -> list[str]:
+    hist = " ".join(f"{n}={f:.2f}" for n, f in zip(action_names, row["action_freq"],
+                                                    strict=True))
+    cost = f" | cost/step {row['cost_mean']:.5f}" if "cost_mean" in row else ""
     return [
         f"    adv mean {row['advantage_mean']:+.4f} std {row['advantage_std']:.4f} | "
         f"grad norm actor {row['actor_grad_norm']:.3f} critic {row['critic_grad_norm']:.3f} | "
         f"critic loss {row.get('critic_loss_before', float('nan')):.5f} -> "
-        f"{row.get('critic_loss_after', float('nan')):.5f} | cost/step {row['cost_mean']:.5f}",
+        f"{row.get('critic_loss_after', float('nan')):.5f}{cost}",
         f"    actions: {hist}",
     ]
 
@@ -307,9 +313,20 @@ def eval_line(row: dict, new_best: bool) -> str:
 
 def eval_interval(cfg: cfgmod.Config, market, given: bool) -> int:
     """Iterations between validation walks: `run.eval_every`, or 0 when the market has no
-    validation range and eval_every is the default (an eval_every set by the user, or early
-    stopping, is then an error)."""
+    validation range, or the env is not the portfolio (the walk reports trading results),
+    and eval_every is the default (an eval_every set by the user, or early stopping, is
+    then an error)."""
     every = cfg.run.eval_every
+    from jaxtrade.envs import PortfolioEnv
+
+    if every and cfg.env.name != PortfolioEnv.name:
+        if given or every != cfgmod.RunConfig.eval_every:
+            raise UsageError(
+                f"--eval-every {every}: validation walks report trading results of the "
+                f"{PortfolioEnv.name} env; --env {cfg.env.name} trains without them "
+                f"(pass --eval-every 0)"
+            )
+        every = 0
     lo, hi = market.bounds("validation")
     if every and hi - lo == 0:
         if given or every != cfgmod.RunConfig.eval_every:
@@ -516,7 +533,7 @@ def _train(args: argparse.Namespace) -> int:
     from jaxtrade import checkpoint as ckpt
     from jaxtrade.evaluation import make_evaluator
     from jaxtrade.tensorboard import TensorBoardLog
-    from jaxtrade.trainer import count_network_params, make_network, make_train, set_hparams
+    from jaxtrade.trainer import build_network, count_network_params, make_train, set_hparams
 
     platform = jax.default_backend()
     mesh = parallel.make_mesh(args.devices)
@@ -550,12 +567,16 @@ def _train(args: argparse.Namespace) -> int:
     ).without_test()  # the test range is python -m jaxtrade.evaluate's alone
     eval_every = eval_interval(cfg, market, given=args.eval_every is not None)
     from jaxtrade import memory
-    from jaxtrade.envs import PortfolioEnv
+    from jaxtrade.envs import make_env
 
     max_vram = args.max_vram
     if max_vram is None and args.preset:
         max_vram = cfgmod.PRESET_MAX_VRAM_GB.get(args.preset)
-    env = PortfolioEnv(market)
+    try:
+        env = make_env(cfg.env.name, market)
+    except ValueError as e:
+        raise UsageError(f"--env: {e}") from None
+    network = build_network(cfg, env)
     sizing = size_n_envs(cfg, env, n_devices, max_vram,
                          given=start.n_envs_given, fixed=start.mode in ("resume", "checkpoint"))
     cfg = cfgmod.validate(sizing.cfg, n_devices=n_devices)
@@ -563,7 +584,7 @@ def _train(args: argparse.Namespace) -> int:
     if start.mode != "resume":
         check_new_run_dir(run_dir)
     total_iters = cfgmod.total_iterations(cfg)
-    pc, nc = cfg.ppo, cfg.network
+    pc = cfg.ppo
     steps_per_iter = pc.n_envs * pc.n_steps
     total_steps = total_iters * steps_per_iter
     first, stop = market.bounds("validation")
@@ -571,14 +592,14 @@ def _train(args: argparse.Namespace) -> int:
 
     # The banner, printed before anything is placed on a device or compiled.
     say(f"jaxtrade {__version__} | jax {jax.__version__} | {parallel.describe(mesh)}, "
-        f"{platform} | precision {np.dtype(make_network(cfg).dtype).name}")
+        f"{platform} | precision {np.dtype(network.dtype).name}")
     say(f"market: {market.describe()}")
     for line in market.report:
         say(f"  {line}")
-    for group in coinciding(market.n_assets):
-        say(f"  with {market.n_assets} asset{'s' if market.n_assets > 1 else ''} these regimes "
-            f"are the same position: {' = '.join(group)}")
-    say(f"model: GRU actor-critic, hidden {nc.hidden_dim} x {nc.n_gru_layers} layers, "
+    say(f"env: {env.name}")
+    for line in env.notes():
+        say(f"  {line}")
+    say(f"model: {network.describe()}, "
         f"{count_network_params(cfg, env):,} parameters (obs {env.obs_dim}, "
         f"{env.num_actions} actions)")
     say(f"ppo: {pc.n_envs:,} envs x {pc.n_steps} steps = {steps_per_iter:,} steps/iteration, "
@@ -721,7 +742,7 @@ def _train(args: argparse.Namespace) -> int:
             say(f"compiling {k} iteration(s) per call...", end=" ", flush=True)
             t0 = time.perf_counter()
             with watchdog.waiting(f"compiling the training program ({k} iteration(s) per call)"):
-                compiled[k] = trainer.run.lower(state, k).compile()
+                compiled[k] = trainer.compile(state, k)
             dt_s = time.perf_counter() - t0
             compile_s += dt_s
             say(f"done in {dt_s:.1f}s")
@@ -766,7 +787,7 @@ def _train(args: argparse.Namespace) -> int:
                 t0 = time.perf_counter()
                 span = f" {done_iters + 1}" if k == 1 else f"s {done_iters + 1}-{done_iters + k}"
                 with watchdog.waiting(f"running iteration{span}"):
-                    state, metrics = fn(state)
+                    state, metrics = fn(state, trainer.env_params)
                     metrics = jax.device_get(metrics)
                 dt_s = time.perf_counter() - t0
                 if not peak:
@@ -821,7 +842,7 @@ def _train(args: argparse.Namespace) -> int:
                         progress.clear()
                         print(log_line(row, total_iters), flush=True)
                         if verbosity > 1:
-                            for line in verbose_lines(row):
+                            for line in verbose_lines(row, env.action_names):
                                 print(line)
                     if verbosity > 0 and ckpt.VAL_SCORE_KEY in row:
                         progress.clear()

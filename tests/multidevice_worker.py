@@ -45,7 +45,7 @@ def main() -> None:
     for n in (1, N):
         trainer = make_train(cfg, market, parallel.make_mesh(n))
         state = trainer.initial_state(jax.random.key(0))
-        compiled = trainer.run.lower(state, ITERATIONS).compile()
+        compiled = trainer.compile(state, ITERATIONS)
         if n == N:
             text = compiled.as_text()
             out["collectives"] = {
@@ -55,7 +55,7 @@ def main() -> None:
             }
             out["obs_sharding"] = str(state.carry.obs.sharding.spec)
             out["obs_shards"] = len(state.carry.obs.addressable_shards)
-        state, metrics = compiled(state)
+        state, metrics = compiled(state, trainer.env_params)
         runs[n] = (jax.device_get(state.params), jax.device_get(metrics))
     (p1, m1), (pn, mn) = runs[1], runs[N]
     leaves1, leavesn = jax.tree.leaves(p1), jax.tree.leaves(pn)

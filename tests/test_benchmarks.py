@@ -14,8 +14,8 @@ from benchmarks import throughput
 from benchmarks.common import device_info, result_path
 from jaxtrade.config import Config
 from jaxtrade.data import load_market
-from jaxtrade.envs import N_REGIMES, PortfolioEnv
-from jaxtrade.networks import ActorCritic, count_params
+from jaxtrade.envs import PortfolioEnv
+from jaxtrade.networks import GRUActorCritic, count_params, param_shapes
 
 HIDDEN, LAYERS, N_ENVS, N_STEPS = 16, 1, 8, 8
 TINY = ["--n-envs", str(N_ENVS), "--n-steps", str(N_STEPS), "--hidden-dim", str(HIDDEN),
@@ -91,11 +91,9 @@ def matmul_flops(tree) -> int:
 
 def test_flops_match_an_analytic_count(row):
     ppo = Config().ppo
-    obs_dim = PortfolioEnv(load_market(synthetic=Config().data.synthetic())).obs_dim
-    params = jax.eval_shape(
-        ActorCritic(N_REGIMES, HIDDEN, LAYERS, dropout=0.0).init, jax.random.key(0),
-        jnp.zeros((LAYERS, 1, HIDDEN)), jnp.zeros((1, obs_dim)), jnp.ones((1,), bool),
-    )["params"]
+    env = PortfolioEnv(load_market(synthetic=Config().data.synthetic()))
+    params = param_shapes(GRUActorCritic(env.obs_dim, env.num_actions, HIDDEN, LAYERS,
+                                         dropout=0.0))
     assert row["n_params"] == count_params(params)
     forward = matmul_flops(params)
     trunk = matmul_flops({k: params[k] for k in ("encoder", "gru")})

@@ -137,7 +137,7 @@ def test_load_rejects_unknown_key_listing_the_section_keys(tmp_path):
         C.load(path)
     assert str(e.value) == (
         f"{path}: unknown key 'hiden_dim' in [network] (did you mean 'hidden_dim'?); "
-        "valid keys: hidden_dim, n_gru_layers, dropout, precision"
+        "valid keys: kind, hidden_dim, n_gru_layers, dropout, precision"
     )
 
 
@@ -358,6 +358,8 @@ def test_validate_suggests_nearest_valid_n_envs():
         ("slippage=0.2", "slippage=0.2 must be in [0, 0.1)"),
         ("ruin_fraction=1", "ruin_fraction=1.0 must be in [0, 1)"),
         ("precision=fp16", "precision='fp16' must be one of auto|fp32|bf16"),
+        ("kind=lstm", "kind='lstm' must be one of gru|mlp"),
+        ("name=stocks", "name='stocks' must be a registered env: "),
         ("episode_length=0", "episode_length=0 must be >= 1"),
         ("timesteps=0", "timesteps=0 must be >= 1"),
         ("iterations_per_call=0", "iterations_per_call=0 must be >= 1"),

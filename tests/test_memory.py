@@ -16,12 +16,14 @@ BASE = dict(
     hidden_dim=16, n_gru_layers=1, n_steps=16, n_minibatches=2, ppo_epochs=1, critic_epochs=1,
     episode_length=SMALL_EPISODE, precision="fp32",
 )
-# Three programs, compiled once for the module: SMALL and LARGE differ in n_envs only
-# (LARGE is dominated by per-env memory), WIDE varies width, depth, n_steps, minibatches.
+# Four programs, compiled once for the module: SMALL and LARGE differ in n_envs only
+# (LARGE is dominated by per-env memory), WIDE varies width, depth, n_steps, minibatches,
+# MLP is the feed-forward network (no recurrent state; its own `saved_bytes_per_step`).
 PROGRAMS = {
     "small": dict(n_envs=32),
     "large": dict(n_envs=512),
     "wide": dict(n_envs=64, hidden_dim=64, n_gru_layers=2, n_steps=32, n_minibatches=4),
+    "mlp": dict(n_envs=64, kind="mlp", hidden_dim=64),
 }
 
 
@@ -31,13 +33,13 @@ def make_config(**fields) -> Config:
 
 @pytest.fixture(scope="module")
 def compiled(small_market):
-    """name -> (config, compiled_bytes of `make_train(config).run` for one iteration)."""
+    """name -> (config, compiled_bytes of `make_train(config).program` for one iteration)."""
     out = {}
     for name, fields in PROGRAMS.items():
         cfg = make_config(**fields)
         trainer = make_train(cfg, small_market)
         state = jax.eval_shape(trainer.init, jax.random.key(0))
-        out[name] = cfg, memory.compiled_bytes(trainer.run.lower(state, 1).compile())
+        out[name] = cfg, memory.compiled_bytes(trainer.compile(state, 1))
     return out
 
 
@@ -88,6 +90,8 @@ def test_deeper_wider_longer_cost_more(small_env):
     base = memory.estimate(make_config(n_envs=64), small_env).per_env_bytes
     for fields in (dict(hidden_dim=32), dict(n_gru_layers=2), dict(n_steps=32)):
         assert memory.estimate(make_config(n_envs=64, **fields), small_env).per_env_bytes > base
+    # No recurrence: the MLP network of the same width keeps less (no GRU state or gates).
+    assert memory.estimate(make_config(n_envs=64, kind="mlp"), small_env).per_env_bytes < base
     # More minibatches: fewer envs' activations alive at once.
     assert memory.estimate(make_config(n_envs=64, n_minibatches=4), small_env).per_env_bytes < base
 

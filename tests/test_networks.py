@@ -1,11 +1,24 @@
-"""Tests for jaxtrade/networks.py: layout, dtypes, GRU resets, unroll parity, dropout."""
+"""Tests for jaxtrade/networks/: GRU layout, dtypes, resets, unroll parity, dropout; the
+MLP network; building a network from its config."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtrade.networks import ActorCritic, count_params, initial_hidden, orthonormal
+from jaxtrade.config import NetworkConfig
+from jaxtrade.networks import (
+    GRUActorCritic,
+    MLPActorCritic,
+    Step,
+    Unroll,
+    count_params,
+    dummy_inputs,
+    init_params,
+    make_network,
+    orthonormal,
+    param_shapes,
+)
 
 # Tiny shapes keep compilation short; the reference layout is only
 # shape-evaluated.
@@ -25,12 +38,12 @@ KEY = _key(42)
 def _inputs(seed: int):
     k_obs, k_hidden = jax.random.split(jax.random.key(seed))
     obs = jax.random.normal(k_obs, (T, B, D))
-    hidden = jax.random.normal(k_hidden, (L, B, H))
+    hidden = jax.random.normal(k_hidden, (B, L, H))  # env axis first
     return obs, hidden
 
 
-def _model(dtype=jnp.float32, dropout: float = 0.1) -> ActorCritic:
-    return ActorCritic(A, hidden_dim=H, n_gru_layers=L, dropout=dropout, dtype=dtype)
+def _model(dtype=jnp.float32, dropout: float = 0.1) -> GRUActorCritic:
+    return GRUActorCritic(D, A, hidden_dim=H, n_gru_layers=L, dropout=dropout, dtype=dtype)
 
 
 class Net:
@@ -48,7 +61,7 @@ class Net:
 
         def unroll(p, h, o, r, key=KEY, deterministic=True):
             return model.apply(
-                p, h, o, r, deterministic, method=ActorCritic.unroll, rngs={"dropout": key}
+                p, h, o, r, deterministic, method="unroll", rngs={"dropout": key}
             )
 
         self.step = jax.jit(step, static_argnames="deterministic")
@@ -57,9 +70,8 @@ class Net:
 
 @pytest.fixture(scope="module")
 def params():
-    return jax.jit(_model().init)(
-        _key(0), initial_hidden(L, B, H), jnp.zeros((B, D)), jnp.ones(B, bool)
-    )
+    model = _model()
+    return jax.jit(model.init)(_key(0), *dummy_inputs(model, B))
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +90,8 @@ def net_dropout(params) -> Net:
 
 
 def test_reference_layout_parameter_count():
-    model = ActorCritic(16, hidden_dim=256, n_gru_layers=2, dropout=0.1)
-    shapes = jax.eval_shape(
-        model.init, jax.random.key(0), initial_hidden(2, 1, 256), jnp.zeros((1, 64)),
-        jnp.ones(1, bool),
-    )["params"]
+    model = GRUActorCritic(64, 16, hidden_dim=256, n_gru_layers=2, dropout=0.1)
+    shapes = param_shapes(model)
     assert set(shapes) == {"encoder", "gru", "policy_head", "value_head"}
     n = count_params(shapes)
     # Same as torch: encoder 83,456 + 2 GRU layers 789,504 + policy 35,216 + value 33,281.
@@ -112,18 +121,16 @@ def test_orthonormal_is_the_q_of_qr_with_a_positive_diagonal_of_r():
 def test_init_calls_no_lapack_kernel():
     # jaxlib 0.10's batched CPU LAPACK kernels can block every XLA pool thread: the start-up
     # hang of multi-device runs (see `orthonormal`). Nothing LAPACK may reach a compiled init.
-    model = ActorCritic(A, hidden_dim=64, n_gru_layers=2, dropout=0.0)
-    text = jax.jit(model.init).lower(
-        jax.random.key(0), initial_hidden(2, 1, 64), jnp.zeros((1, D)), jnp.ones((1,), bool)
-    ).as_text()
+    model = GRUActorCritic(D, A, hidden_dim=64, n_gru_layers=2, dropout=0.0)
+    text = jax.jit(lambda key: init_params(model, key)).lower(jax.random.key(0)).as_text()
     assert "lapack" not in text.lower()
 
 
 def test_init_through_unroll_gives_the_same_tree(net):
     seq = jax.eval_shape(
         lambda k: net.model.init(
-            k, initial_hidden(L, B, H), jnp.zeros((T, B, D)), jnp.ones((T, B), bool),
-            method=ActorCritic.unroll,
+            k, net.model.initial_state(B), jnp.zeros((T, B, D)), jnp.ones((T, B), bool),
+            method="unroll",
         ),
         jax.random.key(0),
     )
@@ -139,13 +146,17 @@ def test_shapes_and_dtypes(which, request):
     obs, hidden = _inputs(1)
     reset = jnp.zeros((T, B), bool)
 
-    new_hidden, logits, value = n.step(n.params, hidden, obs[0], reset[0])
-    assert (new_hidden.shape, new_hidden.dtype) == ((L, B, H), jnp.float32)
+    step = n.step(n.params, hidden, obs[0], reset[0])
+    assert isinstance(step, Step)
+    new_hidden, logits, value = step.state, step.logits, step.value
+    assert (new_hidden.shape, new_hidden.dtype) == ((B, L, H), jnp.float32)
     assert (logits.shape, logits.dtype) == ((B, A), jnp.float32)
     assert (value.shape, value.dtype) == ((B,), jnp.float32)
 
-    final, logits, values, trunk = n.unroll(n.params, hidden, obs, reset)
-    assert (final.shape, final.dtype) == ((L, B, H), jnp.float32)
+    out = n.unroll(n.params, hidden, obs, reset)
+    assert isinstance(out, Unroll)
+    final, logits, values, trunk = out.state, out.logits, out.value, out.trunk
+    assert (final.shape, final.dtype) == ((B, L, H), jnp.float32)
     assert (logits.shape, logits.dtype) == ((T, B, A), jnp.float32)
     assert (values.shape, values.dtype) == ((T, B), jnp.float32)
     assert (trunk.shape, trunk.dtype) == ((T, B, H), compute)
@@ -155,36 +166,37 @@ def test_shapes_and_dtypes(which, request):
 def test_bfloat16_tracks_float32(net, net_bf16):
     obs, hidden = _inputs(2)
     reset = jnp.zeros((T, B), bool)
-    _, logits32, values32, _ = net.unroll(net.params, hidden, obs, reset)
-    _, logits16, values16, _ = net_bf16.unroll(net.params, hidden, obs, reset)
-    np.testing.assert_allclose(logits16, logits32, atol=0.1)
-    np.testing.assert_allclose(values16, values32, atol=0.1)
+    out32 = net.unroll(net.params, hidden, obs, reset)
+    out16 = net_bf16.unroll(net.params, hidden, obs, reset)
+    np.testing.assert_allclose(out16.logits, out32.logits, atol=0.1)
+    np.testing.assert_allclose(out16.value, out32.value, atol=0.1)
 
 
 def test_reset_is_a_step_from_zero_hidden(net):
     obs, hidden = _inputs(3)
-    zeros = initial_hidden(L, B, H)
+    zeros = net.model.initial_state(B)
+    assert (zeros.shape, zeros.dtype) == ((B, L, H), jnp.float32) and not zeros.any()
     from_zero = net.step(net.params, zeros, obs[0], jnp.zeros(B, bool))
     reset = net.step(net.params, hidden, obs[0], jnp.ones(B, bool))
-    for a, b in zip(from_zero, reset, strict=True):
+    for a, b in zip(jax.tree.leaves(from_zero), jax.tree.leaves(reset), strict=True):
         np.testing.assert_array_equal(a, b)
 
     carried = net.step(net.params, hidden, obs[0], jnp.zeros(B, bool))
-    for a, b in zip(from_zero, carried, strict=True):
+    for a, b in zip(jax.tree.leaves(from_zero), jax.tree.leaves(carried), strict=True):
         assert not np.allclose(a, b)
 
 
 def test_reset_applies_per_env(net):
     obs, hidden = _inputs(4)
     mask = jnp.array([True, False, True])
-    zeros = initial_hidden(L, B, H)
+    zeros = net.model.initial_state(B)
     mixed = net.step(net.params, hidden, obs[0], mask)
     from_zero = net.step(net.params, zeros, obs[0], jnp.zeros(B, bool))
     carried = net.step(net.params, hidden, obs[0], jnp.zeros(B, bool))
-    new_hidden, logits, _ = mixed
-    np.testing.assert_allclose(logits[mask], from_zero[1][mask], rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(logits[~mask], carried[1][~mask], rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(new_hidden[:, ~mask], carried[0][:, ~mask], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(mixed.logits[mask], from_zero.logits[mask], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(mixed.logits[~mask], carried.logits[~mask], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(mixed.state[mask], from_zero.state[mask], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(mixed.state[~mask], carried.state[~mask], rtol=1e-6, atol=1e-6)
 
 
 def _np_forward(params, hidden, obs, reset):
@@ -200,10 +212,10 @@ def _np_forward(params, hidden, obs, reset):
     x = np.asarray(obs, np.float64)
     for i in range(2):
         x = norm(p["encoder"][f"norm_{i}"], relu(dense(p["encoder"][f"dense_{i}"], x)))
-    hidden = np.where(np.asarray(reset)[None, :, None], 0.0, np.asarray(hidden, np.float64))
+    hidden = np.where(np.asarray(reset)[:, None, None], 0.0, np.asarray(hidden, np.float64))
     new_hidden = []
     for layer in range(L):
-        q, h = p["gru"][f"layer_{layer}"], hidden[layer]
+        q, h = p["gru"][f"layer_{layer}"], hidden[:, layer]
         i_r, i_z, i_n = np.split(dense(q["input"], x), 3, axis=-1)
         h_r, h_z, h_n = np.split(dense(q["recurrent"], h), 3, axis=-1)
         r, z = sigmoid(i_r + h_r), sigmoid(i_z + h_z)
@@ -213,7 +225,7 @@ def _np_forward(params, hidden, obs, reset):
     def head(q):
         return dense(q["out"], norm(q["norm"], relu(dense(q["dense"], x))))
 
-    return np.stack(new_hidden), head(p["policy_head"]), head(p["value_head"])[:, 0]
+    return np.stack(new_hidden, axis=1), head(p["policy_head"]), head(p["value_head"])[:, 0]
 
 
 def test_step_matches_numpy_forward(net):
@@ -221,26 +233,29 @@ def test_step_matches_numpy_forward(net):
     reset = jnp.array([False, True, False])
     out = net.step(net.params, hidden, obs[0], reset)
     ref = _np_forward(net.params, hidden, obs[0], reset)
-    for name, a, b in zip(("hidden", "logits", "value"), out, ref, strict=True):
+    for name, a, b in zip(("hidden", "logits", "value"), (out.state, out.logits, out.value), ref,
+                          strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def test_unroll_equals_repeated_steps(net):
     obs, hidden = _inputs(5)
     reset = jnp.zeros((T, B), bool).at[2, 0].set(True).at[4, 2].set(True)
-    final, logits, values, trunk = net.unroll(net.params, hidden, obs, reset)
+    out = net.unroll(net.params, hidden, obs, reset)
+    final, logits, values, trunk = out.state, out.logits, out.value, out.trunk
 
     h = hidden
     step_logits, step_values = [], []
     for t in range(T):  # the reference loop, outside jit
-        h, lg, v = net.step(net.params, h, obs[t], reset[t])
-        step_logits.append(lg)
-        step_values.append(v)
+        step = net.step(net.params, h, obs[t], reset[t])
+        h = step.state
+        step_logits.append(step.logits)
+        step_values.append(step.value)
     np.testing.assert_allclose(final, h, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(logits, jnp.stack(step_logits), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(values, jnp.stack(step_values), rtol=1e-5, atol=1e-5)
 
-    from_trunk = net.model.apply(net.params, trunk, method=ActorCritic.value_from_trunk)
+    from_trunk = net.model.apply(net.params, trunk, method="value_from_trunk")
     np.testing.assert_allclose(from_trunk, values, rtol=1e-6, atol=1e-6)
 
 
@@ -251,8 +266,9 @@ def test_reset_cuts_dependence_on_the_past(net):
     other_obs = obs.at[:t_reset].set(obs[:t_reset] * -2.0 + 1.0)
     other_hidden = hidden * 3.0
 
-    _, logits_a, values_a, _ = net.unroll(net.params, hidden, obs, reset)
-    _, logits_b, values_b, _ = net.unroll(net.params, other_hidden, other_obs, reset)
+    a = net.unroll(net.params, hidden, obs, reset)
+    b = net.unroll(net.params, other_hidden, other_obs, reset)
+    logits_a, values_a, logits_b, values_b = a.logits, a.value, b.logits, b.value
     np.testing.assert_array_equal(logits_a[t_reset:], logits_b[t_reset:])
     np.testing.assert_array_equal(values_a[t_reset:], values_b[t_reset:])
     # ...while before the reset the perturbation does show.
@@ -267,26 +283,97 @@ def test_dropout_only_when_not_deterministic(net, net_dropout):
 
     plain = net.unroll(net.params, hidden, obs, reset)
     det = net_dropout.unroll(net.params, hidden, obs, reset, key_a)
-    np.testing.assert_array_equal(plain[1], det[1])
+    np.testing.assert_array_equal(plain.logits, det.logits)
 
     drop_a = net_dropout.unroll(net.params, hidden, obs, reset, key_a, deterministic=False)
     drop_a2 = net_dropout.unroll(net.params, hidden, obs, reset, key_a, deterministic=False)
     drop_b = net_dropout.unroll(net.params, hidden, obs, reset, key_b, deterministic=False)
-    np.testing.assert_array_equal(drop_a[1], drop_a2[1])
-    assert not np.allclose(drop_a[1], plain[1])
-    assert not np.allclose(drop_a[1], drop_b[1])
+    np.testing.assert_array_equal(drop_a.logits, drop_a2.logits)
+    assert not np.allclose(drop_a.logits, plain.logits)
+    assert not np.allclose(drop_a.logits, drop_b.logits)
 
     step_det = net.step(net.params, hidden, obs[0], reset[0])
     step_drop = net_dropout.step(net.params, hidden, obs[0], reset[0], key_a, deterministic=False)
-    assert not np.allclose(step_det[1], step_drop[1])
+    assert not np.allclose(step_det.logits, step_drop.logits)
 
 
 def test_unroll_dropout_masks_differ_across_time(net_dropout):
     """With a constant input and zero state, identical steps differ only by their masks."""
     obs = jnp.ones((T, B, D))
     reset = jnp.ones((T, B), bool)  # every step starts from zeros
-    _, logits, _, _ = net_dropout.unroll(
-        net_dropout.params, initial_hidden(L, B, H), obs, reset, _key(10),
+    logits = net_dropout.unroll(
+        net_dropout.params, net_dropout.model.initial_state(B), obs, reset, _key(10),
         deterministic=False,
-    )
+    ).logits
     assert not np.allclose(logits[0], logits[1])
+
+
+# ------------------------------------------------------------------ building by kind
+
+
+def _gru_param_shapes() -> dict:
+    """The GRU's params tree as shapes (the `params` fixture's tree), nothing computed."""
+    model = _model()
+    return jax.eval_shape(model.init, _key(0), *dummy_inputs(model, B))["params"]
+
+
+def test_make_network_builds_the_configured_kind():
+    gru = make_network(NetworkConfig(hidden_dim=H, n_gru_layers=L, dropout=0.1, precision="bf16"),
+                       D, A, platform="cpu")
+    assert isinstance(gru, GRUActorCritic)
+    assert (gru.obs_dim, gru.n_actions, gru.hidden_dim, gru.n_gru_layers, gru.dropout) == (
+        D, A, H, L, 0.1)
+    assert gru.dtype == jnp.bfloat16
+    # The tree `init_params` and `param_shapes` build is the one `init` builds.
+    shapes = jax.tree.map(lambda x: (x.shape, x.dtype), param_shapes(gru))
+    assert shapes == jax.tree.map(lambda x: (x.shape, x.dtype), _gru_param_shapes())
+
+    mlp = make_network(NetworkConfig(kind="mlp", hidden_dim=H, dropout=0.0), D, A, platform="cpu")
+    assert isinstance(mlp, MLPActorCritic) and mlp.dtype == jnp.float32  # auto: fp32 on CPU
+    assert (mlp.obs_dim, mlp.n_actions, mlp.hidden_dim) == (D, A, H)
+    assert make_network(NetworkConfig(), D, A, platform="gpu").dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="unknown network kind 'lstm'; choose one of gru, mlp"):
+        make_network(NetworkConfig(kind="lstm"), D, A, platform="cpu")
+
+
+def test_dummy_inputs_are_what_init_traces_with():
+    model = _model()
+    state, obs, reset = dummy_inputs(model, 3)
+    assert (state.shape, state.dtype) == ((3, L, H), jnp.float32)
+    assert (obs.shape, obs.dtype) == ((3, D), jnp.float32)
+    assert (reset.shape, reset.dtype) == ((3,), jnp.bool_) and reset.all()
+
+
+def test_mlp_is_the_gru_network_without_its_recurrence():
+    model = MLPActorCritic(D, A, hidden_dim=H, dropout=0.0)
+    assert model.initial_state(B) == ()
+    params = jax.jit(lambda k: init_params(model, k))(_key(1))
+    assert set(params) == {"encoder", "policy_head", "value_head"}
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+    # Same encoder and heads as the GRU network of the same width.
+    gru = {k: v for k, v in _gru_param_shapes().items() if k != "gru"}
+    assert jax.tree.map(lambda x: x.shape, params) == jax.tree.map(lambda x: x.shape, gru)
+    assert count_params(params) == count_params(gru)
+
+    step = jax.jit(lambda p, o, r: model.apply({"params": p}, (), o, r))
+    unroll = jax.jit(lambda p, o, r: model.apply({"params": p}, (), o, r, method="unroll"))
+    obs, _ = _inputs(12)
+    no_reset = jnp.zeros((T, B), bool)
+    out = unroll(params, obs, no_reset)
+    assert isinstance(out, Unroll) and out.state == ()
+    assert (out.logits.shape, out.logits.dtype) == ((T, B, A), jnp.float32)
+    assert (out.value.shape, out.value.dtype) == ((T, B), jnp.float32)
+    assert (out.trunk.shape, out.trunk.dtype) == ((T, B, H), jnp.float32)
+    assert np.isfinite(np.asarray(out.logits)).all()
+    # No memory: each step sees its observation alone, whatever came before or was reset.
+    for t in range(T):
+        s = step(params, obs[t], no_reset[t])
+        assert isinstance(s, Step) and s.state == ()
+        np.testing.assert_allclose(s.logits, out.logits[t], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(s.value, out.value[t], rtol=1e-5, atol=1e-5)
+    reset = unroll(params, obs, jnp.ones((T, B), bool))
+    np.testing.assert_array_equal(reset.logits, out.logits)
+    shuffled = unroll(params, obs[::-1], no_reset)
+    np.testing.assert_allclose(shuffled.logits[::-1], out.logits, rtol=1e-6, atol=1e-6)
+    from_trunk = model.apply({"params": params}, out.trunk, method="value_from_trunk")
+    np.testing.assert_allclose(from_trunk, out.value, rtol=1e-6, atol=1e-6)

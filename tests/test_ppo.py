@@ -1,4 +1,5 @@
-"""Tests for jaxtrade/ppo.py: GAE, losses, the two optimizer chains, runtime learning rates."""
+"""Tests for jaxtrade/ppo.py: GAE, losses (action masks included), the two optimizer chains,
+runtime learning rates, minibatches of a `Batch`."""
 
 import chex
 import jax
@@ -8,7 +9,8 @@ import optax
 import pytest
 
 from jaxtrade import ppo
-from jaxtrade.networks import ActorCritic, initial_hidden
+from jaxtrade.networks import GRUActorCritic, init_params
+from jaxtrade.rollout import Transition
 
 # --------------------------------------------------------------------------- GAE
 
@@ -247,6 +249,71 @@ def test_clipped_samples_get_no_policy_gradient():
     assert (per_sample[[0, 3, 4, 5]] > 1e-3).all()
 
 
+# Actions 2 of sample 0 and 0 of samples 3 and 5 were invalid (the taken ones are all valid).
+MASK = np.ones((6, 3), bool)
+MASK[0, 2] = MASK[3, 1] = MASK[5, 0] = MASK[5, 1] = False
+
+
+def _np_masked_policy(b, mask):
+    """The reference's log-softmax and entropy over the valid actions only, float64."""
+    logits = np.where(mask, b["logits"].astype(np.float64), -np.inf)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    log_prob = log_probs[np.arange(len(logits)), b["actions"]]
+    entropy = -np.mean(np.sum(np.exp(log_probs) * np.where(mask, log_probs, 0.0), -1))
+    return log_prob, entropy
+
+
+def _masked_loss(b, mask):
+    return jax.jit(ppo.ppo_loss, static_argnames="clip_value")(
+        *(jnp.asarray(b[k], jnp.float32 if b[k].dtype == np.float64 else None) for k in (
+            "logits", "values", "actions", "old_log_probs", "old_values", "advantages",
+            "returns")),
+        clip_eps=CLIP_EPS, vf_coef=VF_COEF, ent_coef=ENT_COEF, clip_value=False,
+        mask=None if mask is None else jnp.asarray(mask),
+    )
+
+
+def test_ppo_loss_masks_invalid_actions():
+    b = _minibatch()
+    assert MASK[np.arange(6), b["actions"]].all()
+    total, m = _masked_loss(b, MASK)
+    log_prob, entropy = _np_masked_policy(b, MASK)
+    ratio = np.exp(log_prob - b["old_log_probs"])
+    adv = (b["advantages"] - b["advantages"].mean()) / (b["advantages"].std() + 1e-8)
+    policy = -np.mean(np.minimum(ratio * adv, np.clip(ratio, 1 - CLIP_EPS, 1 + CLIP_EPS) * adv))
+    np.testing.assert_allclose(m["policy_loss"], policy, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(m["entropy"], entropy, rtol=1e-5)
+    np.testing.assert_allclose(m["approx_kl"], np.mean(ratio - 1 - np.log(ratio)), rtol=1e-5)
+    _, ref = _np_ppo_loss(b, False)  # the value loss does not depend on the mask
+    np.testing.assert_allclose(m["value_loss"], ref["value_loss"], rtol=1e-5)
+    np.testing.assert_allclose(total, policy + VF_COEF * ref["value_loss"] - ENT_COEF * entropy,
+                               rtol=1e-5)
+    assert np.isfinite(float(total))
+    # Removing probability from the invalid actions changes the policy terms...
+    _, unmasked = _masked_loss(b, None)
+    assert not np.isclose(m["entropy"], unmasked["entropy"])
+    # ...and a mask of all-valid actions is no mask at all.
+    _, all_valid = _masked_loss(b, np.ones((6, 3), bool))
+    for k in ("policy_loss", "entropy", "approx_kl", "value_loss"):
+        np.testing.assert_allclose(all_valid[k], unmasked[k], rtol=1e-6, err_msg=k)
+
+
+def test_masked_logits_get_no_gradient():
+    b = _minibatch()
+
+    def loss(logits):
+        return ppo.ppo_loss(
+            logits, b["values"], b["actions"], b["old_log_probs"], b["old_values"],
+            b["advantages"], b["returns"], clip_eps=CLIP_EPS, vf_coef=VF_COEF,
+            ent_coef=ENT_COEF, clip_value=False, mask=jnp.asarray(MASK),
+        )[0]
+
+    grad = np.asarray(jax.jit(jax.grad(loss))(jnp.asarray(b["logits"])))
+    assert np.isfinite(grad).all()
+    np.testing.assert_array_equal(grad[~MASK], 0.0)
+    assert (np.abs(grad[MASK]) > 0).sum() > MASK.sum() // 2
+
+
 def test_explained_variance():
     rng = np.random.default_rng(5)
     returns = rng.normal(size=(4, 3)).astype(np.float32)
@@ -273,12 +340,9 @@ _joint_update = jax.jit(
 
 @pytest.fixture(scope="module")
 def net():
-    model = ActorCritic(A, hidden_dim=H, n_gru_layers=2, dropout=0.1)
+    model = GRUActorCritic(D, A, hidden_dim=H, n_gru_layers=2, dropout=0.1)
     # rbg keys compile several times faster than threefry on CPU; irrelevant here.
-    variables = jax.jit(model.init)(
-        jax.random.key(0, impl="rbg"), initial_hidden(2, B, H), jnp.zeros((B, D)),
-        jnp.ones(B, bool),
-    )
+    params = jax.jit(lambda key: init_params(model, key))(jax.random.key(0, impl="rbg"))
     rng = np.random.default_rng(1)
     batch = dict(
         obs=jnp.asarray(rng.normal(size=(T, B, D)), jnp.float32),
@@ -291,12 +355,12 @@ def net():
     )
 
     def loss_fn(params, vf_coef):
-        _, logits, values, _ = model.apply(
-            {"params": params}, initial_hidden(2, B, H), batch["obs"], batch["reset"],
-            method=ActorCritic.unroll,
+        out = model.apply(
+            {"params": params}, model.initial_state(B), batch["obs"], batch["reset"],
+            method="unroll",
         )
         total, _ = ppo.ppo_loss(
-            logits, values, batch["actions"], batch["old_log_probs"], batch["old_values"],
+            out.logits, out.value, batch["actions"], batch["old_log_probs"], batch["old_values"],
             batch["advantages"], batch["returns"], clip_eps=0.2, vf_coef=vf_coef,
             ent_coef=0.01, clip_value=True,
         )
@@ -304,21 +368,21 @@ def net():
 
     def trunk_fn(params):
         return model.apply(
-            {"params": params}, initial_hidden(2, B, H), batch["obs"], batch["reset"],
-            method=ActorCritic.unroll,
-        )[3]
+            {"params": params}, model.initial_state(B), batch["obs"], batch["reset"],
+            method="unroll",
+        ).trunk
 
     def critic_loss_fn(critic, actor, trunk):
         values = model.apply(
             {"params": ppo.merge_params(actor, critic)}, trunk,
-            method=ActorCritic.value_from_trunk,
+            method="value_from_trunk",
         )
         return ppo.value_loss(
             values, batch["old_values"], batch["returns"], clip_eps=0.2, clip_value=False
         )
 
     return dict(
-        params=variables["params"],
+        params=params,
         grad=jax.jit(jax.grad(loss_fn)),
         trunk=jax.jit(trunk_fn),
         critic_grad=jax.jit(jax.grad(critic_loss_fn)),
@@ -401,9 +465,9 @@ def test_learning_rate_changes_without_recompiling():
     params = {"w": jnp.zeros(3)}
     grads = {"w": jnp.array([1.0, -2.0, 3.0])}
     state = actor_tx.init(params)
-    lr = ppo.get_learning_rate(state)
+    lr = state.hyperparams["learning_rate"]
     assert lr.dtype == jnp.float32 and np.isclose(lr, 3e-4)
-    assert np.isclose(ppo.get_learning_rate(critic_tx.init(params)), 9e-4)
+    assert np.isclose(critic_tx.init(params).hyperparams["learning_rate"], 9e-4)
 
     @jax.jit
     @chex.assert_max_traces(n=1)
@@ -414,6 +478,53 @@ def test_learning_rate_changes_without_recompiling():
 
     for value in (1e-3, 1e-2):
         new_params, new_state = step(params, state, jnp.float32(value))
-        assert np.isclose(ppo.get_learning_rate(new_state), value)
+        assert np.isclose(new_state.hyperparams["learning_rate"], value)
         # Adam's first step moves each weight by about lr against its gradient's sign.
         np.testing.assert_allclose(new_params["w"], -value * np.sign(grads["w"]), rtol=1e-4)
+
+
+# ------------------------------------------------------------ minibatches of a Batch
+
+
+def test_minibatch_takes_the_same_envs_from_every_leaf():
+    """Time-major leaves split on axis 1, the env-first recurrent state on axis 0: every leaf
+    of minibatch m holds the same envs, and the minibatches partition all of them."""
+    t, n_envs, n_mb, layers, hidden = 3, 12, 3, 2, 4
+    env = jnp.arange(n_envs, dtype=jnp.float32)
+    per_step = jnp.broadcast_to(env, (t, n_envs))  # [T, B]: the env's index everywhere
+    tr = Transition(
+        obs=jnp.broadcast_to(env[None, :, None], (t, n_envs, 5)), reset=per_step > 5,
+        action=per_step.astype(jnp.int32), log_prob=per_step, value=per_step,
+        reward=per_step + jnp.arange(t)[:, None], done=per_step > 5, terminated=per_step > 5,
+        final_value=per_step, episode_return=per_step, info={"cost": per_step},
+        mask=jnp.broadcast_to(env[None, :, None] > 3, (t, n_envs, 2)),
+    )
+    batch = ppo.Batch(
+        transition=tr, hidden=jnp.broadcast_to(env[:, None, None], (n_envs, layers, hidden)),
+        advantages=per_step, returns=per_step,
+    )
+    axes = batch.env_axes()
+    assert axes.hidden == 0 and axes.advantages == axes.returns == 1
+    assert set(jax.tree.leaves(axes.transition)) == {1}
+    assignment = ppo.minibatch_assignment(jax.random.key(3), n_envs, n_mb)
+    assert assignment.shape == (n_envs // n_mb, n_mb) and assignment.dtype == jnp.int32
+    take = ppo.take_minibatch  # axes are Python ints: eager is cheaper than a compile per leaf
+    seen = []
+    for m in range(n_mb):
+        mb = take(batch, assignment, jnp.int32(m), axes)
+        envs = np.asarray(mb.advantages[0])
+        # Each run of n_mb consecutive envs gives one env to every minibatch.
+        np.testing.assert_array_equal(envs // n_mb, np.arange(n_envs // n_mb))
+        assert mb.hidden.shape == (n_envs // n_mb, layers, hidden)
+        np.testing.assert_array_equal(mb.hidden[:, 0, 0], envs)
+        np.testing.assert_array_equal(mb.transition.obs[:, :, 0], np.broadcast_to(envs, (t, 4)))
+        np.testing.assert_array_equal(mb.transition.reward,
+                                      envs + np.arange(t)[:, None])  # time order kept
+        np.testing.assert_array_equal(mb.transition.mask[..., 0], np.broadcast_to(envs > 3,
+                                                                                  (t, 4)))
+        np.testing.assert_array_equal(mb.transition.info["cost"][0], envs)
+        # One int for every leaf is the same as the tree of axes where they agree.
+        np.testing.assert_array_equal(take(tr, assignment, jnp.int32(m), 1).action,
+                                      mb.transition.action)
+        seen.append(envs)
+    np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(n_envs))

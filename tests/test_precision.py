@@ -39,10 +39,10 @@ def runs(small_market):
 
 
 def policy(trainer, params, obs):
-    """Action probabilities of `params` on `obs` [B, D] from a fresh GRU state, float32."""
-    hidden = jnp.zeros((trainer.network.n_gru_layers, obs.shape[0], trainer.network.hidden_dim))
-    _, logits, _ = trainer.network.apply({"params": params}, hidden, obs,
-                                         jnp.ones(obs.shape[0], bool))
+    """Action probabilities of `params` on `obs` [B, D] from a fresh recurrent state, float32."""
+    n = obs.shape[0]
+    logits = trainer.network.apply({"params": params}, trainer.network.initial_state(n), obs,
+                                   jnp.ones(n, bool)).logits
     return jax.nn.softmax(logits.astype(jnp.float32))
 
 
@@ -60,10 +60,10 @@ def test_bf16_keeps_params_optimizer_and_losses_float32(runs):
     assert traj.obs.dtype == jnp.bfloat16
     assert traj.log_prob.dtype == traj.value.dtype == traj.reward.dtype == jnp.float32
     # Logits and values leave the network in float32.
-    _, logits, value = trainer.network.apply(
+    out = trainer.network.apply(
         {"params": state.params}, state.carry.hidden, state.carry.obs, state.carry.reset
     )
-    assert logits.dtype == value.dtype == jnp.float32
+    assert out.logits.dtype == out.value.dtype == out.state.dtype == jnp.float32
 
 
 def test_bf16_run_is_finite_and_its_policy_stays_close_to_fp32(runs):

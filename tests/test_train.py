@@ -314,3 +314,39 @@ def test_a_resumed_early_stopped_run_trains_until_its_next_walk(tmp_path, capsys
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows][-1] >= n + 2  # not stopped at n + 1, before a walk
     assert "val_score" in rows[n + 1]  # the walk at n + 2
+
+
+def test_cli_trains_another_env_and_network_and_resumes(tmp_path, capsys):
+    """`--env` and `--network` go through the same CLI code path as the defaults: a masked
+    env with the feed-forward network trains, checkpoints, and resumes; changing either on
+    resume is refused (they change shapes); `--eval-every` is refused for an env without
+    trading walks."""
+    import tests.envs.masked  # noqa: F401  (registers masked-walk)
+
+    run_dir = tmp_path / "walk"
+    argv = [*TINY, "--env", "masked-walk", "--network", "mlp", "--eval-every", "0",
+            "--save-every", "2", "-v"]
+    assert train.main([*argv, "--iterations", "2", "--run-dir", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "env: masked-walk" in out and "model: MLP actor-critic (no memory), hidden 8" in out
+    assert "(obs 7, 4 actions)" in out and "actions: left=" in out and "teleport=" in out
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["invalid_rate"] for r in rows] == [0.0, 0.0] and len(rows[0]["action_freq"]) == 4
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["env"]["name"] == "masked-walk" and config["network"]["kind"] == "mlp"
+
+    assert train.main(["--run-dir", str(run_dir), "--resume", "--iterations", "3"]) == 0
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+    capsys.readouterr()
+    for flag in (["--network", "gru"], ["--env", "portfolio"]):
+        assert train.main(["--run-dir", str(run_dir), "--resume", "--iterations", "4",
+                           *flag]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag[0]} '{flag[1]}' would change array shapes" in err, err
+
+    assert train.main([*TINY, "--env", "masked-walk", "--eval-every", "5", "--iterations", "1",
+                       "--run-dir", str(tmp_path / "x")]) == 2
+    assert "validation walks report trading results" in capsys.readouterr().err
+    assert train.main([*TINY, "--env", "nope", "--run-dir", str(tmp_path / "y")]) == 2
+    assert "a registered env" in capsys.readouterr().err

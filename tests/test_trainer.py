@@ -1,5 +1,9 @@
-"""The fused program: compile-once, no recompiles on hyperparameter changes, consistent
-re-runs of the GRU, minibatch layout, and (slow) that it learns to beat equal weight."""
+"""The fused program: compile-once, no recompiles on hyperparameter or market changes, every
+runtime hyperparameter wired into the update, consistent re-runs of the GRU, minibatch
+layout, any env (a masked one) and network (mlp) through the same engine, and (slow) that it
+learns to beat equal weight."""
+
+import dataclasses
 
 import chex
 import jax
@@ -7,19 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtrade import ppo
 from jaxtrade.config import Config, resolve, with_values
 from jaxtrade.data import SyntheticConfig, build_market, synthetic_panel
-from jaxtrade.envs import Regime
-from jaxtrade.networks import ActorCritic
-from jaxtrade.rollout import make_rollout
-from jaxtrade.trainer import (
-    make_greedy_walk,
-    make_train,
-    minibatch_assignment,
-    set_hparams,
-    take_minibatch,
-)
+from jaxtrade.envs import Environment, Regime
+from jaxtrade.evaluation import make_policy_walk
+from jaxtrade.ppo import minibatch_assignment, take_minibatch
+from jaxtrade.rollout import initial_carry, make_rollout
+from jaxtrade.trainer import HPARAM_NAMES, make_train, set_hparams
+from tests.conftest import SMALL
+from tests.envs.masked import TELEPORT, MaskedWalk
 
 TINY = dict(
     hidden_dim=16, n_gru_layers=2, dropout=0.1, n_envs=8, n_steps=16, n_minibatches=2,
@@ -35,13 +35,20 @@ def tiny(small_market):
 
 @pytest.fixture(scope="module")
 def tiny_state(tiny):
-    return jax.jit(tiny.init)(jax.random.key(0))
+    return tiny.initial_state(jax.random.key(0))
 
 
 @pytest.fixture(scope="module")
 def iterate(tiny):
-    """One compiled `iterate` shared by every test here, and it may trace only once."""
-    return jax.jit(chex.assert_max_traces(tiny.iterate, n=1))
+    """One compiled `iterate` shared by every test here, and it may trace only once (on any
+    env params of the same shapes: `tiny.env_params` unless given)."""
+    fn = jax.jit(chex.assert_max_traces(tiny.iterate, n=1))
+    return lambda state, env_params=None: fn(
+        state, tiny.env_params if env_params is None else env_params)
+
+
+def lr(opt_state) -> float:
+    return float(opt_state.hyperparams["learning_rate"])
 
 
 def test_iterate_compiles_once_and_hparams_do_not_recompile(iterate, tiny_state):
@@ -53,8 +60,8 @@ def test_iterate_compiles_once_and_hparams_do_not_recompile(iterate, tiny_state)
     assert int(state.iteration) == 3
     assert float(m3["actor_lr"]) == pytest.approx(1e-3, rel=1e-6)
     assert float(m3["gamma"]) == pytest.approx(0.95, rel=1e-6)
-    assert float(ppo.get_learning_rate(state.actor_opt)) == pytest.approx(1e-3, rel=1e-6)
-    assert float(ppo.get_learning_rate(state.critic_opt)) == pytest.approx(2e-3, rel=1e-6)
+    assert lr(state.actor_opt) == pytest.approx(1e-3, rel=1e-6)
+    assert lr(state.critic_opt) == pytest.approx(2e-3, rel=1e-6)
     for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac",
               "explained_variance", "episode_return_mean"):
         assert np.isfinite(float(m1[k])), k
@@ -92,18 +99,19 @@ def test_minibatches_split_envs_and_keep_whole_sequences():
     for row in np.asarray(a):
         assert sorted(row.tolist()) == [0, 1, 2]
     x = jnp.arange(5 * 12).reshape(5, 12)  # [T, n_envs]: whole sequences per env
-    parts = [np.asarray(take_minibatch(x, a, jnp.int32(m), axis=1)) for m in range(3)]
+    parts = [np.asarray(take_minibatch(x, a, jnp.int32(m), 1)) for m in range(3)]
     envs = [p[0].tolist() for p in parts]
     assert sorted(sum(envs, [])) == list(range(12))  # every env in exactly one minibatch
     for m, p in enumerate(parts):
         np.testing.assert_array_equal(p, np.asarray(x)[:, envs[m]])  # all T steps kept
         # one env from each run of 3 consecutive envs, in run order
         assert [e // 3 for e in envs[m]] == [0, 1, 2, 3]
-    # leaves with the env axis elsewhere (GRU states [L, n, H]) split the same way
-    h = jnp.arange(2 * 12 * 4).reshape(2, 12, 4)
-    np.testing.assert_array_equal(
-        take_minibatch(h, a, jnp.int32(1), axis=1), np.asarray(h)[:, envs[1]]
-    )
+    # a tree with the env axis first in some leaves (recurrent states [n, L, H]) and second
+    # in others splits the same way
+    h = jnp.arange(12 * 2 * 4).reshape(12, 2, 4)
+    got = take_minibatch({"h": h, "x": x}, a, jnp.int32(1), {"h": 0, "x": 1})
+    np.testing.assert_array_equal(got["h"], np.asarray(h)[envs[1]])
+    np.testing.assert_array_equal(got["x"], np.asarray(x)[:, envs[1]])
     other = minibatch_assignment(jax.random.key(4), 12, 3)
     assert not np.array_equal(a, other)
 
@@ -117,10 +125,10 @@ def test_stored_sequences_replay_the_rollout_exactly(tiny, tiny_state):
     _, traj = rollout(tiny_state.params, tiny.env_params, carry, jax.random.key(1))
     assert bool(traj.done.any()) and bool(traj.reset[1:].any())
     np.testing.assert_array_equal(traj.reset[1:], traj.done[:-1])
-    _, logits, values, _ = tiny.network.apply(
-        {"params": tiny_state.params}, carry.hidden, traj.obs, traj.reset,
-        method=ActorCritic.unroll,
+    out = tiny.network.apply(
+        {"params": tiny_state.params}, carry.hidden, traj.obs, traj.reset, method="unroll"
     )
+    logits, values = out.logits, out.value
     log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits), traj.action[..., None], -1)[..., 0]
     np.testing.assert_allclose(values, traj.value, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(log_probs, traj.log_prob, rtol=1e-5, atol=1e-5)
@@ -160,8 +168,8 @@ def test_learns_to_beat_equal_weight_on_test_dates():
 
     n_walk = market.n_bars - market.test_start - 1
     eval_params = trainer.env.make_params("test", episode_length=n_walk, start=market.test_start)
-    walk = make_greedy_walk(trainer, eval_params, n_walk)
-    learned = float(walk(state.params, jax.random.key(5)).reward.sum())
+    walk = jax.jit(make_policy_walk(trainer.network, trainer.env, n_walk))
+    learned = float(walk(state.params, eval_params, jax.random.key(5))[1].reward.sum())
 
     def fixed(regime):
         _, s = trainer.env.reset(jax.random.key(0), eval_params)
@@ -177,10 +185,112 @@ def test_learns_to_beat_equal_weight_on_test_dates():
 
 
 def test_same_seed_same_result(tiny, iterate):
-    a = iterate(jax.jit(tiny.init)(jax.random.key(11)))[0]
-    b = iterate(jax.jit(tiny.init)(jax.random.key(11)))[0]
-    c = iterate(jax.jit(tiny.init)(jax.random.key(12)))[0]
+    a = iterate(tiny.initial_state(jax.random.key(11)))[0]
+    b = iterate(tiny.initial_state(jax.random.key(11)))[0]
+    c = iterate(tiny.initial_state(jax.random.key(12)))[0]
     chex.assert_trees_all_equal(a.params, b.params)
     chex.assert_trees_all_equal(a.actor_opt, b.actor_opt)
     assert not np.allclose(a.params["value_head"]["out"]["kernel"],
                            c.params["value_head"]["out"]["kernel"])
+
+
+def test_every_runtime_hyperparameter_reaches_the_fused_update(tiny, tiny_state, iterate):
+    """Changing any one runtime hyperparameter (and nothing else: same state, same RNG)
+    changes the parameters the compiled iteration returns, and only it: the compiled
+    program reads each of them, not a constant baked in at trace time."""
+    base = iterate(tiny_state)[0].params
+    np.testing.assert_equal(jax.device_get(iterate(tiny_state)[0].params),
+                            jax.device_get(base))  # deterministic
+    changed = {"actor_lr": 3e-3, "critic_lr": 9e-3, "ent_coef": 0.5, "clip": 1e-3,
+               "vf_coef": 5.0, "gae_lambda": 0.5, "gamma": 0.5}
+    assert set(changed) == set(HPARAM_NAMES)
+    for name, value in changed.items():
+        params = iterate(set_hparams(tiny_state, **{name: value}))[0].params
+        moved = [float(jnp.abs(a - b).max()) for a, b in
+                 zip(jax.tree.leaves(params), jax.tree.leaves(base), strict=True)]
+        assert max(moved) > 1e-6, name
+
+
+def test_another_market_of_the_same_shape_runs_the_same_program(tiny, tiny_state, iterate):
+    """The market is an argument of the compiled program: swapping it does not retrace
+    (`iterate` may trace once, and the jitted `program` gains no entry), and the program
+    reads the new prices (the results differ)."""
+    other = build_market(synthetic_panel(dataclasses.replace(SMALL, seed=7)),
+                         episode_length=32)
+    other_params = jax.device_put(
+        tiny.env.make_params("train", **tiny.config.env.params_kwargs()).replace(
+            market=jax.tree.map(jnp.asarray, other.data)),
+        jax.tree.map(lambda x: x.sharding, tiny.env_params),
+    )
+    a, ma = iterate(tiny_state)
+    b, mb = iterate(tiny_state, other_params)
+    assert float(ma["reward_mean"]) != float(mb["reward_mean"])
+    copy = lambda: jax.tree.map(jnp.copy, tiny_state)
+    tiny.run(copy(), 1)
+    entries = tiny.program._cache_size()
+    tiny.run(copy(), 1, other_params)
+    assert tiny.program._cache_size() == entries
+
+
+def _masked_trainer(small_market, **overrides):
+    cfg = resolve(with_values(Config(), **{**TINY, "name": "masked-walk", "dropout": 0.0,
+                                           "episode_length": 16, **overrides}), "cpu")
+    return make_train(cfg, small_market)
+
+
+def _prefer_teleport(params):
+    """Parameters whose policy puts nearly all probability on teleport, everywhere."""
+    bias = params["policy_head"]["out"]["bias"]
+    return {**params, "policy_head": {**params["policy_head"], "out": {
+        **params["policy_head"]["out"], "bias": bias.at[TELEPORT].set(50.0)}}}
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_masked_actions_are_never_taken(small_market, greedy):
+    """Sampled and greedy: a policy that wants teleport everywhere takes it only where the
+    mask allows it (cell 0); an env with the same dynamics and no mask takes it everywhere,
+    so the check can fail."""
+    trainer = _masked_trainer(small_market)
+    params = _prefer_teleport(trainer.init(jax.random.key(0)).params)
+
+    class Unmasked(MaskedWalk):
+        action_mask = Environment.action_mask  # the default: every action valid
+
+    for env, masked in ((trainer.env, True), (Unmasked(), False)):
+        rollout = jax.jit(make_rollout(trainer.network, env, 48, greedy=greedy))
+        carry = initial_carry(trainer.network, env, trainer.env_params, jax.random.key(1), 32)
+        _, traj = rollout(params, trainer.env_params, carry, jax.random.key(2))
+        invalid = np.asarray(traj.info["invalid"])
+        if masked:
+            assert not invalid.any()
+            assert (np.asarray(traj.action) == TELEPORT).any()  # where it is valid
+            valid = np.take_along_axis(np.asarray(traj.mask), np.asarray(traj.action)[..., None],
+                                       -1)
+            assert valid.all()
+        else:
+            assert traj.mask is None and invalid.mean() > 0.5
+
+
+def test_a_masked_env_trains_through_the_engine(small_market):
+    """The tiny env with a mask trains in the same fused program: no invalid action in any
+    iteration, the valid-action count is the mask's, and it learns to reach the goal."""
+    trainer = _masked_trainer(small_market, n_envs=16, ppo_epochs=4, actor_lr=3e-3,
+                              critic_lr=3e-3)
+    state = trainer.initial_state(jax.random.key(0))
+    state, metrics = trainer.run(state, 30)
+    assert (np.asarray(metrics["invalid_rate"]) == 0).all()
+    # 3 of 4 actions valid on cells 1.., 3 on cell 0 too (teleport but not left)
+    np.testing.assert_allclose(np.asarray(metrics["valid_actions"]), 3.0)
+    assert "cost_mean" not in metrics  # the portfolio's metrics are the portfolio's
+    ret = np.asarray(metrics["episode_return_mean"])
+    assert ret[-5:].mean() > ret[:5].mean() and ret[-5:].mean() > 0.8
+
+
+def test_mlp_network_trains_the_portfolio(small_market):
+    cfg = resolve(with_values(Config(), **{**TINY, "kind": "mlp"}), "cpu")
+    trainer = make_train(cfg, small_market)
+    assert trainer.network.initial_state(4) == ()
+    state = trainer.initial_state(jax.random.key(0))
+    state, metrics = trainer.run(state, 3)
+    assert np.isfinite(np.asarray(metrics["policy_loss"])).all()
+    assert "gru" not in state.params and int(state.iteration) == 3

@@ -40,6 +40,7 @@ from flax import struct
 
 from jaxtrade.data.market import RANGES, Market, MarketData
 from jaxtrade.envs import regimes
+from jaxtrade.envs.base import Environment, register
 from jaxtrade.envs.frictions import trade_costs
 from jaxtrade.envs.spaces import Box, Discrete
 
@@ -76,13 +77,15 @@ DEFAULT_FRICTIONS = {"slippage": 0.0005, "spread": 0.0002, "impact": 0.01}
 DEFAULT_EPISODE_LENGTH = 256
 
 
-class PortfolioEnv:
+class PortfolioEnv(Environment[EnvState, EnvParams]):
     """Multi-asset portfolio env over a `Market`; one instance serves any number of vmapped envs.
 
     The instance holds only static facts (shapes, the split); all arrays travel in
     `EnvParams`, so jitted functions take them as arguments instead of baking
     them into the program as constants.
     """
+
+    name = "portfolio"
 
     def __init__(self, market: Market):
         self.n_assets = market.n_assets
@@ -105,11 +108,6 @@ class PortfolioEnv:
 
     def observation_space(self, params: EnvParams | None = None) -> Box:
         return Box(-jnp.inf, jnp.inf, (self.obs_dim,), jnp.float32)
-
-    @property
-    def default_params(self) -> EnvParams:
-        """Training-range episodes of 256 steps with the reference frictions."""
-        return self.make_params("train")
 
     def make_params(
         self,
@@ -180,26 +178,26 @@ class PortfolioEnv:
             ruin_fraction=jnp.asarray(ruin_fraction, f32),
         )
 
-    # --------------------------------------------------------------- gymnax wrappers
-    def reset(self, key: jax.Array, params: EnvParams | None = None):
-        """-> (obs [obs_dim], state) of a new episode."""
-        params = self.default_params if params is None else params
-        return self.reset_env(key, params)
+    # ----------------------------------------------------------- protocol hooks
+    @property
+    def action_names(self) -> tuple[str, ...]:
+        return regimes.NAMES
 
-    def step(self, key: jax.Array, state: EnvState, action, params: EnvParams | None = None):
-        """One step with auto-reset -> (obs, state, reward, done, info).
+    def notes(self) -> list[str]:
+        """The regimes that are one position for this asset count (e.g. six with one asset)."""
+        n = self.n_assets
+        return [f"with {n} asset{'s' if n > 1 else ''} these regimes are the same position: "
+                f"{' = '.join(group)}" for group in regimes.coinciding(n)]
 
-        When the step ends the episode, `obs`/`state` are the next episode's first
-        ones and `info["final_obs"]` is the observation the episode ended on.
-        """
-        params = self.default_params if params is None else params
-        key_step, key_reset = jax.random.split(key)
-        obs_end, state_end, reward, done, info = self.step_env(key_step, state, action, params)
-        obs_new, state_new = self.reset_env(key_reset, params)
-        state = jax.tree.map(lambda a, b: jnp.where(done, a, b), state_new, state_end)
-        obs = jnp.where(done, obs_new, obs_end)
-        info["final_obs"] = obs_end
-        return obs, state, reward, done, info
+    def step_metrics(self, info) -> dict[str, jax.Array]:
+        """Mean trading cost and turnover per step of the rollout."""
+        return {"cost_mean": info["cost"].mean(), "turnover_mean": info["turnover"].mean()}
+
+    def stagger(self, key: jax.Array, states: EnvState, params: EnvParams) -> EnvState:
+        """Each first episode starts part-way: `step` uniform in [0, episode_length)."""
+        return states.replace(
+            step=jax.random.randint(key, states.step.shape, 0, params.episode_length, jnp.int32)
+        )
 
     # ------------------------------------------------------------------- dynamics
     def reset_env(self, key: jax.Array, params: EnvParams):
@@ -278,3 +276,6 @@ class PortfolioEnv:
         }
         obs = self.get_obs(next_state, params)
         return obs, next_state, reward.astype(jnp.float32), done, info
+
+
+register(PortfolioEnv.name, PortfolioEnv)

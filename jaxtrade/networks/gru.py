@@ -1,8 +1,9 @@
-"""GRU actor-critic (Flax Linen).
+"""GRU actor-critic (Flax Linen), the default network (``kind = "gru"``).
 
 Linen's pure ``apply`` drops straight into ``lax.scan`` bodies (rollout, PPO
 epochs) with no module state to thread. Layout, for ``D`` observation
-features, ``H = hidden_dim`` and ``L = n_gru_layers``::
+features, ``H = hidden_dim`` and ``L = n_gru_layers``; the recurrent state is
+``[B, L, H]`` float32, env axis first::
 
     encoder      Dense(H) -> ReLU -> LayerNorm -> Dense(H) -> ReLU -> LayerNorm -> Dropout
     gru          L stacked GRU layers of width H, Dropout between layers
@@ -20,14 +21,11 @@ values are float32.
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-Dtype = Any
+from jaxtrade.networks.base import Dtype, Encoder, Head, Step, Unroll, loss_bytes
 
 
 def orthonormal(a: jax.Array) -> jax.Array:
@@ -78,22 +76,6 @@ def _gate_orthogonal(n_gates: int) -> nn.initializers.Initializer:
         return jnp.moveaxis(q, 0, 1).reshape(rows, cols).astype(dtype)
 
     return init
-
-
-class Encoder(nn.Module):
-    """Two Dense-ReLU-LayerNorm blocks, then dropout. ``[..., D] -> [..., H]``."""
-
-    hidden_dim: int
-    dropout: float
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, obs: jax.Array, deterministic: bool) -> jax.Array:
-        x = obs
-        for i in range(2):
-            x = nn.Dense(self.hidden_dim, dtype=self.dtype, name=f"dense_{i}")(x)
-            x = nn.LayerNorm(dtype=self.dtype, name=f"norm_{i}")(nn.relu(x))
-        return nn.Dropout(self.dropout)(x, deterministic=deterministic)
 
 
 class GRUCell(nn.Module):
@@ -148,46 +130,30 @@ class StackedGRU(nn.Module):
         """One step.
 
         Args:
-            hidden: [L, B, H] state before the step.
+            hidden: [B, L, H] state before the step.
             x: [B, H] encoded observation.
             reset: [B] bool, True where the state must start from zeros.
             deterministic: disables the between-layer dropout.
 
         Returns:
-            new_hidden [L, B, H] float32, output [B, H] in the compute dtype.
+            new_hidden [B, L, H] float32, output [B, H] in the compute dtype.
         """
-        hidden = jnp.where(reset[None, :, None], 0.0, hidden.astype(jnp.float32))
+        hidden = jnp.where(reset[:, None, None], 0.0, hidden.astype(jnp.float32))
         new_hidden = []
         for i in range(self.n_layers):
             if i > 0:
                 x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
-            h = GRUCell(self.hidden_dim, dtype=self.dtype, name=f"layer_{i}")(hidden[i], x)
+            h = GRUCell(self.hidden_dim, dtype=self.dtype, name=f"layer_{i}")(hidden[:, i], x)
             new_hidden.append(h)
             x = h.astype(self.dtype)
-        return jnp.stack(new_hidden), x
+        return jnp.stack(new_hidden, axis=1), x
 
 
-class Head(nn.Module):
-    """Dense(H/2) -> ReLU -> LayerNorm -> Dense(out). ``[..., H] -> [..., out]`` float32."""
-
-    hidden_dim: int
-    out_dim: int
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, trunk: jax.Array) -> jax.Array:
-        x = nn.Dense(self.hidden_dim, dtype=self.dtype, name="dense")(trunk)
-        x = nn.LayerNorm(dtype=self.dtype, name="norm")(nn.relu(x))
-        # The last projection is tiny and runs in float32: PPO ratios are
-        # exp(log-prob differences), where bf16 rounding of the logits would
-        # show up as spurious policy change.
-        return nn.Dense(self.out_dim, dtype=jnp.float32, name="out")(x)
-
-
-class ActorCritic(nn.Module):
+class GRUActorCritic(nn.Module):
     """GRU actor-critic with a shared trunk (encoder + GRU) and two heads.
 
     Attributes:
+        obs_dim: observation features ``D`` (for `dummy_inputs`).
         n_actions: number of discrete actions.
         hidden_dim: width ``H`` of the encoder and the GRU (heads use ``H/2``).
         n_gru_layers: number of stacked GRU layers ``L``.
@@ -197,6 +163,7 @@ class ActorCritic(nn.Module):
             logits/values are returned in float32 whatever it is.
     """
 
+    obs_dim: int
     n_actions: int
     hidden_dim: int = 256
     n_gru_layers: int = 2
@@ -209,29 +176,57 @@ class ActorCritic(nn.Module):
         self.policy_head = Head(self.hidden_dim // 2, self.n_actions, dtype=self.dtype)
         self.value_head = Head(self.hidden_dim // 2, 1, dtype=self.dtype)
 
+    @nn.nowrap
+    def initial_state(self, n: int) -> jax.Array:
+        """Zero recurrent state of ``n`` envs, ``[n, L, H]`` float32."""
+        return jnp.zeros((n, self.n_gru_layers, self.hidden_dim), jnp.float32)
+
+    @nn.nowrap
+    def saved_bytes_per_step(self) -> int:
+        """Forward values of one env and step that a backward pass keeps: matmul outputs
+        in the compute dtype; the GRU's gates and state, logits and values in float32."""
+        h, c, f32 = self.hidden_dim, jnp.dtype(self.dtype).itemsize, 4
+        encoder = 4 * h * c  # 2 Dense + 2 LayerNorm outputs of width H
+        gru = self.n_gru_layers * 4 * h * f32  # per layer: gates r, z, n (3H) and the new state
+        trunk = h * c  # the GRU output both heads read
+        heads = 2 * 2 * (h // 2) * c  # policy and value heads: Dense + LayerNorm of width H/2
+        dropout = 0
+        if self.dropout > 0:
+            # A mask per dropout site (after the encoder, between GRU layers) and the
+            # old policy's logits, re-evaluated under the same masks.
+            dropout = (self.n_gru_layers * h + self.n_actions) * f32
+        return encoder + gru + trunk + heads + loss_bytes(self.n_actions) + dropout
+
+    @nn.nowrap
+    def describe(self) -> str:
+        return f"GRU actor-critic, hidden {self.hidden_dim} x {self.n_gru_layers} layers"
+
+    @property
+    def trunk_dim(self) -> int:
+        return self.hidden_dim
+
     def __call__(
         self,
         hidden: jax.Array,
         obs: jax.Array,
         reset: jax.Array,
         deterministic: bool = True,
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    ) -> Step:
         """One time step.
 
         Args:
-            hidden: [L, B, H] recurrent state.
+            hidden: [B, L, H] recurrent state.
             obs: [B, D] observations.
             reset: [B] bool; True zeroes the state before the step (the previous
                 step ended an episode, or this is the first step).
             deterministic: False enables dropout.
 
         Returns:
-            new_hidden [L, B, H] float32, logits [B, n_actions] float32,
-            value [B] float32.
+            `Step`: state [B, L, H] float32, logits [B, n_actions] float32, value [B] float32.
         """
         x = self.encoder(obs, deterministic)
         new_hidden, trunk = self.gru(hidden, x, reset, deterministic)
-        return new_hidden, self.policy_head(trunk), self.value_from_trunk(trunk)
+        return Step(new_hidden, self.policy_head(trunk), self.value_from_trunk(trunk))
 
     def unroll(
         self,
@@ -239,22 +234,22 @@ class ActorCritic(nn.Module):
         obs: jax.Array,
         reset: jax.Array,
         deterministic: bool = True,
-    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    ) -> Unroll:
         """A whole time-major sequence; equal to ``T`` calls of ``__call__``.
 
         Only the GRU is scanned over time; the encoder and heads are applied to
         all ``T * B`` rows at once.
 
         Args:
-            hidden: [L, B, H] state before the first step.
+            hidden: [B, L, H] state before the first step.
             obs: [T, B, D] observations.
             reset: [T, B] bool; ``reset[t]`` zeroes the state before step t.
             deterministic: False enables dropout (fresh masks at every step).
 
         Returns:
-            final_hidden [L, B, H] float32, logits [T, B, n_actions] float32,
-            value [T, B] float32, trunk [T, B, H] in the compute dtype (the GRU
-            output both heads read; cached for critic-only epochs).
+            `Unroll`: final state [B, L, H] float32, logits [T, B, n_actions] float32,
+            value [T, B] float32, trunk [T, B, H] in the compute dtype (the GRU output
+            both heads read; cached for critic-only epochs).
         """
         x = self.encoder(obs, deterministic)
 
@@ -270,18 +265,8 @@ class ActorCritic(nn.Module):
             out_axes=0,
         )
         final_hidden, trunk = scan(self.gru, hidden, (x, reset))
-        return final_hidden, self.policy_head(trunk), self.value_from_trunk(trunk), trunk
+        return Unroll(final_hidden, self.policy_head(trunk), self.value_from_trunk(trunk), trunk)
 
     def value_from_trunk(self, trunk: jax.Array) -> jax.Array:
         """Value head only. ``trunk [..., H] -> value [...]`` float32."""
         return self.value_head(trunk)[..., 0]
-
-
-def initial_hidden(n_gru_layers: int, batch: int, hidden_dim: int) -> jax.Array:
-    """Zero recurrent state, [n_gru_layers, batch, hidden_dim] float32."""
-    return jnp.zeros((n_gru_layers, batch, hidden_dim), jnp.float32)
-
-
-def count_params(params: Any) -> int:
-    """Number of scalars in a parameter tree (arrays or ``jax.ShapeDtypeStruct``)."""
-    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))

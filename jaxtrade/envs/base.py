@@ -1,0 +1,149 @@
+"""The environment protocol every jaxtrade env follows, and the registry `--env` reads.
+
+An env is a host-side object holding static facts only (shapes, names, ranges); all
+arrays travel in its params pytree, which the compiled program takes as an argument,
+so two markets of the same shape share one compiled program. One instance serves any
+number of vmapped envs. The API is gymnax's (`reset_env`/`step_env` written by the env,
+`reset`/`step` with auto-reset written once here) with four additions the engine uses:
+
+* `action_names`: one label per discrete action (logs, plots, the banner);
+* `action_mask(state, params)`: bool [num_actions], the actions valid in `state` (all
+  by default). The engine masks the logits before sampling and the greedy choice and
+  inside the loss's log-softmax and entropy, so a masked action is never taken;
+* `step_metrics(info)`: what the env adds to each iteration's metrics, from the
+  rollout's `info` (leaves [T, B, ...]);
+* `stagger(key, states, params)`: a batch of fresh states (leaves [n, ...]) moved
+  part-way into their first episodes, so that vmapped episodes end at different steps
+  (identity by default).
+
+`step` returns the classic 5-tuple `(obs, state, reward, done, info)`; `info` holds
+`terminated` (an end with no bootstrap, e.g. ruin) and `final_obs`, the observation
+the episode ended on (the next episode's first one is returned in `obs`).
+gymnax's own classes wrap these envs in `jaxtrade.envs.register_gymnax`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
+
+import jax
+import jax.numpy as jnp
+
+TEnvState = TypeVar("TEnvState")
+TEnvParams = TypeVar("TEnvParams")
+
+
+class Environment(Generic[TEnvState, TEnvParams]):
+    """Base class: subclasses write `reset_env`, `step_env`, `get_obs`, `make_params`
+    and the properties `num_actions`, `obs_dim`, `action_names`; the rest has defaults."""
+
+    name: str = "env"  # registry name (`--env`)
+
+    # --------------------------------------------------------------- what a subclass writes
+    @property
+    def num_actions(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def obs_dim(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def action_names(self) -> tuple[str, ...]:
+        return tuple(str(a) for a in range(self.num_actions))
+
+    def make_params(self, split: str = "train", **kwargs: Any) -> TEnvParams:
+        """Params of episodes in one range ("train", "validation", "test"); host-side."""
+        raise NotImplementedError
+
+    def reset_env(self, key: jax.Array, params: TEnvParams) -> tuple[jax.Array, TEnvState]:
+        raise NotImplementedError
+
+    def step_env(self, key: jax.Array, state: TEnvState, action: jax.Array, params: TEnvParams
+                 ) -> tuple[jax.Array, TEnvState, jax.Array, jax.Array, dict]:
+        """One step without reset: (obs, state, reward, done, info with `terminated`)."""
+        raise NotImplementedError
+
+    def get_obs(self, state: TEnvState, params: TEnvParams) -> jax.Array:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------- optional hooks
+    def action_mask(self, state: TEnvState, params: TEnvParams) -> jax.Array:
+        """bool [num_actions]: which actions `state` allows (all of them by default)."""
+        return jnp.ones((self.num_actions,), bool)
+
+    @property
+    def masks_actions(self) -> bool:
+        """Whether this env overrides `action_mask` (static: unmasked envs pay nothing)."""
+        return type(self).action_mask is not Environment.action_mask
+
+    def step_metrics(self, info: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Scalars the env adds to an iteration's metrics, from `info` leaves [T, B, ...]."""
+        return {}
+
+    def notes(self) -> list[str]:
+        """Lines the training banner prints under the env's name (none by default)."""
+        return []
+
+    def stagger(self, key: jax.Array, states: TEnvState, params: TEnvParams) -> TEnvState:
+        """A batch of fresh `states` (leaves [n, ...]) moved part-way into their first
+        episodes; identity by default."""
+        return states
+
+    # ------------------------------------------------------------------ written once here
+    @property
+    def default_params(self) -> TEnvParams:
+        return self.make_params("train")
+
+    def reset(self, key: jax.Array, params: TEnvParams | None = None):
+        """-> (obs, state) of a new episode."""
+        return self.reset_env(key, self.default_params if params is None else params)
+
+    def step(self, key: jax.Array, state: TEnvState, action, params: TEnvParams | None = None):
+        """One step with auto-reset -> (obs, state, reward, done, info).
+
+        When the step ends the episode, `obs`/`state` are the next episode's first ones
+        and `info["final_obs"]` is the observation the episode ended on.
+        """
+        params = self.default_params if params is None else params
+        key_step, key_reset = jax.random.split(key)
+        obs_end, state_end, reward, done, info = self.step_env(key_step, state, action, params)
+        obs_new, state_new = self.reset_env(key_reset, params)
+        state = jax.tree.map(lambda a, b: jnp.where(done, a, b), state_new, state_end)
+        obs = jnp.where(done, obs_new, obs_end)
+        return obs, state, reward, done, {**info, "final_obs": obs_end}
+
+
+EnvFactory = Callable[..., Environment]
+_REGISTRY: dict[str, EnvFactory] = {}
+
+
+def register(name: str, factory: EnvFactory) -> None:
+    """Make `make_env(name, market)` build `factory(market)`; a name may be registered again
+    (the newest factory wins), so a test or a notebook can swap in its own env."""
+    _REGISTRY[name] = factory
+
+
+def registered() -> tuple[str, ...]:
+    """The registered env names, in registration order."""
+    _load_builtin()
+    return tuple(_REGISTRY)
+
+
+def make_env(name: str, market: Any) -> Environment:
+    """The env registered as `name`, over `market`.
+
+    Raises:
+        ValueError: `name` is not registered (the message lists the registered names).
+    """
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown env {name!r}; registered envs: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name](market)
+
+
+def _load_builtin() -> None:
+    # The built-in envs register themselves on import; importing them here keeps
+    # `jaxtrade.envs.base` free of a cycle with the modules that subclass it.
+    import jaxtrade.envs.portfolio  # noqa: F401

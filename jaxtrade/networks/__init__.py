@@ -1,0 +1,80 @@
+"""Actor-critic networks behind one protocol (`jaxtrade.networks.base`), chosen by kind.
+
+`make_network(config.network, obs_dim, n_actions)` builds the network a config names
+(`kind`: "gru", the default, or "mlp"); `init_params` and `param_shapes` initialise any
+of them from its own dummy inputs, so no caller writes input shapes by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxtrade.networks.base import Step, Unroll
+from jaxtrade.networks.gru import GRUActorCritic, orthonormal
+from jaxtrade.networks.mlp import MLPActorCritic
+
+Network = nn.Module
+
+
+def _gru(nc, obs_dim: int, n_actions: int, dtype) -> GRUActorCritic:
+    return GRUActorCritic(obs_dim=obs_dim, n_actions=n_actions, hidden_dim=nc.hidden_dim,
+                          n_gru_layers=nc.n_gru_layers, dropout=nc.dropout, dtype=dtype)
+
+
+def _mlp(nc, obs_dim: int, n_actions: int, dtype) -> MLPActorCritic:
+    return MLPActorCritic(obs_dim=obs_dim, n_actions=n_actions, hidden_dim=nc.hidden_dim,
+                          dropout=nc.dropout, dtype=dtype)
+
+
+NETWORKS: dict[str, Callable[..., Network]] = {"gru": _gru, "mlp": _mlp}
+KINDS = tuple(NETWORKS)
+
+
+def make_network(network_config, obs_dim: int, n_actions: int, platform: str | None = None
+                 ) -> Network:
+    """The network `network_config` (a `jaxtrade.config.NetworkConfig`) describes, in the
+    compute dtype of its precision on `platform` (default: JAX's default backend).
+
+    Raises:
+        ValueError: an unknown `kind`.
+    """
+    from jaxtrade.config import compute_dtype
+
+    kind = network_config.kind
+    if kind not in NETWORKS:
+        raise ValueError(f"unknown network kind {kind!r}; choose one of {', '.join(KINDS)}")
+    dtype = compute_dtype(network_config.precision, platform or jax.default_backend())
+    return NETWORKS[kind](network_config, obs_dim, n_actions, dtype)
+
+
+def dummy_inputs(network: Network, n: int = 1) -> tuple[Any, jax.Array, jax.Array]:
+    """(state, obs, reset) of `n` envs: what `init` traces the network with."""
+    return (network.initial_state(n), jnp.zeros((n, network.obs_dim), jnp.float32),
+            jnp.ones((n,), bool))
+
+
+def init_params(network: Network, key: jax.Array) -> dict:
+    """The network's float32 "params" collection, initialised from `key`."""
+    return network.init({"params": key}, *dummy_inputs(network))["params"]
+
+
+def param_shapes(network: Network) -> dict:
+    """`init_params`'s tree as `jax.ShapeDtypeStruct`s: nothing is computed or placed."""
+    return jax.eval_shape(lambda key: init_params(network, key), jax.random.key(0))
+
+
+def count_params(params: Any) -> int:
+    """Number of scalars in a parameter tree (arrays or ``jax.ShapeDtypeStruct``)."""
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+
+
+__all__ = [
+    "KINDS", "NETWORKS", "GRUActorCritic", "MLPActorCritic", "Network", "Step", "Unroll",
+    "count_params", "dummy_inputs", "init_params", "make_network", "orthonormal", "param_shapes",
+]
