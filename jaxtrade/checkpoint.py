@@ -56,15 +56,10 @@ HISTORY_KEYS = (
     "episode_return_mean", "policy_loss", "value_loss", "entropy", "approx_kl",
     "explained_variance",
 )
-# Settings a resumed run may not change: they fix array shapes, the market, or the compiled
-# program's numerics (precision), so the saved state would not fit or would mean something
-# else. Start a new run from the weights instead (--checkpoint RUN --weights-only).
-SHAPE_FIELDS = (
-    "path", "symbols", "start", "end", "max_fill", "val_fraction", "test_fraction",
-    "split_dates", "n_assets", "name", "kind",
-    "n_bars", "synthetic_seed", "signal_strength", "episode_length", "n_envs", "n_steps",
-    "n_minibatches", "hidden_dim", "n_gru_layers", "precision",
-)
+# Settings a resumed run may not change (`setting(shape=True)` in the config): they fix
+# array shapes, the market, or the compiled program's numerics (precision). Start a new run
+# from the weights instead (--checkpoint RUN --weights-only).
+SHAPE_FIELDS = cfgmod.SHAPE_FIELDS
 # Test-only: seconds every save stalls, after Orbax has started writing and before it
 # commits, so that a test can hard-kill the process with a save in flight.
 SLOW_SAVE_ENV = "JAXTRADE_TEST_SLOW_SAVE"
@@ -521,14 +516,15 @@ def resume_changes(
     them to the restored state with `set_hparams`. `run_dir` is not compared.
 
     Args:
-        flag_of: config key -> the CLI flag that sets it, to name it in messages.
+        flag_of: config key -> the CLI flag that sets it, to name it in messages
+            (default: the config's `FLAG_OF`).
         what: how the caller started, named in messages.
 
     Raises:
         CheckpointError: a `SHAPE_FIELDS` setting or the seed differs; the message names
             the flag, the saved value and the new one.
     """
-    flag_of = flag_of or {}
+    flag_of = cfgmod.FLAG_OF if flag_of is None else flag_of
     a, b = _flat(saved), _flat(new)
     changes = [Change(k, a[k], b[k]) for k in a if k != "run_dir" and a[k] != b[k]]
     for c in changes:

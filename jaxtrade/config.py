@@ -18,9 +18,16 @@ TOML layout: one table per section, keys are the field names::
 Every bare field name is unique across sections, so overrides may name a field
 as `n_envs=8192` or `ppo.n_envs=8192`.
 
-Host-only: nothing here runs under `jit`. JAX is imported only by `compute_dtype` and
-`validate` (which asks the env registry and the network kinds), and the data package
-only by `DataConfig.synthetic`, so loading a config is cheap.
+Each field is declared once, with `setting`: its default, help, valid range (`Rule`),
+CLI flag, and whether it is a runtime hyperparameter or fixes shapes. Everything else
+reads those facts: `validate`, `add_flags` (the train command's flags), `FLAG_OF`,
+`RUNTIME_FIELDS` (`trainer.HParams`), `SHAPE_FIELDS` (what a resume refuses), and
+`PortfolioEnv.make_params` (friction defaults and ranges).
+
+Host-only: nothing here runs under `jit`. JAX is imported only by `compute_dtype` and the
+rules of `name` and `kind` (which ask the env registry and the network kinds when `validate`
+checks them), and the data package only by `DataConfig.synthetic`, so loading a config is
+cheap.
 """
 
 from __future__ import annotations
@@ -55,23 +62,186 @@ class ConfigError(ValueError):
     """A config file, override or setting that cannot be used; the message is one line."""
 
 
+# ---------------------------------------------------------------------------
+# Settings: every field of the section dataclasses below is declared with `setting`, which
+# keeps its facts in the field's metadata: default, help, valid range (a `Rule`), CLI flag,
+# and whether it is a runtime hyperparameter or fixes shapes. The tables after the
+# dataclasses (`SETTINGS`, `RUNTIME_FIELDS`, `SHAPE_FIELDS`, `FLAG_OF`) and `validate`,
+# `add_flags` and `PortfolioEnv.make_params` read them; nothing lists fields by hand.
+
+
+class Rule:
+    """What a setting's value must be; `str(rule)` completes "<key>=<value> must be ..."."""
+
+    def holds(self, value: Any) -> bool:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class AtLeast(Rule):
+    low: int | float
+
+    def holds(self, value: Any) -> bool:
+        return value >= self.low
+
+    def __str__(self) -> str:
+        return f">= {self.low}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Above(Rule):
+    low: int | float
+
+    def holds(self, value: Any) -> bool:
+        return value > self.low
+
+    def __str__(self) -> str:
+        return f"> {self.low}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Between(Rule):
+    """low <= value < high, or <= high when `closed`."""
+
+    low: float
+    high: float
+    closed: bool = False
+
+    def holds(self, value: Any) -> bool:
+        return self.low <= value <= self.high if self.closed else self.low <= value < self.high
+
+    def __str__(self) -> str:
+        return f"in [{self.low:g}, {self.high:g}{']' if self.closed else ')'}"
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf(Rule):
+    """One of `choices` (a tuple, or a function giving it when JAX may be imported);
+    `text` formats them ("{}": the choices joined by '|')."""
+
+    choices: tuple | typing.Callable[[], Iterable]
+    text: str = "one of {}"
+
+    def values(self) -> tuple:
+        return tuple(self.choices() if callable(self.choices) else self.choices)
+
+    def holds(self, value: Any) -> bool:
+        return value in self.values()
+
+    def __str__(self) -> str:
+        return self.text.format("|".join(map(str, self.values())))
+
+
+@dataclasses.dataclass(frozen=True)
+class Check(Rule):
+    """Any test of the value, described by `text`."""
+
+    test: typing.Callable[[Any], bool]
+    text: str
+
+    def holds(self, value: Any) -> bool:
+        return self.test(value)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _registered_envs() -> tuple[str, ...]:
+    from jaxtrade.envs import registered
+
+    return tuple(registered())
+
+
+def _network_kinds() -> tuple[str, ...]:
+    from jaxtrade.networks import KINDS
+
+    return tuple(KINDS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """The facts of one config field besides its name, type and default (see `setting`)."""
+
+    help: str
+    rule: Rule | None = None
+    # The CLI flag, or None: none of its own (set by --config, --hyperparams). As given to
+    # `setting`: True for --field-name, False for none; `SETTINGS` holds the resolved flag.
+    flag: str | bool | None = None
+    metavar: str | None = None
+    default_text: str | None = None  # the default as the flag's help shows it, if not the value
+    runtime: bool = False
+    shape: bool = False
+
+
+_META = "jaxtrade"  # the key of a field's `Setting` in its dataclasses metadata
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    rule: Rule | None = None,
+    flag: str | bool = True,
+    metavar: str | None = None,
+    default_text: str | None = None,
+    runtime: bool = False,
+    shape: bool = False,
+) -> Any:
+    """A config field with its facts.
+
+    Args:
+        default: the field's default.
+        help: what it means; the help of its CLI flag, which adds " [default]".
+        rule: the values `validate` (and `PortfolioEnv.make_params`, for the env's) accept;
+            None (the value, for fields that may be None) always passes.
+        flag: True: the CLI flag `--field-name`; a string: that flag; False: no flag of its
+            own (the field is set by a config file, --hyperparams, or another option).
+        metavar: the flag's value placeholder in --help (default: the field name, upper case).
+        default_text: the default as --help shows it, when not the value itself.
+        runtime: a runtime hyperparameter: it lives in `TrainState.hparams` and may change
+            between iterations (or on resume) without recompiling.
+        shape: it fixes array shapes, the market or the compiled program's numerics, so a
+            resumed run may not change it (`checkpoint.resume_changes`).
+    """
+    meta = Setting(help=help, rule=rule, flag=flag, metavar=metavar, default_text=default_text,
+                   runtime=runtime, shape=shape)
+    return dataclasses.field(default=default, metadata={_META: meta})
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the bars come from and how they are split (see `jaxtrade.data.load_market`)."""
 
-    path: str | None = None  # CSV/Parquet file or directory; None = embedded synthetic market
-    symbols: tuple[str, ...] | None = None  # assets to keep, in this order; None = all
-    start: str | None = None  # first date to keep (inclusive); None = from the first bar
-    end: str | None = None  # last date to keep (inclusive); None = to the last bar
-    max_fill: int = 5  # longest gap (bars) forward-filled per asset before it is an error
-    val_fraction: float = 0.2  # share of bars in the validation range (chooses checkpoints)
-    test_fraction: float = 0.2  # share of bars in the test range, last (only evaluate reads it)
-    split_dates: tuple[str, ...] | None = None  # (first validation, first test) date; overrides
-    # the two fractions
-    n_assets: int = 12  # synthetic market: stocks (cash is added by the env)
-    n_bars: int = 2520  # synthetic market: bars to generate (about 10 years of days)
-    synthetic_seed: int = 0  # synthetic market: same seed, same market
-    signal_strength: float = 1.0  # synthetic market: scale of the tradable signal; 0 = none
+    path: str | None = setting(  # None = the embedded synthetic market
+        None, "CSV/Parquet file or directory of per-symbol CSVs (default: the embedded "
+        "synthetic market)", flag="--data", metavar="PATH", shape=True)
+    symbols: tuple[str, ...] | None = setting(  # assets to keep, in this order; None = all
+        None, "comma-separated subset of symbols", shape=True)
+    start: str | None = setting(None, "first date to load (inclusive)", shape=True)
+    end: str | None = setting(None, "last date to load (inclusive)", shape=True)
+    max_fill: int = setting(  # longest gap forward-filled per asset before it is an error
+        5, "max consecutive missing bars to forward-fill", rule=AtLeast(0), shape=True)
+    val_fraction: float = setting(
+        0.2, "share of bars in the validation range, which chooses checkpoints and stops early",
+        rule=Between(0, 1), shape=True)
+    test_fraction: float = setting(
+        0.2, "share of bars in the test range, last; training never reads it, only "
+        "python -m jaxtrade.evaluate does", rule=Between(0, 1), shape=True)
+    split_dates: tuple[str, ...] | None = setting(
+        None, "first validation date and first test date (override the fractions)",
+        metavar="VAL_DATE,TEST_DATE", shape=True,
+        rule=Check(lambda v: len(v) == 2, "two dates: the first validation and the first test "
+                                          "date"))
+    n_assets: int = setting(
+        12, "synthetic market: stocks (cash is added by the env)", rule=AtLeast(1), flag=False,
+        shape=True)
+    n_bars: int = setting(
+        2520, "synthetic market: bars to generate (about 10 years of days)", rule=AtLeast(2),
+        flag=False, shape=True)
+    synthetic_seed: int = setting(
+        0, "synthetic market: same seed, same market", rule=AtLeast(0), flag=False, shape=True)
+    signal_strength: float = setting(  # 0 = no signal
+        1.0, "synthetic market: strength of the tradable signal", rule=AtLeast(0), shape=True)
 
     def synthetic(self) -> SyntheticConfig:
         """The `SyntheticConfig` of the embedded market (other parameters at their defaults)."""
@@ -87,16 +257,26 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EnvConfig:
-    """Which env, and its episode and friction settings (see `PortfolioEnv.make_params`)."""
+    """Which env, and its episode and friction settings (see `PortfolioEnv.make_params`,
+    which takes its defaults and checks its ranges from here)."""
 
-    name: str = "portfolio"  # registered env (`jaxtrade.envs.registered()`), --env
-    episode_length: int = 256  # steps per training episode
-    slippage: float = 0.0005  # proportional cost per unit traded, in [0, 0.1)
-    spread: float = 0.0002  # half the bid-ask spread paid per unit traded, in [0, 0.1)
-    impact: float = 0.01  # square-root market-impact coefficient, in [0, 1)
-    turnover_penalty: float = 0.0  # reward penalty per unit of turnover, >= 0
-    drawdown_penalty: float = 0.0  # reward penalty per unit of drawdown, >= 0
-    ruin_fraction: float = 0.5  # episode ends when equity falls below this share of the start
+    name: str = setting(
+        "portfolio", "registered environment (jaxtrade.envs.registered())", flag="--env",
+        metavar="NAME", rule=OneOf(_registered_envs, "a registered env: {}"), shape=True)
+    episode_length: int = setting(256, "steps per training episode", rule=AtLeast(1), shape=True)
+    slippage: float = setting(
+        0.0005, "proportional cost per unit traded", rule=Between(0, 0.1), flag=False)
+    spread: float = setting(
+        0.0002, "half the bid-ask spread paid per unit traded", rule=Between(0, 0.1), flag=False)
+    impact: float = setting(
+        0.01, "square-root market-impact coefficient", rule=Between(0, 1), flag=False)
+    turnover_penalty: float = setting(
+        0.0, "reward penalty per unit of turnover", rule=AtLeast(0), flag=False)
+    drawdown_penalty: float = setting(
+        0.0, "reward penalty per unit of drawdown", rule=AtLeast(0), flag=False)
+    ruin_fraction: float = setting(
+        0.5, "episode ends when equity falls below this share of the start",
+        rule=Between(0, 1), flag=False)
 
     def params_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the env's `make_params` (all but `name`, `split`, `start`)."""
@@ -109,11 +289,17 @@ class EnvConfig:
 class NetworkConfig:
     """Actor-critic kind, shape and compute precision (see `jaxtrade.networks`)."""
 
-    kind: str = "gru"  # network (`jaxtrade.networks.KINDS`): gru or mlp, --network
-    hidden_dim: int = 256  # encoder and GRU width; the heads use hidden_dim // 2
-    n_gru_layers: int = 2  # stacked GRU layers (gru only)
-    dropout: float = 0.0  # dropout after the encoder and between GRU layers, in [0, 1)
-    precision: str = "auto"  # matmul dtype: auto (bf16 on accelerators, fp32 on CPU), fp32, bf16
+    kind: str = setting(
+        "gru", "network: gru (recurrent) or mlp (feed-forward)", flag="--network",
+        metavar="KIND", rule=OneOf(_network_kinds), shape=True)
+    hidden_dim: int = setting(  # the heads are hidden_dim // 2 wide
+        256, "encoder/GRU width", rule=AtLeast(2), shape=True)
+    n_gru_layers: int = setting(2, "stacked GRU layers", rule=AtLeast(1), shape=True)  # gru only
+    dropout: float = setting(  # after the encoder and between GRU layers
+        0.0, "dropout rate", rule=Between(0, 1))
+    precision: str = setting(  # the matmul dtype
+        "auto", "matmul precision: auto = bf16 on GPU, fp32 on CPU", rule=OneOf(PRECISIONS),
+        shape=True)
 
     def compute_dtype(self, platform: str) -> jnp.dtype:
         """The matmul dtype on `platform`; see the module function `compute_dtype`."""
@@ -122,40 +308,65 @@ class NetworkConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
-    """Rollout sizes and PPO hyperparameters (initial values; schedules may change them)."""
+    """Rollout sizes and PPO hyperparameters (initial values; schedules may change the
+    runtime ones)."""
 
-    n_envs: int | None = None  # parallel envs over all devices; None = default_n_envs(platform)
-    n_steps: int = 128  # rollout length per env per iteration
-    n_minibatches: int = 4  # minibatches per epoch; each takes n_envs / n_minibatches whole envs
-    ppo_epochs: int = 4  # actor-critic epochs over each rollout
-    critic_epochs: int = 4  # extra critic-only epochs on cached trunk features; 0 = none
-    actor_lr: float = 3e-4  # Adam learning rate of encoder + GRU + policy head
-    critic_lr: float = 9e-4  # Adam learning rate of the value head
-    gamma: float = 0.99  # discount factor, in [0, 1]
-    gae_lambda: float = 0.95  # GAE bias-variance trade-off, in [0, 1]
-    clip: float = 0.2  # PPO ratio clip range, > 0
-    ent_coef: float = 0.01  # entropy bonus weight, >= 0
-    vf_coef: float = 0.5  # value loss weight in the actor-critic loss, >= 0
-    max_grad_norm: float = 0.5  # global-norm gradient clip of each optimizer chain, > 0
-    clip_value: bool = False  # clip the value update to +-clip around the rollout's values
+    n_envs: int | None = setting(  # None = default_n_envs(platform)
+        None, "parallel envs over all devices", rule=AtLeast(1), shape=True,
+        default_text="64 on CPU, 65536 on GPU; fewer when the memory estimate exceeds "
+                     "--max-vram")
+    n_steps: int = setting(128, "rollout steps per iteration", rule=AtLeast(1), shape=True)
+    n_minibatches: int = setting(  # each takes n_envs / n_minibatches whole envs
+        4, "minibatches per epoch (split envs)", rule=AtLeast(1), shape=True)
+    ppo_epochs: int = setting(4, "joint actor-critic epochs", rule=AtLeast(1))
+    critic_epochs: int = setting(  # on cached trunk features; 0 = none
+        4, "extra critic-only epochs", rule=AtLeast(0))
+    actor_lr: float = setting(  # encoder + GRU + policy head
+        3e-4, "actor chain learning rate", rule=Above(0), runtime=True)
+    critic_lr: float = setting(  # value head
+        9e-4, "critic chain learning rate", rule=Above(0), runtime=True)
+    gamma: float = setting(0.99, "discount", rule=Between(0, 1, closed=True), runtime=True)
+    gae_lambda: float = setting(
+        0.95, "GAE lambda", rule=Between(0, 1, closed=True), runtime=True)
+    clip: float = setting(0.2, "PPO clip range", rule=Above(0), runtime=True)
+    ent_coef: float = setting(0.01, "entropy bonus coefficient", rule=AtLeast(0), runtime=True)
+    vf_coef: float = setting(  # in the actor-critic loss
+        0.5, "value loss coefficient", rule=AtLeast(0), runtime=True)
+    max_grad_norm: float = setting(0.5, "per-chain global-norm clip", rule=Above(0))
+    clip_value: bool = setting(
+        False, "clip the value update to +-clip around the rollout's values", flag=False)
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Duration, seed, output and logging of a run."""
+    """Duration, seed, output and logging of a run (the first duration given counts; none
+    given = DEFAULT_TIMESTEPS steps)."""
 
-    timesteps: int | None = None  # env steps to train for (first of the three durations given)
-    episodes: int | None = None  # or: episodes of episode_length steps
-    iterations: int | None = None  # or: PPO iterations; none given = DEFAULT_TIMESTEPS steps
-    seed: int = 0  # same config + seed + device count = same result
-    run_dir: str | None = None  # output directory; None = ckpt/<UTC time>-<name> (resolve_run_dir)
-    iterations_per_call: int = 1  # iterations fused into one compiled host call
-    log_every: int = 1  # iterations between log lines
-    verbosity: int = 1  # 0 quiet, 1 default, 2 verbose
-    save_every: int = 10  # iterations between checkpoints (at a call boundary); 0 = final only
-    keep_checkpoints: int = 3  # most recent checkpoints kept, besides the best and the final one
-    eval_every: int = 10  # iterations between validation walks (at a call boundary); 0 = off
-    early_stop: int = 0  # stop after this many validation walks without a new best; 0 = off
+    timesteps: int | None = setting(None, "train for this many env steps", rule=AtLeast(1))
+    episodes: int | None = setting(
+        None, "train for this many x episode length steps", rule=AtLeast(1))
+    iterations: int | None = setting(
+        None, "train for this many x n_envs x n_steps steps", rule=AtLeast(1))
+    seed: int = setting(  # same config + seed + device count = same result
+        0, "random seed", rule=AtLeast(0))
+    run_dir: str | None = setting(  # None = filled by resolve_run_dir
+        None, "run directory", rule=Check(lambda v: v != "", "a path or none"),
+        default_text="ckpt/<UTC time>-<preset name or config hash>")
+    iterations_per_call: int = setting(
+        1, "iterations fused into one compiled call between host checks", rule=AtLeast(1))
+    log_every: int = setting(1, "iterations between log lines", rule=AtLeast(1))
+    verbosity: int = setting(  # set by the CLI's -q / -v
+        1, "0 quiet, 1 default, 2 verbose", rule=OneOf((0, 1, 2), "0, 1 or 2"), flag=False)
+    save_every: int = setting(  # at a call boundary
+        10, "iterations between checkpoints; 0 = only the final one", rule=AtLeast(0))
+    keep_checkpoints: int = setting(
+        3, "most recent checkpoints kept, besides the best and the final one", rule=AtLeast(1))
+    eval_every: int = setting(  # at a call boundary
+        10, "iterations between greedy walks of the validation range, logged as val_* in "
+        "metrics.jsonl and ranking checkpoints by val_score; 0 = off", rule=AtLeast(0))
+    early_stop: int = setting(
+        0, "stop when N validation walks in a row found no new best val_score; 0 = off",
+        metavar="N", rule=AtLeast(0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +406,113 @@ _FIELD_SECTION = _field_sections()
 def field_names() -> list[str]:
     """All valid bare keys, section by section in declaration order."""
     return list(_FIELD_SECTION)
+
+
+def _base_type(tp: Any) -> Any:
+    """`tp` without its `| None`."""
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        return next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+def _settings() -> dict[str, Setting]:
+    """Bare field name -> its `Setting`, flags resolved (every field must be a `setting`)."""
+    table: dict[str, Setting] = {}
+    for section, cls in _SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            meta = f.metadata.get(_META)
+            if meta is None:
+                raise RuntimeError(f"[{section}] {f.name} is not declared with setting()")
+            if meta.runtime and _FIELD_TYPES[section][f.name] is not float:
+                raise RuntimeError(f"[{section}] {f.name}: a runtime hyperparameter is a float")
+            flag = "--" + f.name.replace("_", "-") if meta.flag is True else meta.flag or None
+            table[f.name] = dataclasses.replace(meta, flag=flag)
+    return table
+
+
+SETTINGS: dict[str, Setting] = _settings()
+# Runtime hyperparameters (`trainer.HParams`): they may change between iterations, and on
+# resume, without recompiling.
+RUNTIME_FIELDS: tuple[str, ...] = tuple(k for k, s in SETTINGS.items() if s.runtime)
+# Settings a resumed run may not change: they fix array shapes, the market, or the compiled
+# program's numerics (precision), so the saved state would not fit or would mean something
+# else (`checkpoint.resume_changes`).
+SHAPE_FIELDS: tuple[str, ...] = tuple(k for k, s in SETTINGS.items() if s.shape)
+# Config key -> the CLI flag that sets it, for the fields that have one (named in messages).
+FLAG_OF: dict[str, str] = {k: s.flag for k, s in SETTINGS.items() if s.flag}
+
+
+def default_of(key: str) -> Any:
+    """The default of the field named `key` (bare)."""
+    return getattr(_SECTIONS[_FIELD_SECTION[key]], key)
+
+
+def broken_rule(key: str, value: Any) -> Rule | None:
+    """The rule of the field named `key` that `value` breaks, or None when it holds (or the
+    field has no rule, or `value` is None: whether a field may be None is its type's)."""
+    rule = SETTINGS[key].rule
+    if rule is None or value is None or rule.holds(value):
+        return None
+    return rule
+
+
+# ---------------------------------------------------------------------------
+# CLI flags of the settings (the train command's `build_parser`).
+
+
+def _show(value: Any) -> str:
+    """A default as --help shows it: 0.99, 1.0, 256, 3e-4, auto."""
+    if isinstance(value, float) and value and abs(value) < 1e-3:
+        mantissa, exponent = f"{value:e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return str(value)
+
+
+def flag_help(key: str) -> str:
+    """The --help text of the flag of `key`: its help and its default in brackets."""
+    s = SETTINGS[key]
+    shown = s.default_text if s.default_text is not None else default_of(key)
+    return s.help if shown is None else f"{s.help} [{_show(shown)}]"
+
+
+def add_flags(group: Any, keys: Iterable[str]) -> None:
+    """Adds the CLI flags of the fields `keys`, in that order, to an argparse parser or group.
+
+    Each flag stores into the field's name, None when not given; ints and floats are
+    typed, lists are one comma-separated string (`flag_values` splits it), a static
+    `OneOf` rule gives the choices. Help: the setting's help and default ("discount [0.99]").
+
+    Raises:
+        ValueError: a field without a flag, or of a type no flag can carry (bool).
+    """
+    for key in keys:
+        s = SETTINGS[key]
+        if s.flag is None:
+            raise ValueError(f"{key} has no CLI flag")
+        tp = _base_type(_FIELD_TYPES[_FIELD_SECTION[key]][key])
+        kwargs: dict[str, Any] = {"dest": key, "help": flag_help(key).replace("%", "%%")}
+        if tp in (int, float):
+            kwargs["type"] = tp
+        elif tp is not str and typing.get_origin(tp) is not tuple:
+            raise ValueError(f"{key}: no CLI flag for a field of type {_describe(tp)}")
+        if s.metavar is not None:
+            kwargs["metavar"] = s.metavar
+        if isinstance(s.rule, OneOf) and not callable(s.rule.choices):
+            kwargs["choices"] = s.rule.choices
+        group.add_argument(s.flag, **kwargs)
+
+
+def flag_values(args: Any, keys: Iterable[str]) -> dict[str, Any]:
+    """The values of the flags of `keys` in parsed `args` (None: not given), comma-separated
+    lists split into tuples; for `with_values`."""
+    values = {}
+    for key in keys:
+        value = getattr(args, key)
+        tp = _base_type(_FIELD_TYPES[_FIELD_SECTION[key]][key])
+        if isinstance(value, str) and typing.get_origin(tp) is tuple:
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        values[key] = value
+    return values
 
 
 # ---------------------------------------------------------------------------
@@ -625,7 +943,7 @@ def validate(cfg: Config, n_devices: int = 1) -> Config:
         ConfigError: one line listing every problem, e.g.
             "invalid config: n_envs=100 must be a multiple of n_minibatches=8 (try 96 or 104)".
     """
-    d, e, n, p, r = cfg.data, cfg.env, cfg.network, cfg.ppo, cfg.run
+    d, p = cfg.data, cfg.ppo
     # Configs built in code skip from_dict's type checks; the range checks need them.
     for section, field_types in _FIELD_TYPES.items():
         for key, tp in field_types.items():
@@ -635,70 +953,27 @@ def validate(cfg: Config, n_devices: int = 1) -> Config:
             if type(coerced) is not type(value) and not isinstance(coerced, float):
                 raise ConfigError(f"{where}: expected {_describe(tp)}, got {value!r}")
     problems: list[str] = []
+    # Each field's own rule (`setting(rule=...)`), in declaration order.
+    for section, field_types in _FIELD_TYPES.items():
+        for key in field_types:
+            value = getattr(getattr(cfg, section), key)
+            if (rule := broken_rule(key, value)) is not None:
+                problems.append(f"{key}={value!r} must be {rule}")
 
     def check(ok: bool, key: str, value: Any, rule: str) -> None:
         if not ok:
             problems.append(f"{key}={value!r} must be {rule}")
 
-    def at_least(key: str, value: int | float | None, low: int, optional: bool = False) -> None:
-        if not (optional and value is None):
-            check(value is not None and value >= low, key, value, f">= {low}")
-
-    def unit(key: str, value: float, closed: bool, top: float = 1.0) -> None:
-        ok = 0.0 <= value <= top if closed else 0.0 <= value < top
-        check(ok, key, value, f"in [0, {top:g}{']' if closed else ')'}")
-
-    at_least("max_fill", d.max_fill, 0)
-    unit("val_fraction", d.val_fraction, closed=False)
-    unit("test_fraction", d.test_fraction, closed=False)
+    # Rules across fields, and of the items of a list.
     check(d.val_fraction + d.test_fraction < 1, "val_fraction + test_fraction",
           d.val_fraction + d.test_fraction, "< 1 (the rest is the training range)")
-    if d.split_dates is not None:
-        check(len(d.split_dates) == 2, "split_dates", d.split_dates,
-              "two dates: the first validation and the first test date")
-    at_least("n_assets", d.n_assets, 1)
-    at_least("n_bars", d.n_bars, 2)
-    at_least("synthetic_seed", d.synthetic_seed, 0)
-    at_least("signal_strength", d.signal_strength, 0)
     if d.symbols is not None:
         check(len(d.symbols) > 0, "symbols", d.symbols, "non-empty (or none for all)")
         dupes = sorted({s for s in d.symbols if d.symbols.count(s) > 1})
         check(not dupes, "symbols", d.symbols, f"unique (repeated: {', '.join(dupes)})")
-
-    from jaxtrade.envs import registered
-    from jaxtrade.networks import KINDS
-
-    check(e.name in registered(), "name", e.name, f"a registered env: {'|'.join(registered())}")
-    at_least("episode_length", e.episode_length, 1)
-    unit("slippage", e.slippage, closed=False, top=0.1)
-    unit("spread", e.spread, closed=False, top=0.1)
-    unit("impact", e.impact, closed=False)
-    at_least("turnover_penalty", e.turnover_penalty, 0)
-    at_least("drawdown_penalty", e.drawdown_penalty, 0)
-    unit("ruin_fraction", e.ruin_fraction, closed=False)
-
-    check(n.kind in KINDS, "kind", n.kind, f"one of {'|'.join(KINDS)}")
-    at_least("hidden_dim", n.hidden_dim, 2)  # the heads are hidden_dim // 2 wide
-    at_least("n_gru_layers", n.n_gru_layers, 1)
-    unit("dropout", n.dropout, closed=False)
-    check(n.precision in PRECISIONS, "precision", n.precision, f"one of {'|'.join(PRECISIONS)}")
-
-    at_least("n_steps", p.n_steps, 1)
-    at_least("n_minibatches", p.n_minibatches, 1)
-    at_least("ppo_epochs", p.ppo_epochs, 1)
-    at_least("critic_epochs", p.critic_epochs, 0)
-    check(p.actor_lr > 0, "actor_lr", p.actor_lr, "> 0")
-    check(p.critic_lr > 0, "critic_lr", p.critic_lr, "> 0")
-    unit("gamma", p.gamma, closed=True)
-    unit("gae_lambda", p.gae_lambda, closed=True)
-    check(p.clip > 0, "clip", p.clip, "> 0")
-    at_least("ent_coef", p.ent_coef, 0)
-    at_least("vf_coef", p.vf_coef, 0)
-    check(p.max_grad_norm > 0, "max_grad_norm", p.max_grad_norm, "> 0")
     if n_devices < 1:
         problems.append(f"n_devices={n_devices!r} must be >= 1")
     elif p.n_envs is not None:
-        at_least("n_envs", p.n_envs, 1)
         m = n_devices * p.n_minibatches
         if p.n_envs >= 1 and p.n_minibatches >= 1 and p.n_envs % m:
             unit_name = f"n_minibatches={p.n_minibatches}"
@@ -706,19 +981,6 @@ def validate(cfg: Config, n_devices: int = 1) -> Config:
                 unit_name += f" x {n_devices} devices = {m}"
             tries = " or ".join(map(str, _multiples_around(p.n_envs, m)))
             problems.append(f"n_envs={p.n_envs} must be a multiple of {unit_name} (try {tries})")
-
-    at_least("timesteps", r.timesteps, 1, optional=True)
-    at_least("episodes", r.episodes, 1, optional=True)
-    at_least("iterations", r.iterations, 1, optional=True)
-    at_least("seed", r.seed, 0)
-    at_least("iterations_per_call", r.iterations_per_call, 1)
-    at_least("log_every", r.log_every, 1)
-    check(r.verbosity in (0, 1, 2), "verbosity", r.verbosity, "0, 1 or 2")
-    at_least("save_every", r.save_every, 0)
-    at_least("keep_checkpoints", r.keep_checkpoints, 1)
-    at_least("eval_every", r.eval_every, 0)
-    at_least("early_stop", r.early_stop, 0)
-    check(r.run_dir != "", "run_dir", r.run_dir, "a path or none")
 
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))

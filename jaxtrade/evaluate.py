@@ -3,28 +3,26 @@ date range (the run's untouched test range by default), compared honestly: the b
 beat is chosen on the validation range, and the statistics count the candidates compared;
 report.json, equity.csv, decisions.csv, equity.png and a table (host-only).
 
-No evaluation logic lives here: the passes and metrics are `jaxtrade.evaluation`'s, the
-comparison (baseline choice, candidates, statistics, verdict) `jaxtrade.report`'s, loading
-the run `jaxtrade.policy`'s.
+No evaluation logic lives here: `jaxtrade.engine.assess` computes the comparison (from
+`jaxtrade.evaluation`'s passes and metrics, `jaxtrade.report`'s baseline choice, candidates,
+statistics and verdict, and `jaxtrade.policy`'s loading); this module parses flags, writes
+the files and prints.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from jaxtrade import __version__
-from jaxtrade.data import features as feats
-from jaxtrade.data.panel import DataError, format_date, parse_date
+from jaxtrade.data.panel import DataError, format_date
+from jaxtrade.errors import UsageError
 
 COLUMNS = (  # the terminal table: (header, metric, format)
     ("total", "total_return", "{:+.2%}"),
@@ -42,8 +40,6 @@ HEADLINE = ("buy_and_hold", "cash", "EQUAL_WEIGHT/1")  # shown beside the policy
 # chosen baseline; --all shows every strategy
 
 
-class UsageError(Exception):
-    """A problem with what the user asked for; printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,192 +88,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _date(text: str, flag: str) -> pd.Timestamp:
-    stamp = parse_date(text)
-    if stamp is None:
-        raise UsageError(f"{flag} {text!r} is not a date (expected YYYY-MM-DD[ HH:MM])")
-    return stamp
-
-
-def select_range(dates: pd.DatetimeIndex, start: str | None, end: str | None,
-                 default: tuple[str, str] | None) -> tuple[int, int, list[str]]:
-    """Bars [first, last] of the pass and notes for the user.
-
-    `start`/`end` as given (an `end` at midnight includes its whole day), else `default`
-    (dates), else the whole market. The first bar is at least 1: the first decision reads
-    the features of the bar before it.
-    """
-    notes = []
-    if start is None and end is None and default is not None:
-        start, end = default
-    lo = _date(start, "--start") if start is not None else None
-    hi = _date(end, "--end") if end is not None else None
-    if lo is not None and hi is not None and lo > hi:
-        raise UsageError(f"--start {start} is after --end {end}")
-    first = 1 if lo is None else int(dates.searchsorted(lo, "left"))
-    if hi is None:
-        last = len(dates) - 1
-    else:
-        bound = hi + pd.Timedelta(days=1) if hi == hi.normalize() else hi
-        last = int(dates.searchsorted(bound, "left" if hi == hi.normalize() else "right")) - 1
-    if first < 1:
-        first = 1
-        if lo is not None:
-            notes.append(f"the pass starts at {format_date(dates[1])}: the bars before feed the "
-                         f"{feats.WINDOW}-bar feature window and the first decision")
-    span = (f"{format_date(dates[1])} .. {format_date(dates[-1])}")
-    if first >= len(dates) or last < 1 or last - first < 1:
-        raise UsageError(
-            f"the range {start or 'start'} .. {end or 'end'} holds fewer than 2 bars with "
-            f"features; the data's bars with features are {span}"
-        )
-    return first, last, notes
-
-
 def _evaluate(args: argparse.Namespace) -> int:
-    import jax
-    import jax.numpy as jnp
+    from jaxtrade.engine.assess import AssessRequest, assess
 
-    from jaxtrade import report as comparison
-    from jaxtrade.data.loader import load_panel
-    from jaxtrade.data.market import MARKET_FILE, load_market, span_bounds
-    from jaxtrade.envs import NAMES, PortfolioEnv
-    from jaxtrade.evaluation import (
-        BASELINES,
-        HEALTH_KEYS,
-        STRATEGIES,
-        make_strategy_walk,
-        pass_params,
-        score,
-        walk_key,
-    )
-    from jaxtrade.policy import CASH, load_policy
-
-    if not Path(args.run_dir).is_dir():
-        raise UsageError(f"{args.run_dir}: no such run directory")
-    custom = args.start is not None or args.end is not None
-    if args.range and (custom or args.data):
-        raise UsageError("--range picks one of the run's own ranges; for a range of your choosing "
-                         "give --start/--end (and --data for other data) instead")
-    record_path = Path(args.run_dir) / MARKET_FILE
-    if record_path.exists() and json.loads(record_path.read_text()).get("format", 1) < 2:
-        raise UsageError(f"{args.run_dir} was trained before train, validation and test ranges "
-                         f"existed: its best checkpoint was chosen on the range it would "
-                         f"report, and its config uses older keys; train it again")
-    policy = load_policy(args.run_dir, args.checkpoint, seed=args.seed)
-    cfg, record, source = policy.config, policy.record, policy.checkpoint
-    if cfg.env.name != PortfolioEnv.name:
-        raise UsageError(f"{args.run_dir} trained the {cfg.env.name} env; evaluate reports "
-                         f"trading strategies of the {PortfolioEnv.name} env only")
-    d = cfg.data
-    own = load_market(d.path, symbols=d.symbols, start=d.start, end=d.end, max_fill=d.max_fill,
-                      synthetic=d.synthetic(), stats=policy.stats, episode_length=1,
-                      val_fraction=0.0, test_fraction=0.0)
-    if args.data:
-        panel = load_panel(args.data, max_fill=d.max_fill)
-        chosen = policy.choose_symbols(panel.symbols, args.data)
-        if chosen is not None and list(panel.symbols) != chosen:
-            panel = load_panel(args.data, symbols=chosen, max_fill=d.max_fill)
-        market, range_name, default = policy.market(panel), None, None
-        what = "the whole data" if not custom else "the requested range"
-    else:
-        market = own
-        range_name = None if custom else (args.range or "test")
-        if range_name in (None, "all"):
-            default, what = None, "the requested range" if custom else "all of the run's data"
-        else:
-            span = record.get(range_name)
-            if span is None:
-                raise UsageError(
-                    f"{args.run_dir} has no {range_name} range ({_fractions(cfg)}); choose "
-                    f"another with --range, or dates with --start/--end")
-            default = span
-            what = {"test": "the run's test range, never read in training",
-                    "validation": "the run's validation range, which chose the checkpoint: "
-                                  "optimistic",
-                    "train": "the run's training range: in-sample"}[range_name]
-    if isinstance(default, dict):  # one of the run's ranges, matched on its exact bars
-        first, last = span_bounds(market.dates, default)
-        first, notes = max(first, 1), []
-    else:
-        first, last, notes = select_range(market.dates, args.start, args.end, None)
-    n_steps = last - first
-    seed = policy.seed
-
-    # The baseline to beat, chosen on the run's validation range (as a user without RL would).
-    choice = comparison.choose_on_validation(own, record, cfg.env, seed)
-
-    env = PortfolioEnv(market)
-    env_params = pass_params(env, cfg.env, first, last)
-    walk = jax.jit(make_strategy_walk(policy.network, env, n_steps, greedy=not args.sample))
-    strategies, metrics = jax.device_get(walk(
-        policy.params, env_params, walk_key(seed), jnp.float32(market.bars_per_year)
+    result = assess(AssessRequest(
+        run_dir=args.run_dir, checkpoint=args.checkpoint, data=args.data, range=args.range,
+        start=args.start, end=args.end, sample=args.sample, seed=args.seed,
     ))
-
-    health = source.meta.get("metrics") or {}
-    model_score = None
-    if all(k in health for k in HEALTH_KEYS):
-        row = {k: v[0] for k, v in metrics.items()}
-        model_score = float(score(row, health))
-
-    selection = comparison.checkpoint_selection(args.run_dir, args.checkpoint)
-    chosen = choice["name"] if choice else None
-    baseline = chosen or "buy_and_hold"
-    statistics = comparison.honest_statistics(
-        {name: strategies.values[i] for i, name in enumerate(STRATEGIES)}, baseline,
-        market.bars_per_year, selection, choice, record["bars_per_year"], seed)
-    dates = market.dates[first:last + 1]
-    names = [*market.symbols, CASH]
-    table = {}
-    for i, name in enumerate(STRATEGIES):
-        m = {k: _plain(v[i]) for k, v in metrics.items()}
-        m["action_freq"] = dict(zip(NAMES, m["action_freq"], strict=True))
-        m["final_value"] = float(strategies.values[i, -1])
-        stats_of = statistics["strategies"].get(name, {})
-        m["psr"], m["dsr"] = stats_of.get("psr", math.nan), stats_of.get("dsr", math.nan)
-        table[name] = m
-
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
+    write_outputs(out, result, args.run_dir)
+    print_report(result, show_all=args.all)
+    print(f"wrote report.json, equity.csv, decisions.csv, equity.png to {out}")
+    return 0
+
+
+def write_outputs(out: Path, result, run_dir: str) -> None:
+    """report.json, equity.csv (every strategy), decisions.csv (the policy's), equity.png."""
+    from jaxtrade.envs import NAMES
+    from jaxtrade.evaluation import STRATEGIES
+
+    report, dates, strategies = result.report, result.dates, result.strategies
     out.mkdir(parents=True, exist_ok=True)
-    report = {
-        "jaxtrade_version": __version__,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "run_dir": str(Path(args.run_dir)),
-        "checkpoint": {
-            "requested": str(args.checkpoint),
-            "iteration": source.step,
-            "path": str(source.path),
-            "timesteps": source.meta.get("timesteps"),
-            "val_score": health.get("val_score"),
-        },
-        "selection": selection,
-        "data": {
-            "source": market.source,
-            "symbols": list(market.symbols),
-            "trained_symbols": list(policy.symbols),
-            "bars_per_year": market.bars_per_year,
-        },
-        "range": {
-            "name": range_name,
-            "start": format_date(dates[0]),
-            "end": format_date(dates[-1]),
-            "bars": len(dates),
-            "steps": n_steps,
-            "what": what,
-        },
-        "ranges": {name: record.get(name) for name in ("train", "validation", "test")},
-        "actions": "sampled" if args.sample else "greedy",
-        "seed": seed,
-        # The run's frictions and penalties; a pass has no episode cuts and no ruin stop.
-        "env": {k: v for k, v in cfg.env.params_kwargs().items()
-                if k not in ("episode_length", "ruin_fraction")},
-        "model_score": model_score,
-        "baseline": choice or {"name": baseline, "chosen_on": None,
-                               "why": "the run has no validation range to choose one on"},
-        "statistics": statistics,
-        "verdict": comparison.verdict(statistics, baseline, range_name),
-        "strategies": table,
-    }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     equity = pd.DataFrame({"date": [format_date(d) for d in dates],
                            **{s: strategies.values[i] for i, s in enumerate(STRATEGIES)}})
@@ -285,23 +116,31 @@ def _evaluate(args: argparse.Namespace) -> int:
     decisions = pd.DataFrame({
         "date": [format_date(d) for d in dates[:-1]],
         "regime": [NAMES[a] for a in strategies.actions[0]],
-        **{f"w_{k}": strategies.weights[0, :, j] for j, k in enumerate(names)},
+        **{f"w_{k}": strategies.weights[0, :, j] for j, k in enumerate(result.symbols)},
         "turnover": strategies.turnover[0],
         "cost": strategies.costs[0],
     })
     decisions.to_csv(out / "decisions.csv", index=False, float_format="%.10g")
-    shown = headline(baseline)
+    shown = headline(result.baseline)
+    r = report["range"]
     plot_equity(out / "equity.png", dates,
                 np.stack([strategies.values[STRATEGIES.index(n)] for n in shown]),
-                [label(n, chosen) for n in shown],
-                title=f"{args.run_dir} @ {source.step} | {report['range']['start']} .. "
-                      f"{report['range']['end']} ({range_name or 'chosen dates'})")
+                [label(n, result.chosen) for n in shown],
+                title=f"{run_dir} @ {report['checkpoint']['iteration']} | {r['start']} .. "
+                      f"{r['end']} ({r['name'] or 'chosen dates'})")
 
-    how = "sampled" if args.sample else "greedy"
-    print(f"policy: {source.path} ({selection['chosen_by']}; {how}, seed {seed})"
-          + (f"; model score {model_score:+.2f}" if model_score is not None else ""))
-    print(f"range: {report['range']['start']} .. {report['range']['end']} "
-          f"({len(dates)} bars, {what}) of {market.source}")
+
+def print_report(result, show_all: bool) -> None:
+    """The policy, range and baseline lines, the table, the intervals and the verdict."""
+    from jaxtrade.evaluation import BASELINES, STRATEGIES
+
+    report, baseline, choice = result.report, result.baseline, result.choice
+    r, score = report["range"], report["model_score"]
+    print(f"policy: {report['checkpoint']['path']} ({report['selection']['chosen_by']}; "
+          f"{report['actions']}, seed {report['seed']})"
+          + (f"; model score {score:+.2f}" if score is not None else ""))
+    print(f"range: {r['start']} .. {r['end']} ({r['bars']} bars, {r['what']}) of "
+          f"{report['data']['source']}")
     if choice:
         print(f"baseline: {baseline}, the best fixed strategy by Sharpe on the validation range "
               f"({choice['validation']['start']} .. {choice['validation']['end']}; Sharpe "
@@ -309,22 +148,13 @@ def _evaluate(args: argparse.Namespace) -> int:
               f"compared ({choice['candidates']} distinct)")
     else:
         print("baseline: buy_and_hold (the run has no validation range to choose one on)")
-    for note in notes:
+    for note in result.notes:
         print(f"note: {note}")
-    rows = STRATEGIES if args.all else shown
-    print(format_table({label(n, chosen): table[n] for n in rows}))
-    for line in statistics_lines(statistics, baseline):
+    rows = STRATEGIES if show_all else headline(baseline)
+    print(format_table({label(n, result.chosen): result.table[n] for n in rows}))
+    for line in statistics_lines(report["statistics"], baseline):
         print(line)
     print(f"verdict: {report['verdict']}")
-    print(f"wrote report.json, equity.csv, decisions.csv, equity.png to {out}")
-    return 0
-
-
-def _fractions(cfg) -> str:
-    d = cfg.data
-    if d.split_dates:
-        return f"split_dates={','.join(d.split_dates)}"
-    return f"val_fraction={d.val_fraction:g}, test_fraction={d.test_fraction:g}"
 
 
 def headline(baseline: str) -> list[str]:
@@ -353,11 +183,6 @@ def statistics_lines(statistics: dict, baseline: str) -> list[str]:
         f"policy annualised return: {ann['estimate']:+.2%}, {level} interval "
         f"[{ann['ci_low']:+.2%}, {ann['ci_high']:+.2%}]",
     ]
-
-
-def _plain(x: Any) -> Any:
-    x = np.asarray(x)
-    return x.tolist() if x.ndim else x.item()
 
 
 def format_table(table: dict[str, dict]) -> str:

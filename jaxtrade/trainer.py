@@ -44,19 +44,21 @@ import optax
 from flax import struct
 
 from jaxtrade import parallel, ppo
-from jaxtrade.config import Config
+from jaxtrade.config import RUNTIME_FIELDS, Config
 from jaxtrade.data.market import Market
 from jaxtrade.envs import Environment, make_env
 from jaxtrade.networks import Network, count_params, init_params, make_network, param_shapes
 from jaxtrade.ppo import Batch, LearningRule
 from jaxtrade.rollout import Carry, initial_carry, make_rollout
 
-HPARAM_NAMES = ("actor_lr", "critic_lr", "ent_coef", "clip", "vf_coef", "gae_lambda", "gamma")
+# The config's runtime hyperparameters (`setting(runtime=True)`), each a field of HParams.
+HPARAM_NAMES = RUNTIME_FIELDS
 
 
 @struct.dataclass
 class HParams:
-    """Hyperparameters that may change between iterations without recompiling (float32 [])."""
+    """Hyperparameters that may change between iterations without recompiling (float32 []):
+    the fields are `HPARAM_NAMES` (checked at import; their order is the saved state's)."""
 
     actor_lr: jax.Array
     critic_lr: jax.Array
@@ -74,6 +76,11 @@ class HParams:
     def to_dict(self) -> dict[str, float]:
         """Host-side: the values as Python floats."""
         return {k: float(getattr(self, k)) for k in HPARAM_NAMES}
+
+
+if {f.name for f in dataclasses.fields(HParams)} != set(HPARAM_NAMES):
+    raise RuntimeError(f"HParams fields {[f.name for f in dataclasses.fields(HParams)]} are not "
+                       f"the config's runtime hyperparameters {HPARAM_NAMES}")
 
 
 @struct.dataclass
@@ -158,6 +165,66 @@ def carry_env_axes(carry: Carry) -> Carry:
     return jax.tree.map(lambda _: 0, carry)
 
 
+def make_iterate(env: Environment, network: Network, rule: LearningRule, rollout: Callable,
+                 shard: Callable) -> Callable:
+    """`iterate(state, env_params) -> (state, metrics)`: one PPO iteration (module docstring)."""
+
+    def advantages(params, traj, carry, hp):
+        """GAE of the rollout: V of the observation after the last step bootstraps it, with
+        the recurrent state reached there; a done step bootstraps from its final value."""
+        last_value = network.apply({"params": params}, carry.hidden, carry.obs,
+                                   carry.reset).value
+        next_values = jnp.concatenate([traj.value[1:], last_value[None]], axis=0)
+        next_values = jnp.where(traj.done, traj.final_value, next_values)
+        return ppo.gae(traj.reward, traj.value, next_values, traj.terminated, traj.done,
+                       hp.gamma, hp.gae_lambda)
+
+    def iterate(state: TrainState, env_params) -> tuple[TrainState, dict]:
+        hp = state.hparams
+        rng, key_roll, key_epochs, key_critic = jax.random.split(state.rng, 4)
+        actor_opt = ppo.set_learning_rate(state.actor_opt, hp.actor_lr)
+        critic_opt = ppo.set_learning_rate(state.critic_opt, hp.critic_lr)
+        carry, traj = rollout(state.params, env_params, state.carry, key_roll)
+        carry, traj = shard(carry, 0), shard(traj, 1)
+        adv, returns = advantages(state.params, traj, carry, hp)
+        batch = Batch(transition=traj, hidden=shard(state.carry.hidden, 0), advantages=adv,
+                      returns=returns)
+        params, actor_opt, critic_opt, metrics = rule.update(
+            state.params, actor_opt, critic_opt, batch, hp, key_epochs, key_critic
+        )
+        n_done = traj.done.sum()
+        episode_return = jnp.where(
+            n_done > 0, traj.episode_return.sum() / jnp.maximum(n_done, 1),
+            state.last_episode_return,
+        )
+        n_actions = env.num_actions
+        metrics.update(
+            explained_variance=ppo.explained_variance(traj.value, returns),
+            episode_return_mean=episode_return,
+            episodes=n_done,
+            reward_mean=traj.reward.mean(),
+            **env.step_metrics(traj.info),
+            value_mean=traj.value.mean(),
+            advantage_mean=adv.mean(),
+            advantage_std=adv.std(),
+            # A compare-and-mean, not bincount: it reduces where the actions are instead of
+            # gathering them all on every device.
+            action_freq=(traj.action[..., None] == jnp.arange(n_actions)).mean((0, 1)),
+            # The entropy's ceiling is log(valid actions): the model score's exploration term.
+            valid_actions=(jnp.asarray(n_actions, jnp.float32) if traj.mask is None
+                           else traj.mask.sum(-1).mean(dtype=jnp.float32)),
+            params_finite=_all_finite(params),
+            **{k: getattr(hp, k) for k in HPARAM_NAMES},
+        )
+        new_state = TrainState(
+            params=params, actor_opt=actor_opt, critic_opt=critic_opt, carry=carry, rng=rng,
+            hparams=hp, iteration=state.iteration + 1, last_episode_return=episode_return,
+        )
+        return new_state, metrics
+
+    return iterate
+
+
 def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = None) -> Trainer:
     """Builds the fused training program for `config` on `market`, over `mesh`.
 
@@ -216,67 +283,7 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
             last_episode_return=jnp.zeros((), jnp.float32),
         )
 
-    def iterate(state: TrainState, env_params) -> tuple[TrainState, dict]:
-        hp = state.hparams
-        rng, key_roll, key_epochs, key_critic = jax.random.split(state.rng, 4)
-        actor_opt = ppo.set_learning_rate(state.actor_opt, hp.actor_lr)
-        critic_opt = ppo.set_learning_rate(state.critic_opt, hp.critic_lr)
-        hidden0 = state.carry.hidden
-
-        carry, traj = rollout(state.params, env_params, state.carry, key_roll)
-        carry, traj = shard_carry(carry), shard(traj, 1)
-
-        # V of the observation after the last step, with the recurrent state reached there.
-        last_value = network.apply(
-            {"params": state.params}, carry.hidden, carry.obs, carry.reset
-        ).value
-        next_values = jnp.concatenate([traj.value[1:], last_value[None]], axis=0)
-        next_values = jnp.where(traj.done, traj.final_value, next_values)
-        advantages, returns = ppo.gae(
-            traj.reward, traj.value, next_values, traj.terminated, traj.done, hp.gamma,
-            hp.gae_lambda,
-        )
-        batch = Batch(transition=traj, hidden=shard(hidden0, 0), advantages=advantages,
-                      returns=returns)
-        params, actor_opt, critic_opt, metrics = rule.update(
-            state.params, actor_opt, critic_opt, batch, hp, key_epochs, key_critic
-        )
-
-        n_done = traj.done.sum()
-        episode_return = jnp.where(
-            n_done > 0, traj.episode_return.sum() / jnp.maximum(n_done, 1),
-            state.last_episode_return,
-        )
-        n_actions = env.num_actions
-        metrics.update(
-            explained_variance=ppo.explained_variance(traj.value, returns),
-            episode_return_mean=episode_return,
-            episodes=n_done,
-            reward_mean=traj.reward.mean(),
-            **env.step_metrics(traj.info),
-            value_mean=traj.value.mean(),
-            advantage_mean=advantages.mean(),
-            advantage_std=advantages.std(),
-            # A compare-and-mean, not bincount: it reduces where the actions are instead of
-            # gathering them all on every device.
-            action_freq=(traj.action[..., None] == jnp.arange(n_actions)).mean((0, 1)),
-            # The entropy's ceiling is log(valid actions): the model score's exploration term.
-            valid_actions=(jnp.asarray(n_actions, jnp.float32) if traj.mask is None
-                           else traj.mask.sum(-1).mean(dtype=jnp.float32)),
-            params_finite=_all_finite(params),
-            **{k: getattr(hp, k) for k in HPARAM_NAMES},
-        )
-        new_state = TrainState(
-            params=params,
-            actor_opt=actor_opt,
-            critic_opt=critic_opt,
-            carry=carry,
-            rng=rng,
-            hparams=hp,
-            iteration=state.iteration + 1,
-            last_episode_return=episode_return,
-        )
-        return new_state, metrics
+    iterate = make_iterate(env, network, rule, rollout, shard)
 
     def run_k(state: TrainState, env_params, k: int):
         return jax.lax.scan(lambda s, _: iterate(s, env_params), state, None, length=k)

@@ -454,3 +454,156 @@ def test_keys_of_older_versions_name_what_replaced_them(key, new, tmp_path):
     path = write(tmp_path, f"[data]\n{key} = 0.2\n")
     with pytest.raises(ConfigError, match=f"{path}: '{key}' was replaced by {new}"):
         C.load(path)
+
+
+# --- settings: each field's facts, declared once --------------------------------------------
+
+
+def test_every_field_is_a_setting_with_a_flag_or_explicitly_none():
+    for section in SECTIONS:
+        for f in dataclasses.fields(getattr(Config(), section)):
+            meta = f.metadata.get("jaxtrade")
+            assert isinstance(meta, C.Setting), f"{f.name} is not declared with setting()"
+            # setting(flag=True) (the default) is --field-name; no flag is flag=False, given
+            assert meta.flag is True or meta.flag is False or meta.flag.startswith("--"), f.name
+            assert meta.help, f.name
+    assert list(C.SETTINGS) == C.field_names()
+    flagless = {k for k, s in C.SETTINGS.items() if s.flag is None}
+    assert set(C.FLAG_OF) == set(C.field_names()) - flagless
+    assert {C.FLAG_OF[k] for k in ("path", "name", "kind", "n_envs")} == {
+        "--data", "--env", "--network", "--n-envs"}
+
+
+def test_the_train_parser_has_exactly_the_flags_of_the_settings():
+    from jaxtrade import train
+
+    actions = {a.dest: a for a in train.build_parser()._actions}
+    for key, flag in C.FLAG_OF.items():
+        assert actions[key].option_strings == [flag], key
+        assert actions[key].help == C.flag_help(key)
+    # A flag-less field is not set by a flag of its own name by mistake.
+    assert not {k for k in C.field_names() if k not in C.FLAG_OF} & set(actions)
+    assert train.FLAG_FIELDS == tuple(C.FLAG_OF) and train.FLAG_OF is C.FLAG_OF
+
+
+def test_flag_help_shows_the_default():
+    assert C.flag_help("gamma") == "discount [0.99]"
+    assert C.flag_help("actor_lr") == "actor chain learning rate [3e-4]"
+    assert C.flag_help("dropout") == "dropout rate [0.0]"
+    assert C.flag_help("timesteps") == "train for this many env steps"  # default None: none
+    assert C.flag_help("run_dir").endswith("[ckpt/<UTC time>-<preset name or config hash>]")
+
+
+def test_flag_values_split_lists():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    C.add_flags(parser, ("symbols", "n_steps", "precision"))
+    args = parser.parse_args(["--symbols", "A, B,,C", "--n-steps", "8"])
+    assert C.flag_values(args, ("symbols", "n_steps", "precision")) == {
+        "symbols": ("A", "B", "C"), "n_steps": 8, "precision": None}
+    with pytest.raises(SystemExit):  # a static OneOf rule is the flag's choices
+        parser.parse_args(["--precision", "fp16"])
+    with pytest.raises(ValueError, match="n_assets has no CLI flag"):
+        C.add_flags(parser, ("n_assets",))
+
+
+def test_runtime_hyperparameters_are_the_fields_of_hparams():
+    from jaxtrade.trainer import HPARAM_NAMES, HParams
+
+    assert {f.name for f in dataclasses.fields(HParams)} == set(C.RUNTIME_FIELDS)
+    assert HPARAM_NAMES == C.RUNTIME_FIELDS
+    assert set(C.RUNTIME_FIELDS) == {
+        "actor_lr", "critic_lr", "ent_coef", "clip", "vf_coef", "gae_lambda", "gamma"}
+    assert not set(C.RUNTIME_FIELDS) & set(C.SHAPE_FIELDS)
+
+
+def changed(key: str):
+    """A value of field `key` other than its default, of the right type (and within the
+    field's range, for numbers)."""
+    value = C.default_of(key)
+    base = C._base_type(C._FIELD_TYPES[C._FIELD_SECTION[key]][key])
+    rule = C.SETTINGS[key].rule
+    if base is bool:
+        return not value
+    if base is int:
+        return (value or 0) + 3
+    if base is float:
+        return (value + rule.high) / 2 if isinstance(rule, C.Between) else value + 0.125
+    if base is str:
+        return f"{value}-other"
+    return ("X", "Y")  # a list of str
+
+
+@pytest.mark.parametrize("key", C.SHAPE_FIELDS)
+def test_every_shape_field_is_refused_on_resume_naming_its_flag(key):
+    from jaxtrade import checkpoint as ckpt
+
+    saved = Config()
+    new = C.with_values(saved, **{key: changed(key)})
+    with pytest.raises(ckpt.CheckpointError) as e:
+        ckpt.resume_changes(saved, new)
+    shown = f"{C.FLAG_OF[key]} " if key in C.FLAG_OF else f"{key}="
+    assert str(e.value).startswith(shown), str(e.value)
+    assert "would change array shapes or the market" in str(e.value)
+    assert ckpt.SHAPE_FIELDS == C.SHAPE_FIELDS
+
+
+def test_every_other_field_may_change_on_resume():
+    from jaxtrade import checkpoint as ckpt
+
+    saved = Config()
+    for key in C.field_names():
+        if key in C.SHAPE_FIELDS or key in ("seed", "run_dir"):
+            continue
+        changes = ckpt.resume_changes(saved, C.with_values(saved, **{key: changed(key)}))
+        assert [c.key for c in changes] == [key]
+        assert (key in ckpt.hparam_values(changes)) == (key in C.RUNTIME_FIELDS)
+
+
+def test_make_params_takes_env_config_defaults_and_rules(small_env):
+    from jaxtrade.envs import PortfolioEnv
+
+    signature = inspect.signature(PortfolioEnv.make_params).parameters
+    env = C.EnvConfig()
+    for key, value in env.params_kwargs().items():
+        assert signature[key].default == value, key
+        rule = C.SETTINGS[key].rule
+        assert rule is not None and rule.holds(value)
+        bad = -1.0 if key != "episode_length" else 0
+        assert not rule.holds(bad)
+        with pytest.raises(ValueError) as e:
+            small_env.make_params(**{key: bad})
+        assert str(e.value) == f"{key} must be {rule}, got {bad}"
+        # validate names the same rule
+        assert f"{key}={bad!r} must be {rule}" in invalid(f"{key}={bad}")
+    # The tops of the ranges are the same for both too.
+    for key in ("slippage", "spread", "impact", "ruin_fraction"):
+        top = C.SETTINGS[key].rule.high
+        with pytest.raises(ValueError, match=f"{key} must be in"):
+            small_env.make_params(**{key: top})
+        assert f"{key}={float(top)!r} must be in [0, {top:g})" in invalid(f"{key}={top}")
+
+
+def test_fields_a_resume_may_change_keep_every_shape(small_market):
+    """A field not marked shape=True changes no array of the saved state or the env params."""
+    import jax
+
+    from jaxtrade.trainer import make_train
+
+    def shapes(cfg: Config):
+        trainer = make_train(cfg, small_market)
+        state = jax.eval_shape(trainer.init, jax.random.key(0))
+        return jax.tree.map(lambda x: (x.shape, x.dtype), (state, trainer.env_params))
+
+    tiny = dict(hidden_dim=8, n_gru_layers=1, n_envs=8, n_steps=8, n_minibatches=2,
+                episode_length=32, precision="fp32")
+    base = C.resolve(C.with_values(Config(), **tiny), "cpu")
+    reference = shapes(base)
+    sections = ("env", "network", "ppo")  # [data] fields all fix the market; [run] none
+    keys = [k for k in C.field_names()
+            if C._FIELD_SECTION[k] in sections and k not in C.SHAPE_FIELDS]
+    assert len(keys) > 10
+    for key in keys:
+        cfg = C.validate(C.with_values(base, **{key: changed(key)}))
+        assert shapes(cfg) == reference, f"{key} changes shapes: mark it setting(shape=True)"

@@ -16,10 +16,10 @@ import pytest
 from jaxtrade import checkpoint as ckpt
 from jaxtrade import evaluate, train
 from jaxtrade import metrics as M
-from jaxtrade.config import Config, with_values
 from jaxtrade.data import SyntheticConfig, build_market, synthetic_panel
+from jaxtrade.engine.assess import select_range
 from jaxtrade.envs import PortfolioEnv, Regime
-from jaxtrade.evaluate import UsageError, select_range
+from jaxtrade.errors import UsageError
 from jaxtrade.evaluation import BASELINES, STRATEGIES, baseline_actions, choose_baseline, walk_key
 from tests.conftest import TRAINED_EVAL_EVERY, TRAINED_ITERATIONS, long_frame
 
@@ -138,28 +138,9 @@ def test_best_checkpoint_follows_val_score_and_counts_the_candidates(trained_run
             f"validation among {len(scores)} candidates") in out
 
 
-class _Market:
-    """The part of a Market `train.eval_interval` reads."""
-
-    def __init__(self, n_validation_bars):
-        self.n = n_validation_bars
-
-    def bounds(self, name):
-        assert name == "validation"
-        return 100, 100 + self.n
-
-
-def test_eval_every_needs_a_validation_range(tmp_path, capsys):
-    cfg = with_values(Config(), val_fraction=0.0)
-    assert train.eval_interval(cfg, _Market(0), given=False) == 0  # the default: off
-    assert train.eval_interval(cfg, _Market(50), given=False) == 10
-    with pytest.raises(train.UsageError, match="this run has none"):
-        train.eval_interval(cfg, _Market(0), given=True)
-    with pytest.raises(train.UsageError, match="--eval-every 3 walks the validation range"):
-        train.eval_interval(with_values(cfg, eval_every=3), _Market(0), given=False)
-    with pytest.raises(train.UsageError, match="--early-stop 2 counts validation walks"):
-        train.eval_interval(with_values(cfg, early_stop=2), _Market(0), given=False)
-    # From the command line: one line, exit 2, before anything is written.
+def test_eval_every_without_a_validation_range_is_refused_by_the_cli(tmp_path, capsys):
+    """One line, exit 2, before anything is written (`tests/engine/test_start.py` checks the
+    rule itself)."""
     argv = ["--hyperparams", "n_bars=400,n_assets=4", "--episode-length", "32",
             "--val-fraction", "0", "--eval-every", "5", "--run-dir", str(tmp_path / "r")]
     assert train.main(argv) == 2

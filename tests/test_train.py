@@ -117,36 +117,6 @@ def test_bad_flag_type_is_rejected_by_argparse():
 # --- memory budget and presets ------------------------------------------------------------
 
 
-def test_memory_budget_caps_n_envs_or_refuses(small_market):
-    """An asked-for n_envs over the budget is capped with a warning naming the estimate; a
-    default one is lowered with a note; a resumed one cannot change and only warns; a
-    budget too small for any n_envs is refused."""
-    from jaxtrade import config as C
-    from jaxtrade import memory
-    from jaxtrade.envs import PortfolioEnv
-
-    env = PortfolioEnv(small_market)
-    cfg = C.resolve(C.with_values(C.Config(), hidden_dim=8, n_gru_layers=1, n_envs=4096,
-                                  n_steps=8, n_minibatches=2), "cpu")
-    need = memory.estimate(cfg, env).per_device_bytes
-    gb = need / 4 / 1e9  # a quarter of what 4,096 envs need
-    asked = train.size_n_envs(cfg, env, 1, gb, given=True, fixed=False)
-    n = asked.cfg.ppo.n_envs
-    assert 0 < n < 4096 and n % 2 == 0 and asked.estimate.per_device_bytes <= gb * 1e9
-    assert memory.estimate(C.with_values(cfg, n_envs=n + 2), env).per_device_bytes > gb * 1e9
-    assert asked.warning.startswith("n_envs=4,096 needs an estimated ")
-    assert f"capped to {n:,} envs" in asked.warning and asked.note is None
-    default = train.size_n_envs(cfg, env, 1, gb, given=False, fixed=False)
-    assert default.cfg.ppo.n_envs == n and default.warning is None
-    assert default.note.startswith("default n_envs=4,096 lowered to")
-    resumed = train.size_n_envs(cfg, env, 1, gb, given=True, fixed=True)
-    assert resumed.cfg.ppo.n_envs == 4096 and "the checkpoint fixes n_envs" in resumed.warning
-    fits = train.size_n_envs(cfg, env, 1, 4 * need / 1e9, given=True, fixed=False)
-    assert fits.cfg is cfg and fits.warning is None and fits.note is None
-    with pytest.raises(train.UsageError, match="not even n_envs=2 fits"):
-        train.size_n_envs(cfg, env, 1, 1e-6, given=True, fixed=False)
-
-
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -13,13 +13,12 @@ import pytest
 
 from jaxtrade.config import Config, resolve, with_values
 from jaxtrade.data import SyntheticConfig, build_market, synthetic_panel
-from jaxtrade.envs import Environment, Regime
+from jaxtrade.envs import Regime
 from jaxtrade.evaluation import make_policy_walk
 from jaxtrade.ppo import minibatch_assignment, take_minibatch
-from jaxtrade.rollout import initial_carry, make_rollout
 from jaxtrade.trainer import HPARAM_NAMES, make_train, set_hparams
 from tests.conftest import SMALL
-from tests.envs.masked import TELEPORT, MaskedWalk
+from tests.envs.masked import TELEPORT
 
 TINY = dict(
     hidden_dim=16, n_gru_layers=2, dropout=0.1, n_envs=8, n_steps=16, n_minibatches=2,
@@ -114,36 +113,6 @@ def test_minibatches_split_envs_and_keep_whole_sequences():
     np.testing.assert_array_equal(got["x"], np.asarray(x)[:, envs[1]])
     other = minibatch_assignment(jax.random.key(4), 12, 3)
     assert not np.array_equal(a, other)
-
-
-def test_stored_sequences_replay_the_rollout_exactly(tiny, tiny_state):
-    """Re-running the GRU from each env's stored initial state over its stored observations
-    and reset flags gives the rollout's values and log-probs: the update sees the policy that
-    acted, across episode boundaries (GRU resets) too."""
-    rollout = jax.jit(make_rollout(tiny.network, tiny.env, 40))
-    carry = tiny_state.carry
-    _, traj = rollout(tiny_state.params, tiny.env_params, carry, jax.random.key(1))
-    assert bool(traj.done.any()) and bool(traj.reset[1:].any())
-    np.testing.assert_array_equal(traj.reset[1:], traj.done[:-1])
-    out = tiny.network.apply(
-        {"params": tiny_state.params}, carry.hidden, traj.obs, traj.reset, method="unroll"
-    )
-    logits, values = out.logits, out.value
-    log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits), traj.action[..., None], -1)[..., 0]
-    np.testing.assert_allclose(values, traj.value, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(log_probs, traj.log_prob, rtol=1e-5, atol=1e-5)
-
-
-def test_truncated_steps_bootstrap_from_the_final_observation(tiny, tiny_state):
-    rollout = jax.jit(make_rollout(tiny.network, tiny.env, 40))
-    _, traj = rollout(tiny_state.params, tiny.env_params, tiny_state.carry, jax.random.key(2))
-    done = np.asarray(traj.done)
-    # The final value differs from the value of the reset observation that follows.
-    nxt = np.asarray(traj.value)[1:][done[:-1]]
-    fin = np.asarray(traj.final_value)[:-1][done[:-1]]
-    assert done.any() and not np.allclose(nxt, fin)
-    # Episode returns are reported exactly where episodes end.
-    assert (np.asarray(traj.episode_return)[~done] == 0).all()
 
 
 @pytest.mark.slow
@@ -243,32 +212,6 @@ def _prefer_teleport(params):
     bias = params["policy_head"]["out"]["bias"]
     return {**params, "policy_head": {**params["policy_head"], "out": {
         **params["policy_head"]["out"], "bias": bias.at[TELEPORT].set(50.0)}}}
-
-
-@pytest.mark.parametrize("greedy", [False, True])
-def test_masked_actions_are_never_taken(small_market, greedy):
-    """Sampled and greedy: a policy that wants teleport everywhere takes it only where the
-    mask allows it (cell 0); an env with the same dynamics and no mask takes it everywhere,
-    so the check can fail."""
-    trainer = _masked_trainer(small_market)
-    params = _prefer_teleport(trainer.init(jax.random.key(0)).params)
-
-    class Unmasked(MaskedWalk):
-        action_mask = Environment.action_mask  # the default: every action valid
-
-    for env, masked in ((trainer.env, True), (Unmasked(), False)):
-        rollout = jax.jit(make_rollout(trainer.network, env, 48, greedy=greedy))
-        carry = initial_carry(trainer.network, env, trainer.env_params, jax.random.key(1), 32)
-        _, traj = rollout(params, trainer.env_params, carry, jax.random.key(2))
-        invalid = np.asarray(traj.info["invalid"])
-        if masked:
-            assert not invalid.any()
-            assert (np.asarray(traj.action) == TELEPORT).any()  # where it is valid
-            valid = np.take_along_axis(np.asarray(traj.mask), np.asarray(traj.action)[..., None],
-                                       -1)
-            assert valid.all()
-        else:
-            assert traj.mask is None and invalid.mean() > 0.5
 
 
 def test_a_masked_env_trains_through_the_engine(small_market):

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxtrade.config import EnvConfig, broken_rule
 from jaxtrade.data.market import RANGES, Market, MarketData
 from jaxtrade.envs import regimes
 from jaxtrade.envs.base import Environment, register
@@ -73,8 +74,7 @@ class EnvParams:
     ruin_fraction: jax.Array  # float32 [], value (vs 1.0 at start) that ends an episode
 
 
-DEFAULT_FRICTIONS = {"slippage": 0.0005, "spread": 0.0002, "impact": 0.01}
-DEFAULT_EPISODE_LENGTH = 256
+_DEFAULTS = EnvConfig()  # episode length and friction defaults (and ranges: `config`)
 
 
 class PortfolioEnv(Environment[EnvState, EnvParams]):
@@ -113,21 +113,22 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         self,
         split: str = "train",
         *,
-        episode_length: int = DEFAULT_EPISODE_LENGTH,
+        episode_length: int = _DEFAULTS.episode_length,
         start: int | None = None,
-        slippage: float = DEFAULT_FRICTIONS["slippage"],
-        spread: float = DEFAULT_FRICTIONS["spread"],
-        impact: float = DEFAULT_FRICTIONS["impact"],
-        turnover_penalty: float = 0.0,
-        drawdown_penalty: float = 0.0,
-        ruin_fraction: float = 0.5,
+        slippage: float = _DEFAULTS.slippage,
+        spread: float = _DEFAULTS.spread,
+        impact: float = _DEFAULTS.impact,
+        turnover_penalty: float = _DEFAULTS.turnover_penalty,
+        drawdown_penalty: float = _DEFAULTS.drawdown_penalty,
+        ruin_fraction: float = _DEFAULTS.ruin_fraction,
     ) -> EnvParams:
         """Params for episodes inside the market's "train", "validation" or "test" range
         (`jaxtrade.data.market.Market`): no step reads a price after the range's last bar.
 
         Host-side. `start` fixes the first bar (e.g. the first validation bar for one
         continuous evaluation pass); by default episodes start at a random bar that
-        leaves room for a whole episode.
+        leaves room for a whole episode. The other defaults are `EnvConfig`'s, and each
+        value must pass the rule of its `EnvConfig` field (as `config.validate` checks).
 
         Raises:
           ValueError: unknown split, a range too short for the episode, or a
@@ -137,8 +138,8 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
             raise ValueError(f"split must be one of {', '.join(self._ranges)}, got {split!r}")
         first, stop = self._ranges[split]
         lo, hi = max(first, 1), stop - 1  # bar 0 has no bar before it to decide on
-        if episode_length < 1:
-            raise ValueError(f"episode_length must be >= 1, got {episode_length}")
+        if (rule := broken_rule("episode_length", episode_length)) is not None:
+            raise ValueError(f"episode_length must be {rule}, got {episode_length}")
         # An episode starting at t0 marks its last step at t0 + episode_length.
         latest = hi - episode_length
         if start is not None:
@@ -152,17 +153,16 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
             )
         else:
             start_min, start_max = lo, latest
-        for name, v, top in (
-            ("slippage", slippage, 0.1),
-            ("spread", spread, 0.1),
-            ("impact", impact, 1.0),
-            ("turnover_penalty", turnover_penalty, None),
-            ("drawdown_penalty", drawdown_penalty, None),
-            ("ruin_fraction", ruin_fraction, 1.0),
+        for name, v in (
+            ("slippage", slippage),
+            ("spread", spread),
+            ("impact", impact),
+            ("turnover_penalty", turnover_penalty),
+            ("drawdown_penalty", drawdown_penalty),
+            ("ruin_fraction", ruin_fraction),
         ):
-            if v < 0 or (top is not None and v >= top):
-                bound = f"[0, {top})" if top is not None else ">= 0"
-                raise ValueError(f"{name} must be {bound}, got {v}")
+            if (rule := broken_rule(name, v)) is not None:
+                raise ValueError(f"{name} must be {rule}, got {v}")
         i32, f32 = jnp.int32, jnp.float32
         return EnvParams(
             market=jax.tree.map(jnp.asarray, self._data),  # host arrays onto the device

@@ -1,0 +1,584 @@
+"""The host loop of a training run, in named steps.
+
+`train(request, options)` plans the run (`prepare`), prints the banner before anything is
+placed or compiled, builds or restores the state, then calls the compiled program k
+iterations at a time; between calls it logs, walks the validation range on its cadence,
+tracks the best checkpoint, saves, and checks for signals, and at the end it writes
+`summary.json`. Any env of the registry and any network kind run through it unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxtrade import __version__, parallel
+from jaxtrade import config as cfgmod
+from jaxtrade.data.market import MARKET_FILE, market_record
+from jaxtrade.data.panel import format_date
+from jaxtrade.engine.console import Console, eval_line, log_line, verbose_lines
+from jaxtrade.engine.start import (
+    Sizing,
+    Start,
+    StartRequest,
+    check_new_run_dir,
+    eval_interval,
+    load_run_market,
+    plan_start,
+    size_n_envs,
+)
+from jaxtrade.errors import UsageError
+from jaxtrade.watchdog import Watchdog
+
+# Per-iteration metrics that must stay finite; the first that is not stops the run.
+FINITE_KEYS = (
+    "policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac", "explained_variance",
+    "actor_grad_norm", "critic_grad_norm", "episode_return_mean",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How to run, beyond the config: the CLI's device, memory and restart flags."""
+
+    devices: int | None = None  # --devices: the first N devices (None: all)
+    max_vram_gb: float | None = None  # --max-vram
+    preset: str | None = None  # --high-vram / --low-vram (their memory budgets)
+    eval_every_given: bool = False  # --eval-every was given (a bad one is an error)
+    on_mismatch: str | None = None  # --on-mismatch for checkpoints of another architecture
+    lr_multiplier: float | None = None  # --lr-multiplier (already in the config; for the log)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything decided before anything is placed on a device."""
+
+    cfg: cfgmod.Config
+    start: Start
+    mesh: Any
+    market: Any  # without its test range
+    env: Any
+    network: Any
+    sizing: Sizing
+    eval_every: int
+    run_dir: Path
+
+    @property
+    def steps_per_iter(self) -> int:
+        return self.cfg.ppo.n_envs * self.cfg.ppo.n_steps
+
+    @property
+    def total_iters(self) -> int:
+        return cfgmod.total_iterations(self.cfg)
+
+    @property
+    def validation(self) -> tuple[int, int]:
+        """First bar and last bar of a validation walk (the walk marks its last step there)."""
+        first, stop = self.market.bounds("validation")
+        return first, stop - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """How the run ended, for the CLI's last lines."""
+
+    status: str  # completed | stopped_early | interrupted | diverged
+    message: str | None
+    summary: dict
+    selection: dict
+    signal_name: str | None
+    total_iters: int
+    run_dir: Path
+
+
+def prepare(request: StartRequest, options: RunOptions) -> Plan:
+    """Plans the run: start point, config, market, env, network, n_envs for memory."""
+    from jaxtrade.envs import make_env
+    from jaxtrade.trainer import build_network
+
+    mesh = parallel.make_mesh(options.devices)
+    n_devices = mesh.size
+    start = plan_start(request, jax.default_backend(), n_devices)
+    cfg = start.cfg
+    market = load_run_market(cfg)
+    eval_every = eval_interval(cfg, market, given=options.eval_every_given)
+    max_vram = options.max_vram_gb
+    if max_vram is None and options.preset:
+        max_vram = cfgmod.PRESET_MAX_VRAM_GB.get(options.preset)
+    try:
+        env = make_env(cfg.env.name, market)
+    except ValueError as e:
+        raise UsageError(f"--env: {e}") from None
+    sizing = size_n_envs(cfg, env, n_devices, max_vram, given=start.n_envs_given,
+                         fixed=start.mode in ("resume", "checkpoint"))
+    cfg = cfgmod.validate(sizing.cfg, n_devices=n_devices)
+    run_dir = Path(cfg.run.run_dir)
+    if start.mode != "resume":
+        check_new_run_dir(run_dir)
+    return Plan(cfg, start, mesh, market, env, build_network(cfg, env), sizing, eval_every,
+                run_dir)
+
+
+def print_banner(plan: Plan, console: Console) -> None:
+    """Devices, market, env, model, batch, memory, run, evaluation and test range: printed
+    and flushed before anything is placed on a device or compiled."""
+    from jaxtrade import memory
+    from jaxtrade.trainer import count_network_params
+
+    cfg, env, market, sizing, say = plan.cfg, plan.env, plan.market, plan.sizing, console.say
+    pc, n_devices = cfg.ppo, plan.mesh.size
+    say(f"jaxtrade {__version__} | jax {jax.__version__} | {parallel.describe(plan.mesh)}, "
+        f"{jax.default_backend()} | precision {np.dtype(plan.network.dtype).name}")
+    say(f"market: {market.describe()}")
+    for line in market.report:
+        say(f"  {line}")
+    say(f"env: {env.name}")
+    for line in env.notes():
+        say(f"  {line}")
+    say(f"model: {plan.network.describe()}, {count_network_params(cfg, env):,} parameters "
+        f"(obs {env.obs_dim}, {env.num_actions} actions)")
+    say(f"ppo: {pc.n_envs:,} envs x {pc.n_steps} steps = {plan.steps_per_iter:,} "
+        f"steps/iteration, {pc.n_minibatches} minibatches, {pc.ppo_epochs} joint + "
+        f"{pc.critic_epochs} critic epochs")
+    say(f"memory: estimated {memory.format_bytes(sizing.estimate.per_device_bytes)} per device "
+        f"({pc.n_envs // n_devices:,} envs each) of a {memory.format_bytes(sizing.budget)} "
+        f"budget ({sizing.budget_source})")
+    if sizing.note:
+        say(f"  {sizing.note}")
+    if sizing.warning:
+        console.warn(sizing.warning)
+    say(f"run: {plan.total_iters:,} iterations = {plan.total_iters * plan.steps_per_iter:,} "
+        f"timesteps -> {plan.run_dir}")
+    first, last = plan.validation
+    if plan.eval_every:
+        say(f"eval: greedy walk of the validation bars {format_date(market.dates[first])} .. "
+            f"{format_date(market.dates[last])} ({last - first} steps) every "
+            f"{plan.eval_every} iterations and at the end; checkpoints ranked by val_score"
+            + (f"; stop after {cfg.run.early_stop} walks without a new best"
+               if cfg.run.early_stop else ""))
+    else:
+        say("eval: off" + ("" if last >= first else " (no validation range)"))
+    test = market.span("test")
+    say("test: " + (f"{test['bars']} bars ({test['start']} .. {test['end']}) withheld: "
+                    f"training never reads them; python -m jaxtrade.evaluate reports on them"
+                    if test else "none (every bar trains or validates)"))
+    sys.stdout.flush()
+
+
+def first_non_finite(row: dict) -> str | None:
+    """Name of the first quantity that is not finite, or None."""
+    if not row["params_finite"]:
+        return "the network parameters"
+    for k in FINITE_KEYS:
+        if k in row and not math.isfinite(row[k]):
+            return f"{k} ({row[k]})"
+    return None
+
+
+def metrics_row(metrics: dict, i: int) -> dict:
+    """Iteration `i` of a call's stacked metrics as JSON values."""
+    row = {}
+    for k, v in metrics.items():
+        x = np.asarray(v[i])
+        row[k] = x.tolist() if x.ndim else x.item()
+    return row
+
+
+def measured_peak(compiled) -> dict[str, Any]:
+    """Peak device memory per device: JAX's device statistics where the backend keeps them
+    (GPU: peak bytes in use, the process's lifetime peak), else XLA's buffer plan of the
+    compiled call (CPU)."""
+    from jaxtrade import memory
+
+    peak, from_device = memory.measured_peak(compiled)
+    return {"bytes": peak,
+            "source": "device memory statistics" if from_device else "XLA buffer plan"}
+
+
+def train(request: StartRequest, options: RunOptions) -> Result:
+    """A whole run: plan, banner, state, the loop, the summary (see the module docstring)."""
+    plan = prepare(request, options)
+    where = "" if jax.process_count() == 1 else f"process {jax.process_index()}: "
+    console = Console(plan.cfg.run.verbosity, parallel.is_primary(), where)
+    print_banner(plan, console)
+    session = Session(plan, options, console)
+    session.build()
+    session.record_start()
+    return session.run()
+
+
+class Session:
+    """One run's state between compiled calls; each method is one step of the host loop."""
+
+    def __init__(self, plan: Plan, options: RunOptions, console: Console):
+        self.plan, self.options, self.console = plan, options, console
+        self.cfg = plan.cfg
+        self.primary = parallel.is_primary()
+        # Every blocking step from here on says what it waits for when it takes over a minute.
+        self.watchdog = Watchdog(console.notice)
+        console.start_progress(plan.total_iters * plan.steps_per_iter)
+        n = plan.mesh.size
+        self.devices = f"{n} device{'s' if n > 1 else ''}"
+        self.mode = plan.start.mode
+        self.status, self.message = "completed", None
+        self.train_s = self.compile_s = 0.0
+        self.compiled: dict[int, Any] = {}
+        self.peak: dict[str, Any] = {}
+        self.evaluator = None
+
+    # ------------------------------------------------------------------------ the start
+    def build(self) -> None:
+        """The trainer and the starting state: restored (resume, whole-state checkpoint) or
+        fresh, with weights from a checkpoint for a warm start. Errors here leave the run
+        directory untouched."""
+        from jaxtrade import checkpoint as ckpt
+        from jaxtrade.trainer import make_train, set_hparams
+
+        plan, source, on_mismatch = self.plan, self.plan.start.source, self.options.on_mismatch
+        with self.watchdog.waiting(f"placing the market on {self.devices}"):
+            self.trainer = make_train(self.cfg, plan.market, plan.mesh)
+        self.t_start = time.perf_counter()
+        state = None
+        restoring = self.mode in ("resume", "checkpoint")
+        building = (f"restoring {source.path} on {self.devices}" if restoring
+                    else f"building the initial state on {self.devices}")
+        with self.watchdog.waiting(building):
+            if restoring:
+                policy = "refuse" if self.mode == "resume" else (on_mismatch or "error")
+                state = ckpt.restore_state(source, self.trainer, policy)
+                if state is None:
+                    self.mode = "fresh"
+                elif hparams := ckpt.hparam_values(list(plan.start.changes)):
+                    state = set_hparams(state, **hparams)
+            if state is None:
+                state = self.trainer.initial_state(jax.random.key(self.cfg.run.seed))
+                if self.mode == "weights":
+                    params = ckpt.restore_params(source, self.trainer, on_mismatch or "error")
+                    if params is None:
+                        self.mode = "fresh"
+                    else:
+                        state = ckpt.warm_start(state, params)
+            self.state = jax.block_until_ready(self.trainer.place(state))
+        self.init_s = time.perf_counter() - self.t_start
+
+    def record_start(self) -> None:
+        """Lineage and counters of the starting point; config.json and market.json written;
+        metrics.jsonl cut back to a resumed checkpoint; the start lines printed."""
+        from jaxtrade import checkpoint as ckpt
+
+        source, mode, run_dir = self.plan.start.source, self.mode, self.plan.run_dir
+        if mode == "resume":
+            self.lineage, resumed = source.lineage, source.meta
+        elif source is not None:
+            self.lineage = ckpt.Lineage.child(source.lineage, str(source.run_dir.absolute()),
+                                              source.step, source.meta["timesteps"], mode)
+            resumed = ({k: source.meta[k] for k in ("history", "metrics")}
+                       if mode == "checkpoint" else None)
+        else:
+            self.lineage, resumed = ckpt.Lineage(), None
+        self.start_iters = source.step if mode in ("resume", "checkpoint") else 0
+        self.done_iters = self.start_iters
+        prior = (resumed or {}).get("metrics") or {}
+        self.episodes = int(prior.get("episodes", 0))
+        self.wall_offset = float(prior.get("wall_s", 0.0))
+        self.last_row: dict = dict(prior)
+        # Every process has checked the run directory before the first one writes there.
+        parallel.barrier("jaxtrade-run-dir-checked")
+        kept, dropped = self.start_iters, 0
+        if mode == "resume" and self.primary:
+            kept, dropped = ckpt.truncate_metrics(run_dir / "metrics.jsonl", self.start_iters)
+        if self.primary:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(
+                json.dumps(cfgmod.to_dict(self.cfg), indent=2) + "\n")
+            (run_dir / MARKET_FILE).write_text(
+                json.dumps(market_record(self.plan.market), indent=2) + "\n")
+        if source is not None:
+            self._start_lines(kept, dropped)
+        self.checkpoints = ckpt.RunCheckpoints(
+            run_dir, self.cfg, lineage=self.lineage, resumed=resumed,
+            evaluating=bool(self.plan.eval_every), n_devices=self.plan.mesh.size)
+        every = (self.cfg.run.save_every, self.plan.eval_every)
+        self.next_save, self.next_eval = (
+            (self.done_iters // e + 1) * e if e else None for e in every)
+
+    def _start_lines(self, kept: int, dropped: int) -> None:
+        source, mode, start = self.plan.start.source, self.mode, self.plan.start
+        say, pc = self.console.say, self.cfg.ppo
+        how = {
+            "resume": f"resumed from {source.path}"
+                      + (" (saved on interrupt)" if source.meta.get("interrupted") else ""),
+            "checkpoint": f"whole state of {source.path}",
+            "weights": f"weights of {source.path}; fresh optimizers, envs and counters",
+            "fresh": f"fresh weights (architecture differs from {source.path})",
+        }[mode]
+        behind = self.lineage.total_timesteps(self.start_iters * self.plan.steps_per_iter)
+        say(f"start: {how}; iteration {self.start_iters}, generation "
+            f"{self.lineage.generation}, {behind:,} timesteps behind the weights")
+        if start.changes:
+            say("changed: " + ", ".join(map(str, start.changes)))
+        if self.options.lr_multiplier is not None:
+            say(f"learning rates x{self.options.lr_multiplier:g}: actor {pc.actor_lr:.3g}, "
+                f"critic {pc.critic_lr:.3g}")
+        if mode == "resume" and dropped:
+            say(f"metrics.jsonl: dropped {dropped} row(s) after iteration {self.start_iters} "
+                f"(re-run now)")
+        if mode == "resume" and kept < self.start_iters:
+            self.console.warn(f"metrics.jsonl has {kept} rows for {self.start_iters} "
+                              f"checkpointed iterations")
+        saved_devices, n_devices = source.meta.get("n_devices"), self.plan.mesh.size
+        if mode in ("resume", "checkpoint") and saved_devices != n_devices:
+            self.console.warn(f"saved on {saved_devices} device(s), running on {n_devices}: "
+                              f"the run continues, but not bit-identically")
+
+    # ------------------------------------------------------------------- compiled calls
+    def program(self, k: int):
+        """The program of k iterations per call, compiled on first use."""
+        if k not in self.compiled:
+            say = self.console.say
+            say(f"compiling {k} iteration(s) per call...", end=" ", flush=True)
+            t0 = time.perf_counter()
+            with self.watchdog.waiting(f"compiling the training program ({k} iteration(s) "
+                                       f"per call)"):
+                self.compiled[k] = self.trainer.compile(self.state, k)
+            dt_s = time.perf_counter() - t0
+            self.compile_s += dt_s
+            say(f"done in {dt_s:.1f}s")
+        return self.compiled[k]
+
+    def compile_evaluation(self) -> None:
+        from jaxtrade.evaluation import make_evaluator
+
+        say, first_last = self.console.say, self.plan.validation
+        say("compiling evaluation...", end=" ", flush=True)
+        t0 = time.perf_counter()
+        with self.watchdog.waiting("compiling the evaluation"):
+            self.evaluator = make_evaluator(
+                self.trainer.network, self.trainer.env, self.cfg.env, *first_last,
+                self.plan.market.bars_per_year, self.cfg.run.seed, self.state.params)
+        self.compile_s += time.perf_counter() - t0
+        say(f"done in {time.perf_counter() - t0:.1f}s")
+
+    def call(self, k: int) -> list[dict]:
+        """k iterations in one compiled call -> their metrics rows; a non-finite value ends
+        the run ("diverged") before its row is kept."""
+        from jaxtrade import memory
+
+        fn = self.program(k)
+        done = self.done_iters
+        t0 = time.perf_counter()
+        span = f" {done + 1}" if k == 1 else f"s {done + 1}-{done + k}"
+        with self.watchdog.waiting(f"running iteration{span}"):
+            self.state, metrics = fn(self.state, self.trainer.env_params)
+            metrics = jax.device_get(metrics)
+        dt_s = time.perf_counter() - t0
+        if not self.peak:
+            self.peak = measured_peak(fn)
+            est = self.plan.sizing.estimate.per_device_bytes
+            self.console.line(f"memory: peak {memory.format_bytes(self.peak['bytes'])} per "
+                              f"device after the first call ({self.peak['source']}; "
+                              f"estimated {memory.format_bytes(est)})")
+        self.train_s += dt_s
+        sps = k * self.plan.steps_per_iter / dt_s
+        rows = []
+        for i in range(k):
+            row = metrics_row(metrics, i)
+            bad = first_non_finite(row)
+            if bad is not None:
+                self.status = "diverged"
+                self.message = (f"iteration {self.done_iters + 1}: {bad} became non-finite; "
+                                f"stopped before saving anything from it (try lower learning "
+                                f"rates or --max-grad-norm)")
+                break
+            self.done_iters += 1
+            self.episodes += int(row["episodes"])
+            rows.append({
+                "iteration": self.done_iters,
+                "timesteps": self.done_iters * self.plan.steps_per_iter,
+                "episodes": self.episodes,
+                "sps": sps,
+                "wall_s": self.wall_offset + time.perf_counter() - self.t_start,
+                **{k_: v for k_, v in row.items() if k_ not in ("episodes", "params_finite")},
+                "episodes_this_iteration": int(row["episodes"]),
+            })
+        return rows
+
+    def validate(self, rows: list[dict]) -> None:
+        """On its cadence and at the end: the validation walk of the parameters this call
+        ended with, into its last row."""
+        if (self.status != "completed" or self.evaluator is None or not rows
+                or not (self.done_iters >= self.next_eval
+                        or self.done_iters == self.plan.total_iters)):
+            return
+        every = self.plan.eval_every
+        self.next_eval = (self.done_iters // every + 1) * every
+        with self.watchdog.waiting(f"evaluating iteration {self.done_iters} on the "
+                                   f"validation range"):
+            out = jax.device_get(self.evaluator(self.state.params, rows[-1]))
+        rows[-1].update({f"val_{k}": np.asarray(v).tolist() for k, v in out.items()})
+
+    def write(self, rows: list[dict], log, tb) -> bool:
+        """Rows to metrics.jsonl, TensorBoard, the best-checkpoint tracker and the console;
+        True when a validation walk found a new best."""
+        from jaxtrade.checkpoint import VAL_SCORE_KEY
+
+        console, total = self.console, self.plan.total_iters
+        new_best = False
+        for row in rows:
+            log.write(json.dumps(row) + "\n")
+            if tb is not None:
+                tb.write(row)
+            new_best = self.checkpoints.record(row) or new_best
+            self.last_row = row
+            it = row["iteration"]
+            if it % self.cfg.run.log_every == 0 or it == total:
+                console.line(log_line(row, total))
+                if console.verbosity > 1:
+                    for line in verbose_lines(row, self.plan.env.action_names):
+                        print(line)
+            if VAL_SCORE_KEY in row:
+                console.line(eval_line(row, new_best))
+        log.flush()
+        return new_best
+
+    def stops_early(self, rows: list[dict]) -> bool:
+        """--early-stop: this call's walk made N walks in a row without a new best."""
+        from jaxtrade.checkpoint import VAL_SCORE_KEY
+
+        sel, patience = self.checkpoints.selection, self.cfg.run.early_stop
+        if not (patience and VAL_SCORE_KEY in rows[-1] and sel["since_best"] >= patience):
+            return False
+        self.status = "stopped_early"
+        self.message = (f"no new best val_score in {sel['since_best']} validation walks; the "
+                        f"best is iteration {sel['best_iteration']} (score "
+                        f"{sel['best_score']:+.2f})")
+        return True
+
+    def save(self, **kw) -> None:
+        if self.checkpoints.save(self.state, self.done_iters, **kw):
+            self.console.line(f"saving checkpoint at iteration {self.done_iters} -> "
+                              f"{self.checkpoints.directory / str(self.done_iters)}")
+
+    def save_if_due(self, new_best: bool) -> None:
+        """Between calls, after the rows were checked finite and written; a new best
+        validation score is saved too, so that the best checkpoint is kept."""
+        every = self.cfg.run.save_every
+        due = self.next_save is not None and self.done_iters >= self.next_save
+        if due:
+            self.next_save = (self.done_iters // every + 1) * every
+        if (due or new_best) and self.done_iters < self.plan.total_iters:
+            self.save()
+
+    # ---------------------------------------------------------------------- the loop
+    def run(self) -> Result:
+        """The loop under signal handling: the first signal stops it after the current call,
+        a second exits at once; with several processes all stop together once a signal
+        reached any of them. Closing the checkpoints waits for the save in flight."""
+        from jaxtrade import checkpoint as ckpt
+
+        with ckpt.Interrupts() as interrupts, contextlib.closing(self.checkpoints):
+            stop = lambda: parallel.any_process(interrupts.requested)  # noqa: E731
+            total, k_call = self.plan.total_iters, min(self.cfg.run.iterations_per_call,
+                                                       self.plan.total_iters)
+            if not stop():
+                self.program(min(k_call, total - self.done_iters))
+                if self.plan.eval_every:
+                    self.compile_evaluation()
+            with self._logs() as (log, tb):
+                while self.done_iters < total and not stop():
+                    rows = self.call(min(k_call, total - self.done_iters))
+                    self.validate(rows)
+                    new_best = self.write(rows, log, tb)
+                    if self.status != "completed" or self.stops_early(rows):
+                        break
+                    self.save_if_due(new_best)
+                    self._progress()
+            self.console.progress.clear()
+            if self.status == "completed" and self.done_iters < total:
+                self.status = "interrupted"
+            if self.status != "diverged":
+                self.save(interrupted=self.status == "interrupted",
+                          final=self.status in ("completed", "stopped_early"))
+            with self.watchdog.waiting("writing the last checkpoint"):
+                self.checkpoints.wait()
+        return self._result(interrupts.signal_name)
+
+    @contextlib.contextmanager
+    def _logs(self):
+        """metrics.jsonl (appended) and TensorBoard events of the same rows; a resumed run
+        drops the events after its checkpoint (tensorboardX purges steps >= purge_step: the
+        checkpoint's own row stays). Off the primary process, nothing is written."""
+        from jaxtrade.tensorboard import TensorBoardLog
+
+        run_dir, start = self.plan.run_dir, self.start_iters
+        log_path = run_dir / "metrics.jsonl" if self.primary else os.devnull
+        tb = (TensorBoardLog(run_dir, purge_step=start * self.plan.steps_per_iter + 1
+                             if start else None) if self.primary else None)
+        with (open(log_path, "a") as log,
+              contextlib.closing(tb) if tb is not None else contextlib.nullcontext()):
+            yield log, tb
+
+    def _progress(self) -> None:
+        trained = (self.done_iters - self.start_iters) * self.plan.steps_per_iter
+        self.console.progress.update(self.done_iters * self.plan.steps_per_iter,
+                                     self.train_s and trained / self.train_s,
+                                     self.last_row.get("episode_return_mean", 0.0))
+
+    def _result(self, signal_name: str | None) -> Result:
+        """summary.json (primary process) and how the run ended."""
+        from jaxtrade import checkpoint as ckpt
+
+        summary = self._summary()
+        if self.status == "interrupted":
+            summary["resume_command"] = ckpt.resume_command(self.plan.run_dir)
+        if self.primary:
+            (self.plan.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return Result(self.status, self.message, summary, dict(self.checkpoints.selection),
+                      signal_name, self.plan.total_iters, self.plan.run_dir)
+
+    def _summary(self) -> dict:
+        plan, cp, steps = self.plan, self.checkpoints, self.plan.steps_per_iter
+        trained_steps = (self.done_iters - self.start_iters) * steps
+        return {
+            "status": self.status,
+            "message": self.message,
+            "iterations": self.done_iters,
+            "timesteps": self.done_iters * steps,
+            "episodes": self.episodes,
+            "wall_s": time.perf_counter() - self.t_start,
+            "compile_s": self.compile_s,
+            "init_s": self.init_s,
+            "train_s": self.train_s,
+            "sps": trained_steps / self.train_s if self.train_s else 0.0,
+            "n_params": self.trainer.n_params,
+            "n_envs": self.cfg.ppo.n_envs,
+            "device": parallel.describe(plan.mesh),
+            "n_devices": plan.mesh.size,
+            "n_processes": jax.process_count(),
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "checkpoint": (str(cp.directory / str(cp.last_step))
+                           if cp.last_step is not None else None),
+            "lineage": self.lineage.to_dict(self.done_iters * steps),
+            "best": cp.best,
+            # What chose the best checkpoint: validation walks (candidates compared), the best.
+            "selection": {k: v for k, v in cp.selection.items() if k != "sharpes"},
+            "memory": {
+                "estimated_bytes": plan.sizing.estimate.per_device_bytes,
+                "budget_bytes": plan.sizing.budget,
+                "budget": plan.sizing.budget_source,
+                "peak_bytes": self.peak.get("bytes"),
+                "peak_source": self.peak.get("source"),
+            },
+            "final_metrics": self.last_row,
+        }
