@@ -4,7 +4,7 @@ warm starts, and the CLI's signal handling (host-only: nothing here runs under `
 A run directory holds `checkpoints/<iteration>/`, each with two Orbax items (and Orbax's
 own `metrics` item, the score that ranks it):
 
-    state   the whole TrainState (params, both optimizer states, env states, GRU states,
+    state   the whole TrainState (params, both optimizer states, env states, recurrent states,
             RNG key, hyperparameters, counters); the typed PRNG key is stored as its
             uint32 key data and re-wrapped on restore
     meta    JSON: the resolved config, the latest metrics row and a short history, the
@@ -44,7 +44,8 @@ from jaxtrade import config as cfgmod
 from jaxtrade.trainer import HPARAM_NAMES, Trainer, TrainState
 
 CHECKPOINT_DIR = "checkpoints"  # under the run directory
-FORMAT = 1  # metadata layout version, bumped when it changes incompatibly
+FORMAT = 2  # layout version, bumped when it changes incompatibly. 2: the recurrent state
+# is env-first ([B, L, H]); format 1 held the GRU state as [L, B, H] (read and transposed)
 SCORE_KEY = "episode_return_mean"  # ranks checkpoints until a validation score exists
 VAL_SCORE_KEY = "val_score"  # the validation score, preferred when a metrics row has it
 # Rank of a checkpoint without a validation score in a run that evaluates: below every
@@ -416,6 +417,25 @@ def _mismatch(source: Source, what: str, on_mismatch: str, saved: Any, new: Any)
     raise CheckpointError(text)
 
 
+def _legacy_layout(source: Source, target: TrainState, trainer: Trainer):
+    """(restore target, upgrade) for `source`: format 1 checkpoints hold the GRU state as
+    [L, B, H] (env axis second), so it is read in that shape and transposed to [B, L, H]."""
+    hidden = target.carry.hidden
+    if source.meta.get("format", 1) >= 2 or not (
+            isinstance(hidden, jax.ShapeDtypeStruct) and len(hidden.shape) == 3):
+        return target, lambda state: state
+    b, n_layers, h = hidden.shape
+    old = jax.ShapeDtypeStruct((n_layers, b, h), hidden.dtype,
+                               sharding=parallel.env_sharding(trainer.mesh, 1))
+    target = target.replace(carry=target.carry.replace(hidden=old))
+
+    def upgrade(state: TrainState) -> TrainState:
+        moved = jnp.transpose(state.carry.hidden, (1, 0, 2))
+        return state.replace(carry=state.carry.replace(hidden=moved))
+
+    return target, upgrade
+
+
 def restore_state(
     source: Source, trainer: Trainer, on_mismatch: str = "error"
 ) -> TrainState | None:
@@ -429,10 +449,10 @@ def restore_state(
     Raises:
         CheckpointError: unreadable, or a shape mismatch (named with both shapes).
     """
-    target = abstract_state(trainer)
+    target, upgrade = _legacy_layout(source, abstract_state(trainer), trainer)
     if _mismatch(source, "state", on_mismatch, _saved_tree_metadata(source), target):
         return None
-    state = _restore(source, target)
+    state = upgrade(_restore(source, target))
     impl = source.meta.get("rng_impl", "threefry2x32")
     return state.replace(rng=jax.random.wrap_key_data(state.rng, impl=impl))
 

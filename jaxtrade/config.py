@@ -321,7 +321,7 @@ class PPOConfig:
     ppo_epochs: int = setting(4, "joint actor-critic epochs", rule=AtLeast(1))
     critic_epochs: int = setting(  # on cached trunk features; 0 = none
         4, "extra critic-only epochs", rule=AtLeast(0))
-    actor_lr: float = setting(  # encoder + GRU + policy head
+    actor_lr: float = setting(  # every parameter but the value head
         3e-4, "actor chain learning rate", rule=Above(0), runtime=True)
     critic_lr: float = setting(  # value head
         9e-4, "critic chain learning rate", rule=Above(0), runtime=True)

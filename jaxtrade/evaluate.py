@@ -40,8 +40,6 @@ HEADLINE = ("buy_and_hold", "cash", "EQUAL_WEIGHT/1")  # shown beside the policy
 # chosen baseline; --all shows every strategy
 
 
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m jaxtrade.evaluate",

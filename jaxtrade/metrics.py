@@ -488,7 +488,10 @@ def model_score(
     profitability = jnp.tanh(f(avg_trade_return) * f(win_rate) / trade_return_scale)
     reward = jnp.tanh(f(avg_reward) / reward_scale)
     value = jnp.clip(f(explained_variance), -1.0, 1.0)
-    exploration = jnp.clip(f(entropy) / jnp.log(f(n_actions)), 0.0, 1.0)
+    # With one valid action there is nothing to explore (and log(1) = 0): the term is 0.
+    n = f(n_actions)
+    exploration = jnp.where(n > 1, jnp.clip(f(entropy) / jnp.log(jnp.maximum(n, 2.0)), 0.0,
+                                            1.0), 0.0)
     excess = jnp.maximum(f(approx_kl) / kl_limit, f(clip_frac) / clip_limit) - 1.0
     instability = jnp.clip(excess, 0.0, 1.0)
     w = SCORE_WEIGHTS

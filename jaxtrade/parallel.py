@@ -1,7 +1,7 @@
 """Devices and hosts: the 1-D mesh the envs are sharded over, and multi-host start-up.
 
 Data parallelism, one code path for 1..N devices: the env axis of every per-env
-array (env states, observations, GRU states, rollout buffers) is split over a
+array (env states, observations, recurrent states, rollout buffers) is split over a
 1-D mesh whose axis is named `AXIS`; parameters, optimizer states, market data
 and hyperparameters are replicated. The training program is one `jax.jit` with
 these shardings on its inputs and outputs; XLA partitions it, so reductions

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jaxtrade.envs import NAMES
-from jaxtrade.rows import VALIDATION_PREFIXES, number, split_row
+from jaxtrade.rows import ENV_FILE, VALIDATION_PREFIXES, number, split_row
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -41,6 +41,8 @@ class Run:
 
     label: str  # legend entry: the run directory's name
     rows: tuple[dict[str, Any], ...]  # one per training iteration, in file order
+    action_names: tuple[str, ...] = NAMES  # RUN_DIR/env.json's (the portfolio's regimes
+    # for runs from before it was written)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,22 +81,34 @@ def read_run(run_dir: Path) -> Run:
     path = run_dir / METRICS_FILE
     if not path.is_file():
         raise PlotError(f"{path}: not found")
+    names = action_names(run_dir)
     rows = []
     try:
         with path.open(encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
-                    rows.append(_parse_row(line, f"{path}:{n}"))
+                    rows.append(_parse_row(line, f"{path}:{n}", len(names)))
     except UnicodeDecodeError as e:
         raise PlotError(f"{path}: not UTF-8 text ({e.reason})") from None
     except OSError as e:
         raise PlotError(f"{path}: {e.strerror or e}") from None
     if not rows:
         raise PlotError(f"{path}: no rows")
-    return Run(run_dir.resolve().name or str(run_dir), tuple(rows))
+    return Run(run_dir.resolve().name or str(run_dir), tuple(rows), names)
 
 
-def _parse_row(line: str, where: str) -> dict[str, Any]:
+def action_names(run_dir: Path) -> tuple[str, ...]:
+    """The run's action labels from RUN_DIR/env.json, else the portfolio's regimes."""
+    path = run_dir / ENV_FILE
+    if not path.is_file():
+        return NAMES
+    try:
+        return tuple(json.loads(path.read_text())["action_names"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise PlotError(f"{path}: no list of action_names ({e})") from None
+
+
+def _parse_row(line: str, where: str, n_actions: int = len(NAMES)) -> dict[str, Any]:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as e:
@@ -105,8 +119,8 @@ def _parse_row(line: str, where: str) -> dict[str, Any]:
         raise PlotError(f"{where}: no numeric 'timesteps'")
     for key in ("action_freq", *(p + "action_freq" for p in VALIDATION_PREFIXES)):
         freq = row.get(key)
-        if freq is not None and (not isinstance(freq, list) or len(freq) != len(NAMES)):
-            raise PlotError(f"{where}: {key} is not a list of {len(NAMES)} shares")
+        if freq is not None and (not isinstance(freq, list) or len(freq) != n_actions):
+            raise PlotError(f"{where}: {key} is not a list of {n_actions} shares")
     return row
 
 
@@ -123,8 +137,8 @@ def series(run: Run, panel: Panel) -> tuple[list[float], list[float]]:
 
 
 def action_mix(run: Run) -> tuple[list[float], list[list[float]]]:
-    """(timesteps, shares [len(NAMES)][T]) over the rows with finite action_freq."""
-    xs, shares = [], [[] for _ in NAMES]
+    """(timesteps, shares [n_actions][T]) over the rows with finite action_freq."""
+    xs, shares = [], [[] for _ in run.action_names]
     for row in run.rows:
         freq = row.get("action_freq")
         if freq is None or not all(number(v) is not None and math.isfinite(v) for v in freq):
@@ -199,7 +213,7 @@ def training_figure(runs: list[Run]) -> Figure:
 
 
 def actions_figure(runs: list[Run]) -> Figure:
-    """actions.png's `Figure`: each run's regime mix (action_freq), stacked, over timesteps."""
+    """actions.png's `Figure`: each run's action mix (action_freq), stacked, over timesteps."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -210,7 +224,11 @@ def actions_figure(runs: list[Run]) -> Figure:
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(runs), 1, sharex=True, squeeze=False)[:, 0]
     palette = colormaps["tab20"]
-    colors = [palette(i) for i in ACTION_COLORS]
+    names = runs[0].action_names
+    if any(run.action_names != names for run in runs):
+        raise PlotError("the runs have different actions: plot them separately")
+    colors = ([palette(i) for i in ACTION_COLORS] if len(names) == len(ACTION_COLORS)
+              else [palette(i % 20) for i in range(len(names))])
     mixes = [action_mix(run) for run in runs]
     steps = [x for xs, _ in mixes for x in xs]
     for ax, run, (xs, shares) in zip(axes, runs, mixes, strict=True):
@@ -220,7 +238,7 @@ def actions_figure(runs: list[Run]) -> Figure:
         ax.set_ylim(0.0, 1.0)
         ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         if xs:
-            ax.stackplot(xs, shares, labels=NAMES, colors=colors, lw=0.0)
+            ax.stackplot(xs, shares, labels=names, colors=colors, lw=0.0)
         else:
             ax.text(0.5, 0.5, "no action_freq logged", transform=ax.transAxes, ha="center",
                     va="center", color="0.5")
@@ -229,7 +247,7 @@ def actions_figure(runs: list[Run]) -> Figure:
     axes[-1].set_xlabel("timesteps")
     # Legend top-down in stack order, so it reads like the areas.
     patches = [Patch(facecolor=c) for c in colors]
-    fig.legend(patches[::-1], NAMES[::-1], loc="outside right center", fontsize=9,
+    fig.legend(patches[::-1], list(names)[::-1], loc="outside right center", fontsize=9,
                frameon=False)
     return fig
 

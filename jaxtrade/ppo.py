@@ -196,8 +196,8 @@ def split_params(params: Params) -> tuple[Params, Params]:
     """Split a network parameter tree into (actor, critic) subtrees.
 
     Args:
-        params: the network's ``params`` collection, with top-level keys
-            ``encoder``, ``gru``, ``policy_head``, ``value_head``.
+        params: the network's ``params`` collection, with a top-level ``value_head``
+            (the GRU network's: ``encoder``, ``gru``, ``policy_head``, ``value_head``).
 
     Returns:
         actor (every top-level key but ``value_head``), critic

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+ENV_FILE = "env.json"  # RUN_DIR/env.json: the env's name, action names, obs and action sizes
 # Validation columns are val_<metric>; runs written before the rename have eval_<metric>.
 VALIDATION_PREFIXES = ("val_", "eval_")
 

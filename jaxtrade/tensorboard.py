@@ -20,11 +20,12 @@ VALIDATION_TAG = "validation/"
 ACTIONS_TAG = "actions/"
 
 
-def scalars(row: dict[str, Any]) -> dict[str, float]:
+def scalars(row: dict[str, Any], action_names=NAMES) -> dict[str, float]:
     """TensorBoard tag -> value for every finite number of a metrics.jsonl row.
 
     Training columns keep their key (`policy_loss`); the action shares become
-    `actions/<REGIME>`; validation columns (val_<m>, or eval_<m> in older runs) become
+    `actions/<NAME>` (`action_names`: the env's; the portfolio's regimes by default);
+    validation columns (val_<m>, or eval_<m> in older runs) become
     `validation/<m>` and `validation/actions/<REGIME>`. Other lists, strings, booleans,
     NaN and infinities are left out.
     """
@@ -34,7 +35,7 @@ def scalars(row: dict[str, Any]) -> dict[str, float]:
         for key, value in columns.items():
             if key == "action_freq" and isinstance(value, list):
                 out |= {f"{prefix}{ACTIONS_TAG}{name}": v
-                        for name, v in zip(NAMES, map(number, value), strict=False)
+                        for name, v in zip(action_names, map(number, value), strict=False)
                         if v is not None and math.isfinite(v)}
             elif (v := number(value)) is not None and math.isfinite(v):
                 out[prefix + key] = v
@@ -49,17 +50,19 @@ class TensorBoardLog:
         purge_step: on resume, the timesteps of the checkpoint resumed from: TensorBoard then
             drops the events a previous process logged at or after it.
         flush_secs: at most this long between a `write` and its data reaching the file.
+        action_names: labels of the action_freq shares (the env's `action_names`).
     """
 
     def __init__(self, run_dir: str | Path, purge_step: int | None = None,
-                 flush_secs: int = 30):
+                 flush_secs: int = 30, action_names=NAMES):
+        self.action_names = tuple(action_names)
         self.writer = SummaryWriter(logdir=str(Path(run_dir) / TB_DIR), purge_step=purge_step,
                                     flush_secs=flush_secs)
 
     def write(self, row: dict[str, Any]) -> None:
         """Logs `scalars(row)` at step `row['timesteps']`."""
         step = int(row["timesteps"])
-        for tag, value in scalars(row).items():
+        for tag, value in scalars(row, self.action_names).items():
             self.writer.add_scalar(tag, value, step)
 
     def flush(self) -> None:

@@ -25,8 +25,6 @@ FLAG_FIELDS = tuple(FLAG_OF)
 DURATION_FIELDS = ("timesteps", "episodes", "iterations")
 
 
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m jaxtrade.train",
@@ -246,6 +244,7 @@ def report(result: engine.Result) -> int:
         f"{ev:+.3f}; run dir {run_dir}"
     )
     return 0
+
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")

@@ -58,7 +58,8 @@ HPARAM_NAMES = RUNTIME_FIELDS
 @struct.dataclass
 class HParams:
     """Hyperparameters that may change between iterations without recompiling (float32 []):
-    the fields are `HPARAM_NAMES` (checked at import; their order is the saved state's)."""
+    the fields are `HPARAM_NAMES` (the same set, checked at import); the field order here is
+    the saved state's and must not change."""
 
     actor_lr: jax.Array
     critic_lr: jax.Array
@@ -88,7 +89,7 @@ class TrainState:
     """Everything a run needs to continue exactly: params, optimisers, envs, RNG, counters."""
 
     params: dict  # the network's "params" collection (float32)
-    actor_opt: optax.OptState  # actor chain state (encoder, GRU, policy head)
+    actor_opt: optax.OptState  # actor chain state (every parameter but the value head)
     critic_opt: optax.OptState  # critic chain state (value head)
     carry: Carry  # env states, observations, recurrent states, reset flags, running returns
     rng: jax.Array  # PRNG key for the next iteration

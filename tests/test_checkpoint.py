@@ -12,6 +12,7 @@ import time
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -89,6 +90,26 @@ def test_stopped_and_resumed_run_ends_bit_identical(trainer, cfg, fresh, tmp_pat
     chex.assert_trees_all_equal(resumed.critic_opt, straight.critic_opt)
     chex.assert_trees_all_equal(raw(resumed), raw(straight))
     assert int(resumed.iteration) == 4
+
+
+def test_format_1_checkpoints_with_the_old_gru_layout_resume(trainer, cfg, fresh, tmp_path,
+                                                              monkeypatch):
+    """Checkpoints written before the recurrent state went env-first (format 1, GRU state
+    [L, B, H]) restore into today's [B, L, H] state exactly."""
+    state = advance(trainer, fresh(), 1)
+    hidden = state.carry.hidden  # [B, L, H]
+    assert hidden.shape[0] != hidden.shape[1]
+    old = state.replace(carry=state.carry.replace(hidden=jnp.transpose(hidden, (1, 0, 2))))
+    with monkeypatch.context() as m:
+        m.setattr(ckpt, "FORMAT", 1)
+        store = ckpt.RunCheckpoints(tmp_path, cfg)
+        store.record(row(1, 0.1))
+        assert store.save(old, 1)
+        store.close()
+    source = ckpt.latest(tmp_path)
+    assert source.meta["format"] == 1
+    restored = ckpt.restore_state(source, trainer)
+    chex.assert_trees_all_equal(raw(restored), raw(state))
 
 
 def test_keeps_the_latest_the_best_and_the_final(cfg, fresh, tmp_path):

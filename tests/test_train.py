@@ -304,6 +304,17 @@ def test_cli_trains_another_env_and_network_and_resumes(tmp_path, capsys):
     assert [r["invalid_rate"] for r in rows] == [0.0, 0.0] and len(rows[0]["action_freq"]) == 4
     config = json.loads((run_dir / "config.json").read_text())
     assert config["env"]["name"] == "masked-walk" and config["network"]["kind"] == "mlp"
+    # env.json names the actions, so plots and TensorBoard label the env's own actions.
+    from jaxtrade import plot, tensorboard
+
+    env_record = json.loads((run_dir / "env.json").read_text())
+    assert env_record == {"name": "masked-walk", "num_actions": 4, "obs_dim": 7,
+                          "action_names": ["left", "right", "stay", "teleport"]}
+    run = plot.read_run(run_dir)
+    assert run.action_names == ("left", "right", "stay", "teleport")
+    assert plot.actions_figure([run]) is not None
+    tags = tensorboard.scalars(rows[0], run.action_names)
+    assert "actions/teleport" in tags and not any("HOLD" in t for t in tags)
 
     assert train.main(["--run-dir", str(run_dir), "--resume", "--iterations", "3"]) == 0
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -38,7 +38,7 @@ from jaxtrade.engine.start import (
     plan_start,
     size_n_envs,
 )
-from jaxtrade.errors import UsageError
+from jaxtrade.rows import ENV_FILE
 from jaxtrade.watchdog import Watchdog
 
 # Per-iteration metrics that must stay finite; the first that is not stops the run.
@@ -116,10 +116,7 @@ def prepare(request: StartRequest, options: RunOptions) -> Plan:
     max_vram = options.max_vram_gb
     if max_vram is None and options.preset:
         max_vram = cfgmod.PRESET_MAX_VRAM_GB.get(options.preset)
-    try:
-        env = make_env(cfg.env.name, market)
-    except ValueError as e:
-        raise UsageError(f"--env: {e}") from None
+    env = make_env(cfg.env.name, market)  # the name was checked by the config's rule
     sizing = size_n_envs(cfg, env, n_devices, max_vram, given=start.n_envs_given,
                          fixed=start.mode in ("resume", "checkpoint"))
     cfg = cfgmod.validate(sizing.cfg, n_devices=n_devices)
@@ -274,6 +271,7 @@ class Session:
 
     def record_start(self) -> None:
         """Lineage and counters of the starting point; config.json and market.json written;
+        env.json written (the env's name and action names, for plots and TensorBoard);
         metrics.jsonl cut back to a resumed checkpoint; the start lines printed."""
         from jaxtrade import checkpoint as ckpt
 
@@ -304,6 +302,10 @@ class Session:
                 json.dumps(cfgmod.to_dict(self.cfg), indent=2) + "\n")
             (run_dir / MARKET_FILE).write_text(
                 json.dumps(market_record(self.plan.market), indent=2) + "\n")
+            env = self.plan.env
+            (run_dir / ENV_FILE).write_text(json.dumps({
+                "name": env.name, "action_names": list(env.action_names),
+                "num_actions": env.num_actions, "obs_dim": env.obs_dim}, indent=2) + "\n")
         if source is not None:
             self._start_lines(kept, dropped)
         self.checkpoints = ckpt.RunCheckpoints(
@@ -488,7 +490,7 @@ class Session:
         from jaxtrade import checkpoint as ckpt
 
         with ckpt.Interrupts() as interrupts, contextlib.closing(self.checkpoints):
-            stop = lambda: parallel.any_process(interrupts.requested)  # noqa: E731
+            stop = lambda: parallel.any_process(interrupts.requested)
             total, k_call = self.plan.total_iters, min(self.cfg.run.iterations_per_call,
                                                        self.plan.total_iters)
             if not stop():
@@ -524,7 +526,8 @@ class Session:
         run_dir, start = self.plan.run_dir, self.start_iters
         log_path = run_dir / "metrics.jsonl" if self.primary else os.devnull
         tb = (TensorBoardLog(run_dir, purge_step=start * self.plan.steps_per_iter + 1
-                             if start else None) if self.primary else None)
+                             if start else None, action_names=self.plan.env.action_names)
+              if self.primary else None)
         with (open(log_path, "a") as log,
               contextlib.closing(tb) if tb is not None else contextlib.nullcontext()):
             yield log, tb

@@ -148,6 +148,9 @@ def eval_interval(cfg: cfgmod.Config, market, given: bool) -> int:
                 f"give it one with --val-fraction or --split-dates, or pass --eval-every 0"
             )
         every = 0
+    if cfg.run.early_stop and cfg.env.name != PortfolioEnv.name:
+        raise UsageError(f"--early-stop {cfg.run.early_stop} counts validation walks, which "
+                         f"only the {PortfolioEnv.name} env makes")
     if cfg.run.early_stop and not every:
         raise UsageError(f"--early-stop {cfg.run.early_stop} counts validation walks, but this "
                          f"run makes none; set --eval-every and keep a validation range")

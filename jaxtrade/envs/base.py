@@ -9,7 +9,8 @@ number of vmapped envs. The API is gymnax's (`reset_env`/`step_env` written by t
 * `action_names`: one label per discrete action (logs, plots, the banner);
 * `action_mask(state, params)`: bool [num_actions], the actions valid in `state` (all
   by default). The engine masks the logits before sampling and the greedy choice and
-  inside the loss's log-softmax and entropy, so a masked action is never taken;
+  inside the loss's log-softmax and entropy, so a masked action is never taken (every
+  state must allow at least one action: with none, the choice would be uniform over all);
 * `step_metrics(info)`: what the env adds to each iteration's metrics, from the
   rollout's `info` (leaves [T, B, ...]);
 * `stagger(key, states, params)`: a batch of fresh states (leaves [n, ...]) moved

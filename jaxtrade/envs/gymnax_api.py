@@ -47,9 +47,6 @@ import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import environment, spaces
 
-from jaxtrade.envs import regimes
-from jaxtrade.envs.portfolio import PortfolioEnv
-
 #: The few per-step scalars of the slim `info` (besides `terminated` and `truncated`).
 SLIM_INFO_KEYS = ("log_return", "turnover", "cost", "value")
 
@@ -141,13 +138,7 @@ class GymnaxEnv(environment.Environment):
     @property
     def action_names(self) -> tuple[str, ...]:
         """One name per action (the regimes for PortfolioEnv)."""
-        names = getattr(self.jaxtrade_env, "action_names", None)
-        if names is None:
-            if isinstance(self.jaxtrade_env, PortfolioEnv):
-                names = regimes.NAMES
-            else:
-                names = tuple(str(i) for i in range(self.num_actions))
-        return tuple(names)
+        return tuple(self.jaxtrade_env.action_names)
 
     @property
     def obs_dim(self) -> int:
@@ -210,13 +201,10 @@ class GymnaxEnv(environment.Environment):
             return self.reset_env(key, params)
         key_reset, key_stagger = jax.random.split(key)
         _, state = self.reset_env(key_reset, params)
-        hook = getattr(self.jaxtrade_env, "stagger", None)
-        if hook is not None:  # the env's own (jaxtrade.envs.base): a batch [n, ...] of states
-            batch = jax.tree.map(lambda x: x[None], state.env_state)
-            env_state = jax.tree.map(lambda x: x[0], hook(key_stagger, batch, params))
-        else:  # what jaxtrade's trainer does: a random step count into the first episode
-            step = jax.random.randint(key_stagger, (), 0, params.episode_length, jnp.int32)
-            env_state = state.env_state.replace(step=step)
+        # The env's own hook (`jaxtrade.envs.base.Environment.stagger`), on a batch of one.
+        batch = jax.tree.map(lambda x: x[None], state.env_state)
+        env_state = jax.tree.map(lambda x: x[0],
+                                 self.jaxtrade_env.stagger(key_stagger, batch, params))
         state = state.replace(env_state=env_state)
         return self.get_obs(state, params), state
 
@@ -288,7 +276,9 @@ def make(
       **params_kwargs: the env's `make_params` arguments (split, episode_length,
         frictions, ...) for its `default_params`, which `gymnax.make` returns.
     """
-    episode_length = int(params_kwargs.get("episode_length", 256))
+    from jaxtrade.config import EnvConfig
+
+    episode_length = int(params_kwargs.get("episode_length", EnvConfig.episode_length))
     if market is None:
         market = default_market(episode_length)
     elif isinstance(market, str | os.PathLike):
@@ -308,21 +298,15 @@ def make(
 
 
 def _registered_names() -> tuple[str, ...]:
-    import jaxtrade.envs as envs
+    from jaxtrade.envs import registered
 
-    registered = getattr(envs, "registered", None)  # jaxtrade's env registry, when present
-    return tuple(registered()) if registered is not None else ("portfolio",)
+    return registered()
 
 
 def _make_jaxtrade_env(env_name: str, market):
-    import jaxtrade.envs as envs
+    from jaxtrade.envs import make_env
 
-    make_env = getattr(envs, "make_env", None)
-    if make_env is not None:
-        return make_env(env_name, market)
-    if env_name != "portfolio":
-        raise ValueError(f"unknown env {env_name!r}; registered envs: portfolio")
-    return PortfolioEnv(market)
+    return make_env(env_name, market)
 
 
 def env_factories() -> dict[str, Callable[..., GymnaxEnv]]:

@@ -167,7 +167,7 @@ class GRUActorCritic(nn.Module):
     n_actions: int
     hidden_dim: int = 256
     n_gru_layers: int = 2
-    dropout: float = 0.1
+    dropout: float = 0.0
     dtype: Dtype = jnp.float32
 
     def setup(self) -> None:

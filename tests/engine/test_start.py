@@ -69,3 +69,6 @@ def test_eval_every_is_off_for_an_env_without_trading_walks():
     assert engine.eval_interval(cfg, _Market(50), given=False) == 0
     with pytest.raises(UsageError, match="validation walks report trading results"):
         engine.eval_interval(cfg, _Market(50), given=True)
+    with pytest.raises(UsageError, match="--early-stop 3 counts validation walks, which only "
+                                         "the portfolio env makes"):
+        engine.eval_interval(with_values(cfg, early_stop=3), _Market(50), given=False)
