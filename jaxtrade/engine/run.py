@@ -28,6 +28,7 @@ from jaxtrade import config as cfgmod
 from jaxtrade.data.market import MARKET_FILE, market_record
 from jaxtrade.data.panel import format_date
 from jaxtrade.engine.console import Console, eval_line, log_line, verbose_lines
+from jaxtrade.engine.signals import Interrupts
 from jaxtrade.engine.start import (
     Sizing,
     Start,
@@ -487,9 +488,8 @@ class Session:
         """The loop under signal handling: the first signal stops it after the current call,
         a second exits at once; with several processes all stop together once a signal
         reached any of them. Closing the checkpoints waits for the save in flight."""
-        from jaxtrade import checkpoint as ckpt
 
-        with ckpt.Interrupts() as interrupts, contextlib.closing(self.checkpoints):
+        with Interrupts() as interrupts, contextlib.closing(self.checkpoints):
             stop = lambda: parallel.any_process(interrupts.requested)
             total, k_call = self.plan.total_iters, min(self.cfg.run.iterations_per_call,
                                                        self.plan.total_iters)

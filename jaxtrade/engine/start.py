@@ -131,22 +131,21 @@ def eval_interval(cfg: cfgmod.Config, market, given: bool) -> int:
     from jaxtrade.envs import PortfolioEnv
 
     every = cfg.run.eval_every
-    if every and cfg.env.name != PortfolioEnv.name:
-        if given or every != cfgmod.RunConfig.eval_every:
-            raise UsageError(
-                f"--eval-every {every}: validation walks report trading results of the "
-                f"{PortfolioEnv.name} env; --env {cfg.env.name} trains without them "
-                f"(pass --eval-every 0)"
-            )
-        every = 0
+    asked = given or every != cfgmod.RunConfig.eval_every  # not the default: refuse, not skip
     lo, hi = market.bounds("validation")
-    if every and hi - lo == 0:
-        if given or every != cfgmod.RunConfig.eval_every:
-            raise UsageError(
-                f"--eval-every {every} walks the validation range, but this run has none "
-                f"(val_fraction={cfg.data.val_fraction:g}, split_dates={cfg.data.split_dates}); "
-                f"give it one with --val-fraction or --split-dates, or pass --eval-every 0"
-            )
+    why_not = None
+    if every and cfg.env.name != PortfolioEnv.name:
+        why_not = (f"--eval-every {every}: validation walks report trading results of the "
+                   f"{PortfolioEnv.name} env; --env {cfg.env.name} trains without them "
+                   f"(pass --eval-every 0)")
+    elif every and hi - lo == 0:
+        why_not = (f"--eval-every {every} walks the validation range, but this run has none "
+                   f"(val_fraction={cfg.data.val_fraction:g}, split_dates="
+                   f"{cfg.data.split_dates}); give it one with --val-fraction or --split-dates, "
+                   f"or pass --eval-every 0")
+    if why_not is not None:
+        if asked:
+            raise UsageError(why_not)
         every = 0
     if cfg.run.early_stop and cfg.env.name != PortfolioEnv.name:
         raise UsageError(f"--early-stop {cfg.run.early_stop} counts validation walks, which "
