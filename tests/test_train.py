@@ -1,6 +1,7 @@
 """`python -m jaxtrade.train`: outputs, run directory, and one-line errors."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -331,3 +332,21 @@ def test_cli_trains_another_env_and_network_and_resumes(tmp_path, capsys):
     assert "validation walks report trading results" in capsys.readouterr().err
     assert train.main([*TINY, "--env", "nope", "--run-dir", str(tmp_path / "y")]) == 2
     assert "a registered env" in capsys.readouterr().err
+
+
+def test_mlp_network_trains_and_evaluates_the_portfolio_end_to_end(tmp_path, capsys):
+    """`--network mlp` through the whole pipeline: training with validation walks, a best
+    checkpoint, and `python -m jaxtrade.evaluate` on the test range."""
+    from jaxtrade import evaluate
+
+    run_dir = tmp_path / "mlp"
+    assert train.main([*TINY, "--network", "mlp", "--iterations", "2", "--eval-every", "1",
+                       "--run-dir", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "model: MLP actor-critic (no memory), hidden 8" in out and "val      2" in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["selection"]["validations"] == 2
+    assert evaluate.main(["--run-dir", str(run_dir), "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["range"]["name"] == "test" and "policy" in report["strategies"]
+    assert math.isfinite(report["strategies"]["policy"]["total_return"])
