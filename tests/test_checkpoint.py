@@ -127,7 +127,7 @@ def test_metadata_records_config_metrics_best_and_lineage(cfg, fresh, tmp_path):
     lineage = ckpt.Lineage("ckpt/parent", 40, generation=2, base_timesteps=1000, start="weights")
     save_run(tmp_path, cfg, fresh(), [0.5, 0.25], lineage=lineage)
     meta = ckpt.latest(tmp_path).meta
-    assert meta["iteration"] == 2 and meta["timesteps"] == 2 * 64 and meta["format"] == 1
+    assert meta["iteration"] == 2 and meta["timesteps"] == 2 * 64 and meta["format"] == 2
     assert ckpt.latest(tmp_path).config == cfg
     assert meta["metrics"] == row(2, 0.25)
     assert meta["history"]["iteration"] == [1, 2]
