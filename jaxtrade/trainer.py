@@ -161,11 +161,6 @@ def count_network_params(config: Config, env: Environment) -> int:
     return count_params(param_shapes(build_network(config, env)))
 
 
-def carry_env_axes(carry: Carry) -> Carry:
-    """The env axis of every leaf of a `Carry`: the first, for every leaf."""
-    return jax.tree.map(lambda _: 0, carry)
-
-
 def make_iterate(env: Environment, network: Network, rule: LearningRule, rollout: Callable,
                  shard: Callable) -> Callable:
     """`iterate(state, env_params) -> (state, metrics)`: one PPO iteration (module docstring)."""
@@ -290,7 +285,9 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
         return jax.lax.scan(lambda s, _: iterate(s, env_params), state, None, length=k)
 
     shapes = jax.eval_shape(init, jax.random.key(0))
-    axes = jax.tree.map(lambda _: None, shapes).replace(carry=carry_env_axes(shapes.carry))
+    # Every leaf of the carry has its env axis first; everything else is replicated.
+    axes = jax.tree.map(lambda _: None, shapes).replace(
+        carry=jax.tree.map(lambda _: 0, shapes.carry))
     state_shardings = parallel.env_shardings(mesh, axes)
     program = jax.jit(
         run_k,

@@ -233,15 +233,20 @@ def test_ppo_loss_coefficients_are_traced():
     np.testing.assert_allclose(shifted - base, m["value_loss"] - m["entropy"], rtol=1e-5)
 
 
+def _loss_at(b, logits, mask=None):
+    """`ppo.ppo_loss` of minibatch `b` with `logits` in place of its own (to differentiate)."""
+    return ppo.ppo_loss(
+        logits, b["values"], b["actions"], b["old_log_probs"], b["old_values"],
+        b["advantages"], b["returns"], clip_eps=CLIP_EPS, vf_coef=VF_COEF,
+        ent_coef=ENT_COEF, clip_value=False, mask=mask,
+    )
+
+
 def test_clipped_samples_get_no_policy_gradient():
     b = _minibatch()
 
     def policy_loss(logits):
-        return ppo.ppo_loss(
-            logits, b["values"], b["actions"], b["old_log_probs"], b["old_values"],
-            b["advantages"], b["returns"], clip_eps=CLIP_EPS, vf_coef=VF_COEF,
-            ent_coef=ENT_COEF, clip_value=False,
-        )[1]["policy_loss"]
+        return _loss_at(b, logits)[1]["policy_loss"]
 
     grad = np.asarray(jax.jit(jax.grad(policy_loss))(jnp.asarray(b["logits"])))
     per_sample = np.abs(grad).sum(-1)
@@ -302,11 +307,7 @@ def test_masked_logits_get_no_gradient():
     b = _minibatch()
 
     def loss(logits):
-        return ppo.ppo_loss(
-            logits, b["values"], b["actions"], b["old_log_probs"], b["old_values"],
-            b["advantages"], b["returns"], clip_eps=CLIP_EPS, vf_coef=VF_COEF,
-            ent_coef=ENT_COEF, clip_value=False, mask=jnp.asarray(MASK),
-        )[0]
+        return _loss_at(b, logits, jnp.asarray(MASK))[0]
 
     grad = np.asarray(jax.jit(jax.grad(loss))(jnp.asarray(b["logits"])))
     assert np.isfinite(grad).all()

@@ -47,6 +47,8 @@ import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import environment, spaces
 
+from jaxtrade.envs.base import make_env, registered
+
 #: The few per-step scalars of the slim `info` (besides `terminated` and `truncated`).
 SLIM_INFO_KEYS = ("log_return", "turnover", "cost", "value")
 
@@ -285,7 +287,7 @@ def make(
         from jaxtrade.data import load_market
 
         market = load_market(market, episode_length=episode_length).without_test()
-    env = _make_jaxtrade_env(env_name, market)
+    env = make_env(env_name, market)
     return GymnaxEnv(
         env,
         terminated_truncated=terminated_truncated,
@@ -297,22 +299,10 @@ def make(
     )
 
 
-def _registered_names() -> tuple[str, ...]:
-    from jaxtrade.envs import registered
-
-    return registered()
-
-
-def _make_jaxtrade_env(env_name: str, market):
-    from jaxtrade.envs import make_env
-
-    return make_env(env_name, market)
-
-
 def env_factories() -> dict[str, Callable[..., GymnaxEnv]]:
     """gymnax id -> factory (`gymnax.make`'s keyword arguments -> a `GymnaxEnv`), one per
     env of jaxtrade's registry: "jaxtrade-Portfolio-v0", and any env registered later."""
-    return {gymnax_id(name): partial(make, name) for name in _registered_names()}
+    return {gymnax_id(name): partial(make, name) for name in registered()}
 
 
 def register_gymnax() -> list[str]:

@@ -50,6 +50,14 @@ class Unroll:
     trunk: jax.Array  # [T, B, trunk_dim] compute dtype, what both heads read
 
 
+def encoder_and_heads_bytes(hidden_dim: int, dtype) -> int:
+    """Values per env and step the shared `Encoder` (2 Dense + 2 LayerNorm outputs of width
+    H) and the two `Head`s (Dense + LayerNorm of width H/2 each) keep for a backward pass,
+    in the compute dtype."""
+    h, c = hidden_dim, jnp.dtype(dtype).itemsize
+    return 4 * h * c + 2 * 2 * (h // 2) * c
+
+
 def loss_bytes(n_actions: int) -> int:
     """float32 values per env and step the PPO loss keeps for its backward pass: logits,
     log-softmax, value, ratio and loss terms."""

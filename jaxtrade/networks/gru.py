@@ -25,7 +25,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxtrade.networks.base import Dtype, Encoder, Head, Step, Unroll, loss_bytes
+from jaxtrade.networks.base import (
+    Dtype,
+    Encoder,
+    Head,
+    Step,
+    Unroll,
+    encoder_and_heads_bytes,
+    loss_bytes,
+)
 
 
 def orthonormal(a: jax.Array) -> jax.Array:
@@ -186,16 +194,15 @@ class GRUActorCritic(nn.Module):
         """Forward values of one env and step that a backward pass keeps: matmul outputs
         in the compute dtype; the GRU's gates and state, logits and values in float32."""
         h, c, f32 = self.hidden_dim, jnp.dtype(self.dtype).itemsize, 4
-        encoder = 4 * h * c  # 2 Dense + 2 LayerNorm outputs of width H
         gru = self.n_gru_layers * 4 * h * f32  # per layer: gates r, z, n (3H) and the new state
         trunk = h * c  # the GRU output both heads read
-        heads = 2 * 2 * (h // 2) * c  # policy and value heads: Dense + LayerNorm of width H/2
         dropout = 0
         if self.dropout > 0:
             # A mask per dropout site (after the encoder, between GRU layers) and the
             # old policy's logits, re-evaluated under the same masks.
             dropout = (self.n_gru_layers * h + self.n_actions) * f32
-        return encoder + gru + trunk + heads + loss_bytes(self.n_actions) + dropout
+        return (encoder_and_heads_bytes(h, self.dtype) + gru + trunk
+                + loss_bytes(self.n_actions) + dropout)
 
     @nn.nowrap
     def describe(self) -> str:

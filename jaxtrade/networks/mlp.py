@@ -13,7 +13,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxtrade.networks.base import Dtype, Encoder, Head, Step, Unroll, loss_bytes
+from jaxtrade.networks.base import (
+    Dtype,
+    Encoder,
+    Head,
+    Step,
+    Unroll,
+    encoder_and_heads_bytes,
+    loss_bytes,
+)
 
 
 class MLPActorCritic(nn.Module):
@@ -37,9 +45,9 @@ class MLPActorCritic(nn.Module):
 
     @nn.nowrap
     def saved_bytes_per_step(self) -> int:
-        h, c = self.hidden_dim, jnp.dtype(self.dtype).itemsize
         dropout = (self.hidden_dim + self.n_actions) * 4 if self.dropout > 0 else 0
-        return 4 * h * c + 2 * 2 * (h // 2) * c + loss_bytes(self.n_actions) + dropout
+        return (encoder_and_heads_bytes(self.hidden_dim, self.dtype)
+                + loss_bytes(self.n_actions) + dropout)
 
     @nn.nowrap
     def describe(self) -> str:
