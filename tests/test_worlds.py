@@ -1,0 +1,154 @@
+"""Procedural worlds: the generator's draws, its model, and the jnp twin of the features."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxtrade import worlds as W
+from jaxtrade.data import features as F
+
+N_BARS = 400
+
+
+@pytest.fixture(scope="module")
+def few():
+    """Settings and bars of train worlds 0..5 (asset counts differ)."""
+    return W.make_worlds(0, "train", range(6), N_BARS)
+
+
+def test_features_match_the_pandas_definitions(few):
+    settings, bars = few
+    raw, scores = jax.jit(jax.vmap(W.features))(bars)
+    for w in range(6):
+        panel = W.to_panel(bars, w)
+        n = len(panel.symbols)
+        want, want_scores = F.compute(panel)
+        got = np.asarray(raw[w])
+        assert np.isnan(got[: F.WINDOW]).all()
+        np.testing.assert_allclose(got[F.WINDOW:, :n], want[F.WINDOW:], rtol=1e-5, atol=5e-5)
+        np.testing.assert_allclose(np.asarray(scores[w])[F.WINDOW:, :n], want_scores[F.WINDOW:],
+                                   rtol=1e-5, atol=5e-5)
+        assert not np.asarray(raw[w])[F.WINDOW:, n:].any(), "padding has no features"
+    assert len({int(n) for n in settings.n_assets}) > 1
+
+
+def test_features_read_no_future_bar(few):
+    _, bars = few
+    one = jax.tree.map(lambda x: x[1], bars)
+    t = 200
+    shaken = jax.tree.map(lambda x: x, one)
+    for name in ("open", "high", "low", "close", "volume"):
+        x = getattr(one, name)
+        shaken = shaken.replace(**{name: x.at[t + 1:].multiply(1.7)})
+    a, _ = W.features(one)
+    b, _ = W.features(shaken)
+    np.testing.assert_array_equal(np.asarray(a[: t + 1]), np.asarray(b[: t + 1]))
+    assert not np.allclose(np.asarray(a[t + 1:]), np.asarray(b[t + 1:]), equal_nan=True)
+
+
+def test_a_world_is_its_seed_stream_and_index_alone(few):
+    settings, bars = few
+    s3, b3 = W.make_worlds(0, "train", [3, 4, 5, 0, 1, 2], N_BARS)  # same program, reordered
+    same = lambda a, b: jax.tree.map(  # noqa: E731
+        lambda x, y: np.testing.assert_array_equal(np.asarray(x)[3], np.asarray(y)[0]), a, b)
+    same(settings, s3)
+    same(bars, b3)
+    key = jax.random.split(W.world_key(0, "train", 3))[0]
+    alone = W.sample_settings(key)  # another program: equal to float32 rounding
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x)[3], y, rtol=1e-6),
+                 settings, jax.device_get(alone))
+    for stream, seed in (("validation", 0), ("test", 0), ("train", 1)):
+        _, other = W.make_worlds(seed, stream, range(6), N_BARS)
+        assert not np.array_equal(np.asarray(other.close[3]), np.asarray(bars.close[3]))
+
+
+def test_settings_stay_in_the_prior_and_cover_it():
+    prior = W.WorldPrior()
+    keys = jax.random.split(jax.random.key(1), 2000)
+    s = jax.device_get(jax.jit(jax.vmap(lambda k: W.sample_settings(k, prior)))(keys))
+    lo, hi = prior.n_assets
+    assert s.n_assets.min() == lo and s.n_assets.max() == hi
+    for name, low, high in (("drift", prior.drift_low, prior.drift_high),
+                            ("vol", prior.vol_low, prior.vol_high),
+                            ("idio_mult", prior.idio_mult_low, prior.idio_mult_high)):
+        x = getattr(s, name)
+        assert (x >= np.asarray(low, np.float32)).all() and (x <= np.asarray(high)).all(), name
+    assert prior.duration[0] <= s.duration.min() and s.duration.max() <= prior.duration[1]
+    # Log-uniform: half the worlds below the geometric midpoint.
+    mid = np.sqrt(prior.duration[0] * prior.duration[1])
+    assert abs(np.mean(s.duration < mid) - 0.5) < 0.05
+    none = np.mean(s.signal_strength == 0)
+    assert abs(none - prior.no_signal) < 4 * np.sqrt(0.25 * 0.75 / 2000)
+    strong = s.signal_strength[s.signal_strength > 0]
+    assert prior.signal_strength[0] <= strong.min() and strong.max() <= prior.signal_strength[1]
+    spread = s.beta.max(1) - s.beta.min(1)
+    assert (s.beta.min(1) >= prior.beta_low[0]).all()
+    assert (spread <= prior.beta_spread[1] + 1e-6).all()
+    assert (s.tail_df > 2).all()
+
+
+def _fixed(**changes) -> W.WorldSettings:
+    """Hand-set settings of a 10-asset world."""
+    base = W.WorldSettings(
+        n_assets=jnp.int32(10), drift=jnp.array([0.0005, -0.001, 0.0, 0.0003]),
+        vol=jnp.array([0.01, 0.015, 0.03, 0.005]), idio_mult=jnp.array([1.0, 1.3, 1.8, 0.7]),
+        duration=jnp.float32(100.0), signal_strength=jnp.float32(1.0),
+        persistence=jnp.float32(0.98), beta=jnp.linspace(0.6, 1.4, 12),
+        idio_vol=jnp.full((12,), 0.01), tail_df=jnp.float32(5.0))
+    return dataclasses.replace(base, **changes)
+
+
+def test_the_model_behaves_as_documented():
+    n = 20_000
+    gen = jax.jit(W.generate, static_argnums=2)
+    bars = jax.device_get(gen(jax.random.key(7), _fixed(), n))
+    mask = bars.mask
+    assert mask.sum() == 10 and not mask[10:].any()
+    assert (bars.close[:, 10:] == 1).all() and (bars.volume[:, 10:] == 0).all()
+    assert (bars.low <= np.minimum(bars.open, bars.close) + 1e-3).all()
+    assert (bars.high >= np.maximum(bars.open, bars.close) - 1e-3).all()
+    # The signal: demeaned over the world's assets, AR(1) with the world's persistence.
+    sig = bars.signal[:, :10]
+    np.testing.assert_allclose(sig.sum(1), 0, atol=1e-4)
+    assert not bars.signal[:, 10:].any()
+    phi = np.sum(sig[1:] * sig[:-1]) / np.sum(sig[:-1] ** 2)
+    assert abs(phi - 0.98) < 0.01
+    # Regimes persist for about `duration` bars and each has its volatility.
+    switches = np.count_nonzero(np.diff(bars.regime))
+    assert 0.7 * n / 100 < switches < 1.3 * n / 100
+    r = np.diff(np.log(bars.close[:, :10]), axis=0)
+    index = r.mean(1)
+    vol = [index[bars.regime[1:] == k].std() for k in range(4)]
+    assert vol[2] > vol[1] > vol[0] > vol[3], vol
+    # The signal pays: next bar's cross-sectional return follows today's signal.
+    demeaned = r - r.mean(1, keepdims=True)
+    corr = np.corrcoef(sig[:-1].ravel(), demeaned.ravel())[0, 1]
+    assert corr > 0.02, corr
+    none = jax.device_get(gen(jax.random.key(7), _fixed(signal_strength=jnp.float32(0)), n))
+    r0 = np.diff(np.log(none.close[:, :10]), axis=0)
+    corr0 = np.corrcoef(none.signal[:-1, :10].ravel(),
+                        (r0 - r0.mean(1, keepdims=True)).ravel())[0, 1]
+    assert abs(corr0) < 0.01, corr0
+
+
+def test_prior_refuses_impossible_ranges():
+    with pytest.raises(ValueError, match="n_assets"):
+        W.WorldPrior(n_assets=(5, 4))
+    with pytest.raises(ValueError, match="tail_df"):
+        W.WorldPrior(tail_df=(2.0, 5.0))
+    with pytest.raises(ValueError, match="per-regime"):
+        W.WorldPrior(vol_low=(0.1, 0.1, 0.1))
+
+
+def test_the_worlds_command_prints_and_plots(tmp_path, capsys):
+    out = tmp_path / "w.png"
+    # The fixture's shapes: the compiled program is shared.
+    assert W.main(["--worlds", "6", "--bars", str(N_BARS), "--plot", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"train worlds 0..5 of seed 0, {N_BARS} bars each" in text
+    assert out.stat().st_size > 10_000
+    assert W.main(["--worlds", "6", "--bars", str(N_BARS), "--stream", "test", "--json"]) == 0
+    assert '"stream": "test"' in capsys.readouterr().out
