@@ -29,6 +29,11 @@ How a decision is made, so that it equals what evaluation would do on the same b
 
 Each distinct number of bars compiles the walk once (a few seconds); keep the
 window length fixed (e.g. always `window=60`) to reuse it.
+
+The network is the one the run's config names, built for the observation width and action
+count the run recorded in RUN_DIR/env.json (for a run older than env.json: those of the
+portfolio env on the recorded assets), whatever its parameters are called; the saved
+parameters must fit it.
 """
 
 from __future__ import annotations
@@ -47,13 +52,15 @@ import pandas as pd
 
 from jaxtrade import checkpoint as ckpt
 from jaxtrade.config import Config
+from jaxtrade.data import SyntheticConfig, synthetic_panel
 from jaxtrade.data import features as feats
 from jaxtrade.data.loader import load_frame
 from jaxtrade.data.market import MARKET_FILE, MARKET_FORMAT, Market, build_market
 from jaxtrade.data.panel import FIELDS, Panel, format_date
 from jaxtrade.envs import NAMES, PortfolioEnv, regimes
 from jaxtrade.evaluation import EvaluationError, make_policy_walk, pass_params, walk_key
-from jaxtrade.networks import make_network
+from jaxtrade.networks import make_network, param_shapes
+from jaxtrade.rows import ENV_FILE
 
 CASH = "CASH"  # the cash entry of weight dicts
 
@@ -105,11 +112,46 @@ class Policy:
         self.symbols: tuple[str, ...] = tuple(record["symbols"])  # trained on, in column order
         self.stats = feats.FeatureStats.from_dict(record["stats"])
         self.seed = self.config.run.seed if seed is None else seed  # evaluation key seed
-        # The input and output widths the weights were trained with.
-        obs_dim = params["encoder"]["dense_0"]["kernel"].shape[0]
-        n_actions = params["policy_head"]["out"]["kernel"].shape[1]
+        if self.config.env.name != PortfolioEnv.name:
+            raise EvaluationError(
+                f"{source.path}: trained on env {self.config.env.name!r}; a policy decides "
+                f"the {PortfolioEnv.name} env's regimes, so it loads {PortfolioEnv.name} runs only"
+            )
+        obs_dim, n_actions = self._trained_dims()
         self.network = make_network(self.config.network, obs_dim, n_actions)
+        mismatch = ckpt.first_shape_mismatch(ckpt.leaf_shapes(params),
+                                             ckpt.leaf_shapes(param_shapes(self.network)))
+        if mismatch is not None:
+            where, saved, built = ("absent" if x is None else x for x in mismatch)
+            raise ckpt.CheckpointError(
+                f"{source.path}: the saved parameters do not fit the run's "
+                f"{self.config.network.kind} network for obs {obs_dim} and {n_actions} "
+                f"actions: params/{where} is {saved} saved but {built} built"
+            )
         self._programs: dict[int, Any] = {}
+
+    def _trained_dims(self) -> tuple[int, int]:
+        """(obs_dim, n_actions) the run trained with: RUN_DIR/env.json's; for a run older
+        than env.json (which trained the portfolio env), the portfolio env's on a stand-in
+        market of the recorded assets and features (its width depends on nothing else).
+
+        Raises:
+          EvaluationError: an env.json without whole-number obs_dim and num_actions.
+        """
+        path = self.run_dir / ENV_FILE
+        if not path.exists():
+            bars = feats.WINDOW + 3  # the feature window and a one-step episode
+            stand_in = synthetic_panel(SyntheticConfig(n_assets=self.n_assets, n_bars=bars))
+            env = PortfolioEnv(self.market(stand_in))
+            return env.obs_dim, env.num_actions
+        try:
+            env_record = json.loads(path.read_text())
+            dims = env_record["obs_dim"], env_record["num_actions"]
+            if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+                raise TypeError(f"obs_dim and num_actions must be whole numbers > 0, got {dims}")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise EvaluationError(f"{path}: not a jaxtrade env record ({e})") from None
+        return dims
 
     @property
     def n_assets(self) -> int:

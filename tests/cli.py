@@ -3,7 +3,9 @@
 Every subprocess shares the session's persistent XLA compilation cache (`xla_cache` in
 conftest), so an identical program compiles once per session. A process that does not
 finish in time is a hang: it is asked for its threads' Python stacks (SIGUSR1), killed,
-and the test fails with its last output.
+and the test fails with its last output. The repository root is on the subprocesses'
+PYTHONPATH, so that a launcher in `tests/` (`Cli(cache, module="tests.stalled_save")`)
+runs from any working directory.
 """
 
 import os
@@ -14,14 +16,17 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
 TAIL_LINES = 40  # output lines shown when a process hangs or fails
 
 
 class Cli:
-    """Runs `python -m jaxtrade.train` in subprocesses sharing one compilation cache."""
+    """Runs `python -m jaxtrade.train` (or `module`, a launcher that wraps it) in subprocesses
+    sharing one compilation cache."""
 
     def __init__(self, cache_dir, module: str = "jaxtrade.train"):
         self.module = module
@@ -30,6 +35,8 @@ class Cli:
             "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
             "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
         }
 
     def start(self, *argv, env=None, cwd=None):

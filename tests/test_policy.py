@@ -1,5 +1,7 @@
 """`jaxtrade.load_policy`: decisions on a DataFrame of recent bars, consistent with evaluation."""
 
+import json
+import shutil
 import subprocess
 import sys
 
@@ -8,11 +10,16 @@ import pandas as pd
 import pytest
 
 import jaxtrade
+from jaxtrade import networks, train
+from jaxtrade.checkpoint import CheckpointError
 from jaxtrade.data import SyntheticConfig, synthetic_panel
+from jaxtrade.data.features import FEATURE_NAMES
 from jaxtrade.envs import NAMES, Regime
 from jaxtrade.envs.regimes import TABLE
 from jaxtrade.evaluation import EvaluationError
+from jaxtrade.networks.base import Encoder, Head, Step, Unroll
 from tests.conftest import long_frame
+from tests.test_train import TINY
 
 SYMBOLS = ["SYN00", "SYN01", "SYN02", "SYN03"]
 
@@ -120,3 +127,80 @@ def test_window_uses_the_last_bars_of_a_whole_file_whatever_its_date_header(poli
     with pytest.raises(EvaluationError, match=rf"^bars: {len(dates)} aligned bars is fewer "
                                               rf"than window=500; "):
         policy(frame, window=500)
+
+
+def test_network_dims_are_the_runs_recorded_ones(policy, trained_run, tmp_path):
+    """obs_dim and n_actions come from RUN_DIR/env.json (for a run older than it, the portfolio
+    env on the recorded assets), and the saved parameters must fit the network built so."""
+    env_record = json.loads((trained_run[0] / "env.json").read_text())
+    obs_dim = 4 * len(FEATURE_NAMES) + 4 + 3  # 4 assets' features, their weights, 3 portfolio
+    assert (policy.network.obs_dim, policy.network.n_actions) == (
+        env_record["obs_dim"], env_record["num_actions"]) == (obs_dim, len(NAMES))
+    run = shutil.copytree(trained_run[0], tmp_path / "run")
+
+    (run / "env.json").unlink()  # as runs written before env.json
+    old = jaxtrade.load_policy(run)
+    assert (old.network.obs_dim, old.network.n_actions) == (obs_dim, len(NAMES))
+
+    (run / "env.json").write_text(json.dumps({**env_record, "obs_dim": obs_dim + 1}))
+    with pytest.raises(CheckpointError, match=(
+            rf"/checkpoints/\d+: the saved parameters do not fit the run's gru network for obs "
+            rf"{obs_dim + 1} and {len(NAMES)} actions: params/encoder/dense_0/kernel is "
+            rf"\({obs_dim}, 8\) saved but \({obs_dim + 1}, 8\) built$")):
+        jaxtrade.load_policy(run)
+    (run / "env.json").write_text(json.dumps({**env_record, "num_actions": "12"}))
+    with pytest.raises(EvaluationError, match=(
+            rf"env.json: not a jaxtrade env record \(obs_dim and num_actions must be whole "
+            rf"numbers > 0, got \({obs_dim}, '12'\)\)$")):
+        jaxtrade.load_policy(run)
+
+
+
+def test_a_run_of_another_env_is_refused(trained_run, tmp_path):
+    import tests.envs.masked  # noqa: F401  (registers masked-walk)
+
+    run = shutil.copytree(trained_run[0], tmp_path / "run")
+    for path in run.glob("checkpoints/*/meta/metadata"):
+        meta = json.loads(path.read_text())
+        meta["config"]["env"]["name"] = "masked-walk"
+        path.write_text(json.dumps(meta))
+    with pytest.raises(EvaluationError, match=r"/checkpoints/\d+: trained on env 'masked-walk'; "
+                       r"a policy decides the portfolio env's regimes, so it loads portfolio "
+                       r"runs only$"):
+        jaxtrade.load_policy(run)
+
+
+class RenamedMLP(networks.MLPActorCritic):
+    """The feed-forward network with its trunk and policy head under other names: a network
+    whose parameters have no `encoder` or `policy_head`."""
+
+    def setup(self) -> None:
+        self.torso = Encoder(self.hidden_dim, self.dropout, dtype=self.dtype)
+        self.actor = Head(self.hidden_dim // 2, self.n_actions, dtype=self.dtype)
+        self.value_head = Head(self.hidden_dim // 2, 1, dtype=self.dtype)
+
+    def __call__(self, state, obs, reset, deterministic=True) -> Step:
+        trunk = self.torso(obs, deterministic)
+        return Step(state, self.actor(trunk), self.value_from_trunk(trunk))
+
+    def unroll(self, state, obs, reset, deterministic=True) -> Unroll:
+        trunk = self.torso(obs, deterministic)
+        return Unroll(state, self.actor(trunk), self.value_from_trunk(trunk), trunk)
+
+
+@pytest.mark.slow
+def test_a_network_with_other_parameter_names_loads_and_decides(monkeypatch, tmp_path, user_csv):
+    def renamed(nc, obs_dim, n_actions, dtype):
+        return RenamedMLP(obs_dim=obs_dim, n_actions=n_actions, hidden_dim=nc.hidden_dim,
+                          dropout=nc.dropout, dtype=dtype)
+
+    monkeypatch.setitem(networks.NETWORKS, "renamed", renamed)
+    monkeypatch.setattr(networks, "KINDS", (*networks.KINDS, "renamed"))
+    run_dir = tmp_path / "run"
+    argv = [*TINY, "--network", "renamed", "--iterations", "1", "--eval-every", "0",
+            "--run-dir", str(run_dir), "-q"]
+    assert train.main(argv) == 0
+    policy = jaxtrade.load_policy(run_dir)
+    assert sorted(policy.params) == ["actor", "torso", "value_head"]
+    assert isinstance(policy.network, RenamedMLP)
+    check_regime_table(policy(first_bars(user_csv[1], 30)[0]))

@@ -6,6 +6,7 @@ compiles the (identical) training program; the comparisons are between runs of t
 """
 
 import json
+import re
 import shutil
 import signal
 
@@ -14,6 +15,7 @@ import pytest
 from jaxtrade import checkpoint as ckpt
 from jaxtrade import train
 from tests.cli import Cli
+from tests.stalled_save import STALL_LINE
 from tests.test_train import TINY
 
 ITERATIONS = 200  # long enough that a signal sent after the first log line lands mid-run
@@ -70,13 +72,14 @@ def test_signal_saves_exits_0_and_resume_finishes_identically(sig, cli, straight
 
 
 @pytest.mark.slow
-def test_hard_kill_during_a_save_resumes_from_the_previous_checkpoint(cli, tmp_path):
+def test_hard_kill_during_a_save_resumes_from_the_previous_checkpoint(cli, xla_cache, tmp_path):
     run_dir = tmp_path / "run"  # given relative to the working directory, as users do
     cli.check(*TINY, "--iterations", 2, "--save-every", 2, "--run-dir", "run", cwd=tmp_path)
-    # Extend to 4 iterations with every save stalled before it commits, and kill it there.
-    proc = cli.start("--run-dir", "run", "--resume", "--iterations", 4,
-                     env={ckpt.SLOW_SAVE_ENV: "120"}, cwd=tmp_path)
-    cli.wait_for(proc, r"^saving checkpoint at iteration 4 ")
+    # Extend to 4 iterations with every save stalled after its items are written and before
+    # it commits (`tests.stalled_save`), and kill it there.
+    stalled = Cli(xla_cache, module="tests.stalled_save")
+    proc = stalled.start(120, "--run-dir", "run", "--resume", "--iterations", 4, cwd=tmp_path)
+    stalled.wait_for(proc, rf"^{re.escape(STALL_LINE)} \(.*checkpoints/4\.orbax-checkpoint-tmp")
     proc.kill()
     proc.wait(timeout=30)
     checkpoints = run_dir / "checkpoints"

@@ -26,6 +26,14 @@ jaxtrade imports this module. It follows gymnax 1.0's `Environment` contract:
   `FlattenObservationWrapper` reads it, and bootstrapping a truncated episode needs it
   (`final_observation=False` leaves it out). `full_info=True` gives the jaxtrade env's
   whole `info` and `final_observation`.
+- Action masks: `action_mask(state, params)` is the jaxtrade env's (bool [num_actions],
+  the actions valid in `state`; all True for an env without a mask, such as
+  PortfolioEnv), on the adapter's state. gymnax has no mask in its API, so nothing
+  applies it: mask the logits yourself (`jnp.where(mask, logits, -jnp.inf)`) before
+  sampling and in the loss, as jaxtrade's trainer does. For an env that masks actions
+  (`masks_actions`), `step`'s `info` also holds `action_mask`, the mask of the returned
+  state: the actions valid for the next step (after an auto-reset, in the new
+  episode's first state). For the state `reset` returns, call `action_mask`.
 
 `register_gymnax()` registers every env of jaxtrade's registry (`jaxtrade.envs.registered`)
 with gymnax's (`gymnax.register`, public since gymnax 1.0) as "jaxtrade-<Name>-v0", so
@@ -146,6 +154,20 @@ class GymnaxEnv(environment.Environment):
     def obs_dim(self) -> int:
         return int(self.jaxtrade_env.obs_dim)
 
+    @property
+    def masks_actions(self) -> bool:
+        """Whether the jaxtrade env masks actions (then `step`'s `info` has `action_mask`)."""
+        return bool(getattr(self.jaxtrade_env, "masks_actions", False))
+
+    def action_mask(self, state: GymnaxEnvState, params=None) -> jax.Array:
+        """bool [num_actions]: the actions valid in `state` (the jaxtrade env's
+        `action_mask`; all True when it masks none). Through a gymnax wrapper, pass the
+        adapter's state: `env.action_mask(log_state.env_state, params)`."""
+        if not self.masks_actions:
+            return jnp.ones((self.num_actions,), bool)
+        params = self.default_params if params is None else params
+        return self.jaxtrade_env.action_mask(state.env_state, params)
+
     def action_space(self, params=None) -> spaces.Discrete:
         return spaces.Discrete(self.num_actions)
 
@@ -218,13 +240,16 @@ class GymnaxEnv(environment.Environment):
 
         When the step ends the episode, `obs`/`state` are the next episode's first ones;
         `info["final_observation"]` (six-value form or `full_info`, unless
-        `final_observation=False`) is the observation the episode ended on.
+        `final_observation=False`) is the observation the episode ended on, and
+        `info["action_mask"]` (an env that masks actions) the mask of the returned state.
         """
         obs, state, reward, terminated, truncated, info = super().step(
             key, state, action, params
         )
         if not self.final_observation:
             info = {k: v for k, v in info.items() if k != "final_observation"}
+        if self.masks_actions:
+            info = {**info, "action_mask": self.action_mask(state, params)}
         if self.terminated_truncated:
             return obs, state, reward, terminated, truncated, info
         return obs, state, reward, terminated | truncated, info

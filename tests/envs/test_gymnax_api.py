@@ -305,3 +305,55 @@ def test_importing_jaxtrade_does_not_need_gymnax():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "needs gymnax"
+
+
+def test_action_mask_of_a_masked_env_through_the_adapter():
+    """The masked walk (`tests.envs.masked`): `action_mask` on the adapter's state is the
+    env's; `step`'s info holds the mask of the returned state, after an auto-reset the new
+    episode's; LogWrapper passes both through."""
+    from tests.envs.masked import LEFT, RIGHT, SIZE, TELEPORT, MaskedWalk
+
+    env = GymnaxEnv(MaskedWalk(), terminated_truncated=True)
+    params = env.default_params
+    assert env.masks_actions
+    _, state = env.reset(jax.random.key(0), params)
+
+    def at(pos):
+        return state.replace(env_state=state.env_state.replace(pos=jnp.int32(pos)))
+
+    # Cell 0: left is invalid and teleport valid; elsewhere the other way round.
+    np.testing.assert_array_equal(env.action_mask(at(0), params), [False, True, True, True])
+    np.testing.assert_array_equal(env.action_mask(at(2)), [True, True, True, False])
+
+    keys = jax.random.split(jax.random.key(1), SIZE)
+    starts = jax.vmap(at)(jnp.array([0, 1, 0, 2, 3, 1]))
+    actions = jnp.array([RIGHT, LEFT, TELEPORT, LEFT, RIGHT, RIGHT])
+    step = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
+    _, after, _, terminated, _, info = step(keys, starts, actions, params)
+    mask = np.asarray(info["action_mask"])
+    assert mask.shape == (SIZE, env.num_actions) and mask.dtype == np.bool_
+    np.testing.assert_array_equal(mask, jax.vmap(env.action_mask, in_axes=(0, None))(
+        after, params))
+    pos = np.asarray(after.env_state.pos)
+    np.testing.assert_array_equal(pos[[0, 1, 3, 4]], [1, 0, 1, 4])
+    np.testing.assert_array_equal(mask[:, 0], pos > 0)  # left
+    np.testing.assert_array_equal(mask[:, 3], pos == 0)  # teleport
+    # Teleporting reaches the goal: the episode ends and the mask is the next one's.
+    assert np.asarray(terminated).tolist() == [False, False, True, False, False, False]
+    assert int(after.env_state.step[2]) == 0 and pos[2] < SIZE - 1
+
+    logged = LogWrapper(env)
+    _, log_state = logged.reset(jax.random.key(2), params)
+    np.testing.assert_array_equal(logged.action_mask(log_state.env_state, params),
+                                  env.action_mask(log_state.env_state, params))
+    out = logged.step(jax.random.key(3), log_state, jnp.int32(RIGHT), params)
+    np.testing.assert_array_equal(out[-1]["action_mask"], env.action_mask(out[1].env_state))
+
+
+def test_portfolio_allows_every_action_and_adds_no_mask_to_info(small_env, small_params):
+    env = GymnaxEnv(small_env)
+    assert not env.masks_actions
+    _, state = env.reset(jax.random.key(0), small_params)
+    np.testing.assert_array_equal(env.action_mask(state, small_params), [True] * N_REGIMES)
+    info, _ = info_sizes(env, small_params)
+    assert "action_mask" not in info
