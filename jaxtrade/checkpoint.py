@@ -20,7 +20,6 @@ state under the same config and device count continues a run bit for bit.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import dataclasses
 import datetime as dt
@@ -60,9 +59,6 @@ HISTORY_KEYS = (
 # array shapes, the market, or the compiled program's numerics (precision). Start a new run
 # from the weights instead (--checkpoint RUN --weights-only).
 SHAPE_FIELDS = cfgmod.SHAPE_FIELDS
-# Test-only: seconds every save stalls, after Orbax has started writing and before it
-# commits, so that a test can hard-kill the process with a save in flight.
-SLOW_SAVE_ENV = "JAXTRADE_TEST_SLOW_SAVE"
 
 
 class CheckpointError(ValueError):
@@ -218,7 +214,7 @@ class Source:
     @property
     def config(self) -> cfgmod.Config:
         """The config the checkpoint was trained with."""
-        return cfgmod.from_dict(self.meta["config"], source=self.path / "meta")
+        return cfgmod.from_saved(self.meta["config"], source=self.path / "meta")
 
     @property
     def lineage(self) -> Lineage:
@@ -518,8 +514,6 @@ class Change:
         return f"{self.key} {show(self.saved)} -> {show(self.new)}"
 
 
-def _flat(cfg: cfgmod.Config) -> dict[str, Any]:
-    return {k: v for table in cfgmod.to_dict(cfg).values() for k, v in table.items()}
 
 
 def resume_changes(
@@ -544,7 +538,7 @@ def resume_changes(
             the flag, the saved value and the new one.
     """
     flag_of = cfgmod.FLAG_OF if flag_of is None else flag_of
-    a, b = _flat(saved), _flat(new)
+    a, b = cfgmod.values_of(saved), cfgmod.values_of(new)
     changes = [Change(k, a[k], b[k]) for k in a if k != "run_dir" and a[k] != b[k]]
     for c in changes:
         flag = flag_of.get(c.key, f"{c.key}=")
@@ -600,26 +594,6 @@ def truncate_metrics(path: str | os.PathLike, iteration: int) -> tuple[int, int]
 
 # ---------------------------------------------------------------------------
 # Saving.
-
-
-class _StallingJsonHandler(ocp.handlers.JsonCheckpointHandler):
-    """Test-only (`SLOW_SAVE_ENV`): writes a JSON item, then waits before the save commits."""
-
-    async def _save_fn(self, x, directory):
-        await super()._save_fn(x, directory)
-        await asyncio.sleep(float(x["seconds"]))
-
-
-@ocp.args.register_with_handler(_StallingJsonHandler, for_save=True)
-@dataclasses.dataclass
-class _StallingJsonSave(ocp.args.CheckpointArgs):
-    item: Mapping[str, Any]
-
-
-@ocp.args.register_with_handler(_StallingJsonHandler, for_restore=True)
-@dataclasses.dataclass
-class _StallingJsonRestore(ocp.args.CheckpointArgs):  # Orbax wants both directions registered
-    item: Any = None
 
 
 def _metric(metrics: Mapping[str, float]) -> float:
@@ -755,11 +729,10 @@ class RunCheckpoints:
                              rng_impl=str(jax.random.key_impl(state.rng)))
         # A copy: the next host call donates `state`'s buffers while Orbax still reads these.
         snapshot = jax.tree.map(jnp.copy, _saveable(state))
-        items = dict(state=ocp.args.StandardSave(snapshot), meta=ocp.args.JsonSave(meta))
-        if os.environ.get(SLOW_SAVE_ENV):
-            items["test_stall"] = _StallingJsonSave({"seconds": os.environ[SLOW_SAVE_ENV]})
+        items = ocp.args.Composite(
+            state=ocp.args.StandardSave(snapshot), meta=ocp.args.JsonSave(meta))
         saved = self._manager.save(
-            iteration, args=ocp.args.Composite(**items), metrics={"score": row_score}, force=True
+            iteration, args=items, metrics={"score": row_score}, force=True
         )
         if saved:
             self.last_step = iteration

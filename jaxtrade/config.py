@@ -6,23 +6,30 @@ machine (`n_envs`) or the clock (`run_dir`) stay None in the file and are filled
 by `resolve` / `resolve_run_dir`, also returning new instances. Derived sizes
 (`total_iterations`, `steps_per_iteration`) are pure functions of a config.
 
-TOML layout: one table per section, keys are the field names::
+TOML layout: one table per section, keys are the field names; an env's own settings
+sit in a sub-table of [env] named after it::
 
     [ppo]
     n_envs = 8192
     n_steps = 256
 
-    [network]
-    precision = "bf16"
+    [env]
+    name = "portfolio"
+
+    [env.portfolio]
+    slippage = 0.001
 
 Every bare field name is unique across sections, so overrides may name a field
-as `n_envs=8192` or `ppo.n_envs=8192`.
+as `n_envs=8192`, `ppo.n_envs=8192`, `slippage=0.001` or `env.portfolio.slippage=0.001`.
+A field typed `tuple[Item, ...]` with `Item` a dataclass is an array of tables (TOML
+`[[section.name]]`, one table per item; `build_table` checks each, `validate` applies the
+rules of `Item`'s `setting` fields); schedules and populations are made of them.
 
 Each field is declared once, with `setting`: its default, help, valid range (`Rule`),
 CLI flag, and whether it is a runtime hyperparameter or fixes shapes. Everything else
 reads those facts: `validate`, `add_flags` (the train command's flags), `FLAG_OF`,
 `RUNTIME_FIELDS` (`trainer.HParams`), `SHAPE_FIELDS` (what a resume refuses), and
-`PortfolioEnv.make_params` (friction defaults and ranges).
+`PortfolioEnv.make_params` (friction defaults and ranges, from `PortfolioConfig`).
 
 Host-only: nothing here runs under `jit`. JAX is imported only by `compute_dtype` and the
 rules of `name` and `kind` (which ask the env registry and the network kinds when `validate`
@@ -256,14 +263,10 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class EnvConfig:
-    """Which env, and its episode and friction settings (see `PortfolioEnv.make_params`,
-    which takes its defaults and checks its ranges from here)."""
+class PortfolioConfig:
+    """[env.portfolio]: frictions and reward shaping of the portfolio env (its `make_params`
+    takes its defaults and checks its ranges from here)."""
 
-    name: str = setting(
-        "portfolio", "registered environment (jaxtrade.envs.registered())", flag="--env",
-        metavar="NAME", rule=OneOf(_registered_envs, "a registered env: {}"), shape=True)
-    episode_length: int = setting(256, "steps per training episode", rule=AtLeast(1), shape=True)
     slippage: float = setting(
         0.0005, "proportional cost per unit traded", rule=Between(0, 0.1), flag=False)
     spread: float = setting(
@@ -278,11 +281,30 @@ class EnvConfig:
         0.5, "episode ends when equity falls below this share of the start",
         rule=Between(0, 1), flag=False)
 
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    """Which env and its episode length, then one sub-table per env with settings of its own
+    (`[env.portfolio]`); an env reads only its own (`params_kwargs`)."""
+
+    name: str = setting(
+        "portfolio", "registered environment (jaxtrade.envs.registered())", flag="--env",
+        metavar="NAME", rule=OneOf(_registered_envs, "a registered env: {}"), shape=True)
+    episode_length: int = setting(256, "steps per training episode", rule=AtLeast(1), shape=True)
+    portfolio: PortfolioConfig = PortfolioConfig()  # [env.portfolio]
+
+    def section(self, name: str | None = None) -> Any | None:
+        """The settings of env `name` (default: the chosen env), `[env.<name>]` with dashes
+        as underscores; None for an env without a table of its own."""
+        value = getattr(self, (self.name if name is None else name).replace("-", "_"), None)
+        return value if dataclasses.is_dataclass(value) else None
+
     def params_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for the env's `make_params` (all but `name`, `split`, `start`)."""
-        kwargs = dataclasses.asdict(self)
-        del kwargs["name"]
-        return kwargs
+        """Keyword arguments for the chosen env's `make_params` (besides `split`, `start`):
+        the episode length and the fields of the env's own section, no other env's."""
+        section = self.section()
+        return {"episode_length": self.episode_length,
+                **(dataclasses.asdict(section) if section is not None else {})}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -383,14 +405,30 @@ class Config:
 # ---------------------------------------------------------------------------
 # Field tables, built once from the dataclasses.
 
-_SECTIONS: dict[str, type] = typing.get_type_hints(Config)  # section -> dataclass
-_FIELD_TYPES: dict[str, dict[str, Any]] = {
-    name: typing.get_type_hints(cls) for name, cls in _SECTIONS.items()
+def _is_table(tp: Any) -> bool:
+    """Whether a field of type `tp` is a (sub)section: a dataclass, a TOML table."""
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _walk_sections(cls: type, path: str = "") -> Iterable[tuple[str, type]]:
+    """(dotted path, dataclass) of every section under `cls`, depth first, in declaration
+    order: data, env, env.portfolio, network, ..."""
+    for name, tp in typing.get_type_hints(cls).items():
+        if _is_table(tp):
+            sub = f"{path}.{name}" if path else name
+            yield sub, tp
+            yield from _walk_sections(tp, sub)
+
+
+_SECTIONS: dict[str, type] = dict(_walk_sections(Config))  # section path -> dataclass
+_FIELD_TYPES: dict[str, dict[str, Any]] = {  # section path -> {field: type}, sub-tables aside
+    path: {k: tp for k, tp in typing.get_type_hints(cls).items() if not _is_table(tp)}
+    for path, cls in _SECTIONS.items()
 }
 
 
 def _field_sections() -> dict[str, str]:
-    """Bare field name -> section; bare names must be unique for overrides to work."""
+    """Bare field name -> section path; bare names must be unique for overrides to work."""
     owner: dict[str, str] = {}
     for section, types_ in _FIELD_TYPES.items():
         for name in types_:
@@ -403,9 +441,30 @@ def _field_sections() -> dict[str, str]:
 _FIELD_SECTION = _field_sections()
 
 
+def section_of(cfg: Any, path: str) -> Any:
+    """The section at dotted `path` of `cfg` (`section_of(cfg, "env.portfolio")`)."""
+    for name in path.split("."):
+        cfg = getattr(cfg, name)
+    return cfg
+
+
 def field_names() -> list[str]:
     """All valid bare keys, section by section in declaration order."""
     return list(_FIELD_SECTION)
+
+
+def values_of(cfg: Config) -> dict[str, Any]:
+    """Bare key -> value of every field of `cfg`, as JSON types (tuples become lists)."""
+    return {k: _plain(getattr(section_of(cfg, path), k)) for k, path in _FIELD_SECTION.items()}
+
+
+def _array_item(tp: Any) -> type | None:
+    """The dataclass of an array-of-tables field (`tuple[Item, ...]`, TOML `[[...]]`), else
+    None."""
+    base = _base_type(tp)
+    if typing.get_origin(base) is tuple and _is_table(typing.get_args(base)[0]):
+        return typing.get_args(base)[0]
+    return None
 
 
 def _base_type(tp: Any) -> Any:
@@ -420,6 +479,8 @@ def _settings() -> dict[str, Setting]:
     table: dict[str, Setting] = {}
     for section, cls in _SECTIONS.items():
         for f in dataclasses.fields(cls):
+            if f.name not in _FIELD_TYPES[section]:  # a sub-table: a section of its own
+                continue
             meta = f.metadata.get(_META)
             if meta is None:
                 raise RuntimeError(f"[{section}] {f.name} is not declared with setting()")
@@ -534,7 +595,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     """`value` as type `tp`: ints widen to float, lists become tuples, TOML dates become str.
 
     Integral floats (e.g. `timesteps = 2e6`) are accepted for int fields; bools are
-    never taken for numbers, nor numbers for bools.
+    never taken for numbers, nor numbers for bools. Arrays of tables (`tuple[Item, ...]`,
+    TOML `[[name]]`) become tuples of `Item`s, each table checked by `build_table`.
 
     Raises:
         ConfigError: naming `where`, the expected type and the value.
@@ -550,6 +612,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if optional:
             return None
         fail()
+    if (item_cls := _array_item(base)) is not None:  # [[...]]: a list of tables
+        if not isinstance(value, list | tuple):
+            fail()
+        return tuple(v if isinstance(v, item_cls) else build_table(item_cls, v, f"{where} #{i + 1}")
+                     for i, v in enumerate(value))
     if typing.get_origin(base) is tuple:
         item = typing.get_args(base)[0]
         if isinstance(value, str):  # a single symbol
@@ -608,6 +675,7 @@ def _unknown_key(key: str, section: str, source: str | os.PathLike | None) -> Co
     if (renamed := _renamed(key, source)) is not None:
         return renamed
     valid = list(_FIELD_TYPES[section])
+    valid += [f"[{sub}]" for sub in _SECTIONS if sub.rpartition(".")[0] == section]
     hint = ""
     if key in _FIELD_SECTION:
         hint = f" ('{key}' belongs in [{_FIELD_SECTION[key]}])"
@@ -637,19 +705,71 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{os.fspath(path)}: invalid TOML: {e}") from None
 
 
+def build_table(cls: type, table: Any, where: str) -> Any:
+    """An instance of the dataclass `cls` from a TOML table (one item of an array of tables,
+    or a whole file of another layout, e.g. a schedule): every key known and type-checked
+    (`_coerce`; sub-tables and arrays of tables recursively), every field without a default
+    given. The rules of its `setting` fields are `table_problems`'.
+
+    Raises:
+        ConfigError: naming `where`: not a table, an unknown key, a wrong type, a missing key.
+    """
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: expected a table of keys, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in table.items():
+        if key not in hints:
+            close = difflib.get_close_matches(key, list(hints), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}: unknown key '{key}'{hint}; valid keys: "
+                              f"{', '.join(hints)}")
+        tp = hints[key]
+        values[key] = (build_table(tp, value, f"{where} {key}") if _is_table(tp)
+                       else _coerce(value, tp, f"{where} {key}"))
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: missing {', '.join(missing)}")
+    return cls(**values)
+
+
+def _apply(obj: Any, path: str, table: Mapping[str, Any], source: str | os.PathLike | None
+           ) -> Any:
+    """The section `obj` (at dotted `path`) with the values of `table` applied, sub-tables
+    recursively."""
+    pre = _prefix(source)
+    updates = {}
+    for key, value in table.items():
+        sub = f"{path}.{key}"
+        if sub in _SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{pre}[{sub}] must be a table of keys, got {value!r}")
+            updates[key] = _apply(getattr(obj, key), sub, value, source)
+        elif key in _FIELD_TYPES[path]:
+            updates[key] = _coerce(value, _FIELD_TYPES[path][key], f"{pre}[{path}] {key}")
+        elif isinstance(value, Mapping) and key not in _FIELD_SECTION:
+            raise ConfigError(f"{pre}unknown section [{sub}]; valid sections: "
+                              f"{', '.join(_SECTIONS)}")
+        else:
+            raise _unknown_key(key, path, source)
+    return dataclasses.replace(obj, **updates)
+
+
 def from_dict(
     d: Mapping[str, Any],
     base: Config = Config(),
     *,
     source: str | os.PathLike | None = None,
 ) -> Config:
-    """`base` with the values of `d` (sections data, env, network, ppo, run) applied.
+    """`base` with the values of `d` (sections data, env with its sub-tables, network, ppo,
+    run) applied.
 
     Missing sections and keys keep `base`'s values. Accepts `load_toml`'s and
     `to_dict`'s output, so `from_dict(to_dict(cfg)) == cfg`.
 
     Args:
-        d: {section: {key: value}}.
+        d: {section: {key: value or {key: value} for a sub-table}}.
         base: the config the values are applied to.
         source: the file `d` came from, named in error messages.
 
@@ -659,7 +779,7 @@ def from_dict(
     pre = _prefix(source)
     updates: dict[str, Any] = {}
     for section, table in d.items():
-        if section not in _SECTIONS:
+        if section not in _SECTIONS or "." in section:
             if section in _FIELD_SECTION:
                 raise ConfigError(
                     f"{pre}key '{section}' must be inside a section: "
@@ -670,14 +790,19 @@ def from_dict(
             )
         if not isinstance(table, Mapping):
             raise ConfigError(f"{pre}[{section}] must be a table of keys, got {table!r}")
-        field_types = _FIELD_TYPES[section]
-        values = {}
-        for key, value in table.items():
-            if key not in field_types:
-                raise _unknown_key(key, section, source)
-            values[key] = _coerce(value, field_types[key], f"{pre}[{section}] {key}")
-        updates[section] = dataclasses.replace(getattr(base, section), **values)
+        updates[section] = _apply(getattr(base, section), section, table, source)
     return dataclasses.replace(base, **updates)
+
+
+def from_saved(d: Mapping[str, Any], *, source: str | os.PathLike | None = None) -> Config:
+    """`from_dict` of a config a run saved (config.json, checkpoint metadata), older layouts
+    included: before per-env sections, the portfolio's settings sat in [env] itself."""
+    env = dict(d.get("env", {}))
+    moved = {k: env.pop(k) for k in list(env) if k in _FIELD_TYPES["env.portfolio"]}
+    if moved:
+        env["portfolio"] = {**moved, **env.get("portfolio", {})}
+        d = {**d, "env": env}
+    return from_dict(d, source=source)
 
 
 def load(path: str | os.PathLike, base: Config = Config()) -> Config:
@@ -685,15 +810,19 @@ def load(path: str | os.PathLike, base: Config = Config()) -> Config:
     return from_dict(load_toml(path), base, source=path)
 
 
+def _plain(value: Any) -> Any:
+    """`value` as JSON types: sections and table items as dicts, tuples as lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
-    """{section: {key: value}} with only JSON types (tuples become lists); for `config.json`."""
-    return {
-        section: {
-            k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(getattr(cfg, section)).items()
-        }
-        for section in _SECTIONS
-    }
+    """{section: {key: value, sub-table: {...}}} with only JSON types (tuples become lists);
+    for `config.json`."""
+    return _plain(cfg)
 
 
 # ---------------------------------------------------------------------------
@@ -714,7 +843,10 @@ def _set(cfg: Config, key: str, value: Any, source: str) -> Config:
     """`cfg` with the field named `key` (bare) set to `value`, type-checked."""
     if key not in _FIELD_SECTION:
         raise _unknown_bare_key(key, source)
-    return from_dict({_FIELD_SECTION[key]: {key: value}}, cfg, source=source)
+    table: dict[str, Any] = {key: value}
+    for name in reversed(_FIELD_SECTION[key].split(".")):
+        table = {name: table}
+    return from_dict(table, cfg, source=source)
 
 
 def with_values(cfg: Config, **fields: Any) -> Config:
@@ -934,6 +1066,45 @@ def _multiples_around(n: int, m: int) -> list[int]:
     return [v for v in (below, below + m) if v > 0]
 
 
+def table_problems(item: Any, where: str) -> list[str]:
+    """What breaks the rules of a table built by `build_table` (fields declared with
+    `setting` carry rules; plain fields have none), sub-tables and arrays included, each
+    as "<where> <key>=<value> must be <rule>"."""
+    problems = []
+    for f in dataclasses.fields(item):
+        value = getattr(item, f.name)
+        if dataclasses.is_dataclass(value):
+            problems += table_problems(value, f"{where} {f.name}")
+            continue
+        if isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+            for i, sub in enumerate(value):
+                problems += table_problems(sub, f"{where} {f.name} #{i + 1}")
+            continue
+        meta = f.metadata.get(_META)
+        rule = meta.rule if meta is not None else None
+        if rule is not None and value is not None and not rule.holds(value):
+            problems.append(f"{where} {f.name}={value!r} must be {rule}")
+    return problems
+
+
+def batch_problem(cfg: Config, n_devices: int) -> str | None:
+    """Why n_envs cannot be split into `n_devices` x n_minibatches equal parts, or None when
+    it can (or is unset): one item of `validate`'s message, which suggests valid values."""
+    p = cfg.ppo
+    if n_devices < 1:
+        return f"n_devices={n_devices!r} must be >= 1"
+    if p.n_envs is None or p.n_envs < 1 or p.n_minibatches < 1:
+        return None
+    m = n_devices * p.n_minibatches
+    if not p.n_envs % m:
+        return None
+    unit_name = f"n_minibatches={p.n_minibatches}"
+    if n_devices > 1:
+        unit_name += f" x {n_devices} devices = {m}"
+    tries = " or ".join(map(str, _multiples_around(p.n_envs, m)))
+    return f"n_envs={p.n_envs} must be a multiple of {unit_name} (try {tries})"
+
+
 def validate(cfg: Config, n_devices: int = 1) -> Config:
     """Checks settings that can never run; returns `cfg` unchanged.
 
@@ -943,11 +1114,11 @@ def validate(cfg: Config, n_devices: int = 1) -> Config:
         ConfigError: one line listing every problem, e.g.
             "invalid config: n_envs=100 must be a multiple of n_minibatches=8 (try 96 or 104)".
     """
-    d, p = cfg.data, cfg.ppo
+    d = cfg.data
     # Configs built in code skip from_dict's type checks; the range checks need them.
     for section, field_types in _FIELD_TYPES.items():
         for key, tp in field_types.items():
-            value = getattr(getattr(cfg, section), key)
+            value = getattr(section_of(cfg, section), key)
             where = f"invalid config: [{section}] {key}"
             coerced = _coerce(value, tp, where)
             if type(coerced) is not type(value) and not isinstance(coerced, float):
@@ -955,10 +1126,13 @@ def validate(cfg: Config, n_devices: int = 1) -> Config:
     problems: list[str] = []
     # Each field's own rule (`setting(rule=...)`), in declaration order.
     for section, field_types in _FIELD_TYPES.items():
-        for key in field_types:
-            value = getattr(getattr(cfg, section), key)
+        for key, tp in field_types.items():
+            value = getattr(section_of(cfg, section), key)
             if (rule := broken_rule(key, value)) is not None:
                 problems.append(f"{key}={value!r} must be {rule}")
+            if _array_item(tp) is not None and value:
+                for i, item in enumerate(value):
+                    problems += table_problems(item, f"{key} #{i + 1}")
 
     def check(ok: bool, key: str, value: Any, rule: str) -> None:
         if not ok:
@@ -971,16 +1145,8 @@ def validate(cfg: Config, n_devices: int = 1) -> Config:
         check(len(d.symbols) > 0, "symbols", d.symbols, "non-empty (or none for all)")
         dupes = sorted({s for s in d.symbols if d.symbols.count(s) > 1})
         check(not dupes, "symbols", d.symbols, f"unique (repeated: {', '.join(dupes)})")
-    if n_devices < 1:
-        problems.append(f"n_devices={n_devices!r} must be >= 1")
-    elif p.n_envs is not None:
-        m = n_devices * p.n_minibatches
-        if p.n_envs >= 1 and p.n_minibatches >= 1 and p.n_envs % m:
-            unit_name = f"n_minibatches={p.n_minibatches}"
-            if n_devices > 1:
-                unit_name += f" x {n_devices} devices = {m}"
-            tries = " or ".join(map(str, _multiples_around(p.n_envs, m)))
-            problems.append(f"n_envs={p.n_envs} must be a multiple of {unit_name} (try {tries})")
+    if (batch := batch_problem(cfg, n_devices)) is not None:
+        problems.append(batch)
 
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))

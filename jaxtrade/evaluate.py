@@ -1,7 +1,10 @@
 """`python -m jaxtrade.evaluate`: a trained policy and the baselines in one continuous pass of a
 date range (the run's untouched test range by default), compared honestly: the baseline to
 beat is chosen on the validation range, and the statistics count the candidates compared;
-report.json, equity.csv, decisions.csv, equity.png and a table (host-only).
+report.json, equity.csv, decisions.csv, equity.png and a table (host-only). A run of an env
+without the trading report (`Environment.trading`) gets the episode report instead: its
+policy against a uniformly random one over the first episodes of 64 envs of the env's test
+params (or `--range validation|train`), same keys; report.json and a table.
 
 No evaluation logic lives here: `jaxtrade.engine.assess` computes the comparison (from
 `jaxtrade.evaluation`'s passes and metrics, `jaxtrade.report`'s baseline choice, candidates,
@@ -35,6 +38,12 @@ COLUMNS = (  # the terminal table: (header, metric, format)
     ("turnover", "turnover_total", "{:.2f}"),
     ("costs", "costs_fraction", "{:.3%}"),
 )
+EPISODE_COLUMNS = (  # the episode report's table: (header, metric, format)
+    ("return mean", "return_mean", "{:+.4f}"),
+    ("return std", "return_std", "{:.4f}"),
+    ("length", "length_mean", "{:.1f}"),
+    ("episodes", "episodes", "{:d}"),
+)
 RANGE_CHOICES = ("test", "validation", "train", "all")
 HEADLINE = ("buy_and_hold", "cash", "EQUAL_WEIGHT/1")  # shown beside the policy and the
 # chosen baseline; --all shows every strategy
@@ -46,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Walk a trained policy and the baselines (cash, buy and hold, each fixed "
                     "regime rebalanced every 1, 5 or 20 bars) once through a date range with the "
                     "training frictions, and compare the policy with the baseline chosen on the "
-                    "validation range.",
+                    "validation range. A run of an env without trading walks gets its episode "
+                    "report instead: the policy against a uniformly random one on the env's "
+                    "test params (or --range validation/train).",
         allow_abbrev=False,  # a misspelt flag is an error, never another flag
     )
     add = p.add_argument
@@ -87,13 +98,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from jaxtrade.engine.assess import AssessRequest, assess
+    from jaxtrade.engine.assess import AssessRequest, EpisodeAssessment, assess
 
     result = assess(AssessRequest(
         run_dir=args.run_dir, checkpoint=args.checkpoint, data=args.data, range=args.range,
         start=args.start, end=args.end, sample=args.sample, seed=args.seed,
     ))
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
+    if isinstance(result, EpisodeAssessment):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(result.report, indent=2) + "\n")
+        print_episode_report(result.report)
+        print(f"wrote report.json to {out}")
+        return 0
     write_outputs(out, result, args.run_dir)
     print_report(result, show_all=args.all)
     print(f"wrote report.json, equity.csv, decisions.csv, equity.png to {out}")
@@ -152,6 +169,23 @@ def print_report(result, show_all: bool) -> None:
     print(format_table({label(n, result.chosen): result.table[n] for n in rows}))
     for line in statistics_lines(report["statistics"], baseline):
         print(line)
+    print(f"verdict: {report['verdict']}")
+
+
+def print_episode_report(report: dict) -> None:
+    """The policy and range lines, the policy and the random policy's episodes, the verdict."""
+    r, diff = report["range"], report["difference"]
+    print(f"policy: {report['checkpoint']['path']} ({report['selection']['chosen_by']}; "
+          f"{report['actions']}, seed {report['seed']})")
+    print(f"episodes: {r['what']}; the same keys for both policies")
+    header = "strategy".ljust(10) + "".join(h.rjust(12) for h, _, _ in EPISODE_COLUMNS)
+    print(header)
+    print("-" * len(header))
+    for name, m in report["strategies"].items():
+        print(name.ljust(10) + "".join(fmt.format(m[k]).rjust(12)
+                                       for _, k, fmt in EPISODE_COLUMNS))
+    print(f"policy minus random: {diff['return_mean']:+.4f}, {diff['level']:.0%} interval "
+          f"[{diff['ci_low']:+.4f}, {diff['ci_high']:+.4f}] (normal approximation)")
     print(f"verdict: {report['verdict']}")
 
 

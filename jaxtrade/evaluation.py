@@ -25,11 +25,18 @@ then HOLD), and every fixed regime from EQUAL_WEIGHT to RISK_ON rebalanced every
 bars for k in `REBALANCE_EVERY` (1, 5, 20), HOLD in between, named `REGIME/k`
 (`EQUAL_WEIGHT/1` is equal weight rebalanced every bar). Any of them a user could run
 without RL; `choose_baseline` picks the one to beat on the validation range.
+
+The walks above are the portfolio env's (`PortfolioEnv.make_evaluator` and evaluate's trading
+report use them). Any other env is evaluated on episodes (`make_episode_walk`): the greedy
+policy's first episode in each of `EPISODE_ENVS` envs reset from one key, which
+`Environment.make_evaluator` uses by default and evaluate's episode report compares with a
+uniformly random policy on the same keys.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +45,7 @@ from flax import struct
 
 from jaxtrade import metrics as M
 from jaxtrade.config import EnvConfig
-from jaxtrade.envs import EnvParams, PortfolioEnv, Regime
+from jaxtrade.envs import N_REGIMES, Environment, EnvParams, PortfolioEnv, Regime
 from jaxtrade.networks import Network
 from jaxtrade.rollout import Carry, Transition, initial_carry, make_rollout
 
@@ -203,7 +210,8 @@ def walk_metrics(walk: Walk, env_params: EnvParams, bars_per_year) -> dict[str, 
     """`metrics.compute_all` of every strategy of `walk`, plus reward_mean: leaves [S, ...]."""
     n_steps = walk.actions.shape[1]
     market = market_returns(env_params, n_steps)
-    out = jax.vmap(M.compute_all, in_axes=(0, 0, 0, 0, 0, None, None))(
+    compute = partial(M.compute_all, hold=int(Regime.HOLD), n_actions=N_REGIMES)
+    out = jax.vmap(compute, in_axes=(0, 0, 0, 0, 0, None, None))(
         walk.values, walk.weights, walk.actions, walk.costs, walk.turnover, market, bars_per_year
     )
     out["reward_mean"] = jnp.mean(walk.reward, axis=1)
@@ -216,7 +224,7 @@ def score(walk_row: Mapping, health: Mapping) -> jax.Array:
     return M.model_score(
         walk_row["avg_trade_return"], walk_row["win_rate"], walk_row["reward_mean"],
         health["explained_variance"], health["entropy"], health["approx_kl"],
-        health["clip_frac"], health.get("valid_actions", M.N_REGIMES),
+        health["clip_frac"], health.get("valid_actions", N_REGIMES),
     )
 
 
@@ -254,3 +262,79 @@ def make_evaluator(network: Network, env: PortfolioEnv, env_config: EnvConfig,
         return compiled(params, env_params, h)
 
     return run
+
+
+# ------------------------------------------------------------------------ any env: episodes
+EPISODE_ENVS = 64  # envs of an episode evaluation: 64 first episodes per walk
+
+
+@struct.dataclass
+class Episodes:
+    """The first episode of each of B envs from a fresh reset (leaves [B])."""
+
+    returns: jax.Array  # float32 [B], its total reward (so far, where it did not end)
+    lengths: jax.Array  # int32 [B], its steps (the walk's n_steps where it did not end)
+    ended: jax.Array  # bool [B], it ended (terminated or truncated) within the walk
+
+
+def make_episode_walk(network: Network, env: Environment, n_envs: int, n_steps: int, *,
+                      greedy: bool = True, uniform: bool = False) -> Callable:
+    """`walk(params, env_params, key) -> Episodes`: n_envs envs reset with `key`, stepped
+    n_steps times by the greedy policy (greedy=False: sampled; uniform=True: uniformly among
+    the valid actions, a baseline that ignores the network). Walks with the same key start
+    from the same states and give the env the same step keys, so two policies meet the same
+    luck. Only each env's first episode counts: n_envs independent episodes, not more of the
+    short ones."""
+    rollout = make_rollout(network, env, n_steps, greedy=greedy, uniform=uniform)
+
+    def walk(params, env_params, key: jax.Array) -> Episodes:
+        key_init, key_run = jax.random.split(key)
+        carry = initial_carry(network, env, env_params, key_init, n_envs)
+        carry, traj = rollout(params, env_params, carry, key_run)
+        ended = traj.done.any(axis=0)
+        first = jnp.argmax(traj.done, axis=0)  # [B], the step that ended the first episode
+        ended_return = traj.episode_return[first, jnp.arange(n_envs)]
+        return Episodes(returns=jnp.where(ended, ended_return, carry.ep_return),
+                        lengths=jnp.where(ended, first + 1, n_steps).astype(jnp.int32),
+                        ended=ended)
+
+    return walk
+
+
+def episode_metrics(episodes: Episodes) -> dict[str, jax.Array]:
+    """float32 scalars of the first episodes that ended: return_mean, return_std (ddof 0),
+    length_mean; episodes (int32), how many ended. When none ended, the means are over every
+    env's return so far (each cut at the walk's length), so the score stays finite."""
+    n_ended = episodes.ended.sum(dtype=jnp.int32)
+    weight = jnp.where(n_ended > 0, episodes.ended, True).astype(jnp.float32)
+    mean = lambda x: (x * weight).sum() / weight.sum()
+    return_mean = mean(episodes.returns)
+    return {
+        "return_mean": return_mean,
+        "return_std": jnp.sqrt(mean((episodes.returns - return_mean) ** 2)),
+        "length_mean": mean(episodes.lengths.astype(jnp.float32)),
+        "episodes": n_ended,
+    }
+
+
+def make_episode_evaluator(network: Network, env: Environment, env_params, n_steps: int,
+                           seed: int, params_like, n_envs: int = EPISODE_ENVS) -> Callable:
+    """The validation evaluation of an env without one of its own, compiled once (host-side
+    setup; `Environment.make_evaluator`).
+
+    Returns `evaluate(params, health) -> {metric: scalar}`: `episode_metrics` of the greedy
+    policy's first episodes in n_envs envs of `env_params`, stepped n_steps times from
+    `walk_key(seed)` (every evaluation of a run starts from the same states), and `score` =
+    return_mean. `health` (the training iteration's metrics) is not used: the score is the
+    return alone. Compiled ahead of time for parameters shaped and placed like `params_like`.
+    """
+    walk = make_episode_walk(network, env, n_envs, n_steps)
+    key = walk_key(seed)
+
+    def evaluate(params, env_params) -> dict:
+        row = episode_metrics(walk(params, env_params, key))
+        row["score"] = row["return_mean"]
+        return row
+
+    compiled = jax.jit(evaluate).lower(params_like, env_params).compile()
+    return lambda params, health: compiled(params, env_params)

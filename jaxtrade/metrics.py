@@ -11,7 +11,8 @@ Inputs, for a walk of T steps over A assets:
                                   (``info["value"]`` of `jaxtrade.envs.portfolio`)
   weights         float [T, A+1]  weights held after step t's trade, cash last
                                   (``info["weights"]``)
-  actions         int   [T]       regime index of step t (`jaxtrade.envs.regimes`)
+  actions         int   [T]       action (regime) index of step t; the env's hold action
+                                  (`hold`: keep the position) continues a trade
   costs           float [T]       trading costs paid at step t, in currency (``info["cost"]``)
   turnover        float [T]       traded value / portfolio value at step t (``info["turnover"]``)
   market_returns  float [T]       simple return of the equal-weight market index over
@@ -34,8 +35,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-
-from jaxtrade.envs.regimes import N_REGIMES, Regime
 
 Scalar = jax.Array | float
 
@@ -181,7 +180,7 @@ class Trades(NamedTuple):
     is_trade: jax.Array  # bool [T], whether slot k is a trade
 
 
-def trade_segments(actions: jax.Array) -> tuple[jax.Array, jax.Array]:
+def trade_segments(actions: jax.Array, hold: int) -> tuple[jax.Array, jax.Array]:
     """Effective regime and segment id of each step.
 
     The effective regime of step t is its action, or for HOLD the last non-HOLD
@@ -191,6 +190,7 @@ def trade_segments(actions: jax.Array) -> tuple[jax.Array, jax.Array]:
 
     Args:
       actions: int [T] regime indices.
+      hold: the action that keeps the position (HOLD); -1 for an env without one.
 
     Returns:
       regime int32 [T] (-1 for leading HOLDs), segment int32 [T] (0, 1, ...,
@@ -198,13 +198,13 @@ def trade_segments(actions: jax.Array) -> tuple[jax.Array, jax.Array]:
     """
     actions = actions.astype(jnp.int32)
     steps = jnp.arange(actions.shape[0], dtype=jnp.int32)
-    last_chosen = jax.lax.cummax(jnp.where(actions != Regime.HOLD, steps, -1), axis=0)
+    last_chosen = jax.lax.cummax(jnp.where(actions != hold, steps, -1), axis=0)
     regime = jnp.where(last_chosen >= 0, actions[jnp.maximum(last_chosen, 0)], -1)
     changed = jnp.concatenate([jnp.ones(1, bool), regime[1:] != regime[:-1]])
     return regime, jnp.cumsum(changed, dtype=jnp.int32) - 1
 
 
-def trades(values: jax.Array, actions: jax.Array) -> Trades:
+def trades(values: jax.Array, actions: jax.Array, hold: int) -> Trades:
     """Split a walk into trades.
 
     A trade is a holding period between regime changes: a maximal run of
@@ -224,9 +224,10 @@ def trades(values: jax.Array, actions: jax.Array) -> Trades:
     Args:
       values: float [T + 1] portfolio values.
       actions: int [T] regime indices.
+      hold: the action that keeps the position (`trade_segments`).
     """
     n_steps = actions.shape[0]
-    regime, segment = trade_segments(actions)
+    regime, segment = trade_segments(actions, hold)
     values = jnp.maximum(values.astype(_F32), jnp.finfo(_F32).tiny)
     log_growth = jnp.log(values[1:]) - jnp.log(values[:-1])
     seg_sum = lambda x: jax.ops.segment_sum(
@@ -298,7 +299,7 @@ def gross_exposure(weights: jax.Array) -> jax.Array:
     return jnp.mean(jnp.sum(weights[:, :-1].astype(_F32), axis=-1))
 
 
-def action_distribution(actions: jax.Array, n_actions: int = N_REGIMES) -> jax.Array:
+def action_distribution(actions: jax.Array, n_actions: int) -> jax.Array:
     """Share of the T steps spent in each action: int [T] -> float32 [n_actions], sums to 1."""
     counts = jnp.bincount(actions.astype(jnp.int32), length=n_actions)
     return counts.astype(_F32) / actions.shape[0]
@@ -382,10 +383,15 @@ def compute_all(
     turnover: jax.Array,
     market_returns: jax.Array,
     bars_per_year: Scalar,
+    *,
+    hold: int,
+    n_actions: int,
 ) -> dict[str, jax.Array]:
     """Every trading metric of one walk (shapes in the module docstring).
 
-    Batch walks with ``jax.vmap(compute_all, in_axes=(0, 0, 0, 0, 0, 0, None))``
+    `hold` is the env's action that keeps the position (it continues a trade: `trades`),
+    `n_actions` its number of actions (the length of action_freq). Batch walks with
+    ``jax.vmap(partial(compute_all, hold=h, n_actions=n), in_axes=(0, 0, 0, 0, 0, 0, None))``
     (or ``None`` for a market shared by all walks).
 
     Returns:
@@ -395,11 +401,11 @@ def compute_all(
       (bars); turnover_mean, turnover_total, costs_total (currency),
       costs_fraction (of values[0]); var_95, es_95 (per-bar, as losses);
       market_correlation; hhi_mean, gross_exposure; action_freq (float32
-      [n_regimes]); for each market regime L in `MARKET_REGIMES`: L_share and
+      [n_actions]); for each market regime L in `MARKET_REGIMES`: L_share and
       L_ann_mean (annualised mean strategy return in its bars).
     """
     returns = bar_returns(values)
-    t = trades(values, actions)
+    t = trades(values, actions, hold)
     share, ann_mean = regime_performance(returns, market_regimes(market_returns), bars_per_year)
     costs = costs.astype(_F32)
     turnover = turnover.astype(_F32)
@@ -425,7 +431,7 @@ def compute_all(
         "market_correlation": market_correlation(returns, market_returns),
         "hhi_mean": concentration(weights),
         "gross_exposure": gross_exposure(weights),
-        "action_freq": action_distribution(actions),
+        "action_freq": action_distribution(actions, n_actions),
     }
     for i, name in enumerate(MARKET_REGIMES):
         out[f"{name}_share"] = share[i]
@@ -442,7 +448,7 @@ def model_score(
     entropy: Scalar,
     approx_kl: Scalar,
     clip_frac: Scalar,
-    n_actions: Scalar = N_REGIMES,
+    n_actions: Scalar,
     *,
     trade_return_scale: Scalar = 0.01,
     reward_scale: Scalar = 1e-3,

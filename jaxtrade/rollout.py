@@ -65,6 +65,7 @@ def make_rollout(
     n_steps: int,
     *,
     greedy: bool = False,
+    uniform: bool = False,
     shard: Callable[[Carry], Carry] | None = None,
 ) -> Callable:
     """Builds `rollout(params, env_params, carry, key) -> (carry, Transition [T, B, ...])`.
@@ -74,6 +75,8 @@ def make_rollout(
       env: the environment; `env_params` is broadcast to all B envs.
       n_steps: T, steps per rollout.
       greedy: take the argmax action instead of sampling.
+      uniform: sample uniformly among the valid actions, ignoring the network's logits
+        (a baseline policy; `greedy` then does not apply).
       shard: applied to the carry at every step (under `jit`), e.g. to pin the env
         axis to the devices that hold those envs (`jaxtrade.parallel.constrain`).
     """
@@ -86,8 +89,8 @@ def make_rollout(
         variables = {"params": params}
         out = network.apply(variables, carry.hidden, carry.obs, carry.reset)
         mask = None if vmask is None else vmask(carry.env_state, env_params)
-        logits = masked_logits(out.logits, mask)
-        if greedy:
+        logits = masked_logits(jnp.zeros_like(out.logits) if uniform else out.logits, mask)
+        if greedy and not uniform:
             action = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         else:
             action = jax.random.categorical(key_act, logits).astype(jnp.int32)

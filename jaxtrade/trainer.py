@@ -226,19 +226,21 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
 
     The env is `config.env.name` from the registry (`jaxtrade.envs.make_env`), the
     network `config.network.kind` (`jaxtrade.networks.make_network`). `config` must be
-    resolved (`config.ppo.n_envs` set) and valid; `mesh` defaults to all devices
-    (`jaxtrade.parallel.make_mesh`).
+    resolved (`config.ppo.n_envs` set) and valid (`config.validate`, which the engine runs
+    once when it plans a run); only its batch is checked here, against `mesh`, which
+    defaults to all devices (`jaxtrade.parallel.make_mesh`).
 
     Raises:
         ConfigError: n_envs is not a multiple of devices x minibatches (the message
-            suggests the nearest valid values), or another invalid setting.
+            suggests the nearest valid values).
     """
-    from jaxtrade.config import validate
+    from jaxtrade.config import ConfigError, batch_problem
 
     pc = config.ppo
     n_envs, n_steps = pc.n_envs, pc.n_steps
     mesh = mesh if mesh is not None else parallel.make_mesh()
-    validate(config, n_devices=mesh.size)
+    if (problem := batch_problem(config, mesh.size)) is not None:
+        raise ConfigError(f"invalid config: {problem}")
     env = make_env(config.env.name, market)
     env_params = parallel.put_replicated(
         env.make_params("train", **config.env.params_kwargs()), mesh

@@ -14,6 +14,13 @@ from jaxtrade.config import Config, ConfigError
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 PRESETS = sorted(CONFIGS.glob("*.toml"))
 SECTIONS = ("data", "env", "network", "ppo", "run")
+TABLES = ("data", "env", "env.portfolio", "network", "ppo", "run")  # sub-tables too
+
+
+def leaves(table: str) -> list[dataclasses.Field]:
+    """The fields of a (sub-)table that are settings, not sub-tables of their own."""
+    return [f for f in dataclasses.fields(C.section_of(Config(), table))
+            if f"{table}.{f.name}" not in C._SECTIONS]
 
 
 def write(tmp_path, text: str) -> pathlib.Path:
@@ -36,10 +43,11 @@ def custom() -> Config:
 
 
 def test_bare_field_names_are_unique_across_sections():
-    per_section = [f.name for s in SECTIONS for f in dataclasses.fields(getattr(Config(), s))]
+    per_section = [f.name for s in TABLES for f in leaves(s)]
     assert len(per_section) == len(set(per_section)), "a bare key would be ambiguous"
     assert C.field_names() == per_section
     assert [f.name for f in dataclasses.fields(Config)] == list(SECTIONS)
+    assert list(C._SECTIONS) == list(TABLES)
 
 
 @pytest.mark.parametrize("section", SECTIONS)
@@ -128,7 +136,8 @@ def test_load_rejects_unknown_section_naming_file_and_valid_sections(tmp_path):
     with pytest.raises(ConfigError) as e:
         C.load(path)
     msg = str(e.value)
-    assert msg == f"{path}: unknown section [optim]; valid sections: data, env, network, ppo, run"
+    assert msg == (f"{path}: unknown section [optim]; valid sections: data, env, env.portfolio, "
+                   f"network, ppo, run")
 
 
 def test_load_rejects_unknown_key_listing_the_section_keys(tmp_path):
@@ -206,8 +215,13 @@ def test_preset_loads_and_validates(path):
 def test_default_preset_spells_out_every_default():
     raw = C.load_toml(CONFIGS / "default.toml")
     assert C.from_dict(raw) == Config()
-    given = {k for table in raw.values() for k in table}
-    unset = {k for s in SECTIONS for k, v in C.to_dict(Config())[s].items() if v is None}
+
+    def keys(table):
+        for k, v in table.items():
+            yield from keys(v) if isinstance(v, dict) else [k]
+
+    given = set(keys(raw))
+    unset = {k for k, v in C.values_of(Config()).items() if v is None}
     assert given | unset == set(C.field_names())
     assert not given & unset
     text = (CONFIGS / "default.toml").read_text()
@@ -460,8 +474,8 @@ def test_keys_of_older_versions_name_what_replaced_them(key, new, tmp_path):
 
 
 def test_every_field_is_a_setting_with_a_flag_or_explicitly_none():
-    for section in SECTIONS:
-        for f in dataclasses.fields(getattr(Config(), section)):
+    for section in TABLES:
+        for f in leaves(section):
             meta = f.metadata.get("jaxtrade")
             assert isinstance(meta, C.Setting), f"{f.name} is not declared with setting()"
             # setting(flag=True) (the default) is --field-name; no flag is flag=False, given
@@ -607,3 +621,82 @@ def test_fields_a_resume_may_change_keep_every_shape(small_market):
     for key in keys:
         cfg = C.validate(C.with_values(base, **{key: changed(key)}))
         assert shapes(cfg) == reference, f"{key} changes shapes: mark it setting(shape=True)"
+
+
+# --- per-env sections and arrays of tables ------------------------------------
+
+
+def test_env_settings_sit_in_the_envs_own_table(tmp_path):
+    cfg = C.load(write(tmp_path, "[env]\nepisode_length = 64\n[env.portfolio]\nslippage = 0.001\n"))
+    assert cfg.env.portfolio.slippage == 0.001 and cfg.env.episode_length == 64
+    assert cfg.env.section() is cfg.env.portfolio
+    assert cfg.env.params_kwargs() == {"episode_length": 64,
+                                       **dataclasses.asdict(cfg.env.portfolio)}
+    # Bare and dotted overrides reach the sub-table.
+    over = C.apply_overrides(cfg, "spread=0.003,env.portfolio.impact=0.02")
+    assert (over.env.portfolio.spread, over.env.portfolio.impact) == (0.003, 0.02)
+    assert C.from_dict(json.loads(json.dumps(C.to_dict(over)))) == over
+
+
+def test_an_env_without_a_table_gets_no_other_envs_settings():
+    cfg = C.apply_overrides(Config(), "slippage=0.001")
+    other = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, name="masked-walk"))
+    assert other.env.section() is None
+    assert other.env.params_kwargs() == {"episode_length": cfg.env.episode_length}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[env]\nslippage = 0.001\n",
+     "unknown key 'slippage' in [env] ('slippage' belongs in [env.portfolio]); valid keys: "
+     "name, episode_length, [env.portfolio]"),
+    ("[env.funding]\nleverage = 3\n",
+     "unknown section [env.funding]; valid sections: data, env, env.portfolio, network, ppo, "
+     "run"),
+    ("[env]\nportfolio = 3\n", "[env.portfolio] must be a table of keys, got 3"),
+    ("[env.portfolio]\nslipage = 0.1\n",
+     "unknown key 'slipage' in [env.portfolio] (did you mean 'slippage'?)"),
+])
+def test_env_tables_are_checked(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        C.load(path)
+    assert str(e.value).startswith(f"{path}: {message}")
+
+
+def test_saved_configs_of_the_flat_env_layout_still_load():
+    old = C.to_dict(C.apply_overrides(Config(), "slippage=0.002,ruin_fraction=0.3"))
+    old["env"] = {"name": "portfolio", "episode_length": 256, **old["env"].pop("portfolio")}
+    with pytest.raises(ConfigError, match="belongs in"):
+        C.from_dict(old)  # a user's file: told where the key goes
+    cfg = C.from_saved(old)  # a run's own config.json / checkpoint metadata: read
+    assert (cfg.env.portfolio.slippage, cfg.env.portfolio.ruin_fraction) == (0.002, 0.3)
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:  # the shape of a schedule's phase: required and ruled fields
+    end: int
+    actor_lr: float = C.setting(3e-4, "learning rate", rule=C.Above(0))
+    note: str = "x"
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    name: str = "s"
+    phases: tuple[Phase, ...] = ()
+
+
+def test_arrays_of_tables_build_check_and_report_each_item(tmp_path):
+    raw = C.load_toml(write(tmp_path, 'name = "two"\n[[phases]]\nend = 10\n'
+                                      "[[phases]]\nend = 2e1\nactor_lr = 0\n"))
+    s = C.build_table(Schedule, raw, "run.toml")
+    assert s == Schedule("two", (Phase(10), Phase(20, 0.0)))
+    assert C.table_problems(s, "run.toml") == ["run.toml phases #2 actor_lr=0.0 must be > 0"]
+    bad = {"phases": [{"end": 1}, {"actor_lr": 1.0}]}
+    with pytest.raises(ConfigError, match=r"^run.toml phases #2: missing end$"):
+        C.build_table(Schedule, bad, "run.toml")
+    with pytest.raises(ConfigError, match=r"phases #1 end: expected int, got str 'x'"):
+        C.build_table(Schedule, {"phases": [{"end": "x"}]}, "run.toml")
+    with pytest.raises(ConfigError, match="unknown key 'ends' .*did you mean 'end'"):
+        C.build_table(Schedule, {"phases": [{"ends": 1}]}, "run.toml")
+    assert C._plain(s) == {"name": "two", "phases": [
+        {"end": 10, "actor_lr": 3e-4, "note": "x"}, {"end": 20, "actor_lr": 0.0, "note": "x"}]}

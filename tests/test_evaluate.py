@@ -18,7 +18,7 @@ from jaxtrade import evaluate, train
 from jaxtrade import metrics as M
 from jaxtrade.data import SyntheticConfig, build_market, synthetic_panel
 from jaxtrade.engine.assess import select_range
-from jaxtrade.envs import PortfolioEnv, Regime
+from jaxtrade.envs import N_REGIMES, PortfolioEnv, Regime
 from jaxtrade.errors import UsageError
 from jaxtrade.evaluation import BASELINES, STRATEGIES, baseline_actions, choose_baseline, walk_key
 from tests.conftest import TRAINED_EVAL_EVERY, TRAINED_ITERATIONS, long_frame
@@ -28,7 +28,8 @@ from tests.conftest import TRAINED_EVAL_EVERY, TRAINED_ITERATIONS, long_frame
 RUN_PANEL = SyntheticConfig(n_assets=4, n_bars=400, seed=0)
 RANGE_STEPS = 75  # a walk of a 76-bar range
 METRIC_KEYS = set(M.compute_all(jnp.ones(3), jnp.ones((2, 5)), jnp.zeros(2, jnp.int32),
-                                jnp.zeros(2), jnp.zeros(2), jnp.zeros(2), 252.0))
+                                jnp.zeros(2), jnp.zeros(2), jnp.zeros(2), 252.0,
+                                hold=Regime.HOLD, n_actions=N_REGIMES))
 
 
 def rows_of(run_dir):
@@ -88,13 +89,20 @@ def test_training_logs_validation_metrics_and_score_on_eval_iterations(trained_r
             # The score: trading terms of the validation walk, RL health of the iteration.
             expected = M.model_score(
                 r["val_avg_trade_return"], r["val_win_rate"], r["val_reward_mean"],
-                r["explained_variance"], r["entropy"], r["approx_kl"], r["clip_frac"])
+                r["explained_variance"], r["entropy"], r["approx_kl"], r["clip_frac"],
+                r["valid_actions"])
             assert r["val_score"] == pytest.approx(float(expected), abs=1e-4)
         else:
             assert not keys
     # One compile of the evaluation, reused by every evaluation; one log line each.
     assert out.count("compiling evaluation...") == 1
     assert out.count("validation return") == len(evaluated)
+    for r in rows:  # the portfolio's val line (`PortfolioEnv.evaluation_line`), as documented
+        if r["iteration"] in evaluated:
+            assert (f"val  {r['iteration']:>5} | validation return "
+                    f"{100 * r['val_total_return']:+.2f}% | Sharpe {r['val_sharpe']:+.2f} | "
+                    f"max DD {100 * r['val_max_drawdown']:.2f}% | score "
+                    f"{r['val_score']:+.2f}") in out
     assert f"({RANGE_STEPS} steps) every {TRAINED_EVAL_EVERY} iterations" in out
     assert "test: 76 bars" in out and "withheld: training never reads them" in out
 

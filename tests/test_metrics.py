@@ -16,9 +16,16 @@ T, A = 64, 4  # shape of the random walks that go through compute_all
 DAILY, HOURLY = 252.0, 8760.0
 TOL = {"rtol": 2e-4, "atol": 1e-5}
 
+HOLD = int(Regime.HOLD)  # the walks below are the portfolio env's: its hold action and count
+
+
+def _compute_all(*walk_and_bars_per_year):
+    return metrics.compute_all(*walk_and_bars_per_year, hold=HOLD, n_actions=N_REGIMES)
+
+
 # One compiled program for every compute_all call below: bars_per_year is traced.
-_all = jax.jit(chex.assert_max_traces(metrics.compute_all, n=1))
-_all_batched = jax.jit(jax.vmap(metrics.compute_all, in_axes=(0, 0, 0, 0, 0, 0, None)))
+_all = jax.jit(chex.assert_max_traces(_compute_all, n=1))
+_all_batched = jax.jit(jax.vmap(_compute_all, in_axes=(0, 0, 0, 0, 0, 0, None)))
 
 
 class _Jitted:
@@ -231,11 +238,11 @@ def test_trades_by_hand():
     durations = [3, 2, 3, 1]
     assert [x for x, _ in np_trades(values, actions)] == pytest.approx(expected)
 
-    regime, segment = jm.trade_segments(jnp.asarray(actions))
+    regime, segment = jm.trade_segments(jnp.asarray(actions), HOLD)
     np.testing.assert_array_equal(regime, [-1, 4, 4, 4, 5, 5, 1, 1, 1, 4])
     np.testing.assert_array_equal(segment, [0, 1, 1, 1, 2, 2, 3, 3, 3, 4])
 
-    t = jm.trades(f32(values), jnp.asarray(actions))
+    t = jm.trades(f32(values), jnp.asarray(actions), HOLD)
     np.testing.assert_array_equal(t.is_trade, [False, True, True, True, True] + [False] * 5)
     np.testing.assert_allclose(t.returns[1:5], expected, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(t.durations, [0, *durations] + [0] * 5)
@@ -257,7 +264,7 @@ def test_trades_against_a_loop(seed):
     r = rng.normal(0, 0.02, n)
     values = np.concatenate([[1.0], np.cumprod(1 + r)]).astype(np.float32)
     ref = np_trades(values, actions)
-    t = jm.trades(f32(values), jnp.asarray(actions))
+    t = jm.trades(f32(values), jnp.asarray(actions), HOLD)
     mask = np.asarray(t.is_trade)
     assert mask.sum() == len(ref)
     np.testing.assert_allclose(
@@ -268,11 +275,11 @@ def test_trades_against_a_loop(seed):
 
 def test_trade_conventions_without_losses_or_trades():
     values = f32([1.0, 1.01, 1.02, 1.03])
-    winners = jm.trades(values, jnp.asarray([4, 5, 4]))
+    winners = jm.trades(values, jnp.asarray([4, 5, 4]), HOLD)
     assert int(jm.n_trades(winners)) == 3
     assert float(jm.win_rate(winners)) == 1.0
     assert float(jm.profit_factor(winners)) == metrics.PROFIT_FACTOR_CAP
-    idle = jm.trades(values, jnp.asarray([0, 0, 0]))  # never chose a regime
+    idle = jm.trades(values, jnp.asarray([0, 0, 0]), HOLD)  # never chose a regime
     assert int(jm.n_trades(idle)) == 0
     for name in ("win_rate", "profit_factor", "avg_trade_duration", "avg_trade_return"):
         assert float(getattr(jm, name)(idle)) == 0.0, name
@@ -294,10 +301,30 @@ def test_concentration_and_exposure():
 
 def test_action_distribution():
     actions = np.array([0, 1, 1, 11, 4, 4, 4, 0])
-    freq = jm.action_distribution(jnp.asarray(actions))
+    freq = metrics.action_distribution(jnp.asarray(actions), N_REGIMES)
     assert freq.shape == (N_REGIMES,)
     np.testing.assert_allclose(freq, np.bincount(actions, minlength=12) / 8)
     np.testing.assert_allclose(np.asarray(freq)[[0, 1, 4, 11]], [0.25, 0.25, 0.375, 0.125])
+    # Another env's action count: its own number of shares.
+    few = metrics.action_distribution(jnp.asarray([0, 2, 2, 3]), 4)
+    np.testing.assert_allclose(few, [0.25, 0.0, 0.5, 0.25])
+
+
+def test_the_hold_action_is_an_argument():
+    """`hold` continues the position; an env without a hold action (-1) makes every action a
+    position, and another env's hold index is honoured."""
+    actions = jnp.asarray([0, 0, 4, 0, 2])
+    regime, segment = jm.trade_segments(actions, -1)  # no hold: 0 is a position like any
+    np.testing.assert_array_equal(regime, [0, 0, 4, 0, 2])
+    np.testing.assert_array_equal(segment, [0, 0, 1, 2, 3])
+    regime, segment = jm.trade_segments(actions, 2)  # action 2 holds
+    np.testing.assert_array_equal(regime, [0, 0, 4, 0, 0])
+    np.testing.assert_array_equal(segment, [0, 0, 1, 2, 2])
+    values = f32([1.0, 1.01, 1.02, 1.03, 1.04, 1.05])
+    assert int(jm.n_trades(jm.trades(values, actions, -1))) == 4
+    assert int(jm.n_trades(jm.trades(values, actions, 2))) == 3
+    # The portfolio's HOLD (0): the leading HOLDs are no trade, then 4 (held on) and 2.
+    assert int(jm.n_trades(jm.trades(values, actions, HOLD))) == 2
 
 
 # ----------------------------------------------------------------- market regimes
@@ -429,24 +456,28 @@ def np_score(avg_trade_return, win_rate, avg_reward, ev, entropy, kl, clip_frac,
     ],
 )
 def test_model_score_formula(args):
-    np.testing.assert_allclose(jm.model_score(*args), np_score(*args), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(jm.model_score(*args, N_REGIMES), np_score(*args), rtol=1e-5,
+                               atol=1e-4)
+    # The entropy's ceiling is log of the action count the caller passes.
+    np.testing.assert_allclose(jm.model_score(*args, 4), np_score(*args, n_actions=4),
+                               rtol=1e-5, atol=1e-4)
 
 
 def test_model_score_range_and_reading():
-    best = jm.model_score(1.0, 1.0, 1.0, 1.0, math.log(12), 0.0, 0.0)
-    worst = jm.model_score(-1.0, 1.0, -1.0, -5.0, 0.0, 1.0, 1.0)
+    best = jm.model_score(1.0, 1.0, 1.0, 1.0, math.log(12), 0.0, 0.0, N_REGIMES)
+    worst = jm.model_score(-1.0, 1.0, -1.0, -5.0, 0.0, 1.0, 1.0, N_REGIMES)
     np.testing.assert_allclose([best, worst], [90.0, -90.0], atol=1e-3)
     # By hand: 40 tanh(0.6) + 20 tanh(1) + 20 * 0.5 + 10 * 2 / log(12) = 54.8 -> green.
     hand = 40 * math.tanh(0.6) + 20 * math.tanh(1.0) + 10 + 10 * 2.0 / math.log(12)
-    good = jm.model_score(0.01, 0.6, 1e-3, 0.5, 2.0, 0.01, 0.1)
+    good = jm.model_score(0.01, 0.6, 1e-3, 0.5, 2.0, 0.01, 0.1, N_REGIMES)
     np.testing.assert_allclose(good, hand, rtol=1e-5)
     assert good > 20
-    assert jm.model_score(-0.02, 0.3, -5e-4, -0.2, 0.3, 0.05, 0.5) < 0  # red
+    assert jm.model_score(-0.02, 0.3, -5e-4, -0.2, 0.3, 0.05, 0.5, N_REGIMES) < 0  # red
     # The instability penalty: none under the limits, full at twice either limit.
-    calm = jm.model_score(0.0, 0.0, 0.0, 0.0, 0.0, 0.02, 0.2)
-    wild = jm.model_score(0.0, 0.0, 0.0, 0.0, 0.0, 0.01, 0.4)
+    calm = jm.model_score(0.0, 0.0, 0.0, 0.0, 0.0, 0.02, 0.2, N_REGIMES)
+    wild = jm.model_score(0.0, 0.0, 0.0, 0.0, 0.0, 0.01, 0.4, N_REGIMES)
     np.testing.assert_allclose([calm, wild], [0.0, -10.0], atol=1e-4)
     scores = jax.jit(jax.vmap(metrics.model_score))(
-        *[f32([x, x]) for x in (0.01, 0.6, 1e-3, 0.5, 2.0, 0.01, 0.1)]
+        *[f32([x, x]) for x in (0.01, 0.6, 1e-3, 0.5, 2.0, 0.01, 0.1, N_REGIMES)]
     )
     np.testing.assert_allclose(scores, [hand, hand], rtol=1e-5)

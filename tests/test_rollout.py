@@ -79,3 +79,25 @@ def test_masked_actions_are_never_taken(small_market, greedy):
             assert valid.all()
         else:
             assert traj.mask is None and invalid.mean() > 0.5
+
+
+def test_uniform_samples_the_valid_actions_evenly(small_market):
+    """`uniform=True` ignores a policy that wants teleport everywhere: on cell 0 right, stay
+    and teleport each a third of the time, on the other cells left, right and stay."""
+    from tests.envs.masked import SIZE
+
+    trainer = _masked_trainer(small_market)
+    params = _prefer_teleport(trainer.init(jax.random.key(0)).params)
+    rollout = jax.jit(make_rollout(trainer.network, trainer.env, 48, greedy=True, uniform=True))
+    carry = initial_carry(trainer.network, trainer.env, trainer.env_params, jax.random.key(1), 64)
+    _, traj = rollout(params, trainer.env_params, carry, jax.random.key(2))
+    cell = np.argmax(np.asarray(traj.obs)[..., :SIZE], axis=-1)
+    action = np.asarray(traj.action)
+    assert not np.asarray(traj.info["invalid"]).any()
+    for at_zero, valid in ((True, [1, 2, 3]), (False, [0, 1, 2])):
+        taken = action[(cell == 0) == at_zero]
+        share = np.bincount(taken, minlength=4) / taken.size
+        assert taken.size > 300 and share[[a for a in range(4) if a not in valid]].sum() == 0
+        np.testing.assert_allclose(share[valid], 1 / 3, atol=0.06)
+    # The log-prob of a uniform choice among the three valid actions.
+    np.testing.assert_allclose(traj.log_prob, np.log(1 / 3), rtol=1e-5)

@@ -290,8 +290,7 @@ def test_a_resumed_early_stopped_run_trains_until_its_next_walk(tmp_path, capsys
 def test_cli_trains_another_env_and_network_and_resumes(tmp_path, capsys):
     """`--env` and `--network` go through the same CLI code path as the defaults: a masked
     env with the feed-forward network trains, checkpoints, and resumes; changing either on
-    resume is refused (they change shapes); `--eval-every` is refused for an env without
-    trading walks."""
+    resume is refused (they change shapes)."""
     import tests.envs.masked  # noqa: F401  (registers masked-walk)
 
     run_dir = tmp_path / "walk"
@@ -327,11 +326,72 @@ def test_cli_trains_another_env_and_network_and_resumes(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"{flag[0]} '{flag[1]}' would change array shapes" in err, err
 
-    assert train.main([*TINY, "--env", "masked-walk", "--eval-every", "5", "--iterations", "1",
-                       "--run-dir", str(tmp_path / "x")]) == 2
-    assert "validation walks report trading results" in capsys.readouterr().err
     assert train.main([*TINY, "--env", "nope", "--run-dir", str(tmp_path / "y")]) == 2
     assert "a registered env" in capsys.readouterr().err
+
+
+def test_another_env_validates_on_its_episodes_stops_early_and_is_evaluated(tmp_path, capsys):
+    """The masked walk with validation walks through the CLI: the base class's evaluation
+    (the greedy policy's first episodes in 64 envs of its validation params) writes `val_`
+    columns whose val_score ranks checkpoints and stops the run early; `python -m
+    jaxtrade.evaluate` reports its episodes against a uniformly random policy, and on the
+    validation params repeats the numbers training logged for the chosen checkpoint."""
+    import tests.envs.masked  # noqa: F401  (registers masked-walk)
+    from jaxtrade import checkpoint as ckpt
+    from jaxtrade import evaluate
+
+    run_dir = tmp_path / "walk"
+    argv = [*TINY, "--env", "masked-walk", "--network", "mlp", "--iterations", "40",
+            "--eval-every", "1", "--early-stop", "3", "--save-every", "0",
+            "--run-dir", str(run_dir)]
+    assert train.main(argv) == 0
+    out = capsys.readouterr().out
+    assert ("eval: greedy policy in 64 envs of the validation params, the first episode of "
+            "each (at most 32 steps), scored by its mean return every 1 iterations and at the "
+            "end; checkpoints ranked by val_score; stop after 3 walks without a new best") in out
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:  # a walk every iteration
+        assert {k for k in r if k.startswith("val_")} == {
+            "val_return_mean", "val_return_std", "val_length_mean", "val_episodes", "val_score"}
+        assert r["val_score"] == r["val_return_mean"]
+        # Episodes of at most 16 steps: all 64 end within 32; a return is +1 at the goal
+        # minus 0.01 a step, so it lies in [-0.16, 0.99].
+        assert r["val_episodes"] == 64 and 1 <= r["val_length_mean"] <= 16
+        assert -0.16 - 1e-6 <= r["val_return_mean"] <= 0.99 + 1e-6
+    scores = [r["val_score"] for r in rows]
+    since, top, counts = 0, -math.inf, []
+    for s in scores:
+        since, top = (0, s) if s > top else (since + 1, top)
+        counts.append(since)
+    assert len(rows) < 40 and counts[-1] == 3 and max(counts[:-1]) < 3
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped_early"
+    best = ckpt.select(run_dir, "best")
+    assert best.step == scores.index(top) + 1 == summary["best"]["iteration"]
+    r = rows[best.step - 1]
+    assert (f"val  {best.step:>5} | validation return {r['val_return_mean']:+.4f} | episodes 64 "
+            f"| length {r['val_length_mean']:.1f} | score {top:+.2f} (best)") in out
+
+    out_dir = tmp_path / "eval"
+    for range_ in ("validation", "test"):
+        assert evaluate.main(["--run-dir", str(run_dir), "--range", range_,
+                              "--out", str(out_dir)]) == 0
+        printed = capsys.readouterr().out
+        report = json.loads((out_dir / "report.json").read_text())
+        assert report["report"] == "episodes" and report["range"]["name"] == range_
+        assert report["checkpoint"]["iteration"] == best.step
+        policy, chance = report["strategies"]["policy"], report["strategies"]["random"]
+        # The masked walk's params do not depend on the split: both repeat training's walk.
+        for key in ("return_mean", "return_std", "length_mean", "episodes"):
+            assert policy[key] == pytest.approx(r[f"val_{key}"], abs=1e-6), key
+        assert chance["episodes"] <= 64 and chance["return_mean"] != policy["return_mean"]
+        diff = report["difference"]
+        assert diff["return_mean"] == pytest.approx(
+            policy["return_mean"] - chance["return_mean"])
+        assert diff["ci_low"] < diff["return_mean"] < diff["ci_high"]
+        assert f"verdict: {report['verdict']}" in printed and "random" in printed
+    assert evaluate.main(["--run-dir", str(run_dir), "--start", "2011-01-03"]) == 2
+    assert "the masked-walk env is reported on its own params" in capsys.readouterr().err
 
 
 def test_mlp_network_trains_and_evaluates_the_portfolio_end_to_end(tmp_path, capsys):

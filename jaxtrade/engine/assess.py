@@ -1,7 +1,10 @@
-"""What `python -m jaxtrade.evaluate` computes: a trained policy and the baselines in one
-continuous pass of a date range (the run's test range by default), compared with the
-baseline chosen on validation, with statistics that count the candidates compared.
-The CLI (`jaxtrade.evaluate`) turns an `Assessment` into files and a table. Host-side.
+"""What `python -m jaxtrade.evaluate` computes. For an env with the trading report
+(`Environment.trading`): a trained policy and the baselines in one continuous pass of a date
+range (the run's test range by default), compared with the baseline chosen on validation,
+with statistics that count the candidates compared (`Assessment`). For any other env: the
+policy's episodes on one of the env's params (the "test" ones by default) against a
+uniformly random policy's on the same keys (`EpisodeAssessment`). The CLI
+(`jaxtrade.evaluate`) turns either into files and a table. Host-side.
 """
 
 from __future__ import annotations
@@ -55,6 +58,14 @@ class Assessment:
     choice: dict | None  # how it was chosen
     notes: list[str]  # about the requested range
     symbols: list[str]  # the pass's assets, then cash
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeAssessment:
+    """The policy's episodes and a uniformly random policy's on the same keys (`report`:
+    report.json)."""
+
+    report: dict
 
 
 def _date(text: str, flag: str) -> pd.Timestamp:
@@ -116,19 +127,6 @@ def check_run(request: AssessRequest) -> None:
                          f"would report, and its config uses older keys; train it again")
 
 
-def load(request: AssessRequest):
-    """The run's policy, refusing an env whose results are not trading strategies."""
-    from jaxtrade.envs import PortfolioEnv
-    from jaxtrade.policy import load_policy
-
-    check_run(request)
-    policy = load_policy(request.run_dir, request.checkpoint, seed=request.seed)
-    if policy.config.env.name != PortfolioEnv.name:
-        raise UsageError(f"{request.run_dir} trained the {policy.config.env.name} env; evaluate "
-                         f"reports trading strategies of the {PortfolioEnv.name} env only")
-    return policy
-
-
 def own_market(policy):
     """The run's own data, all of it, normalised with the run's training statistics."""
     from jaxtrade.data.market import load_market
@@ -184,10 +182,10 @@ def walk(policy, market, first: int, last: int, sample: bool):
     import jax
     import jax.numpy as jnp
 
-    from jaxtrade.envs import PortfolioEnv
+    from jaxtrade.envs import make_env
     from jaxtrade.evaluation import make_strategy_walk, pass_params, walk_key
 
-    env = PortfolioEnv(market)
+    env = make_env(policy.config.env.name, market)
     env_params = pass_params(env, policy.config.env, first, last)
     program = jax.jit(make_strategy_walk(policy.network, env, last - first, greedy=not sample))
     return jax.device_get(program(policy.params, env_params, walk_key(policy.seed),
@@ -199,14 +197,13 @@ def _plain(x: Any) -> Any:
     return x.tolist() if x.ndim else x.item()
 
 
-def strategy_table(strategies, metrics, statistics) -> dict[str, dict]:
-    from jaxtrade.envs import NAMES
+def strategy_table(strategies, metrics, statistics, action_names) -> dict[str, dict]:
     from jaxtrade.evaluation import STRATEGIES
 
     table = {}
     for i, name in enumerate(STRATEGIES):
         m = {k: _plain(v[i]) for k, v in metrics.items()}
-        m["action_freq"] = dict(zip(NAMES, m["action_freq"], strict=True))
+        m["action_freq"] = dict(zip(action_names, m["action_freq"], strict=True))
         m["final_value"] = float(strategies.values[i, -1])
         stats_of = statistics["strategies"].get(name, {})
         m["psr"], m["dsr"] = stats_of.get("psr", math.nan), stats_of.get("dsr", math.nan)
@@ -223,13 +220,21 @@ def model_score(metrics, health: dict) -> float | None:
     return float(score({k: v[0] for k, v in metrics.items()}, health))
 
 
-def assess(request: AssessRequest) -> Assessment:
+def assess(request: AssessRequest) -> Assessment | EpisodeAssessment:
     """The whole comparison (see the module docstring)."""
+    from jaxtrade import checkpoint as ckpt
     from jaxtrade import report as comparison
+    from jaxtrade.engine.start import load_run_market
+    from jaxtrade.envs import make_env
     from jaxtrade.evaluation import STRATEGIES
-    from jaxtrade.policy import CASH
+    from jaxtrade.policy import CASH, load_policy
 
-    policy = load(request)
+    check_run(request)
+    saved = ckpt.select(request.run_dir, request.checkpoint)
+    env = make_env(saved.config.env.name, load_run_market(saved.config, test=True))
+    if not env.trading:  # the env's own report: its episodes against chance
+        return assess_episodes(request, saved, env)
+    policy = load_policy(request.run_dir, request.checkpoint, seed=request.seed)
     cfg, record, source, seed = policy.config, policy.record, policy.checkpoint, policy.seed
     own = own_market(policy)
     market, range_name, first, last, what, notes = choose_range(request, policy, own)
@@ -244,14 +249,12 @@ def assess(request: AssessRequest) -> Assessment:
         {name: strategies.values[i] for i, name in enumerate(STRATEGIES)}, baseline,
         market.bars_per_year, selection, choice, record["bars_per_year"], seed)
     dates = market.dates[first:last + 1]
-    table = strategy_table(strategies, metrics, statistics)
+    table = strategy_table(strategies, metrics, statistics, env.action_names)
     report = {
         "jaxtrade_version": __version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "run_dir": str(Path(request.run_dir)),
-        "checkpoint": {"requested": str(request.checkpoint), "iteration": source.step,
-                       "path": str(source.path), "timesteps": source.meta.get("timesteps"),
-                       "val_score": health.get("val_score")},
+        "checkpoint": checkpoint_record(request, source),
         "selection": selection,
         "data": {"source": market.source, "symbols": list(market.symbols),
                  "trained_symbols": list(policy.symbols), "bars_per_year": market.bars_per_year},
@@ -273,3 +276,96 @@ def assess(request: AssessRequest) -> Assessment:
     }
     return Assessment(report, dates, strategies, table, baseline, chosen, choice, notes,
                       [*market.symbols, CASH])
+
+
+def checkpoint_record(request: AssessRequest, source) -> dict:
+    """The evaluated checkpoint, as report.json names it."""
+    health = source.meta.get("metrics") or {}
+    return {"requested": str(request.checkpoint), "iteration": source.step,
+            "path": str(source.path), "timesteps": source.meta.get("timesteps"),
+            "val_score": health.get("val_score")}
+
+
+RANDOM = "random"  # the episode report's baseline: uniformly random among the valid actions
+LEVEL = 0.9  # of the episode report's interval of the difference of mean returns
+
+
+def assess_episodes(request: AssessRequest, source, env) -> EpisodeAssessment:
+    """The episode report of an env without the trading report (`env`, over the run's data
+    split as in training, test range included): the policy of checkpoint `source` (greedy,
+    or sampled) and a uniformly random policy in `EPISODE_ENVS` envs of one of the env's
+    params ("test" by default, `--range`), stepped `episode_length` steps from the same key;
+    the first episode of each env (`jaxtrade.evaluation.episode_metrics`, the numbers
+    training's validation evaluation logs), and the difference of the mean returns with a
+    normal interval."""
+    from statistics import NormalDist
+
+    from jaxtrade import checkpoint as ckpt
+    from jaxtrade import report as comparison
+    from jaxtrade.evaluation import EPISODE_ENVS, POLICY
+    from jaxtrade.trainer import build_network
+
+    cfg, name = source.config, source.config.env.name
+    seed = cfg.run.seed if request.seed is None else request.seed
+    if request.data or request.start is not None or request.end is not None:
+        raise UsageError(f"--data, --start and --end choose the bars of a trading report; the "
+                         f"{name} env is reported on its own params (choose them with --range)")
+    split = request.range or "test"
+    if split == "all":
+        raise UsageError(f"--range all is a trading report's; the {name} env is reported on "
+                         f"one of its params: test, validation or train")
+    try:
+        env_params = env.make_params(split, **cfg.env.params_kwargs())
+    except ValueError as e:
+        raise UsageError(f"{request.run_dir}: the {name} env has no {split} params: {e}") from None
+    n_steps, network = cfg.env.episode_length, build_network(cfg, env)
+    params = ckpt.read_params(source)
+    table = {strategy: episodes(network, params, env, env_params, n_steps, seed,
+                                greedy=not request.sample, uniform=strategy == RANDOM)
+             for strategy in (POLICY, RANDOM)}
+    p, r = table[POLICY], table[RANDOM]
+    diff = p["return_mean"] - r["return_mean"]
+    # A normal interval of the difference of two means, each of the episodes that ended
+    # (of every env's return so far when none did: `episode_metrics`).
+    se = math.sqrt(sum(m["return_std"] ** 2 / (m["episodes"] or EPISODE_ENVS) for m in (p, r)))
+    low, high = (diff + z * se for z in (NormalDist().inv_cdf((1 - LEVEL) / 2),
+                                         NormalDist().inv_cdf((1 + LEVEL) / 2)))
+    verdict = (f"the policy beat the uniformly random policy with {LEVEL:.0%} confidence: its "
+               f"mean episode return is higher by {diff:+.4f}, interval [{low:+.4f}, "
+               f"{high:+.4f}]" if low > 0 else
+               f"the policy did not beat the uniformly random policy with {LEVEL:.0%} "
+               f"confidence (the interval of the difference of mean episode returns reaches "
+               f"{low:+.4f})")
+    return EpisodeAssessment({
+        "jaxtrade_version": __version__,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "run_dir": str(Path(request.run_dir)),
+        "report": "episodes",
+        "env": name,
+        "checkpoint": checkpoint_record(request, source),
+        "selection": comparison.checkpoint_selection(request.run_dir, request.checkpoint),
+        "range": {"name": split, "envs": EPISODE_ENVS, "steps": n_steps,
+                  "what": f"the first episode of each of {EPISODE_ENVS} envs of the {name} "
+                          f"env's {split} params, at most {n_steps} steps"},
+        "actions": "sampled" if request.sample else "greedy",
+        "seed": seed,
+        "strategies": table,
+        "difference": {"return_mean": diff, "ci_low": low, "ci_high": high, "level": LEVEL,
+                       "beat_with_confidence": low > 0},
+        "verdict": verdict,
+    })
+
+
+def episodes(network, params, env, env_params, n_steps: int, seed: int, *, greedy: bool,
+             uniform: bool) -> dict:
+    """`episode_metrics` of one policy's first episodes (`make_episode_walk` from the key of
+    `seed`) as plain numbers."""
+    import jax
+
+    from jaxtrade.evaluation import EPISODE_ENVS, episode_metrics, make_episode_walk, walk_key
+
+    walk = make_episode_walk(network, env, EPISODE_ENVS, n_steps, greedy=greedy,
+                             uniform=uniform)
+    run = jax.jit(lambda params, env_params, key: episode_metrics(walk(params, env_params, key)))
+    out = jax.device_get(run(params, env_params, walk_key(seed)))
+    return {k: _plain(v) for k, v in out.items()}

@@ -95,9 +95,9 @@ def verbose_lines(row: dict, action_names) -> list[str]:
     ]
 
 
-def eval_line(row: dict, new_best: bool) -> str:
-    return (
-        f"val  {row['iteration']:>5} | validation return {100 * row['val_total_return']:+.2f}% | "
-        f"Sharpe {row['val_sharpe']:+.2f} | max DD {100 * row['val_max_drawdown']:.2f}% | "
-        f"score {row['val_score']:+.2f}" + (" (best)" if new_best else "")
-    )
+def eval_line(row: dict, new_best: bool, env) -> str:
+    """A validation walk's log line: the iteration, the env's words for its `val_` metrics
+    (`Environment.evaluation_line`), the score."""
+    metrics = {k[len("val_"):]: v for k, v in row.items() if k.startswith("val_")}
+    return (f"val  {row['iteration']:>5} | {env.evaluation_line(metrics)} | "
+            f"score {row['val_score']:+.2f}" + (" (best)" if new_best else ""))

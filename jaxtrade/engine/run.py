@@ -26,7 +26,6 @@ import numpy as np
 from jaxtrade import __version__, parallel
 from jaxtrade import config as cfgmod
 from jaxtrade.data.market import MARKET_FILE, market_record
-from jaxtrade.data.panel import format_date
 from jaxtrade.engine.console import Console, eval_line, log_line, verbose_lines
 from jaxtrade.engine.signals import Interrupts
 from jaxtrade.engine.start import (
@@ -83,12 +82,6 @@ class Plan:
     def total_iters(self) -> int:
         return cfgmod.total_iterations(self.cfg)
 
-    @property
-    def validation(self) -> tuple[int, int]:
-        """First bar and last bar of a validation walk (the walk marks its last step there)."""
-        first, stop = self.market.bounds("validation")
-        return first, stop - 1
-
 
 @dataclasses.dataclass(frozen=True)
 class Result:
@@ -113,14 +106,14 @@ def prepare(request: StartRequest, options: RunOptions) -> Plan:
     start = plan_start(request, jax.default_backend(), n_devices)
     cfg = start.cfg
     market = load_run_market(cfg)
-    eval_every = eval_interval(cfg, market, given=options.eval_every_given)
     max_vram = options.max_vram_gb
     if max_vram is None and options.preset:
         max_vram = cfgmod.PRESET_MAX_VRAM_GB.get(options.preset)
     env = make_env(cfg.env.name, market)  # the name was checked by the config's rule
+    eval_every = eval_interval(cfg, env, given=options.eval_every_given)
     sizing = size_n_envs(cfg, env, n_devices, max_vram, given=start.n_envs_given,
                          fixed=start.mode in ("resume", "checkpoint"))
-    cfg = cfgmod.validate(sizing.cfg, n_devices=n_devices)
+    cfg = sizing.cfg  # validated when planned; sizing keeps n_envs a valid multiple
     run_dir = Path(cfg.run.run_dir)
     if start.mode != "resume":
         check_new_run_dir(run_dir)
@@ -158,15 +151,14 @@ def print_banner(plan: Plan, console: Console) -> None:
         console.warn(sizing.warning)
     say(f"run: {plan.total_iters:,} iterations = {plan.total_iters * plan.steps_per_iter:,} "
         f"timesteps -> {plan.run_dir}")
-    first, last = plan.validation
     if plan.eval_every:
-        say(f"eval: greedy walk of the validation bars {format_date(market.dates[first])} .. "
-            f"{format_date(market.dates[last])} ({last - first} steps) every "
-            f"{plan.eval_every} iterations and at the end; checkpoints ranked by val_score"
+        say(f"eval: {env.describe_evaluation(cfg.env)} every {plan.eval_every} iterations and "
+            f"at the end; checkpoints ranked by val_score"
             + (f"; stop after {cfg.run.early_stop} walks without a new best"
                if cfg.run.early_stop else ""))
     else:
-        say("eval: off" + ("" if last >= first else " (no validation range)"))
+        say("eval: off" + ("" if env.validation_unavailable() is None
+                           else " (no validation range)"))
     test = market.span("test")
     say("test: " + (f"{test['bars']} bars ({test['start']} .. {test['end']}) withheld: "
                     f"training never reads them; python -m jaxtrade.evaluate reports on them"
@@ -361,15 +353,13 @@ class Session:
         return self.compiled[k]
 
     def compile_evaluation(self) -> None:
-        from jaxtrade.evaluation import make_evaluator
-
-        say, first_last = self.console.say, self.plan.validation
+        """The env's validation evaluation (`Environment.make_evaluator`), compiled once."""
+        say = self.console.say
         say("compiling evaluation...", end=" ", flush=True)
         t0 = time.perf_counter()
         with self.watchdog.waiting("compiling the evaluation"):
-            self.evaluator = make_evaluator(
-                self.trainer.network, self.trainer.env, self.cfg.env, *first_last,
-                self.plan.market.bars_per_year, self.cfg.run.seed, self.state.params)
+            self.evaluator = self.trainer.env.make_evaluator(
+                self.trainer.network, self.cfg.env, self.cfg.run.seed, self.state.params)
         self.compile_s += time.perf_counter() - t0
         say(f"done in {time.perf_counter() - t0:.1f}s")
 
@@ -451,7 +441,7 @@ class Session:
                     for line in verbose_lines(row, self.plan.env.action_names):
                         print(line)
             if VAL_SCORE_KEY in row:
-                console.line(eval_line(row, new_best))
+                console.line(eval_line(row, new_best, self.plan.env))
         log.flush()
         return new_best
 

@@ -85,7 +85,7 @@ def read_config_json(path: Path) -> cfgmod.Config | None:
     if not path.exists():
         return None
     try:
-        return cfgmod.from_dict(json.loads(path.read_text()), source=path)
+        return cfgmod.from_saved(json.loads(path.read_text()), source=path)
     except json.JSONDecodeError as e:
         raise cfgmod.ConfigError(f"{path}: invalid JSON: {e}") from None
 
@@ -98,17 +98,18 @@ def finish_config(
     return cfgmod.validate(cfg, n_devices=n_devices)
 
 
-def load_run_market(cfg: cfgmod.Config):
+def load_run_market(cfg: cfgmod.Config, test: bool = False):
     """The run's market without its test range: the test bars are `python -m
-    jaxtrade.evaluate`'s alone, never on a training device."""
+    jaxtrade.evaluate`'s alone, never on a training device (`test`: evaluate's, with them)."""
     from jaxtrade.data import load_market
 
     d = cfg.data
-    return load_market(
+    market = load_market(
         d.path, symbols=d.symbols, start=d.start, end=d.end, max_fill=d.max_fill,
         synthetic=d.synthetic(), episode_length=cfg.env.episode_length,
         val_fraction=d.val_fraction, test_fraction=d.test_fraction, split_dates=d.split_dates,
-    ).without_test()
+    )
+    return market if test else market.without_test()
 
 
 def check_new_run_dir(run_dir: Path) -> None:
@@ -123,33 +124,20 @@ def check_new_run_dir(run_dir: Path) -> None:
         )
 
 
-def eval_interval(cfg: cfgmod.Config, market, given: bool) -> int:
-    """Iterations between validation walks: `run.eval_every`, or 0 when the market has no
-    validation range, or the env is not the portfolio (the walk reports trading results),
-    and eval_every is the default (an eval_every set by the user, or early stopping, is
-    then an error)."""
-    from jaxtrade.envs import PortfolioEnv
-
+def eval_interval(cfg: cfgmod.Config, env, given: bool) -> int:
+    """Iterations between validation walks: `run.eval_every`, or 0 when the env has nothing
+    to validate on in this run (`Environment.validation_unavailable`, e.g. a market without a
+    validation range) and eval_every is the default (an eval_every set by the user, or early
+    stopping, is then an error)."""
     every = cfg.run.eval_every
     asked = given or every != cfgmod.RunConfig.eval_every  # not the default: refuse, not skip
-    lo, hi = market.bounds("validation")
-    why_not = None
-    if every and cfg.env.name != PortfolioEnv.name:
-        why_not = (f"--eval-every {every}: validation walks report trading results of the "
-                   f"{PortfolioEnv.name} env; --env {cfg.env.name} trains without them "
-                   f"(pass --eval-every 0)")
-    elif every and hi - lo == 0:
-        why_not = (f"--eval-every {every} walks the validation range, but this run has none "
-                   f"(val_fraction={cfg.data.val_fraction:g}, split_dates="
-                   f"{cfg.data.split_dates}); give it one with --val-fraction or --split-dates, "
-                   f"or pass --eval-every 0")
-    if why_not is not None:
+    if every and (reason := env.validation_unavailable()) is not None:
         if asked:
-            raise UsageError(why_not)
+            raise UsageError(
+                f"--eval-every {every} walks the validation range, but {reason} "
+                f"(val_fraction={cfg.data.val_fraction:g}, split_dates={cfg.data.split_dates}); "
+                f"give it one with --val-fraction or --split-dates, or pass --eval-every 0")
         every = 0
-    if cfg.run.early_stop and cfg.env.name != PortfolioEnv.name:
-        raise UsageError(f"--early-stop {cfg.run.early_stop} counts validation walks, which "
-                         f"only the {PortfolioEnv.name} env makes")
     if cfg.run.early_stop and not every:
         raise UsageError(f"--early-stop {cfg.run.early_stop} counts validation walks, but this "
                          f"run makes none; set --eval-every and keep a validation range")

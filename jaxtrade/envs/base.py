@@ -15,7 +15,15 @@ number of vmapped envs. The API is gymnax's (`reset_env`/`step_env` written by t
   rollout's `info` (leaves [T, B, ...]);
 * `stagger(key, states, params)`: a batch of fresh states (leaves [n, ...]) moved
   part-way into their first episodes, so that vmapped episodes end at different steps
-  (identity by default).
+  (identity by default);
+* evaluation: `make_evaluator` builds training's validation evaluation (`--eval-every`:
+  `evaluate(params, health) -> {metric: scalar, "score": ...}`, whose `score` ranks
+  checkpoints and drives `--early-stop`), `validation_unavailable` says why a run has
+  nothing to validate on, `describe_evaluation` and `evaluation_line` are the banner's and
+  the log's words for it, and `trading` picks `python -m jaxtrade.evaluate`'s report. By
+  default: the greedy policy's first episodes in `EPISODE_ENVS` envs of the "validation"
+  params, scored by their mean return (`jaxtrade.evaluation.make_episode_evaluator`), and
+  an episode report on the "test" params against a uniformly random policy.
 
 `step` returns the classic 5-tuple `(obs, state, reward, done, info)`; `info` holds
 `terminated` (an end with no bootstrap, e.g. ruin) and `final_obs`, the observation
@@ -40,6 +48,11 @@ class Environment(Generic[TEnvState, TEnvParams]):
     and the properties `num_actions`, `obs_dim`, `action_names`; the rest has defaults."""
 
     name: str = "env"  # registry name (`--env`)
+    # Whether `python -m jaxtrade.evaluate` gives the trading report (a continuous pass of a
+    # date range against baseline strategies, `jaxtrade.evaluation`'s walks: an env whose
+    # steps trade a portfolio of the market and report value, weights, cost and turnover in
+    # `info`) instead of the episode report every env supports.
+    trading: bool = False
 
     # --------------------------------------------------------------- what a subclass writes
     @property
@@ -91,6 +104,48 @@ class Environment(Generic[TEnvState, TEnvParams]):
         """A batch of fresh `states` (leaves [n, ...]) moved part-way into their first
         episodes; identity by default."""
         return states
+
+    # ------------------------------------------------------------- evaluation hooks
+    def validation_unavailable(self) -> str | None:
+        """Why this run leaves the env nothing to validate on, a clause the engine puts after
+        "--eval-every N walks the validation range, but " (with the run's data split and how
+        to change it), e.g. "this run has none"; None (the default) when it has something."""
+        return None
+
+    def describe_evaluation(self, env_config: Any) -> str:
+        """What `make_evaluator`'s evaluation does, for the banner's `eval:` line."""
+        from jaxtrade.evaluation import EPISODE_ENVS
+
+        return (f"greedy policy in {EPISODE_ENVS} envs of the validation params, the first "
+                f"episode of each (at most {env_config.episode_length} steps), scored by its "
+                f"mean return")
+
+    def make_evaluator(self, network: Any, env_config: Any, seed: int,
+                       params_like: Any) -> Callable[[Any, Mapping[str, float]], dict]:
+        """Training's validation evaluation, compiled once for parameters shaped and placed
+        like `params_like` (host-side setup).
+
+        Returns `evaluate(params, health) -> {metric: float32 scalar}` with a `score` (higher
+        is better): it ranks checkpoints, counts for `--early-stop`, and every metric goes
+        into the iteration's row prefixed `val_`. `health` is the training iteration's row
+        (explained variance, entropy, KL, clip fraction, valid actions) for a score that
+        weighs them. The default (`jaxtrade.evaluation.make_episode_evaluator`) runs the
+        greedy policy in `EPISODE_ENVS` envs of the "validation" params for
+        `env_config.episode_length` steps from the key of `seed`, and reports the first
+        episode of each: return_mean, return_std, length_mean, episodes, and score =
+        return_mean (`health` unused).
+        """
+        from jaxtrade.evaluation import make_episode_evaluator
+
+        env_params = self.make_params("validation", **env_config.params_kwargs())
+        return make_episode_evaluator(network, self, env_params, env_config.episode_length,
+                                      seed, params_like)
+
+    def evaluation_line(self, metrics: Mapping[str, float]) -> str:
+        """The middle of a `val` log line, from one evaluation's metrics (no `val_` prefix);
+        the engine adds the iteration before it and the score after it."""
+        return (f"validation return {metrics['return_mean']:+.4f} | episodes "
+                f"{metrics['episodes']} | length {metrics['length_mean']:.1f}")
 
     # ------------------------------------------------------------------ written once here
     @property

@@ -38,8 +38,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxtrade.config import EnvConfig, broken_rule
+from jaxtrade.config import EnvConfig, PortfolioConfig, broken_rule
 from jaxtrade.data.market import RANGES, Market, MarketData
+from jaxtrade.data.panel import format_date
 from jaxtrade.envs import regimes
 from jaxtrade.envs.base import Environment, register
 from jaxtrade.envs.frictions import trade_costs
@@ -74,7 +75,7 @@ class EnvParams:
     ruin_fraction: jax.Array  # float32 [], value (vs 1.0 at start) that ends an episode
 
 
-_DEFAULTS = EnvConfig()  # episode length and friction defaults (and ranges: `config`)
+_DEFAULTS = PortfolioConfig()  # friction defaults ([env.portfolio]; ranges: their rules)
 
 
 class PortfolioEnv(Environment[EnvState, EnvParams]):
@@ -86,6 +87,7 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
     """
 
     name = "portfolio"
+    trading = True  # evaluate's report: the policy and baseline strategies through a range
 
     def __init__(self, market: Market):
         self.n_assets = market.n_assets
@@ -93,6 +95,8 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         self.n_bars = market.n_bars
         self._ranges = {name: market.bounds(name) for name in RANGES}
         self._data = market.data
+        self._dates = market.dates  # for the banner's validation dates
+        self._bars_per_year = market.bars_per_year  # annualises the validation metrics
 
     # ----------------------------------------------------------------- spaces, params
     @property
@@ -113,7 +117,7 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         self,
         split: str = "train",
         *,
-        episode_length: int = _DEFAULTS.episode_length,
+        episode_length: int = EnvConfig.episode_length,
         start: int | None = None,
         slippage: float = _DEFAULTS.slippage,
         spread: float = _DEFAULTS.spread,
@@ -127,8 +131,9 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
 
         Host-side. `start` fixes the first bar (e.g. the first validation bar for one
         continuous evaluation pass); by default episodes start at a random bar that
-        leaves room for a whole episode. The other defaults are `EnvConfig`'s, and each
-        value must pass the rule of its `EnvConfig` field (as `config.validate` checks).
+        leaves room for a whole episode. The other defaults are `PortfolioConfig`'s
+        ([env.portfolio]), and each value must pass the rule of its config field (as
+        `config.validate` checks).
 
         Raises:
           ValueError: unknown split, a range too short for the episode, or a
@@ -198,6 +203,34 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         return states.replace(
             step=jax.random.randint(key, states.step.shape, 0, params.episode_length, jnp.int32)
         )
+
+    # ---------------------------------------------------------------- evaluation hooks
+    def _validation_bars(self) -> tuple[int, int]:
+        """First and last bar of the validation walk (it marks its last step there)."""
+        first, stop = self._ranges["validation"]
+        return first, stop - 1
+
+    def validation_unavailable(self) -> str | None:
+        first, stop = self._ranges["validation"]
+        return "this run has none" if stop == first else None
+
+    def describe_evaluation(self, env_config) -> str:
+        first, last = self._validation_bars()
+        return (f"greedy walk of the validation bars {format_date(self._dates[first])} .. "
+                f"{format_date(self._dates[last])} ({last - first} steps)")
+
+    def make_evaluator(self, network, env_config, seed: int, params_like):
+        """The greedy walk of the validation bars (`jaxtrade.evaluation.make_evaluator`): every
+        trading metric of `metrics.compute_all`, reward_mean, and the composite model score
+        (`metrics.model_score`: trading terms from the walk, RL health from `health`)."""
+        from jaxtrade.evaluation import make_evaluator
+
+        return make_evaluator(network, self, env_config, *self._validation_bars(),
+                              self._bars_per_year, seed, params_like)
+
+    def evaluation_line(self, metrics) -> str:
+        return (f"validation return {100 * metrics['total_return']:+.2f}% | Sharpe "
+                f"{metrics['sharpe']:+.2f} | max DD {100 * metrics['max_drawdown']:.2f}%")
 
     # ------------------------------------------------------------------- dynamics
     def reset_env(self, key: jax.Array, params: EnvParams):

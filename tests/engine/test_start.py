@@ -39,36 +39,44 @@ def test_memory_budget_caps_n_envs_or_refuses(small_market):
         engine.size_n_envs(cfg, env, 1, 1e-6, given=True, fixed=False)
 
 
-class _Market:
-    """The part of a Market `engine.eval_interval` reads."""
+class _Env:
+    """The part of an env `engine.eval_interval` reads."""
 
-    def __init__(self, n_validation_bars):
-        self.n = n_validation_bars
+    def __init__(self, reason=None):
+        self.reason = reason
 
-    def bounds(self, name):
-        assert name == "validation"
-        return 100, 100 + self.n
+    def validation_unavailable(self):
+        return self.reason
 
 
-def test_eval_every_needs_a_validation_range():
+def test_eval_every_needs_something_to_validate_on():
     cfg = with_values(Config(), val_fraction=0.0)
-    assert engine.eval_interval(cfg, _Market(0), given=False) == 0  # the default: off
-    assert engine.eval_interval(cfg, _Market(50), given=False) == 10
-    with pytest.raises(UsageError, match="this run has none"):
-        engine.eval_interval(cfg, _Market(0), given=True)
+    none = _Env("this run has none")
+    assert engine.eval_interval(cfg, none, given=False) == 0  # the default: off
+    assert engine.eval_interval(cfg, _Env(), given=False) == 10
+    with pytest.raises(UsageError, match=r"walks the validation range, but this run has none "
+                                         r"\(val_fraction=0, split_dates=None\); give it one"):
+        engine.eval_interval(cfg, none, given=True)
     with pytest.raises(UsageError, match="--eval-every 3 walks the validation range"):
-        engine.eval_interval(with_values(cfg, eval_every=3), _Market(0), given=False)
+        engine.eval_interval(with_values(cfg, eval_every=3), none, given=False)
     with pytest.raises(UsageError, match="--early-stop 2 counts validation walks"):
-        engine.eval_interval(with_values(cfg, early_stop=2), _Market(0), given=False)
+        engine.eval_interval(with_values(cfg, early_stop=2), none, given=False)
+    assert engine.eval_interval(with_values(cfg, early_stop=2), _Env(), given=False) == 10
 
 
-def test_eval_every_is_off_for_an_env_without_trading_walks():
+def test_the_envs_answer_whether_a_run_validates(small_market):
+    """The portfolio has nothing to validate on without validation bars; the masked walk (the
+    base class's default) always has its validation params."""
     import tests.envs.masked  # noqa: F401  (registers masked-walk)
+    from jaxtrade.data import build_market, synthetic_panel
+    from jaxtrade.envs import make_env
+    from tests.conftest import SMALL
 
-    cfg = with_values(Config(), name="masked-walk")
-    assert engine.eval_interval(cfg, _Market(50), given=False) == 0
-    with pytest.raises(UsageError, match="validation walks report trading results"):
-        engine.eval_interval(cfg, _Market(50), given=True)
-    with pytest.raises(UsageError, match="--early-stop 3 counts validation walks, which only "
-                                         "the portfolio env makes"):
-        engine.eval_interval(with_values(cfg, early_stop=3), _Market(50), given=False)
+    no_validation = build_market(synthetic_panel(SMALL), episode_length=32, val_fraction=0.0,
+                                 test_fraction=0.1)
+    assert make_env("portfolio", small_market).validation_unavailable() is None
+    assert make_env("portfolio", no_validation).validation_unavailable() == "this run has none"
+    walk = make_env("masked-walk", no_validation)
+    assert walk.validation_unavailable() is None
+    cfg = with_values(Config(), name="masked-walk", early_stop=3)
+    assert engine.eval_interval(cfg, walk, given=True) == 10

@@ -36,7 +36,7 @@ class MaskedWalk(Environment[WalkState, WalkParams]):
     def __init__(self, market=None):  # the registry passes the run's market; unused
         pass
 
-    def make_params(self, split="train", episode_length=16, **_ignored) -> WalkParams:
+    def make_params(self, split="train", episode_length=16) -> WalkParams:
         return WalkParams(jnp.int32(min(episode_length, 16)))
 
     def reset_env(self, key, params):
