@@ -314,6 +314,10 @@ class NetworkConfig:
     kind: str = setting(
         "gru", "network: gru (recurrent) or mlp (feed-forward)", flag="--network",
         metavar="KIND", rule=OneOf(_network_kinds), shape=True)
+    encoder: str = setting(  # how the trunk reads an observation
+        "flat", "encoder: flat (one vector) or set (the same blocks per asset, pooled over "
+        "assets: any number of assets, in any order)", rule=OneOf(("flat", "set")),
+        shape=True)
     hidden_dim: int = setting(  # the heads are hidden_dim // 2 wide
         256, "encoder/GRU width", rule=AtLeast(2), shape=True)
     n_gru_layers: int = setting(2, "stacked GRU layers", rule=AtLeast(1), shape=True)  # gru only

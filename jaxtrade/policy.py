@@ -59,7 +59,7 @@ from jaxtrade.data.market import MARKET_FILE, MARKET_FORMAT, Market, build_marke
 from jaxtrade.data.panel import FIELDS, Panel, format_date
 from jaxtrade.envs import NAMES, PortfolioEnv, regimes
 from jaxtrade.evaluation import EvaluationError, make_policy_walk, pass_params, walk_key
-from jaxtrade.networks import make_network, param_shapes
+from jaxtrade.networks import ObsLayout, make_network, param_shapes
 from jaxtrade.rows import ENV_FILE
 
 CASH = "CASH"  # the cash entry of weight dicts
@@ -117,8 +117,8 @@ class Policy:
                 f"{source.path}: trained on env {self.config.env.name!r}; a policy decides "
                 f"the {PortfolioEnv.name} env's regimes, so it loads {PortfolioEnv.name} runs only"
             )
-        obs_dim, n_actions = self._trained_dims()
-        self.network = make_network(self.config.network, obs_dim, n_actions)
+        obs_dim, n_actions, layout = self._trained_dims()
+        self.network = make_network(self.config.network, obs_dim, n_actions, layout=layout)
         mismatch = ckpt.first_shape_mismatch(ckpt.leaf_shapes(params),
                                              ckpt.leaf_shapes(param_shapes(self.network)))
         if mismatch is not None:
@@ -130,28 +130,35 @@ class Policy:
             )
         self._programs: dict[int, Any] = {}
 
-    def _trained_dims(self) -> tuple[int, int]:
-        """(obs_dim, n_actions) the run trained with: RUN_DIR/env.json's; for a run older
-        than env.json (which trained the portfolio env), the portfolio env's on a stand-in
-        market of the recorded assets and features (its width depends on nothing else).
+    def _trained_dims(self) -> tuple[int, int, ObsLayout | None]:
+        """(obs_dim, n_actions, obs_layout) the run trained with: RUN_DIR/env.json's (a
+        run from before env.json recorded a layout used the flat encoder, which needs none);
+        for a run older than env.json (which trained the portfolio env), the portfolio
+        env's on a stand-in market of the recorded assets and features (its width depends
+        on nothing else).
 
         Raises:
-          EvaluationError: an env.json without whole-number obs_dim and num_actions.
+          EvaluationError: an env.json without whole-number obs_dim and num_actions, or
+            with a malformed obs_layout.
         """
         path = self.run_dir / ENV_FILE
         if not path.exists():
             bars = feats.WINDOW + 3  # the feature window and a one-step episode
             stand_in = synthetic_panel(SyntheticConfig(n_assets=self.n_assets, n_bars=bars))
             env = PortfolioEnv(self.market(stand_in))
-            return env.obs_dim, env.num_actions
+            return env.obs_dim, env.num_actions, env.obs_layout
         try:
             env_record = json.loads(path.read_text())
             dims = env_record["obs_dim"], env_record["num_actions"]
             if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
                 raise TypeError(f"obs_dim and num_actions must be whole numbers > 0, got {dims}")
+            layout = env_record.get("obs_layout")
+            if layout is not None:
+                layout = ObsLayout(int(layout["n_assets"]), tuple(map(int, layout["blocks"])),
+                                   int(layout["n_globals"]))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise EvaluationError(f"{path}: not a jaxtrade env record ({e})") from None
-        return dims
+        return *dims, layout
 
     @property
     def n_assets(self) -> int:

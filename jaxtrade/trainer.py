@@ -152,7 +152,8 @@ def _all_finite(tree) -> jax.Array:
 
 def build_network(config: Config, env: Environment, platform: str | None = None) -> Network:
     """The network `config.network` describes, sized for `env`."""
-    return make_network(config.network, env.obs_dim, env.num_actions, platform)
+    return make_network(config.network, env.obs_dim, env.num_actions, platform,
+                        layout=env.obs_layout)
 
 
 def count_network_params(config: Config, env: Environment) -> int:

@@ -10,6 +10,7 @@ from jaxtrade.config import NetworkConfig
 from jaxtrade.networks import (
     GRUActorCritic,
     MLPActorCritic,
+    ObsLayout,
     Step,
     Unroll,
     count_params,
@@ -377,3 +378,94 @@ def test_mlp_is_the_gru_network_without_its_recurrence():
     np.testing.assert_allclose(shuffled.logits[::-1], out.logits, rtol=1e-6, atol=1e-6)
     from_trunk = model.apply({"params": params}, out.trunk, method="value_from_trunk")
     np.testing.assert_allclose(from_trunk, out.value, rtol=1e-6, atol=1e-6)
+
+
+# --- the set encoder: any number of assets, in any order ------------------------------
+
+LAYOUT = ObsLayout(n_assets=5, blocks=(3, 1), n_globals=3)  # 5 x (3 features + weight) + 3
+
+
+def _set_net(layout: ObsLayout, kind: str = "gru"):
+    nc = NetworkConfig(kind=kind, encoder="set", hidden_dim=H, n_gru_layers=1,
+                       precision="fp32")
+    return make_network(nc, layout.obs_dim, A, "cpu", layout=layout)
+
+
+def _permuted(obs: jax.Array, layout: ObsLayout, perm: np.ndarray) -> jax.Array:
+    """obs [..., D] with its assets reordered by `perm` (every per-asset block)."""
+    tokens, globals_ = layout.split(obs)
+    tokens = tokens[..., perm, :]
+    blocks, at = [], 0
+    for width in layout.blocks:
+        blocks.append(tokens[..., at:at + width].reshape(*obs.shape[:-1], -1))
+        at += width
+    return jnp.concatenate([*blocks, globals_], axis=-1)
+
+
+def test_layout_splits_the_flat_observation_asset_by_asset():
+    obs = jnp.arange(LAYOUT.obs_dim, dtype=jnp.float32)
+    tokens, globals_ = LAYOUT.split(obs)
+    assert tokens.shape == (5, 4) and globals_.tolist() == [20.0, 21.0, 22.0]
+    assert tokens[2].tolist() == [6.0, 7.0, 8.0, 17.0]  # asset 2's features, then its weight
+    with pytest.raises(ValueError, match="observation width 7"):
+        LAYOUT.split(obs[:7])
+
+
+@pytest.mark.parametrize("kind", ["gru", "mlp"])
+def test_set_encoder_is_blind_to_asset_order(kind):
+    net = _set_net(LAYOUT, kind)
+    params = init_params(net, KEY)
+    obs = jax.random.normal(jax.random.key(3), (T, B, LAYOUT.obs_dim))
+    reset = jnp.zeros((T, B), bool).at[0].set(True)
+    state = net.initial_state(B)
+    run = jax.jit(lambda o: net.apply({"params": params}, state, o, reset, method="unroll"))
+    base = run(obs)
+    for seed in range(3):
+        perm = np.random.default_rng(seed).permutation(LAYOUT.n_assets)
+        moved = run(_permuted(obs, LAYOUT, perm))
+        np.testing.assert_allclose(moved.logits, base.logits, atol=2e-5)
+        np.testing.assert_allclose(moved.value, base.value, atol=2e-5)
+    # The flat encoder is not: the test can tell.
+    flat = make_network(NetworkConfig(kind=kind, hidden_dim=H, n_gru_layers=1,
+                                      precision="fp32"), LAYOUT.obs_dim, A, "cpu")
+    fp = init_params(flat, KEY)
+    f = lambda o: flat.apply({"params": fp}, state, o, reset, method="unroll").logits  # noqa: E731
+    assert not np.allclose(f(obs), f(_permuted(obs, LAYOUT, np.array([4, 0, 1, 2, 3]))))
+
+
+def test_one_set_of_parameters_reads_any_number_of_assets():
+    params = init_params(_set_net(LAYOUT), KEY)
+    for n in (3, 40):
+        layout = LAYOUT.with_assets(n)
+        net = _set_net(layout)
+        assert jax.tree.map(jnp.shape, init_params(net, KEY)) == jax.tree.map(jnp.shape, params)
+        obs = jax.random.normal(jax.random.key(n), (B, layout.obs_dim))
+        out = net.apply({"params": params}, net.initial_state(B), obs, jnp.ones(B, bool))
+        assert out.logits.shape == (B, A) and np.isfinite(out.logits).all()
+
+
+def test_set_encoder_needs_a_layout_of_the_observation_width():
+    nc = NetworkConfig(encoder="set", hidden_dim=H)
+    with pytest.raises(ValueError, match="no asset layout"):
+        make_network(nc, 10, A, "cpu")
+    with pytest.raises(ValueError, match="23 wide, not obs_dim=10"):
+        make_network(nc, 10, A, "cpu", layout=LAYOUT)
+    assert "set encoder" in _set_net(LAYOUT).describe()
+    assert _set_net(LAYOUT).saved_bytes_per_step() > make_network(
+        NetworkConfig(hidden_dim=H, n_gru_layers=1, precision="fp32"), LAYOUT.obs_dim, A,
+        "cpu").saved_bytes_per_step()
+
+
+def test_portfolio_layout_reads_its_observation():
+    from jaxtrade.data import SyntheticConfig, build_market, synthetic_panel
+    from jaxtrade.envs import PortfolioEnv
+
+    market = build_market(synthetic_panel(SyntheticConfig(n_assets=3, n_bars=120)),
+                          episode_length=16)
+    env = PortfolioEnv(market)
+    params = env.make_params("train", episode_length=16)
+    obs, state = env.reset(jax.random.key(0), params)
+    tokens, globals_ = env.obs_layout.split(obs)
+    np.testing.assert_array_equal(tokens[:, :-1], params.market.features[state.t - 1])
+    np.testing.assert_array_equal(tokens[:, -1], state.weights[:3])
+    assert globals_[0] == state.weights[3]  # cash, then drawdown and progress

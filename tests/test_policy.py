@@ -153,6 +153,12 @@ def test_network_dims_are_the_runs_recorded_ones(policy, trained_run, tmp_path):
             rf"env.json: not a jaxtrade env record \(obs_dim and num_actions must be whole "
             rf"numbers > 0, got \({obs_dim}, '12'\)\)$")):
         jaxtrade.load_policy(run)
+    # The observation layout (what the set encoder reads) is recorded too.
+    assert env_record["obs_layout"] == {"n_assets": 4, "blocks": [len(FEATURE_NAMES), 1],
+                                        "n_globals": 3}
+    (run / "env.json").write_text(json.dumps({**env_record, "obs_layout": {"n_assets": 4}}))
+    with pytest.raises(EvaluationError, match=r"env.json: not a jaxtrade env record \('blocks'"):
+        jaxtrade.load_policy(run)
 
 
 

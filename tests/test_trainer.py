@@ -237,3 +237,15 @@ def test_mlp_network_trains_the_portfolio(small_market):
     state, metrics = trainer.run(state, 3)
     assert np.isfinite(np.asarray(metrics["policy_loss"])).all()
     assert "gru" not in state.params and int(state.iteration) == 3
+
+
+def test_set_encoder_trains_the_portfolio(small_market):
+    cfg = resolve(with_values(Config(), **{**TINY, "encoder": "set"}), "cpu")
+    trainer = make_train(cfg, small_market)
+    assert set(trainer.network.layout.blocks) <= {small_market.data.n_features, 1}
+    state = trainer.initial_state(jax.random.key(0))
+    before = np.asarray(state.params["encoder"]["asset_dense_0"]["kernel"])  # run donates
+    state, metrics = trainer.run(state, 2)
+    assert np.isfinite(np.asarray(metrics["policy_loss"])).all()
+    assert "asset_dense_0" in state.params["encoder"]  # the per-asset blocks, trained
+    assert not np.allclose(state.params["encoder"]["asset_dense_0"]["kernel"], before)

@@ -296,9 +296,12 @@ class Session:
             (run_dir / MARKET_FILE).write_text(
                 json.dumps(market_record(self.plan.market), indent=2) + "\n")
             env = self.plan.env
+            layout = env.obs_layout
             (run_dir / ENV_FILE).write_text(json.dumps({
                 "name": env.name, "action_names": list(env.action_names),
-                "num_actions": env.num_actions, "obs_dim": env.obs_dim}, indent=2) + "\n")
+                "num_actions": env.num_actions, "obs_dim": env.obs_dim,
+                "obs_layout": None if layout is None else dataclasses.asdict(layout),
+            }, indent=2) + "\n")
         if source is not None:
             self._start_lines(kept, dropped)
         self.checkpoints = ckpt.RunCheckpoints(

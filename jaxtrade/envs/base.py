@@ -83,6 +83,13 @@ class Environment(Generic[TEnvState, TEnvParams]):
         raise NotImplementedError
 
     # ------------------------------------------------------------------- optional hooks
+    @property
+    def obs_layout(self) -> Any:
+        """How the observation splits into per-asset tokens and globals
+        (`jaxtrade.networks.ObsLayout`), which the set encoder reads; None (the default)
+        for an observation without assets."""
+        return None
+
     def action_mask(self, state: TEnvState, params: TEnvParams) -> jax.Array:
         """bool [num_actions]: which actions `state` allows (all of them by default)."""
         return jnp.ones((self.num_actions,), bool)

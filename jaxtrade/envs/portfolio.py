@@ -107,6 +107,14 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
     def obs_dim(self) -> int:
         return self.n_assets * self.n_features + self.n_assets + 3
 
+    @property
+    def obs_layout(self):
+        """Per asset: its F features, then its weight; globals: cash weight, drawdown,
+        episode progress (the set encoder's reading of the observation)."""
+        from jaxtrade.networks import ObsLayout
+
+        return ObsLayout(self.n_assets, (self.n_features, 1), 3)
+
     def action_space(self, params: EnvParams | None = None) -> Discrete:
         return Discrete(regimes.N_REGIMES)
 

@@ -1,7 +1,9 @@
 """Actor-critic networks behind one protocol (`jaxtrade.networks.base`), chosen by kind.
 
 `make_network(config.network, obs_dim, n_actions)` builds the network a config names
-(`kind`: "gru", the default, or "mlp"); `init_params` and `param_shapes` initialise any
+(`kind`: "gru", the default, or "mlp"; `encoder`: "flat", the default, or "set", which
+applies the same blocks to every asset of the env's `obs_layout` and pools over them, so
+one model reads any number of assets in any order); `init_params` and `param_shapes` initialise any
 of them from its own dummy inputs, so no caller writes input shapes by hand.
 """
 
@@ -15,42 +17,55 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxtrade.networks.base import Step, Unroll
+from jaxtrade.networks.base import ENCODERS, ObsLayout, Step, Unroll
 from jaxtrade.networks.gru import GRUActorCritic, orthonormal
 from jaxtrade.networks.mlp import MLPActorCritic
 
 Network = nn.Module
 
 
-def _gru(nc, obs_dim: int, n_actions: int, dtype) -> GRUActorCritic:
+def _gru(nc, obs_dim: int, n_actions: int, dtype, layout) -> GRUActorCritic:
     return GRUActorCritic(obs_dim=obs_dim, n_actions=n_actions, hidden_dim=nc.hidden_dim,
-                          n_gru_layers=nc.n_gru_layers, dropout=nc.dropout, dtype=dtype)
+                          n_gru_layers=nc.n_gru_layers, dropout=nc.dropout, dtype=dtype,
+                          encoder_kind=nc.encoder, layout=layout)
 
 
-def _mlp(nc, obs_dim: int, n_actions: int, dtype) -> MLPActorCritic:
+def _mlp(nc, obs_dim: int, n_actions: int, dtype, layout) -> MLPActorCritic:
     return MLPActorCritic(obs_dim=obs_dim, n_actions=n_actions, hidden_dim=nc.hidden_dim,
-                          dropout=nc.dropout, dtype=dtype)
+                          dropout=nc.dropout, dtype=dtype, encoder_kind=nc.encoder,
+                          layout=layout)
 
 
 NETWORKS: dict[str, Callable[..., Network]] = {"gru": _gru, "mlp": _mlp}
 KINDS = tuple(NETWORKS)
 
 
-def make_network(network_config, obs_dim: int, n_actions: int, platform: str | None = None
-                 ) -> Network:
+def make_network(network_config, obs_dim: int, n_actions: int, platform: str | None = None,
+                 layout: ObsLayout | None = None) -> Network:
     """The network `network_config` (a `jaxtrade.config.NetworkConfig`) describes, in the
-    compute dtype of its precision on `platform` (default: JAX's default backend).
+    compute dtype of its precision on `platform` (default: JAX's default backend), with the
+    encoder it names (`encoder`: "set" reads `layout`, the env's `obs_layout`).
 
     Raises:
-        ValueError: an unknown `kind`.
+        ValueError: an unknown `kind` or encoder, the set encoder without a layout, or a
+            layout of another width than `obs_dim`.
     """
     from jaxtrade.config import compute_dtype
 
     kind = network_config.kind
     if kind not in NETWORKS:
         raise ValueError(f"unknown network kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if network_config.encoder != "set":
+        layout = None  # the flat encoder reads the observation as one vector
+    elif layout is None:
+        raise ValueError("the set encoder reads per-asset observations, and this env's "
+                         "observation has no asset layout (Environment.obs_layout); use "
+                         "--encoder flat")
+    elif layout.obs_dim != obs_dim:
+        raise ValueError(f"the observation layout {layout} is {layout.obs_dim} wide, not "
+                         f"obs_dim={obs_dim}")
     dtype = compute_dtype(network_config.precision, platform or jax.default_backend())
-    return NETWORKS[kind](network_config, obs_dim, n_actions, dtype)
+    return NETWORKS[kind](network_config, obs_dim, n_actions, dtype, layout)
 
 
 def dummy_inputs(network: Network, n: int = 1) -> tuple[Any, jax.Array, jax.Array]:
@@ -75,6 +90,7 @@ def count_params(params: Any) -> int:
 
 
 __all__ = [
-    "KINDS", "NETWORKS", "GRUActorCritic", "MLPActorCritic", "Network", "Step", "Unroll",
+    "ENCODERS", "KINDS", "NETWORKS", "GRUActorCritic", "MLPActorCritic", "Network",
+    "ObsLayout", "Step", "Unroll",
     "count_params", "dummy_inputs", "init_params", "make_network", "orthonormal", "param_shapes",
 ]

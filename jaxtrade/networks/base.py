@@ -20,6 +20,7 @@ its state there. Logits and values are float32 whatever the compute dtype.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -62,6 +63,97 @@ def loss_bytes(n_actions: int) -> int:
     """float32 values per env and step the PPO loss keeps for its backward pass: logits,
     log-softmax, value, ratio and loss terms."""
     return (2 * n_actions + 8) * _F32
+
+
+@dataclasses.dataclass(frozen=True)
+class ObsLayout:
+    """How an env's flat observation splits into per-asset tokens and global values, for
+    the set encoder: first `blocks`, each a [n_assets, width] block stored asset-major
+    (asset 0's width values, then asset 1's, ...), then `n_globals` values for the whole
+    portfolio. The portfolio env's is blocks (F, 1) (features, then each asset's weight)
+    and 3 globals (cash weight, drawdown, episode progress)."""
+
+    n_assets: int
+    blocks: tuple[int, ...]
+    n_globals: int
+
+    @property
+    def obs_dim(self) -> int:
+        return self.n_assets * sum(self.blocks) + self.n_globals
+
+    @property
+    def token_dim(self) -> int:
+        return sum(self.blocks)
+
+    def split(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """obs [..., obs_dim] -> (tokens [..., n_assets, token_dim], globals [..., n_globals])."""
+        if obs.shape[-1] != self.obs_dim:
+            raise ValueError(f"observation width {obs.shape[-1]} is not the layout's "
+                             f"{self.obs_dim} ({self})")
+        lead, a, at, parts = obs.shape[:-1], self.n_assets, 0, []
+        for width in self.blocks:
+            parts.append(obs[..., at:at + a * width].reshape(*lead, a, width))
+            at += a * width
+        return jnp.concatenate(parts, axis=-1), obs[..., at:]
+
+    def with_assets(self, n_assets: int) -> ObsLayout:
+        """The same layout for another number of assets (the set encoder's parameters do
+        not depend on it)."""
+        return dataclasses.replace(self, n_assets=n_assets)
+
+
+ENCODERS = ("flat", "set")  # NetworkConfig.encoder: how the trunk reads an observation
+
+
+class SetEncoder(nn.Module):
+    """The same two Dense-ReLU-LayerNorm blocks applied to every asset's token, pooled over
+    assets (mean and max), joined with the globals by a third block, then dropout.
+    ``[..., D] -> [..., H]``, for any number of assets and invariant to their order
+    (DeepSets): the parameters do not depend on ``layout.n_assets``."""
+
+    hidden_dim: int
+    dropout: float
+    layout: ObsLayout
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, deterministic: bool) -> jax.Array:
+        x, globals_ = self.layout.split(obs)
+        for i in range(2):
+            x = nn.Dense(self.hidden_dim, dtype=self.dtype, name=f"asset_dense_{i}")(x)
+            x = nn.LayerNorm(dtype=self.dtype, name=f"asset_norm_{i}")(nn.relu(x))
+        pooled = jnp.concatenate([x.mean(-2), x.max(-2), globals_.astype(x.dtype)], axis=-1)
+        x = nn.Dense(self.hidden_dim, dtype=self.dtype, name="pool_dense")(pooled)
+        x = nn.LayerNorm(dtype=self.dtype, name="pool_norm")(nn.relu(x))
+        return nn.Dropout(self.dropout)(x, deterministic=deterministic)
+
+
+def make_encoder(kind: str, hidden_dim: int, dropout: float, layout: ObsLayout | None,
+                 dtype) -> nn.Module:
+    """The trunk's encoder `kind` ("flat": `Encoder`; "set": `SetEncoder` over `layout`).
+
+    Raises:
+        ValueError: an unknown kind, or "set" without a layout (the env has no assets).
+    """
+    if kind == "flat":
+        return Encoder(hidden_dim, dropout, dtype=dtype)
+    if kind == "set":
+        if layout is None:
+            raise ValueError("the set encoder reads per-asset observations, and this env's "
+                             "observation has no asset layout (Environment.obs_layout); use "
+                             "--encoder flat")
+        return SetEncoder(hidden_dim, dropout, layout, dtype=dtype)
+    raise ValueError(f"unknown encoder {kind!r}; choose one of {', '.join(ENCODERS)}")
+
+
+def encoder_bytes(kind: str, hidden_dim: int, layout: ObsLayout | None, dtype) -> int:
+    """Values per env and step the encoder keeps for a backward pass, in the compute dtype,
+    beyond the flat encoder's (counted by `encoder_and_heads_bytes`): the set encoder's two
+    blocks run once per asset."""
+    if kind != "set" or layout is None:
+        return 0
+    h, c = hidden_dim, jnp.dtype(dtype).itemsize
+    return (4 * h * layout.n_assets + 2 * h + layout.n_globals) * c
 
 
 class Encoder(nn.Module):

@@ -27,12 +27,14 @@ import jax.numpy as jnp
 
 from jaxtrade.networks.base import (
     Dtype,
-    Encoder,
     Head,
+    ObsLayout,
     Step,
     Unroll,
     encoder_and_heads_bytes,
+    encoder_bytes,
     loss_bytes,
+    make_encoder,
 )
 
 
@@ -169,6 +171,9 @@ class GRUActorCritic(nn.Module):
             only when ``deterministic=False`` (needs the ``'dropout'`` rng).
         dtype: compute dtype of the matmuls; parameters stay float32 and
             logits/values are returned in float32 whatever it is.
+        encoder_kind: "flat" (the encoder of the layout above) or "set" (the same blocks
+            per asset, pooled over assets: `jaxtrade.networks.base.SetEncoder`).
+        layout: the env's observation layout, which the set encoder needs.
     """
 
     obs_dim: int
@@ -177,9 +182,12 @@ class GRUActorCritic(nn.Module):
     n_gru_layers: int = 2
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
+    encoder_kind: str = "flat"  # "flat" or "set" (`jaxtrade.networks.base.make_encoder`)
+    layout: ObsLayout | None = None  # the env's observation layout (the set encoder's)
 
     def setup(self) -> None:
-        self.encoder = Encoder(self.hidden_dim, self.dropout, dtype=self.dtype)
+        self.encoder = make_encoder(self.encoder_kind, self.hidden_dim, self.dropout,
+                                    self.layout, self.dtype)
         self.gru = StackedGRU(self.hidden_dim, self.n_gru_layers, self.dropout, dtype=self.dtype)
         self.policy_head = Head(self.hidden_dim // 2, self.n_actions, dtype=self.dtype)
         self.value_head = Head(self.hidden_dim // 2, 1, dtype=self.dtype)
@@ -201,12 +209,14 @@ class GRUActorCritic(nn.Module):
             # A mask per dropout site (after the encoder, between GRU layers) and the
             # old policy's logits, re-evaluated under the same masks.
             dropout = (self.n_gru_layers * h + self.n_actions) * f32
-        return (encoder_and_heads_bytes(h, self.dtype) + gru + trunk
+        return (encoder_and_heads_bytes(h, self.dtype)
+                + encoder_bytes(self.encoder_kind, h, self.layout, self.dtype) + gru + trunk
                 + loss_bytes(self.n_actions) + dropout)
 
     @nn.nowrap
     def describe(self) -> str:
-        return f"GRU actor-critic, hidden {self.hidden_dim} x {self.n_gru_layers} layers"
+        return (f"GRU actor-critic, hidden {self.hidden_dim} x {self.n_gru_layers} layers"
+                + (", set encoder over assets" if self.encoder_kind == "set" else ""))
 
     @property
     def trunk_dim(self) -> int:

@@ -15,12 +15,14 @@ import jax.numpy as jnp
 
 from jaxtrade.networks.base import (
     Dtype,
-    Encoder,
     Head,
+    ObsLayout,
     Step,
     Unroll,
     encoder_and_heads_bytes,
+    encoder_bytes,
     loss_bytes,
+    make_encoder,
 )
 
 
@@ -32,9 +34,12 @@ class MLPActorCritic(nn.Module):
     hidden_dim: int = 256
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
+    encoder_kind: str = "flat"  # "flat" or "set" (`jaxtrade.networks.base.make_encoder`)
+    layout: ObsLayout | None = None  # the env's observation layout (the set encoder's)
 
     def setup(self) -> None:
-        self.encoder = Encoder(self.hidden_dim, self.dropout, dtype=self.dtype)
+        self.encoder = make_encoder(self.encoder_kind, self.hidden_dim, self.dropout,
+                                    self.layout, self.dtype)
         self.policy_head = Head(self.hidden_dim // 2, self.n_actions, dtype=self.dtype)
         self.value_head = Head(self.hidden_dim // 2, 1, dtype=self.dtype)
 
@@ -47,11 +52,13 @@ class MLPActorCritic(nn.Module):
     def saved_bytes_per_step(self) -> int:
         dropout = (self.hidden_dim + self.n_actions) * 4 if self.dropout > 0 else 0
         return (encoder_and_heads_bytes(self.hidden_dim, self.dtype)
+                + encoder_bytes(self.encoder_kind, self.hidden_dim, self.layout, self.dtype)
                 + loss_bytes(self.n_actions) + dropout)
 
     @nn.nowrap
     def describe(self) -> str:
-        return f"MLP actor-critic (no memory), hidden {self.hidden_dim}"
+        return (f"MLP actor-critic (no memory), hidden {self.hidden_dim}"
+                + (", set encoder over assets" if self.encoder_kind == "set" else ""))
 
     @property
     def trunk_dim(self) -> int:
