@@ -304,6 +304,79 @@ def features(bars: WorldBars) -> tuple[jax.Array, jax.Array]:
     return keep(out), keep(scores)
 
 
+def fit_stats(raw: jax.Array, mask: jax.Array) -> feats.FeatureStats:
+    """Per-feature mean and std of raw features [W, T, A, F] (complete rows only) over the
+    assets that exist (`mask` [W, A]), pooled over worlds, bars and assets: a training
+    pool's normalisation, as `jaxtrade.data.features.fit_stats` is a market's."""
+    weight = jnp.broadcast_to(mask[:, None, :, None], raw.shape).astype(jnp.float32)
+    x = jnp.where(weight > 0, raw, 0.0)
+    n = weight.sum((0, 1, 2))
+    mean = x.sum((0, 1, 2)) / n
+    var = (jnp.where(weight > 0, (raw - mean) ** 2, 0.0)).sum((0, 1, 2)) / n
+    std = np.sqrt(np.asarray(var, np.float64))
+    return feats.FeatureStats(mean=np.asarray(mean, np.float64),
+                              std=np.where(std > 1e-8, std, 1.0))
+
+
+def pool_market(seed: int, stream: str, indices, n_bars: int,
+                prior: WorldPrior = WorldPrior(), stats: feats.FeatureStats | None = None):
+    """A pool of worlds as one `Market` the portfolio env trains on: worlds `indices` of
+    `stream`, each `n_bars` bars generated and featurised on device, its first
+    `features.WINDOW` (incomplete) bars dropped, laid end to end (`Market.world_bars` bars
+    each) with their assets padded to `prior.max_assets` (`MarketData.asset_mask`).
+
+    Features are normalised with `stats`, or with statistics fitted on this pool when None
+    (a training pool; validation and test pools take the training pool's). The market has
+    one range, train, and made-up business-day dates: its worlds are the split.
+
+    Returns:
+      (market, settings): the `Market` and each world's `WorldSettings` (leaves [W, ...]).
+    """
+    from jaxtrade.data.market import Market, MarketData
+
+    w = feats.WINDOW
+    if n_bars <= w + 2:
+        raise ValueError(f"a world needs more than {w + 2} bars, got {n_bars}")
+    settings, bars = make_worlds(seed, stream, indices, n_bars, prior)
+    raw, scores = _featurise(bars)
+    raw, scores = raw[:, w:], scores[:, w:]
+    if stats is None:
+        stats = fit_stats(raw, bars.mask)
+    data = _pool_data(raw, scores, bars.close[:, w:], bars.mask,
+                      jnp.asarray(stats.mean, jnp.float32), jnp.asarray(stats.std, jnp.float32))
+    n_worlds, world_bars = raw.shape[0], n_bars - w
+    dates = pd.date_range("2000-01-03", periods=n_worlds * world_bars, freq="B")
+    market = Market(
+        data=MarketData(**data), dates=dates,
+        symbols=tuple(f"A{i:02d}" for i in range(prior.max_assets)),
+        val_start=len(dates), test_start=len(dates), stats=stats, bars_per_year=252.0,
+        source=f"worlds(seed={seed}, stream={stream}, {n_worlds} x {world_bars} bars)",
+        report=(f"generated {n_worlds} {stream} worlds of {world_bars} bars, "
+                f"{prior.n_assets[0]}-{prior.n_assets[1]} assets",),
+        world_bars=world_bars)
+    return market, settings
+
+
+@jax.jit
+def _featurise(bars: WorldBars) -> tuple[jax.Array, jax.Array]:
+    return jax.vmap(features)(bars)
+
+
+@jax.jit
+def _pool_data(raw, scores, price, mask, mean, std) -> dict:
+    """MarketData fields of worlds [W, T, ...] laid end to end ([W * T, ...]); padded
+    assets have zero features and scores."""
+    exists = mask[:, None, :, None]
+    normalised = jnp.clip((raw - mean) / std, -feats.CLIP, feats.CLIP)
+    flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+    return {
+        "features": flat(jnp.where(exists, normalised, 0.0).astype(jnp.float32)),
+        "scores": flat(jnp.where(exists, scores, 0.0).astype(jnp.float32)),
+        "price": flat(price.astype(jnp.float32)),
+        "asset_mask": flat(jnp.broadcast_to(mask[:, None, :], price.shape)),
+    }
+
+
 def to_panel(bars: WorldBars, world: int = 0, start: str = "2010-01-04",
              freq: str = "B") -> Panel:
     """World `world` of `bars` (leaves [W, ...]) as a host-side `Panel` of its own assets

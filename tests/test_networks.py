@@ -469,3 +469,21 @@ def test_portfolio_layout_reads_its_observation():
     np.testing.assert_array_equal(tokens[:, :-1], params.market.features[state.t - 1])
     np.testing.assert_array_equal(tokens[:, -1], state.weights[:3])
     assert globals_[0] == state.weights[3]  # cash, then drawdown and progress
+
+
+def test_set_encoder_pools_only_the_assets_that_exist():
+    """With a mask token, padding changes nothing: a 3-asset observation padded to 5 gives
+    the 3-asset network's logits."""
+    layout = ObsLayout(n_assets=5, blocks=(4, 1), n_globals=3, mask_token=3)
+    net = _set_net(layout)
+    params = init_params(net, KEY)
+    obs = jax.random.normal(jax.random.key(5), (B, layout.obs_dim))
+    tokens, globals_ = layout.split(obs)
+    exists = jnp.array([1.0, 1.0, 1.0, 0.0, 0.0])
+    tokens = tokens.at[..., 3].set(exists)
+    padded = jnp.concatenate([tokens[..., :4].reshape(B, -1), tokens[..., 4], globals_], -1)
+    small = layout.with_assets(3)
+    real = jnp.concatenate([tokens[:, :3, :4].reshape(B, -1), tokens[:, :3, 4], globals_], -1)
+    run = lambda n, o: n.apply({"params": params}, n.initial_state(B), o,  # noqa: E731
+                               jnp.ones(B, bool)).logits
+    np.testing.assert_allclose(run(net, padded), run(_set_net(small), real), atol=2e-5)

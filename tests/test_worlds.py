@@ -152,3 +152,117 @@ def test_the_worlds_command_prints_and_plots(tmp_path, capsys):
     assert out.stat().st_size > 10_000
     assert W.main(["--worlds", "6", "--bars", str(N_BARS), "--stream", "test", "--json"]) == 0
     assert '"stream": "test"' in capsys.readouterr().out
+
+
+# --- a pool of worlds as the portfolio env's market -------------------------------------
+
+POOL_BARS = 120  # 100 bars per world after the feature window
+
+
+@pytest.fixture(scope="module")
+def pool():
+    market, settings = W.pool_market(0, "train", range(4), POOL_BARS)
+    return market, settings
+
+
+def test_regimes_count_only_the_assets_that_exist():
+    from jaxtrade.envs import regimes
+
+    scores = jax.random.normal(jax.random.key(0), (8, 4))
+    current = jnp.full(9, 1 / 9)
+    every = jnp.ones(8, bool)
+    some = jnp.array([1, 0, 1, 1, 0, 1, 1, 0], bool)
+    for action in range(regimes.N_REGIMES):
+        a = jnp.int32(action)
+        np.testing.assert_array_equal(regimes.target_weights(a, scores, current),
+                                      regimes.target_weights(a, scores, current, every))
+        w = np.asarray(regimes.target_weights(a, scores, current, some))
+        np.testing.assert_allclose(w.sum(), 1, rtol=1e-6)
+        if action != regimes.Regime.HOLD:
+            assert not w[:8][~np.asarray(some)].any(), regimes.NAMES[action]
+    ew = np.asarray(regimes.target_weights(jnp.int32(regimes.Regime.EQUAL_WEIGHT), scores,
+                                           current, some))
+    np.testing.assert_allclose(ew[:8][np.asarray(some)], 1 / 5, rtol=1e-6)  # all 5 that exist
+    mom = np.asarray(regimes.target_weights(jnp.int32(regimes.Regime.MOMENTUM), scores,
+                                            current, some))
+    assert np.count_nonzero(mom[:8]) == 3  # top 50% of 5 assets: ceil(2.5)
+
+
+def test_pool_market_lays_worlds_end_to_end(pool):
+    market, settings = pool
+    world_bars = POOL_BARS - F.WINDOW
+    assert market.world_bars == world_bars and market.n_worlds == 4
+    data = jax.device_get(market.data)
+    assert data.features.shape == (4 * world_bars, 24, len(F.FEATURE_NAMES))
+    for w in range(4):
+        rows = slice(w * world_bars, (w + 1) * world_bars)
+        n = int(settings.n_assets[w])
+        assert (data.asset_mask[rows].sum(1) == n).all()
+        assert not data.features[rows][:, n:].any() and np.isfinite(data.features).all()
+    # The training pool fits the normalisation; its features are about standard.
+    assert abs(float(data.features[data.asset_mask].mean())) < 0.3
+    # A validation pool takes the training pool's statistics and draws other worlds.
+    val, _ = W.pool_market(0, "validation", range(4), POOL_BARS, stats=market.stats)
+    assert val.stats is market.stats
+    assert not np.array_equal(np.asarray(val.data.price), data.price)
+
+
+def test_pool_episodes_stay_in_one_world_and_never_hold_padding(pool):
+    from jaxtrade.envs import PortfolioEnv
+
+    market, _ = pool
+    env = PortfolioEnv(market)
+    params = env.make_params("train", episode_length=32)
+    assert env.obs_dim == 24 * (len(F.FEATURE_NAMES) + 2) + 3
+    n = 256
+
+    def run(key):
+        k_reset, k_steps, k_act = jax.random.split(key, 3)
+        _, state = env.reset(k_reset, params)
+
+        def body(state, ks):
+            k_step, k_a = ks
+            action = jax.random.randint(k_a, (), 0, env.num_actions)
+            obs, nxt, _, done, info = env.step(k_step, state, action, params)
+            return nxt, (state.t, done, info["weights"], obs)
+
+        ks = (jax.random.split(k_steps, 64), jax.random.split(k_act, 64))
+        return jax.lax.scan(body, state, ks)[1]
+
+    t, done, weights, obs = jax.device_get(jax.jit(jax.vmap(run))(
+        jax.random.split(jax.random.key(1), n)))
+    world = t // market.world_bars
+    # Within an episode (between dones) the world never changes, and t + 1 stays inside it.
+    same_episode = ~done[:, :-1]
+    assert (world[:, 1:][same_episode] == world[:, :-1][same_episode]).all()
+    assert ((t + 1) // market.world_bars == world).all()
+    assert len(np.unique(world)) == 4
+    mask = np.asarray(market.data.asset_mask)[t]  # [n, 64, 24]
+    assert not weights[..., :24][~mask].any()
+    # Each asset's token ends with whether it exists.
+    tokens, _ = env.obs_layout.split(jnp.asarray(obs))
+    exists = np.asarray(tokens[..., env.obs_layout.mask_token])
+    assert set(np.unique(exists)) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("encoder", ["set", "flat"])
+def test_the_trainer_learns_on_a_pool_and_a_fresh_pool_does_not_retrace(pool, encoder):
+    from jaxtrade.config import Config, resolve, with_values
+    from jaxtrade.trainer import make_train
+
+    market, _ = pool
+    cfg = resolve(with_values(Config(), hidden_dim=16, n_gru_layers=1, n_envs=8, n_steps=16,
+                              n_minibatches=2, ppo_epochs=1, critic_epochs=1,
+                              episode_length=32, precision="fp32", encoder=encoder), "cpu")
+    trainer = make_train(cfg, market)
+    state, metrics = trainer.run(trainer.initial_state(jax.random.key(0)), 2)
+    assert np.isfinite(np.asarray(metrics["policy_loss"])).all()
+    state, _ = trainer.run(state, 1)  # the program for a state it returned itself
+    # Refreshing the pool: new worlds of the same shape swap in as an argument.
+    fresh, _ = W.pool_market(0, "train", range(4, 8), POOL_BARS, stats=market.stats)
+    params = jax.device_put(trainer.env_params.replace(market=fresh.data),
+                            jax.tree.map(lambda x: x.sharding, trainer.env_params))
+    entries = trainer.program._cache_size()
+    state, fresh_metrics = trainer.run(state, 1, params)
+    assert trainer.program._cache_size() == entries
+    assert np.isfinite(np.asarray(fresh_metrics["policy_loss"])).all()

@@ -28,6 +28,9 @@ class MarketData:
     features: jax.Array  # [T, A, F] float32, normalised features of bar t
     scores: jax.Array  # [T, A, 4] float32, raw factor scores of bar t (feats.SCORE_NAMES)
     price: jax.Array  # [T, A] float32, execution price of bar t (adjusted close)
+    # [T, A] bool, the assets that exist at bar t: a pool of procedural worlds pads its
+    # worlds' assets to a common A (`jaxtrade.worlds.pool_market`); None: all of them.
+    asset_mask: jax.Array | None = None
 
     @property
     def n_bars(self) -> int:
@@ -67,6 +70,13 @@ class Market:
     report: tuple[str, ...] = ()
     # The test range of a market cut by `without_test()`: {"start", "end", "bars"}.
     withheld_test: dict | None = None
+    # A pool of procedural worlds laid end to end: each world's bars; episodes start and
+    # end inside one world (`jaxtrade.worlds.pool_market`). None: one market.
+    world_bars: int | None = None
+
+    @property
+    def n_worlds(self) -> int:
+        return 1 if self.world_bars is None else self.n_bars // self.world_bars
 
     @property
     def n_bars(self) -> int:

@@ -30,6 +30,13 @@ Termination: `terminated` (ruin) when the marked value falls below
   pre-reset one in `info["final_obs"]` (to bootstrap a truncated episode).
 Episodes start all cash with value 1, at a uniformly random bar of the range
   [start_min, start_max] in `EnvParams`.
+
+A pool of procedural worlds (`jaxtrade.worlds.pool_market`: worlds laid end to end,
+`Market.world_bars` bars each, assets padded to a common A with `MarketData.asset_mask`)
+changes three things: an episode starts in a uniformly random world, at an offset in
+[start_min, start_max] of it, and never leaves it; padded assets get no weight (the
+regimes rank and count only the assets that exist); and each asset's F features are
+followed by a 1 if it exists (0 if padding), so the observation is A * (F + 2) + 3 wide.
 """
 
 from __future__ import annotations
@@ -93,6 +100,11 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         self.n_assets = market.n_assets
         self.n_features = market.data.n_features
         self.n_bars = market.n_bars
+        # A pool of worlds (`Market.world_bars`): episodes start in a random world, and the
+        # observation says which assets exist. Static facts: a single market pays nothing.
+        self.world_bars = market.world_bars
+        self.n_worlds = market.n_worlds
+        self.masked = market.data.asset_mask is not None
         self._ranges = {name: market.bounds(name) for name in RANGES}
         self._data = market.data
         self._dates = market.dates  # for the banner's validation dates
@@ -105,7 +117,7 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
 
     @property
     def obs_dim(self) -> int:
-        return self.n_assets * self.n_features + self.n_assets + 3
+        return self.n_assets * (self.n_features + 1 + self.masked) + 3
 
     @property
     def obs_layout(self):
@@ -113,6 +125,9 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         episode progress (the set encoder's reading of the observation)."""
         from jaxtrade.networks import ObsLayout
 
+        if self.masked:  # features and whether the asset exists; weight
+            return ObsLayout(self.n_assets, (self.n_features + 1, 1), 3,
+                             mask_token=self.n_features)
         return ObsLayout(self.n_assets, (self.n_features, 1), 3)
 
     def action_space(self, params: EnvParams | None = None) -> Discrete:
@@ -150,6 +165,8 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         if split not in self._ranges:
             raise ValueError(f"split must be one of {', '.join(self._ranges)}, got {split!r}")
         first, stop = self._ranges[split]
+        if self.world_bars is not None:  # a pool: episodes fit in one world; starts are
+            first, stop = 0, self.world_bars  # offsets into it (`reset_env` adds the world)
         lo, hi = max(first, 1), stop - 1  # bar 0 has no bar before it to decide on
         if (rule := broken_rule("episode_length", episode_length)) is not None:
             raise ValueError(f"episode_length must be {rule}, got {episode_length}")
@@ -181,7 +198,8 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
             market=jax.tree.map(jnp.asarray, self._data),  # host arrays onto the device
             start_min=jnp.asarray(start_min, i32),
             start_max=jnp.asarray(start_max, i32),
-            end=jnp.asarray(hi, i32),
+            # A pool's episodes end inside their world (they fit in it); `end` is global.
+            end=jnp.asarray(hi if self.world_bars is None else self.n_bars - 1, i32),
             episode_length=jnp.asarray(episode_length, i32),
             slippage=jnp.asarray(slippage, f32),
             spread=jnp.asarray(spread, f32),
@@ -243,7 +261,12 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
     # ------------------------------------------------------------------- dynamics
     def reset_env(self, key: jax.Array, params: EnvParams):
         """A new all-cash episode of value 1 at a random start bar."""
+        if self.world_bars is not None:  # a random world, then a start inside it
+            key, key_world = jax.random.split(key)
+            world = jax.random.randint(key_world, (), 0, self.n_worlds, jnp.int32)
         t0 = jax.random.randint(key, (), params.start_min, params.start_max + 1, jnp.int32)
+        if self.world_bars is not None:
+            t0 = t0 + world * self.world_bars
         weights = jnp.zeros(self.n_assets + 1, jnp.float32).at[-1].set(1.0)
         one = jnp.ones((), jnp.float32)
         state = EnvState(t=t0, step=jnp.zeros((), jnp.int32), value=one, peak=one, weights=weights)
@@ -251,11 +274,14 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
 
     def get_obs(self, state: EnvState, params: EnvParams) -> jax.Array:
         """Observation of bar t-1 (see the module docstring for the layout)."""
-        features = params.market.features[state.t - 1].reshape(-1)
+        features = params.market.features[state.t - 1]
+        if self.masked:  # each asset's token ends with whether it exists
+            exists = params.market.asset_mask[state.t - 1].astype(jnp.float32)[:, None]
+            features = jnp.concatenate([features, exists], axis=-1)
         drawdown = 1.0 - state.value / state.peak
         progress = state.step / params.episode_length
         extra = jnp.stack([drawdown, progress]).astype(jnp.float32)
-        return jnp.concatenate([features, state.weights, extra])
+        return jnp.concatenate([features.reshape(-1), state.weights, extra])
 
     def step_env(self, key: jax.Array, state: EnvState, action, params: EnvParams):
         """One step without reset; slippage draws are `jax.random.uniform(key, (A,))`."""
@@ -268,7 +294,8 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         value_pre = state.value * jnp.sum(held)
         w_pre = held / jnp.sum(held)
         # 3. trade to the regime's target at p[t].
-        target = regimes.target_weights(action, m.scores[t - 1], w_pre)
+        mask = None if m.asset_mask is None else m.asset_mask[t - 1]
+        target = regimes.target_weights(action, m.scores[t - 1], w_pre, mask)
         # HOLD trades nothing by definition; don't leave it to floating-point luck
         # (XLA may compute w_pre twice with different rounding).
         delta = jnp.where(action == regimes.Regime.HOLD, 0.0, target[:n] - w_pre[:n])

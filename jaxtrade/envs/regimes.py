@@ -80,23 +80,30 @@ _SCORE = TABLE[:, 1].astype(np.int32)
 _TOP_PCT = TABLE[:, 2].astype(np.int32)
 
 
-def target_weights(action: jax.Array, scores: jax.Array, current: jax.Array) -> jax.Array:
+def target_weights(action: jax.Array, scores: jax.Array, current: jax.Array,
+                   mask: jax.Array | None = None) -> jax.Array:
     """Target weights of one regime.
 
     Args:
       action: int32 [] regime index.
       scores: float32 [A, 4] factor scores of bar t-1.
       current: float32 [A + 1] current weights (assets, then cash), used by HOLD.
+      mask: bool [A], the assets that exist (a procedural world pads its assets to a
+        common A): the others get no weight and do not count in "top p%" or "all";
+        None: all of them.
 
     Returns:
       float32 [A + 1], non-negative, summing to 1.
     """
-    n_assets = scores.shape[0]
+    size = scores.shape[0]
     score = scores[:, jnp.asarray(_SCORE)[action]]
+    n_assets = size if mask is None else jnp.sum(mask, dtype=jnp.int32)
+    if mask is not None:
+        score = jnp.where(mask, score, -jnp.inf)  # ranked after every asset that exists
     k = jnp.maximum((jnp.asarray(_TOP_PCT)[action] * n_assets + 99) // 100, 1)
     # rank[i] = position of asset i in a stable descending sort of the score.
     order = jnp.argsort(-score, stable=True)
-    rank = jnp.zeros(n_assets, jnp.int32).at[order].set(jnp.arange(n_assets, dtype=jnp.int32))
+    rank = jnp.zeros(size, jnp.int32).at[order].set(jnp.arange(size, dtype=jnp.int32))
     cash = jnp.asarray(_CASH)[action]
     stocks = jnp.where(rank < k, (1.0 - cash) / k, 0.0)
     target = jnp.concatenate([stocks, cash[None]]).astype(jnp.float32)

@@ -76,6 +76,9 @@ class ObsLayout:
     n_assets: int
     blocks: tuple[int, ...]
     n_globals: int
+    # The position in a token of a flag that is 1 for an asset that exists and 0 for
+    # padding (a pool of worlds pads their assets); pooling then skips padding. None: all exist.
+    mask_token: int | None = None
 
     @property
     def obs_dim(self) -> int:
@@ -118,11 +121,20 @@ class SetEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, obs: jax.Array, deterministic: bool) -> jax.Array:
-        x, globals_ = self.layout.split(obs)
+        tokens, globals_ = self.layout.split(obs)
+        x = tokens
         for i in range(2):
             x = nn.Dense(self.hidden_dim, dtype=self.dtype, name=f"asset_dense_{i}")(x)
             x = nn.LayerNorm(dtype=self.dtype, name=f"asset_norm_{i}")(nn.relu(x))
-        pooled = jnp.concatenate([x.mean(-2), x.max(-2), globals_.astype(x.dtype)], axis=-1)
+        if self.layout.mask_token is None:
+            mean, top = x.mean(-2), x.max(-2)
+        else:  # pool over the assets that exist only
+            exists = tokens[..., self.layout.mask_token:self.layout.mask_token + 1] > 0.5
+            count = jnp.maximum(exists.sum(-2), 1).astype(x.dtype)
+            mean = jnp.where(exists, x, 0).sum(-2) / count
+            top = jnp.where(exists, x, jnp.finfo(x.dtype).min).max(-2)
+            top = jnp.where(exists.any(-2), top, 0)  # no asset at all: nothing, not -3e38
+        pooled = jnp.concatenate([mean, top, globals_.astype(x.dtype)], axis=-1)
         x = nn.Dense(self.hidden_dim, dtype=self.dtype, name="pool_dense")(pooled)
         x = nn.LayerNorm(dtype=self.dtype, name="pool_norm")(nn.relu(x))
         return nn.Dropout(self.dropout)(x, deterministic=deterministic)
