@@ -91,7 +91,48 @@ def pass_params(env: PortfolioEnv, env_config: EnvConfig, first: int, last: int)
     # make_params checks the frictions; the range of a pass is not a split's, so set it here.
     params = env.make_params("train", start=1, **kwargs)
     i32 = lambda x: jnp.asarray(x, jnp.int32)
-    return params.replace(start_min=i32(first), start_max=i32(first), end=i32(last))
+    # n_worlds 1: a pool's pass starts at `first` itself, not in a random world.
+    return params.replace(start_min=i32(first), start_max=i32(first), end=i32(last),
+                          n_worlds=i32(1))
+
+
+def world_pass_params(env: PortfolioEnv, env_config: EnvConfig) -> EnvParams:
+    """Env params of one continuous pass per world of a pool (`Market.world_bars`): world
+    j trades at bars j * world_bars + 1 .. (j + 1) * world_bars - 2 and marks its last
+    step at the world's last bar, so every world's pass has `world_bars - 2` steps.
+    Leaves [n_worlds] where they differ (start_min, start_max, end), shared otherwise
+    (vmap with `world_axes`). Host-side."""
+    if env.world_bars is None:
+        raise EvaluationError("world passes need a pool of worlds (Market.world_bars)")
+    one = pass_params(env, env_config, 1, env.world_bars - 1)
+    starts = jnp.arange(env.n_worlds, dtype=jnp.int32) * env.world_bars
+    return one.replace(start_min=starts + 1, start_max=starts + 1,
+                       end=starts + env.world_bars - 1)
+
+
+def world_axes(params: EnvParams) -> EnvParams:
+    """`vmap` in_axes of `world_pass_params`' output: 0 where a world has its own value."""
+    axes = jax.tree.map(lambda _: None, params)
+    return axes.replace(start_min=0, start_max=0, end=0)
+
+
+def make_world_walks(network: Network, env: PortfolioEnv, *, greedy: bool = True) -> Callable:
+    """`walk(params, world_params, key, bars_per_year) -> (values, metrics)`: every strategy
+    of `STRATEGIES` (the policy, then the baselines) through one continuous pass of each
+    world of a pool, in one program: values float32 [W, S, T + 1] and `walk_metrics`
+    leaves [W, S, ...], for statistics per world and over worlds. Every world's pass uses
+    the same key (the same slippage draws), as a range's pass does."""
+    n_steps = env.world_bars - 2
+    strategies = make_strategy_walk(network, env, n_steps, greedy=greedy)
+
+    def walk(params, world_params: EnvParams, key: jax.Array, bars_per_year):
+        def one(env_params):
+            both, metrics = strategies(params, env_params, key, bars_per_year)
+            return both.values, metrics
+
+        return jax.vmap(one, in_axes=(world_axes(world_params),))(world_params)
+
+    return walk
 
 
 def walk_key(seed: int) -> jax.Array:
@@ -200,10 +241,17 @@ def choose_baseline(sharpes: Mapping[str, float]) -> str:
 
 def market_returns(env_params: EnvParams, n_steps: int) -> jax.Array:
     """float32 [n_steps]: the equal-weight index return over the bar of each step of a pass
-    from `env_params.start_min` (mean_i p_i[t + 1] / p_i[t] - 1, t the step's trade bar)."""
+    from `env_params.start_min` (mean_i p_i[t + 1] / p_i[t] - 1, t the step's trade bar,
+    over the assets that exist)."""
     price = env_params.market.price
     window = jax.lax.dynamic_slice_in_dim(price, env_params.start_min, n_steps + 1, axis=0)
-    return jnp.mean(window[1:] / window[:-1], axis=-1) - 1.0
+    growth = window[1:] / window[:-1]
+    if env_params.market.asset_mask is None:
+        return jnp.mean(growth, axis=-1) - 1.0
+    # A pool of worlds: the index of the assets that exist (padding would dilute it).
+    mask = jax.lax.dynamic_slice_in_dim(env_params.market.asset_mask, env_params.start_min,
+                                        n_steps, axis=0)
+    return jnp.sum(jnp.where(mask, growth, 0.0), -1) / jnp.sum(mask, -1) - 1.0
 
 
 def walk_metrics(walk: Walk, env_params: EnvParams, bars_per_year) -> dict[str, jax.Array]:

@@ -154,8 +154,10 @@ class Policy:
                 raise TypeError(f"obs_dim and num_actions must be whole numbers > 0, got {dims}")
             layout = env_record.get("obs_layout")
             if layout is not None:
+                mask_token = layout.get("mask_token")
                 layout = ObsLayout(int(layout["n_assets"]), tuple(map(int, layout["blocks"])),
-                                   int(layout["n_globals"]))
+                                   int(layout["n_globals"]),
+                                   None if mask_token is None else int(mask_token))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise EvaluationError(f"{path}: not a jaxtrade env record ({e})") from None
         return *dims, layout

@@ -155,7 +155,7 @@ def test_network_dims_are_the_runs_recorded_ones(policy, trained_run, tmp_path):
         jaxtrade.load_policy(run)
     # The observation layout (what the set encoder reads) is recorded too.
     assert env_record["obs_layout"] == {"n_assets": 4, "blocks": [len(FEATURE_NAMES), 1],
-                                        "n_globals": 3}
+                                        "n_globals": 3, "mask_token": None}
     (run / "env.json").write_text(json.dumps({**env_record, "obs_layout": {"n_assets": 4}}))
     with pytest.raises(EvaluationError, match=r"env.json: not a jaxtrade env record \('blocks'"):
         jaxtrade.load_policy(run)
@@ -196,7 +196,7 @@ class RenamedMLP(networks.MLPActorCritic):
 
 @pytest.mark.slow
 def test_a_network_with_other_parameter_names_loads_and_decides(monkeypatch, tmp_path, user_csv):
-    def renamed(nc, obs_dim, n_actions, dtype):
+    def renamed(nc, obs_dim, n_actions, dtype, layout):
         return RenamedMLP(obs_dim=obs_dim, n_actions=n_actions, hidden_dim=nc.hidden_dim,
                           dropout=nc.dropout, dtype=dtype)
 

@@ -309,6 +309,7 @@ def test_cli_trains_another_env_and_network_and_resumes(tmp_path, capsys):
 
     env_record = json.loads((run_dir / "env.json").read_text())
     assert env_record == {"name": "masked-walk", "num_actions": 4, "obs_dim": 7,
+                          "obs_layout": None,  # no assets: the set encoder is not for it
                           "action_names": ["left", "right", "stay", "teleport"]}
     run = plot.read_run(run_dir)
     assert run.action_names == ("left", "right", "stay", "teleport")

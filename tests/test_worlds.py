@@ -266,3 +266,44 @@ def test_the_trainer_learns_on_a_pool_and_a_fresh_pool_does_not_retrace(pool, en
     state, fresh_metrics = trainer.run(state, 1, params)
     assert trainer.program._cache_size() == entries
     assert np.isfinite(np.asarray(fresh_metrics["policy_loss"])).all()
+
+
+def test_world_walks_pass_through_every_world_of_a_pool(pool):
+    from jaxtrade.config import Config, EnvConfig, with_values
+    from jaxtrade.envs import PortfolioEnv
+    from jaxtrade.evaluation import (
+        STRATEGIES,
+        make_strategy_walk,
+        make_world_walks,
+        pass_params,
+        walk_key,
+        world_pass_params,
+    )
+    from jaxtrade.networks import init_params, make_network
+
+    market, settings = pool
+    env = PortfolioEnv(market)
+    cfg = with_values(Config(), hidden_dim=8, n_gru_layers=1, precision="fp32",
+                      encoder="set")
+    network = make_network(cfg.network, env.obs_dim, env.num_actions, "cpu",
+                           layout=env.obs_layout)
+    params = init_params(network, jax.random.key(0))
+    world_params = world_pass_params(env, EnvConfig())
+    values, metrics = jax.device_get(jax.jit(make_world_walks(network, env))(
+        params, world_params, walk_key(0), 252.0))
+    tw = market.world_bars
+    assert values.shape == (4, len(STRATEGIES), tw - 1)
+    # World 2's pass is the single pass of its bars.
+    single = pass_params(env, EnvConfig(), 2 * tw + 1, 3 * tw - 1)
+    walk, one = jax.jit(make_strategy_walk(network, env, tw - 2))(params, single, walk_key(0),
+                                                                  252.0)
+    np.testing.assert_allclose(values[2], np.asarray(walk.values), rtol=1e-6)
+    np.testing.assert_allclose(metrics["sharpe"][2], np.asarray(one["sharpe"]), rtol=1e-5)
+    # Buy and hold: the world's own assets at equal weight, costs aside, no padding held.
+    price = np.asarray(market.data.price)
+    for w in range(4):
+        n = int(settings.n_assets[w])
+        first, last = w * tw + 1, (w + 1) * tw - 1
+        index = np.mean(price[last, :n] / price[first, :n])
+        held = values[w, STRATEGIES.index("buy_and_hold"), -1]
+        assert abs(held / index - 1) < 0.03, (w, held, index)

@@ -80,6 +80,10 @@ class EnvParams:
     turnover_penalty: jax.Array  # float32 [], reward penalty per unit of turnover
     drawdown_penalty: jax.Array  # float32 [], reward penalty per unit of drawdown
     ruin_fraction: jax.Array  # float32 [], value (vs 1.0 at start) that ends an episode
+    # int32 [], worlds an episode may start in (a pool of worlds; 1 otherwise): world w's
+    # starts are w * world_bars + [start_min, start_max]. An evaluation pass of a pool sets
+    # 1 and absolute bars.
+    n_worlds: jax.Array
 
 
 _DEFAULTS = PortfolioConfig()  # friction defaults ([env.portfolio]; ranges: their rules)
@@ -207,6 +211,7 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
             turnover_penalty=jnp.asarray(turnover_penalty, f32),
             drawdown_penalty=jnp.asarray(drawdown_penalty, f32),
             ruin_fraction=jnp.asarray(ruin_fraction, f32),
+            n_worlds=jnp.asarray(self.n_worlds, i32),
         )
 
     # ----------------------------------------------------------- protocol hooks
@@ -263,7 +268,7 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         """A new all-cash episode of value 1 at a random start bar."""
         if self.world_bars is not None:  # a random world, then a start inside it
             key, key_world = jax.random.split(key)
-            world = jax.random.randint(key_world, (), 0, self.n_worlds, jnp.int32)
+            world = jax.random.randint(key_world, (), 0, params.n_worlds, jnp.int32)
         t0 = jax.random.randint(key, (), params.start_min, params.start_max + 1, jnp.int32)
         if self.world_bars is not None:
             t0 = t0 + world * self.world_bars
