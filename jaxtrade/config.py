@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 ACCELERATOR_PLATFORMS = ("gpu", "cuda", "rocm", "tpu")
 CPU_PLATFORMS = ("cpu",)
 PRECISIONS = ("auto", "fp32", "bf16")
+WORLD_WARMUP = 20  # a world's first bars, which only warm its features (features.WINDOW)
 DEFAULT_TIMESTEPS = 2_000_000  # run length when none of timesteps/episodes/iterations is given
 RUN_ROOT = "ckpt"  # parent of the default run directories
 
@@ -216,6 +217,37 @@ def setting(
 
 
 @dataclasses.dataclass(frozen=True)
+class WorldsConfig:
+    """[data.worlds]: the procedural worlds of a `--market worlds` run (`jaxtrade.worlds`).
+
+    Training worlds, validation worlds and test worlds come from three disjoint seed
+    streams of `world_seed`; the validation and test worlds are fixed for the run and
+    recorded in market.json, the training pool may be regenerated (`refresh_every`)."""
+
+    n_worlds: int | None = setting(  # None = sized by `default_n_worlds`
+        None, "training worlds held on device", flag="--worlds", metavar="N",
+        rule=AtLeast(1), shape=True,
+        default_text="256 on CPU; on accelerators as many as 5% of the memory budget holds, "
+                     "at most 4096")
+    world_bars: int = setting(  # the first features.WINDOW (20) only warm the features
+        600, "bars generated per world", rule=AtLeast(32), shape=True)
+    val_worlds: int = setting(
+        64, "validation worlds: they choose checkpoints and the baseline to beat",
+        rule=AtLeast(1), shape=True)
+    test_worlds: int = setting(
+        128, "test worlds: only python -m jaxtrade.evaluate reads them", rule=AtLeast(1),
+        shape=True)
+    world_seed: int = setting(
+        0, "seed of the run's worlds (same seed, same worlds)", rule=AtLeast(0), shape=True)
+    refresh_every: int = setting(
+        0, "regenerate the training pool from fresh seeds every K iterations; 0 = never",
+        metavar="K", rule=AtLeast(0))
+
+
+MARKETS = ("fixed", "worlds")
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the bars come from and how they are split (see `jaxtrade.data.load_market`)."""
 
@@ -249,6 +281,11 @@ class DataConfig:
         0, "synthetic market: same seed, same market", rule=AtLeast(0), flag=False, shape=True)
     signal_strength: float = setting(  # 0 = no signal
         1.0, "synthetic market: strength of the tradable signal", rule=AtLeast(0), shape=True)
+    market: str = setting(
+        "fixed", "fixed: one market (the embedded one, or --data) split by date; worlds: "
+        "procedural worlds, train, validation and test worlds apart ([data.worlds])",
+        flag="--market", metavar="KIND", rule=OneOf(MARKETS), shape=True)
+    worlds: WorldsConfig = WorldsConfig()  # [data.worlds]
 
     def synthetic(self) -> SyntheticConfig:
         """The `SyntheticConfig` of the embedded market (other parameters at their defaults)."""
@@ -977,6 +1014,21 @@ def default_n_envs(platform: str) -> int:
     return 65536 if _platform(platform) in ACCELERATOR_PLATFORMS else 64
 
 
+CPU_WORLDS = 256  # default training worlds on CPU
+MAX_DEFAULT_WORLDS = 4096  # ... and the most on an accelerator
+WORLDS_BUDGET_SHARE = 0.05  # ... which may hold this share of the device-memory budget
+
+
+def default_n_worlds(platform: str, budget_bytes: int, world_bytes: int) -> int:
+    """Training worlds when `n_worlds` is unset: `CPU_WORLDS` on CPU; on accelerators as
+    many as `WORLDS_BUDGET_SHARE` of the memory budget holds (`world_bytes` each), between
+    `CPU_WORLDS` and `MAX_DEFAULT_WORLDS`."""
+    if _platform(platform) not in ACCELERATOR_PLATFORMS:
+        return CPU_WORLDS
+    fit = int(WORLDS_BUDGET_SHARE * budget_bytes // max(world_bytes, 1))
+    return max(CPU_WORLDS, min(MAX_DEFAULT_WORLDS, fit))
+
+
 def compute_dtype(precision: str, platform: str) -> jnp.dtype:
     """The matmul dtype for `precision` on `platform` ('auto': bf16 on accelerators, else fp32)."""
     import jax.numpy as jnp
@@ -1149,6 +1201,12 @@ def validate(cfg: Config, n_devices: int = 1) -> Config:
         check(len(d.symbols) > 0, "symbols", d.symbols, "non-empty (or none for all)")
         dupes = sorted({s for s in d.symbols if d.symbols.count(s) > 1})
         check(not dupes, "symbols", d.symbols, f"unique (repeated: {', '.join(dupes)})")
+    if d.market == "worlds":
+        check(d.path is None, "market", d.market, "fixed with --data (worlds are generated)")
+        w = d.worlds
+        usable = w.world_bars - WORLD_WARMUP - 2  # steps of a world's longest episode
+        check(cfg.env.episode_length <= usable, "episode_length", cfg.env.episode_length,
+              f"<= {usable} with world_bars={w.world_bars} (a world holds its episodes)")
     if (batch := batch_problem(cfg, n_devices)) is not None:
         problems.append(batch)
 

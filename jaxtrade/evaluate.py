@@ -99,12 +99,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from jaxtrade.engine.assess import AssessRequest, EpisodeAssessment, assess
+    from jaxtrade.engine.worlds_report import WorldsAssessment
 
     result = assess(AssessRequest(
         run_dir=args.run_dir, checkpoint=args.checkpoint, data=args.data, range=args.range,
         start=args.start, end=args.end, sample=args.sample, seed=args.seed,
     ))
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
+    if isinstance(result, WorldsAssessment):
+        write_worlds_outputs(out, result, args.run_dir)
+        print_worlds_report(result.report, show_all=args.all)
+        print(f"wrote report.json, worlds.csv, worlds.png to {out}")
+        return 0
     if isinstance(result, EpisodeAssessment):
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.json").write_text(json.dumps(result.report, indent=2) + "\n")
@@ -156,7 +162,11 @@ def print_report(result, show_all: bool) -> None:
           + (f"; model score {score:+.2f}" if score is not None else ""))
     print(f"range: {r['start']} .. {r['end']} ({r['bars']} bars, {r['what']}) of "
           f"{report['data']['source']}")
-    if choice:
+    if choice and choice["chosen_on"] == "validation worlds":
+        print(f"baseline: {baseline}, the best fixed strategy by median Sharpe over the run's "
+              f"{choice['validation_worlds']} validation worlds "
+              f"({choice['validation_sharpe'][baseline]:+.2f} there)")
+    elif choice:
         print(f"baseline: {baseline}, the best fixed strategy by Sharpe on the validation range "
               f"({choice['validation']['start']} .. {choice['validation']['end']}; Sharpe "
               f"{choice['validation_sharpe'][baseline]:+.2f} there) among {len(BASELINES)} "
@@ -170,6 +180,106 @@ def print_report(result, show_all: bool) -> None:
     for line in statistics_lines(report["statistics"], baseline):
         print(line)
     print(f"verdict: {report['verdict']}")
+
+
+WORLD_COLUMNS = (  # the worlds table: (header, metric, format), medians over worlds
+    ("Sharpe", "sharpe", "{:+.2f}"),
+    ("p25", "sharpe", "{:+.2f}"),
+    ("p75", "sharpe", "{:+.2f}"),
+    ("return", "total_return", "{:+.2%}"),
+    ("max DD", "max_drawdown", "{:.2%}"),
+    ("turnover", "turnover_total", "{:.2f}"),
+    ("costs", "costs_fraction", "{:.3%}"),
+)
+
+
+def write_worlds_outputs(out: Path, result, run_dir: str) -> None:
+    """report.json, worlds.csv (a row per world: its settings, the headline strategies'
+    Sharpe ratios and returns, the policy's PSR and DSR) and worlds.png."""
+    from jaxtrade.evaluation import POLICY, STRATEGIES
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(result.report, indent=2) + "\n")
+    pd.DataFrame(result.per_world).to_csv(out / "worlds.csv", index=False, float_format="%.6g")
+    plot_worlds(out / "worlds.png", result.sharpe[:, STRATEGIES.index(POLICY)],
+                result.sharpe[:, STRATEGIES.index(result.baseline)],
+                np.asarray([r["signal_strength"] for r in result.per_world]), result.baseline,
+                f"{run_dir} @ {result.report['checkpoint']['iteration']} | "
+                f"{result.report['worlds']['count']} {result.report['worlds']['stream']} worlds")
+
+
+def print_worlds_report(report: dict, show_all: bool) -> None:
+    """The policy, worlds and baseline lines, the table of medians over worlds, the
+    statistics and the verdict."""
+    from jaxtrade.evaluation import POLICY, STRATEGIES
+
+    w, b, st = report["worlds"], report["baseline"], report["statistics"]
+    print(f"policy: {report['checkpoint']['path']} ({report['selection']['chosen_by']}; "
+          f"{report['actions']}, seed {report['seed']})")
+    print(f"worlds: {w['count']} {w['stream']} worlds of seed {w['seed']}, {w['steps_per_world']} "
+          f"steps each ({w['what']})")
+    print(f"baseline: {b['name']}, the best fixed strategy by median Sharpe over "
+          f"{b['validation_worlds']} validation worlds "
+          f"({b['validation_median_sharpe'][b['name']]:+.2f} there)")
+    names = STRATEGIES if show_all else list(dict.fromkeys([POLICY, *headline(b["name"])]))
+    first = "strategy (medians over worlds)"
+    width = max(len(first), *(len(label(n, b["name"])) for n in names)) + 2
+    header = (first.ljust(width)
+              + "".join(h.rjust(10) for h, _, _ in WORLD_COLUMNS) + "policy wins".rjust(12))
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        m = report["strategies"][name]
+        cells = []
+        for h, key, fmt in WORLD_COLUMNS:
+            v = m[key]["p25" if h == "p25" else "p75" if h == "p75" else "median"]
+            cells.append((fmt.format(v) if math.isfinite(v) else "-").rjust(10))
+        share = m["policy_beats_share"]
+        print(label(name, b["name"]).ljust(width) + "".join(cells)
+              + ("" if share is None else f"{share:.0%}").rjust(12))
+    d = st["sharpe_difference"]
+    print(f"policy minus {b['name']}: median Sharpe difference {d['estimate']:+.2f}, "
+          f"{d['level']:.0%} interval [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] (worlds "
+          f"resampled); won {st['wins']}, lost {st['losses']}, tied {st['ties']} worlds "
+          f"(sign test p = {st['sign_test_p']:.3f})")
+    dsr, trials = st["policy_dsr"], st["dsr_trials"]
+    print(f"policy DSR: median {dsr['median']:.2f} over worlds (deflated by "
+          f"{trials['candidates']} checkpoint candidates), above 0.95 in "
+          f"{st['share_dsr_above_0.95']:.0%} of the worlds")
+    print(f"verdict: {report['verdict']}")
+
+
+def plot_worlds(path: Path, policy: np.ndarray, baseline: np.ndarray, signal: np.ndarray,
+                baseline_name: str, title: str) -> None:
+    """Per world: the policy's Sharpe against the baseline's (above the diagonal: the policy
+    won), coloured by the world's signal strength; and the histogram of the differences."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, hist) = plt.subplots(1, 2, figsize=(11, 4.6))
+    lo = float(np.nanmin([policy.min(), baseline.min()])) - 0.2
+    hi = float(np.nanmax([policy.max(), baseline.max()])) + 0.2
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
+    dots = ax.scatter(baseline, policy, c=signal, cmap="viridis", s=18, alpha=0.85)
+    fig.colorbar(dots, ax=ax, label="world signal strength (0 = nothing to learn)")
+    ax.set_xlabel(f"{baseline_name} Sharpe (annualised)")
+    ax.set_ylabel("policy Sharpe (annualised)")
+    ax.set_title(f"per world: above the line, the policy won ({np.mean(policy > baseline):.0%})",
+                 fontsize=10)
+    diff = policy - baseline
+    hist.hist(diff, bins=min(40, max(10, diff.size // 4)), color="#1f77b4", alpha=0.8)
+    hist.axvline(0, color="grey", ls="--", lw=1)
+    hist.axvline(float(np.median(diff)), color="#d62728", lw=1.5,
+                 label=f"median {np.median(diff):+.2f}")
+    hist.set_xlabel(f"policy minus {baseline_name} Sharpe")
+    hist.set_ylabel("worlds")
+    hist.legend(fontsize=9)
+    fig.suptitle(title, x=0.01, ha="left", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def print_episode_report(report: dict) -> None:

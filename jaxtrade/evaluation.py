@@ -312,6 +312,66 @@ def make_evaluator(network: Network, env: PortfolioEnv, env_config: EnvConfig,
     return run
 
 
+def world_baselines(env: PortfolioEnv, env_config: EnvConfig, seed: int,
+                    bars_per_year: float) -> dict:
+    """Every baseline through every world of a pool (`world_pass_params`): their metrics,
+    leaves [W, len(BASELINES)], and the one to beat, the highest median Sharpe ratio over
+    the worlds (`choose_baseline`): what a user without RL would pick on these worlds.
+    Host-side; the walks run once, in one program."""
+    world_params = world_pass_params(env, env_config)
+    run = make_baseline_evaluation(env, env.world_bars - 2)
+    metrics = jax.device_get(jax.jit(jax.vmap(run, in_axes=(world_axes(world_params), None,
+                                                            None)))(
+        world_params, walk_key(seed), jnp.float32(bars_per_year)))
+    medians = {name: float(np.median(metrics["sharpe"][:, i]))
+               for i, name in enumerate(BASELINES)}
+    return {"metrics": metrics, "median_sharpe": medians, "name": choose_baseline(medians)}
+
+
+def make_world_evaluator(network: Network, env: PortfolioEnv, env_config: EnvConfig,
+                         bars_per_year: float, seed: int, params_like):
+    """The validation walks of a worlds run (`env`: over its validation worlds), compiled
+    once, like `make_evaluator`'s walk of a range.
+
+    Returns `evaluate(params, health) -> {metric: scalar}`: the policy's greedy pass through
+    each world (`walk_key(seed)`); each `walk_metrics` entry is its median over the worlds;
+    sharpe_iqr is the spread of the worlds' Sharpe ratios (75th minus 25th percentile),
+    worlds_won the share of worlds where the policy's Sharpe ratio beats the baseline's
+    (`world_baselines`, chosen on these worlds), baseline that baseline's name; `score` is
+    `score` of the medians with `health`.
+    """
+    world_params = world_pass_params(env, env_config)
+    base = world_baselines(env, env_config, seed, bars_per_year)
+    target = jnp.asarray(base["metrics"]["sharpe"][:, BASELINES.index(base["name"])])
+    walk = make_policy_walk(network, env, env.world_bars - 2)
+    key = walk_key(seed)
+
+    def evaluate(params, world_params: EnvParams, health: dict) -> dict:
+        def one(env_params):
+            _, traj = walk(params, env_params, key)
+            return jax.tree.map(lambda x: x[0], walk_metrics(policy_walk(traj), env_params,
+                                                             bars_per_year))
+
+        rows = jax.vmap(one, in_axes=(world_axes(world_params),))(world_params)
+        out = jax.tree.map(lambda x: jnp.median(x, axis=0), rows)
+        q25, q75 = jnp.percentile(rows["sharpe"], jnp.array([25.0, 75.0]))
+        out["sharpe_iqr"] = q75 - q25
+        out["worlds_won"] = jnp.mean((rows["sharpe"] > target).astype(jnp.float32))
+        out["score"] = score(out, health)
+        return out
+
+    health_shape = {k: jax.ShapeDtypeStruct((), jnp.float32)
+                    for k in (*HEALTH_KEYS, "valid_actions")}
+    compiled = jax.jit(evaluate).lower(params_like, world_params, health_shape).compile()
+
+    def run(params, health: Mapping[str, float]) -> dict:
+        h = {k: np.float32(health[k]) for k in HEALTH_KEYS}
+        h["valid_actions"] = np.float32(health.get("valid_actions", env.num_actions))
+        return {**compiled(params, world_params, h), "baseline": base["name"]}
+
+    return run
+
+
 # ------------------------------------------------------------------------ any env: episodes
 EPISODE_ENVS = 64  # envs of an episode evaluation: 64 first episodes per walk
 

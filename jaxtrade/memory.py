@@ -74,7 +74,7 @@ class MemoryEstimate:
         return self.fixed_bytes + self.per_env_bytes * self.envs_per_device
 
 
-def _tree_bytes(tree) -> int:
+def tree_bytes(tree) -> int:
     """Bytes of the leaves of a tree of arrays or `jax.ShapeDtypeStruct`s."""
     return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
@@ -95,7 +95,7 @@ def _fixed_parts(config: Config, env: Environment) -> dict[str, int]:
         "old_params": p,  # the rollout-time parameters of the joint epochs
         # The env's arrays (for the portfolio, the market's features, scores and prices):
         # one copy for all envs.
-        "market": _tree_bytes(_params_shapes(config, env)),
+        "market": tree_bytes(_params_shapes(config, env)),
     }
 
 
@@ -106,7 +106,7 @@ def _env_step_bytes(config: Config, env: Environment) -> tuple[int, int]:
     _, state = jax.eval_shape(env.reset, key, params)
     *_, info = jax.eval_shape(env.step, key, state, jax.ShapeDtypeStruct((), jnp.int32), params)
     info.pop("final_obs")
-    return _tree_bytes(state), _tree_bytes(info)
+    return tree_bytes(state), tree_bytes(info)
 
 
 def _transition_bytes(env: Environment, info_bytes: int, dtype: jnp.dtype) -> int:
@@ -127,7 +127,7 @@ def _per_env_parts(config: Config, env: Environment) -> dict[str, int]:
     network = build_network(config, env)
     dtype = network.dtype
     state_bytes, info_bytes = _env_step_bytes(config, env)
-    hidden = _tree_bytes(jax.eval_shape(lambda: network.initial_state(1)))  # recurrent state
+    hidden = tree_bytes(jax.eval_shape(lambda: network.initial_state(1)))  # recurrent state
     transition = _transition_bytes(env, info_bytes, dtype)
     # Carry: env state, float32 obs, recurrent state, reset flag, running return; plus
     # the recurrent state before the rollout, which the update re-runs sequences from.

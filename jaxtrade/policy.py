@@ -118,7 +118,11 @@ class Policy:
                 f"the {PortfolioEnv.name} env's regimes, so it loads {PortfolioEnv.name} runs only"
             )
         obs_dim, n_actions, layout = self._trained_dims()
+        # The set encoder reads any number of assets, in any order (its blocks are per asset).
+        self.any_assets = self.config.network.encoder == "set" and layout is not None
+        self.layout = layout
         self.network = make_network(self.config.network, obs_dim, n_actions, layout=layout)
+        self.n_actions = n_actions
         mismatch = ckpt.first_shape_mismatch(ckpt.leaf_shapes(params),
                                              ckpt.leaf_shapes(param_shapes(self.network)))
         if mismatch is not None:
@@ -128,7 +132,9 @@ class Policy:
                 f"{self.config.network.kind} network for obs {obs_dim} and {n_actions} "
                 f"actions: params/{where} is {saved} saved but {built} built"
             )
-        self._programs: dict[int, Any] = {}
+        self._programs: dict[tuple[int, int], Any] = {}
+        self._networks: dict[int, Any] = {layout.n_assets if layout else self.n_assets:
+                                          self.network}
 
     def _trained_dims(self) -> tuple[int, int, ObsLayout | None]:
         """(obs_dim, n_actions, obs_layout) the run trained with: RUN_DIR/env.json's (a
@@ -166,6 +172,25 @@ class Policy:
     def n_assets(self) -> int:
         return len(self.symbols)
 
+    def network_for(self, n_assets: int):
+        """The network that reads a market of `n_assets` assets with these parameters: the
+        trained one, or for a set encoder (`any_assets`) the same blocks over another
+        number of assets.
+
+        Raises:
+          EvaluationError: another asset count for a model that reads a fixed one.
+        """
+        if n_assets not in self._networks:
+            if not self.any_assets:
+                raise EvaluationError(
+                    f"the model was trained on {self.n_assets} assets with the "
+                    f"{self.config.network.encoder} encoder, which reads that many only; "
+                    f"give it data with {self.n_assets} assets (the set encoder reads any)")
+            layout = dataclasses.replace(self.layout, n_assets=n_assets)
+            self._networks[n_assets] = make_network(self.config.network, layout.obs_dim,
+                                                    self.n_actions, layout=layout)
+        return self._networks[n_assets]
+
     def __repr__(self) -> str:
         return (f"Policy({str(self.checkpoint.path)!r}, {self.n_assets} assets: "
                 f"{', '.join(self.symbols)})")
@@ -181,7 +206,7 @@ class Policy:
         """
         if set(self.symbols) <= set(available):
             return list(self.symbols)
-        if len(available) == self.n_assets:
+        if len(available) == self.n_assets or self.any_assets:
             return None
         raise EvaluationError(
             f"{source}: the model was trained on {self.n_assets} assets "
@@ -190,9 +215,13 @@ class Policy:
         )
 
     def market(self, panel: Panel) -> Market:
-        """`panel` as a market scaled with the training statistics (no split)."""
-        return build_market(panel, stats=self.stats, episode_length=1, val_fraction=0.0,
-                            test_fraction=0.0)
+        """`panel` as a market scaled with the training statistics (no split); for a model
+        that read which assets exist (trained on worlds), every asset of `panel` exists."""
+        market = build_market(panel, stats=self.stats, episode_length=1, val_fraction=0.0,
+                              test_fraction=0.0)
+        if self.layout is not None and self.layout.mask_token is not None:
+            market = with_all_assets(market)
+        return market
 
     # -------------------------------------------------------------------- decisions
     def __call__(self, bars: pd.DataFrame,
@@ -247,7 +276,7 @@ class Policy:
         program = self._program(env, n - 1)
         action, probs, target, start = jax.device_get(program(
             self.params, env_params, walk_key(self.seed),
-            jnp.zeros(self.n_assets + 1, jnp.float32) if held is None else held,
+            jnp.zeros(len(panel.symbols) + 1, jnp.float32) if held is None else held,
             jnp.asarray(held is not None),
         ))
         names = [*panel.symbols, CASH]
@@ -276,8 +305,8 @@ class Policy:
 
     def _program(self, env: PortfolioEnv, n_steps: int):
         """jit: the pass of `n_steps` steps, then the decision; one per history length."""
-        if n_steps not in self._programs:
-            network = self.network
+        if (n_steps, env.n_assets) not in self._programs:
+            network = self.network_for(env.n_assets)
             walk = make_policy_walk(network, env, n_steps)
 
             def decide(params, env_params, key, weights, use_weights):
@@ -292,8 +321,17 @@ class Policy:
                 target = regimes.target_weights(action, scores, held[0])
                 return action, jax.nn.softmax(logits[0]), target, held[0]
 
-            self._programs[n_steps] = jax.jit(decide)
-        return self._programs[n_steps]
+            self._programs[n_steps, env.n_assets] = jax.jit(decide)
+        return self._programs[n_steps, env.n_assets]
+
+
+def with_all_assets(market: Market) -> Market:
+    """`market` with an asset mask in which every asset exists: the observation of a pool
+    of worlds (a flag per asset), for a model trained on worlds to read real data."""
+    if market.data.asset_mask is not None:
+        return market
+    mask = np.ones(market.data.price.shape, bool)
+    return dataclasses.replace(market, data=market.data.replace(asset_mask=mask))
 
 
 def _pad(panel: Panel, k: int) -> Panel:

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     for old in ("--eval-fraction", "--split-date"):  # older flags: refused, naming the new ones
         g.add_argument(old, dest=old[2:].replace("-", "_"), help=argparse.SUPPRESS)
     cfgmod.add_flags(g, ("max_fill", "signal_strength", "name", "episode_length"))
+    g = p.add_argument_group("procedural worlds (--market worlds)")
+    cfgmod.add_flags(g, ("market", "n_worlds", "world_bars", "val_worlds", "test_worlds",
+                         "world_seed", "refresh_every"))
     g = p.add_argument_group("rollout and duration (--timesteps > --episodes > --iterations)")
     cfgmod.add_flags(g, ("n_envs", "n_steps", "n_minibatches", "timesteps", "episodes",
                          "iterations"))
@@ -121,6 +124,8 @@ def config_from_args(
     values = cfgmod.flag_values(args, FLAG_FIELDS)  # comma-separated lists split
     if args.verbose or args.quiet:
         values["verbosity"] = 2 if args.verbose else 0
+    if values.get("path") is not None and values.get("market") is None:
+        values["market"] = "fixed"  # --data is a fixed market (e.g. fine-tuning a worlds run)
     cfg = cfgmod.with_values(cfg, **values)
     if args.hyperparams:
         cfg = cfgmod.apply_overrides(cfg, args.hyperparams)

@@ -357,6 +357,95 @@ def pool_market(seed: int, stream: str, indices, n_bars: int,
     return market, settings
 
 
+def settings_of(seed: int, stream: str, indices, prior: WorldPrior = WorldPrior()) -> WorldSettings:
+    """The settings of worlds `indices` of `stream` (leaves [W, ...]) as `make_worlds` draws
+    them, without generating their bars (market.json records the test worlds' settings
+    without a training run ever generating them)."""
+    return _settings_of(jnp.int32(seed), jnp.int32(STREAMS.index(stream)),
+                        jnp.asarray(indices, jnp.int32), prior)
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _settings_of(seed, stream, indices, prior):
+    def one(index):
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stream), index)
+        return sample_settings(jax.random.split(key)[0], prior)
+
+    return jax.vmap(one)(indices)
+
+
+WORLDS_FORMAT = 1  # layout of the "worlds" entry of market.json
+
+
+@dataclasses.dataclass(frozen=True)
+class RunWorlds:
+    """The procedural worlds of one run (`--market worlds`): training pools, validation
+    worlds and test worlds from the three disjoint streams of `seed`.
+
+    Training pool generation g holds train worlds g * n_worlds .. (g + 1) * n_worlds - 1:
+    with `refresh_every` K, iteration i trains on generation i // K (a resumed run finds
+    its pool from the iteration alone), and no world is ever trained on again once its
+    generation is over. Every pool is normalised with the statistics of generation 0
+    (the network learned with them). Validation worlds 0 .. val_worlds - 1 and test worlds
+    0 .. test_worlds - 1 are fixed for the run; training never generates a test world.
+    """
+
+    seed: int
+    n_worlds: int
+    n_bars: int  # generated per world; the first features.WINDOW warm the features
+    val_worlds: int
+    test_worlds: int
+    refresh_every: int = 0
+    prior: WorldPrior = WorldPrior()
+
+    def generation(self, iteration: int) -> int:
+        """The training pool iteration `iteration` (0-based, the next to run) trains on."""
+        return iteration // self.refresh_every if self.refresh_every else 0
+
+    def train_indices(self, generation: int) -> np.ndarray:
+        return np.arange(generation * self.n_worlds, (generation + 1) * self.n_worlds)
+
+    def pool(self, stream: str, generation: int = 0, stats=None):
+        """(Market, settings) of the training pool `generation`, or of the validation or
+        test worlds (`pool_market`; `stats`: the run's normalisation, None to fit it)."""
+        if stream == "train":
+            indices = self.train_indices(generation)
+        else:
+            indices = np.arange(self.val_worlds if stream == "validation" else self.test_worlds)
+        return pool_market(self.seed, stream, indices, self.n_bars, self.prior, stats)
+
+    def world_bytes(self) -> int:
+        """Device bytes of one world in a pool (features, scores, price, mask)."""
+        per_bar_asset = (len(feats.FEATURE_NAMES) + len(feats.SCORE_NAMES) + 1) * 4 + 1
+        return (self.n_bars - feats.WINDOW) * self.prior.max_assets * per_bar_asset
+
+    def record(self) -> dict:
+        """market.json's "worlds" entry: how to rebuild every world of the run (seed, bars,
+        prior), and the settings of each validation and test world."""
+        def stream(name: str, n: int) -> dict:
+            return {"worlds": n, "settings": describe(settings_of(self.seed, name, range(n),
+                                                                  self.prior))}
+
+        return {
+            "format": WORLDS_FORMAT,
+            "seed": self.seed,
+            "bars_per_world": self.n_bars,
+            "prior": dataclasses.asdict(self.prior),
+            "train": {"worlds": self.n_worlds, "refresh_every": self.refresh_every,
+                      "indices": "generation g: g * worlds .. (g + 1) * worlds - 1"},
+            "validation": stream("validation", self.val_worlds),
+            "test": stream("test", self.test_worlds),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict) -> RunWorlds:
+        prior = {k: tuple(v) if isinstance(v, list) else v for k, v in record["prior"].items()}
+        return cls(seed=record["seed"], n_worlds=record["train"]["worlds"],
+                   n_bars=record["bars_per_world"], val_worlds=record["validation"]["worlds"],
+                   test_worlds=record["test"]["worlds"],
+                   refresh_every=record["train"]["refresh_every"], prior=WorldPrior(**prior))
+
+
 @jax.jit
 def _featurise(bars: WorldBars) -> tuple[jax.Array, jax.Array]:
     return jax.vmap(features)(bars)

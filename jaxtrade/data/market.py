@@ -4,6 +4,7 @@ validation and test ranges."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import numpy as np
@@ -73,6 +74,10 @@ class Market:
     # A pool of procedural worlds laid end to end: each world's bars; episodes start and
     # end inside one world (`jaxtrade.worlds.pool_market`). None: one market.
     world_bars: int | None = None
+    # A run's procedural worlds (`jaxtrade.worlds.RunWorlds`): this market is one of its
+    # training pools, and `validation_pool` its validation worlds (validation walks them).
+    worlds: Any = None
+    validation_pool: Market | None = None
 
     @property
     def n_worlds(self) -> int:
@@ -160,6 +165,8 @@ def market_record(market: Market) -> dict:
         "feature_window": feats.WINDOW,
         "stats": market.stats.to_dict(),
         **{name: market.span(name) for name in RANGES},
+        # How to rebuild the run's worlds, and each validation and test world's settings.
+        **({"worlds": market.worlds.record()} if market.worlds is not None else {}),
     }
 
 

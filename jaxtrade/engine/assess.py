@@ -130,11 +130,15 @@ def check_run(request: AssessRequest) -> None:
 def own_market(policy):
     """The run's own data, all of it, normalised with the run's training statistics."""
     from jaxtrade.data.market import load_market
+    from jaxtrade.policy import with_all_assets
 
     d = policy.config.data
-    return load_market(d.path, symbols=d.symbols, start=d.start, end=d.end, max_fill=d.max_fill,
-                       synthetic=d.synthetic(), stats=policy.stats, episode_length=1,
-                       val_fraction=0.0, test_fraction=0.0)
+    market = load_market(d.path, symbols=d.symbols, start=d.start, end=d.end,
+                         max_fill=d.max_fill, synthetic=d.synthetic(), stats=policy.stats,
+                         episode_length=1, val_fraction=0.0, test_fraction=0.0)
+    if policy.layout is not None and policy.layout.mask_token is not None:
+        market = with_all_assets(market)  # it learned on worlds: every asset here exists
+    return market
 
 
 def choose_range(request: AssessRequest, policy, own):
@@ -187,7 +191,8 @@ def walk(policy, market, first: int, last: int, sample: bool):
 
     env = make_env(policy.config.env.name, market)
     env_params = pass_params(env, policy.config.env, first, last)
-    program = jax.jit(make_strategy_walk(policy.network, env, last - first, greedy=not sample))
+    network = policy.network_for(env.n_assets)
+    program = jax.jit(make_strategy_walk(network, env, last - first, greedy=not sample))
     return jax.device_get(program(policy.params, env_params, walk_key(policy.seed),
                                   jnp.float32(market.bars_per_year)))
 
@@ -220,26 +225,39 @@ def model_score(metrics, health: dict) -> float | None:
     return float(score({k: v[0] for k, v in metrics.items()}, health))
 
 
-def assess(request: AssessRequest) -> Assessment | EpisodeAssessment:
+def assess(request: AssessRequest):
     """The whole comparison (see the module docstring)."""
     from jaxtrade import checkpoint as ckpt
     from jaxtrade import report as comparison
     from jaxtrade.engine.start import load_run_market
-    from jaxtrade.envs import make_env
+    from jaxtrade.envs import NAMES, make_env
     from jaxtrade.evaluation import STRATEGIES
     from jaxtrade.policy import CASH, load_policy
 
     check_run(request)
     saved = ckpt.select(request.run_dir, request.checkpoint)
-    env = make_env(saved.config.env.name, load_run_market(saved.config, test=True))
-    if not env.trading:  # the env's own report: its episodes against chance
-        return assess_episodes(request, saved, env)
+    if saved.config.data.market == "worlds":  # a portfolio run on procedural worlds
+        if not request.data:  # its test worlds
+            from jaxtrade.engine.worlds_report import assess_worlds
+
+            return assess_worlds(request)
+        action_names = NAMES  # on the user's data: the trading report below
+    else:
+        env = make_env(saved.config.env.name, load_run_market(saved.config, test=True))
+        if not env.trading:  # the env's own report: its episodes against chance
+            return assess_episodes(request, saved, env)
+        action_names = env.action_names
     policy = load_policy(request.run_dir, request.checkpoint, seed=request.seed)
     cfg, record, source, seed = policy.config, policy.record, policy.checkpoint, policy.seed
     own = own_market(policy)
     market, range_name, first, last, what, notes = choose_range(request, policy, own)
     # The baseline to beat, chosen on the run's validation range (as a user without RL would).
-    choice = comparison.choose_on_validation(own, record, cfg.env, seed)
+    if cfg.data.market == "worlds":
+        from jaxtrade.engine.worlds_report import choose_on_validation_worlds
+
+        choice = choose_on_validation_worlds(policy)
+    else:
+        choice = comparison.choose_on_validation(own, record, cfg.env, seed)
     strategies, metrics = walk(policy, market, first, last, request.sample)
     health = source.meta.get("metrics") or {}
     selection = comparison.checkpoint_selection(request.run_dir, request.checkpoint)
@@ -249,7 +267,7 @@ def assess(request: AssessRequest) -> Assessment | EpisodeAssessment:
         {name: strategies.values[i] for i, name in enumerate(STRATEGIES)}, baseline,
         market.bars_per_year, selection, choice, record["bars_per_year"], seed)
     dates = market.dates[first:last + 1]
-    table = strategy_table(strategies, metrics, statistics, env.action_names)
+    table = strategy_table(strategies, metrics, statistics, action_names)
     report = {
         "jaxtrade_version": __version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

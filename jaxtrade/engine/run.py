@@ -36,6 +36,7 @@ from jaxtrade.engine.start import (
     eval_interval,
     load_run_market,
     plan_start,
+    resolve_worlds,
     size_n_envs,
 )
 from jaxtrade.rows import ENV_FILE
@@ -104,11 +105,15 @@ def prepare(request: StartRequest, options: RunOptions) -> Plan:
     mesh = parallel.make_mesh(options.devices)
     n_devices = mesh.size
     start = plan_start(request, jax.default_backend(), n_devices)
-    cfg = start.cfg
-    market = load_run_market(cfg)
     max_vram = options.max_vram_gb
     if max_vram is None and options.preset:
         max_vram = cfgmod.PRESET_MAX_VRAM_GB.get(options.preset)
+    cfg = resolve_worlds(start.cfg, jax.default_backend(), max_vram)
+    market = load_run_market(cfg)
+    if start.source is not None and reads_asset_flags(start.source.run_dir):
+        from jaxtrade.policy import with_all_assets
+
+        market = with_all_assets(market)  # a model trained on worlds, on one market
     env = make_env(cfg.env.name, market)  # the name was checked by the config's rule
     eval_every = eval_interval(cfg, env, given=options.eval_every_given)
     sizing = size_n_envs(cfg, env, n_devices, max_vram, given=start.n_envs_given,
@@ -121,6 +126,17 @@ def prepare(request: StartRequest, options: RunOptions) -> Plan:
                 run_dir)
 
 
+def reads_asset_flags(run_dir: Path) -> bool:
+    """Whether the run in `run_dir` trained with a flag per asset saying it exists (a pool
+    of worlds: env.json's obs_layout has a mask_token); a run started from its weights
+    observes its market the same way."""
+    path = Path(run_dir) / ENV_FILE
+    if not path.exists():
+        return False
+    layout = json.loads(path.read_text()).get("obs_layout") or {}
+    return layout.get("mask_token") is not None
+
+
 def print_banner(plan: Plan, console: Console) -> None:
     """Devices, market, env, model, batch, memory, run, evaluation and test range: printed
     and flushed before anything is placed on a device or compiled."""
@@ -131,9 +147,21 @@ def print_banner(plan: Plan, console: Console) -> None:
     pc, n_devices = cfg.ppo, plan.mesh.size
     say(f"jaxtrade {__version__} | jax {jax.__version__} | {parallel.describe(plan.mesh)}, "
         f"{jax.default_backend()} | precision {np.dtype(plan.network.dtype).name}")
-    say(f"market: {market.describe()}")
-    for line in market.report:
-        say(f"  {line}")
+    if (worlds := market.worlds) is not None:
+        prior, val = worlds.prior, market.validation_pool
+        say(f"market: procedural worlds (seed {worlds.seed}): {worlds.n_worlds:,} training "
+            f"worlds of {market.world_bars} bars, {prior.n_assets[0]}-{prior.n_assets[1]} "
+            f"assets (padded to {market.n_assets}), "
+            f"{memory.format_bytes(memory.tree_bytes(market.data))} on each device; "
+            f"{val.n_worlds} validation worlds, {worlds.test_worlds} test worlds")
+        say("  " + (f"a fresh training pool every {worlds.refresh_every} iterations "
+                    f"(generation g: train worlds g x {worlds.n_worlds:,} ..)"
+                    if worlds.refresh_every else
+                    "the same training pool throughout (--refresh-every K for fresh ones)"))
+    else:
+        say(f"market: {market.describe()}")
+        for line in market.report:
+            say(f"  {line}")
     say(f"env: {env.name}")
     for line in env.notes():
         say(f"  {line}")
@@ -160,9 +188,13 @@ def print_banner(plan: Plan, console: Console) -> None:
         say("eval: off" + ("" if env.validation_unavailable() is None
                            else " (no validation range)"))
     test = market.span("test")
-    say("test: " + (f"{test['bars']} bars ({test['start']} .. {test['end']}) withheld: "
-                    f"training never reads them; python -m jaxtrade.evaluate reports on them"
-                    if test else "none (every bar trains or validates)"))
+    if market.worlds is not None:
+        say(f"test: {market.worlds.test_worlds} test worlds, a seed stream of their own: "
+            f"training never generates them; python -m jaxtrade.evaluate reports on them")
+    else:
+        say("test: " + (f"{test['bars']} bars ({test['start']} .. {test['end']}) withheld: "
+                        f"training never reads them; python -m jaxtrade.evaluate reports on "
+                        f"them" if test else "none (every bar trains or validates)"))
     sys.stdout.flush()
 
 
@@ -222,8 +254,10 @@ class Session:
         self.devices = f"{n} device{'s' if n > 1 else ''}"
         self.mode = plan.start.mode
         self.status, self.message = "completed", None
-        self.train_s = self.compile_s = 0.0
+        self.train_s = self.compile_s = self.refresh_s = 0.0
         self.compiled: dict[int, Any] = {}
+        self.worlds = plan.market.worlds  # a worlds run's RunWorlds, else None
+        self.generation = 0  # of the training pool the trainer's env params hold
         self.peak: dict[str, Any] = {}
         self.evaluator = None
 
@@ -260,6 +294,7 @@ class Session:
                     else:
                         state = ckpt.warm_start(state, params)
             self.state = jax.block_until_ready(self.trainer.place(state))
+        self.env_params = self.trainer.env_params
         self.init_s = time.perf_counter() - self.t_start
 
     def record_start(self) -> None:
@@ -376,7 +411,7 @@ class Session:
         t0 = time.perf_counter()
         span = f" {done + 1}" if k == 1 else f"s {done + 1}-{done + k}"
         with self.watchdog.waiting(f"running iteration{span}"):
-            self.state, metrics = fn(self.state, self.trainer.env_params)
+            self.state, metrics = fn(self.state, self.env_params)
             metrics = jax.device_get(metrics)
         dt_s = time.perf_counter() - t0
         if not self.peak:
@@ -409,6 +444,41 @@ class Session:
                 "episodes_this_iteration": int(row["episodes"]),
             })
         return rows
+
+    def refresh_pool(self) -> None:
+        """A worlds run with --refresh-every K: before iteration i, the training pool of
+        generation i // K (`RunWorlds.generation`), generated and normalised with the run's
+        statistics, swapped into the env params: an argument of the compiled program, same
+        shapes and placement, so nothing is traced or compiled again. Episodes in progress
+        go on at the same bar of the new pool's world."""
+        from jaxtrade.envs import make_env
+
+        if self.worlds is None:
+            return
+        generation = self.worlds.generation(self.done_iters)
+        if generation == self.generation:
+            return
+        market = self.plan.market
+        t0 = time.perf_counter()
+        with self.watchdog.waiting(f"generating training pool {generation}"):
+            pool, _ = self.worlds.pool("train", generation, stats=market.stats)
+            env = make_env(self.cfg.env.name, pool)
+            params = env.make_params("train", **self.cfg.env.params_kwargs())
+            self.env_params = jax.block_until_ready(
+                parallel.put_replicated(params, self.plan.mesh))
+        self.generation = generation
+        self.refresh_s += time.perf_counter() - t0
+        lo, hi = self.worlds.train_indices(generation)[[0, -1]]
+        self.console.line(f"worlds: training pool {generation} (train worlds {lo}..{hi}) "
+                          f"generated in {time.perf_counter() - t0:.1f}s")
+
+    def call_length(self, k_call: int) -> int:
+        """Iterations of the next call: at most k_call, and none past the end or past the
+        next refresh of the training pool."""
+        k = min(k_call, self.plan.total_iters - self.done_iters)
+        if self.worlds is not None and (every := self.worlds.refresh_every):
+            k = min(k, (self.done_iters // every + 1) * every - self.done_iters)
+        return k
 
     def validate(self, rows: list[dict]) -> None:
         """On its cadence and at the end: the validation walk of the parameters this call
@@ -487,12 +557,13 @@ class Session:
             total, k_call = self.plan.total_iters, min(self.cfg.run.iterations_per_call,
                                                        self.plan.total_iters)
             if not stop():
-                self.program(min(k_call, total - self.done_iters))
+                self.program(self.call_length(k_call))
                 if self.plan.eval_every:
                     self.compile_evaluation()
             with self._logs() as (log, tb):
                 while self.done_iters < total and not stop():
-                    rows = self.call(min(k_call, total - self.done_iters))
+                    self.refresh_pool()
+                    rows = self.call(self.call_length(k_call))
                     self.validate(rows)
                     new_best = self.write(rows, log, tb)
                     if self.status != "completed" or self.stops_early(rows):
@@ -556,6 +627,7 @@ class Session:
             "compile_s": self.compile_s,
             "init_s": self.init_s,
             "train_s": self.train_s,
+            "refresh_s": self.refresh_s,  # generating fresh training pools (worlds runs)
             "sps": trained_steps / self.train_s if self.train_s else 0.0,
             "n_params": self.trainer.n_params,
             "n_envs": self.cfg.ppo.n_envs,

@@ -104,12 +104,46 @@ def load_run_market(cfg: cfgmod.Config, test: bool = False):
     from jaxtrade.data import load_market
 
     d = cfg.data
+    if d.market == "worlds":
+        import dataclasses as dc
+
+        worlds = run_worlds(cfg)
+        market, _ = worlds.pool("train")
+        validation, _ = worlds.pool("validation", stats=market.stats)
+        return dc.replace(market, worlds=worlds, validation_pool=validation)
     market = load_market(
         d.path, symbols=d.symbols, start=d.start, end=d.end, max_fill=d.max_fill,
         synthetic=d.synthetic(), episode_length=cfg.env.episode_length,
         val_fraction=d.val_fraction, test_fraction=d.test_fraction, split_dates=d.split_dates,
     )
     return market if test else market.without_test()
+
+
+def run_worlds(cfg: cfgmod.Config):
+    """The `jaxtrade.worlds.RunWorlds` of a `--market worlds` run (n_worlds resolved)."""
+    from jaxtrade.worlds import RunWorlds
+
+    w = cfg.data.worlds
+    if w.n_worlds is None:
+        raise cfgmod.ConfigError("n_worlds is not set; call resolve_worlds first")
+    return RunWorlds(seed=w.world_seed, n_worlds=w.n_worlds, n_bars=w.world_bars,
+                     val_worlds=w.val_worlds, test_worlds=w.test_worlds,
+                     refresh_every=w.refresh_every)
+
+
+def resolve_worlds(cfg: cfgmod.Config, platform: str, max_vram_gb: float | None):
+    """`cfg` with n_worlds sized (`config.default_n_worlds`) when a worlds run leaves it
+    unset."""
+    from jaxtrade import memory
+
+    w = cfg.data.worlds
+    if cfg.data.market != "worlds" or w.n_worlds is not None:
+        return cfg
+    budget = 0
+    if platform not in cfgmod.CPU_PLATFORMS:
+        budget, _ = memory.device_budget(max_vram_gb)
+    one = run_worlds(cfgmod.with_values(cfg, n_worlds=1)).world_bytes()
+    return cfgmod.with_values(cfg, n_worlds=cfgmod.default_n_worlds(platform, budget, one))
 
 
 def check_new_run_dir(run_dir: Path) -> None:

@@ -113,6 +113,8 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         self._data = market.data
         self._dates = market.dates  # for the banner's validation dates
         self._bars_per_year = market.bars_per_year  # annualises the validation metrics
+        # A worlds run validates on worlds of its own (`Market.validation_pool`).
+        self._validation_pool = market.validation_pool
 
     # ----------------------------------------------------------------- spaces, params
     @property
@@ -242,10 +244,15 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         return first, stop - 1
 
     def validation_unavailable(self) -> str | None:
+        if self._validation_pool is not None:
+            return None
         first, stop = self._ranges["validation"]
         return "this run has none" if stop == first else None
 
     def describe_evaluation(self, env_config) -> str:
+        if (pool := self._validation_pool) is not None:
+            return (f"greedy walks of {pool.n_worlds} validation worlds ({pool.world_bars - 2} "
+                    f"steps each), medians over worlds")
         first, last = self._validation_bars()
         return (f"greedy walk of the validation bars {format_date(self._dates[first])} .. "
                 f"{format_date(self._dates[last])} ({last - first} steps)")
@@ -254,12 +261,19 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         """The greedy walk of the validation bars (`jaxtrade.evaluation.make_evaluator`): every
         trading metric of `metrics.compute_all`, reward_mean, and the composite model score
         (`metrics.model_score`: trading terms from the walk, RL health from `health`)."""
-        from jaxtrade.evaluation import make_evaluator
+        from jaxtrade.evaluation import make_evaluator, make_world_evaluator
 
+        if self._validation_pool is not None:
+            return make_world_evaluator(network, PortfolioEnv(self._validation_pool),
+                                        env_config, self._bars_per_year, seed, params_like)
         return make_evaluator(network, self, env_config, *self._validation_bars(),
                               self._bars_per_year, seed, params_like)
 
     def evaluation_line(self, metrics) -> str:
+        if "worlds_won" in metrics:
+            return (f"validation worlds: median return {100 * metrics['total_return']:+.2f}% | "
+                    f"median Sharpe {metrics['sharpe']:+.2f} (IQR {metrics['sharpe_iqr']:.2f}) "
+                    f"| beat {metrics['baseline']} in {100 * metrics['worlds_won']:.0f}%")
         return (f"validation return {100 * metrics['total_return']:+.2f}% | Sharpe "
                 f"{metrics['sharpe']:+.2f} | max DD {100 * metrics['max_drawdown']:.2f}%")
 
