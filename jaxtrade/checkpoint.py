@@ -678,6 +678,8 @@ class RunCheckpoints:
         sel = self.selection
         sel["validations"] += 1
         sel["sharpes"].append(row.get("val_sharpe"))
+        if "val_world_sharpe" in row:  # a worlds run: each candidate's Sharpe per world
+            sel.setdefault("world_sharpes", []).append(row["val_world_sharpe"])
         new_best = sel["best_score"] is None or row[VAL_SCORE_KEY] > sel["best_score"]
         if new_best:
             sel.update(best_iteration=row["iteration"], best_score=row[VAL_SCORE_KEY],

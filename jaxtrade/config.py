@@ -227,8 +227,8 @@ class WorldsConfig:
     n_worlds: int | None = setting(  # None = sized by `default_n_worlds`
         None, "training worlds held on device", flag="--worlds", metavar="N",
         rule=AtLeast(1), shape=True,
-        default_text="256 on CPU; on accelerators as many as 5% of the memory budget holds, "
-                     "at most 4096")
+        default_text="256 on CPU; on accelerators as many as a twentieth of the memory "
+                     "budget holds, at most 4096")
     world_bars: int = setting(  # the first features.WINDOW (20) only warm the features
         600, "bars generated per world", rule=AtLeast(32), shape=True)
     val_worlds: int = setting(
@@ -241,7 +241,7 @@ class WorldsConfig:
         0, "seed of the run's worlds (same seed, same worlds)", rule=AtLeast(0), shape=True)
     refresh_every: int = setting(
         0, "regenerate the training pool from fresh seeds every K iterations; 0 = never",
-        metavar="K", rule=AtLeast(0))
+        metavar="K", rule=AtLeast(0), shape=True)  # it numbers the pools: fixed for a run
 
 
 MARKETS = ("fixed", "worlds")
@@ -281,10 +281,11 @@ class DataConfig:
         0, "synthetic market: same seed, same market", rule=AtLeast(0), flag=False, shape=True)
     signal_strength: float = setting(  # 0 = no signal
         1.0, "synthetic market: strength of the tradable signal", rule=AtLeast(0), shape=True)
-    market: str = setting(
-        "fixed", "fixed: one market (the embedded one, or --data) split by date; worlds: "
+    market: str | None = setting(  # None = resolve_market: worlds, or fixed with a path
+        None, "fixed: one market (the embedded one, or --data) split by date; worlds: "
         "procedural worlds, train, validation and test worlds apart ([data.worlds])",
-        flag="--market", metavar="KIND", rule=OneOf(MARKETS), shape=True)
+        flag="--market", metavar="KIND", rule=OneOf(MARKETS), shape=True,
+        default_text="worlds for the portfolio env; fixed with --data or another env")
     worlds: WorldsConfig = WorldsConfig()  # [data.worlds]
 
     def synthetic(self) -> SyntheticConfig:
@@ -317,6 +318,11 @@ class PortfolioConfig:
     ruin_fraction: float = setting(
         0.5, "episode ends when equity falls below this share of the start",
         rule=Between(0, 1), flag=False)
+    bootstrap_block: float = setting(  # stationary bootstrap (Politis-Romano) of the bars
+        0.0, "training episodes as stationary block-bootstrap paths of the training range, "
+        "blocks of this mean length in bars (each step jumps to a random bar with "
+        "probability 1/L); 0 = the bars in order", metavar="L",
+        rule=Check(lambda v: v == 0 or v >= 2, "0 (off) or at least 2 bars"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -838,6 +844,8 @@ def from_dict(
 def from_saved(d: Mapping[str, Any], *, source: str | os.PathLike | None = None) -> Config:
     """`from_dict` of a config a run saved (config.json, checkpoint metadata), older layouts
     included: before per-env sections, the portfolio's settings sat in [env] itself."""
+    if "market" not in d.get("data", {}):  # saved before worlds existed: one market
+        d = {**d, "data": {**d.get("data", {}), "market": "fixed"}}
     env = dict(d.get("env", {}))
     moved = {k: env.pop(k) for k in list(env) if k in _FIELD_TYPES["env.portfolio"]}
     if moved:
@@ -1040,8 +1048,20 @@ def compute_dtype(precision: str, platform: str) -> jnp.dtype:
     return jnp.dtype(jnp.bfloat16 if precision == "bf16" else jnp.float32)
 
 
+def resolve_market(cfg: Config) -> str:
+    """The market a config trains on: its `market`, or when unset procedural worlds for the
+    portfolio env without a data path (they are portfolio markets), else the fixed one."""
+    if cfg.data.market is not None:
+        return cfg.data.market
+    return "worlds" if cfg.data.path is None and cfg.env.name == "portfolio" else "fixed"
+
+
 def resolve(cfg: Config, platform: str) -> Config:
-    """`cfg` with n_envs filled for `platform` when unset (precision stays as given)."""
+    """`cfg` with n_envs filled for `platform` and the market chosen when unset (precision
+    stays as given)."""
+    if cfg.data.market is None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
+                                                                market=resolve_market(cfg)))
     if cfg.ppo.n_envs is not None:
         return cfg
     ppo = dataclasses.replace(cfg.ppo, n_envs=default_n_envs(platform))
@@ -1203,6 +1223,11 @@ def validate(cfg: Config, n_devices: int = 1) -> Config:
         check(not dupes, "symbols", d.symbols, f"unique (repeated: {', '.join(dupes)})")
     if d.market == "worlds":
         check(d.path is None, "market", d.market, "fixed with --data (worlds are generated)")
+        check(cfg.env.name == "portfolio", "market", d.market,
+              f"fixed for the {cfg.env.name} env (worlds are portfolio markets)")
+        check(cfg.env.portfolio.bootstrap_block == 0, "bootstrap_block",
+              cfg.env.portfolio.bootstrap_block,
+              "0 with --market worlds (fresh worlds need no resampling)")
         w = d.worlds
         usable = w.world_bars - WORLD_WARMUP - 2  # steps of a world's longest episode
         check(cfg.env.episode_length <= usable, "episode_length", cfg.env.episode_length,

@@ -87,7 +87,8 @@ def pass_params(env: PortfolioEnv, env_config: EnvConfig, first: int, last: int)
         raise EvaluationError(
             f"a pass needs 1 <= first < last < {env.n_bars} bars, got first={first}, last={last}"
         )
-    kwargs = {**env_config.params_kwargs(), "episode_length": CONTINUOUS, "ruin_fraction": 0.0}
+    kwargs = {**env_config.params_kwargs(), "episode_length": CONTINUOUS, "ruin_fraction": 0.0,
+              "bootstrap_block": 0.0}  # a pass walks the bars in order
     # make_params checks the frictions; the range of a pass is not a split's, so set it here.
     params = env.make_params("train", start=1, **kwargs)
     i32 = lambda x: jnp.asarray(x, jnp.int32)
@@ -335,10 +336,13 @@ def make_world_evaluator(network: Network, env: PortfolioEnv, env_config: EnvCon
 
     Returns `evaluate(params, health) -> {metric: scalar}`: the policy's greedy pass through
     each world (`walk_key(seed)`); each `walk_metrics` entry is its median over the worlds;
-    sharpe_iqr is the spread of the worlds' Sharpe ratios (75th minus 25th percentile),
+    action_freq is the mean over worlds (shares that sum to 1); sharpe_iqr is the spread
+    of the worlds' Sharpe ratios (75th minus 25th percentile),
     worlds_won the share of worlds where the policy's Sharpe ratio beats the baseline's
-    (`world_baselines`, chosen on these worlds), baseline that baseline's name; `score` is
-    `score` of the medians with `health`.
+    (`world_baselines`, chosen on these worlds), baseline that baseline's name,
+    world_sharpe the Sharpe ratio in each world ([W]: the spread of the candidates' Sharpe
+    ratios within a world deflates the chosen one's there); `score` is `score` of the
+    medians with `health`.
     """
     world_params = world_pass_params(env, env_config)
     base = world_baselines(env, env_config, seed, bars_per_year)
@@ -354,9 +358,11 @@ def make_world_evaluator(network: Network, env: PortfolioEnv, env_config: EnvCon
 
         rows = jax.vmap(one, in_axes=(world_axes(world_params),))(world_params)
         out = jax.tree.map(lambda x: jnp.median(x, axis=0), rows)
+        out["action_freq"] = jnp.mean(rows["action_freq"], axis=0)  # shares that sum to 1
         q25, q75 = jnp.percentile(rows["sharpe"], jnp.array([25.0, 75.0]))
         out["sharpe_iqr"] = q75 - q25
         out["worlds_won"] = jnp.mean((rows["sharpe"] > target).astype(jnp.float32))
+        out["world_sharpe"] = rows["sharpe"]  # [W]: deflates the chosen one per world
         out["score"] = score(out, health)
         return out
 

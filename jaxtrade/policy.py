@@ -117,6 +117,7 @@ class Policy:
                 f"{source.path}: trained on env {self.config.env.name!r}; a policy decides "
                 f"the {PortfolioEnv.name} env's regimes, so it loads {PortfolioEnv.name} runs only"
             )
+        self.layout = None  # the recorded one, below (a stand-in market reads none)
         obs_dim, n_actions, layout = self._trained_dims()
         # The set encoder reads any number of assets, in any order (its blocks are per asset).
         self.any_assets = self.config.network.encoder == "set" and layout is not None

@@ -68,7 +68,7 @@ def choose_on_validation(market: Market, record: Mapping, env_config: EnvConfig,
             "validation_sharpe": sharpes}
 
 
-def checkpoint_selection(run_dir, requested) -> dict:
+def checkpoint_selection(run_dir, requested, where: str = "validation range") -> dict:
     """What chose the evaluated checkpoint and among how many candidates (the trials that
     deflate its Sharpe ratio): "best" was chosen by val_score among every validation walk
     of the run; a checkpoint named by the user counts as one trial."""
@@ -79,14 +79,14 @@ def checkpoint_selection(run_dir, requested) -> dict:
     validations = int(sel.get("validations") or 0)
     if str(requested) == "best" and validations:
         sharpes = [x for x in sel.get("sharpes") or [] if x is not None]
-        return {"chosen_by": f"best val_score on the validation range among {validations} "
-                             f"candidates",
+        return {"chosen_by": f"best val_score on the {where} among {validations} candidates",
                 "range": "validation", "metric": sel.get("metric"), "candidates": validations,
-                "candidate_sharpes": sharpes}
+                "candidate_sharpes": sharpes,
+                "candidate_world_sharpes": sel.get("world_sharpes") or []}
     how = ("best episode return in training (the run made no validation walks)"
            if str(requested) == "best" else f"{requested}, named by the user")
     return {"chosen_by": how, "range": None, "metric": None, "candidates": 1,
-            "candidate_sharpes": []}
+            "candidate_sharpes": [], "candidate_world_sharpes": []}
 
 
 def honest_statistics(values: Mapping[str, Any], baseline: str, bars_per_year: float,

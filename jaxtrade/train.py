@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "split_dates"))
     for old in ("--eval-fraction", "--split-date"):  # older flags: refused, naming the new ones
         g.add_argument(old, dest=old[2:].replace("-", "_"), help=argparse.SUPPRESS)
-    cfgmod.add_flags(g, ("max_fill", "signal_strength", "name", "episode_length"))
+    cfgmod.add_flags(g, ("max_fill", "signal_strength", "name", "episode_length",
+                         "bootstrap_block"))
     g = p.add_argument_group("procedural worlds (--market worlds)")
     cfgmod.add_flags(g, ("market", "n_worlds", "world_bars", "val_worlds", "test_worlds",
                          "world_seed", "refresh_every"))
@@ -241,7 +242,8 @@ def report(result: engine.Result) -> int:
         n = sel["validations"]
         print(f"best: iteration {sel['best_iteration']} by val_score {sel['best_score']:+.2f}, "
               f"chosen on validation among {n} candidate{'s' if n > 1 else ''}; report it on "
-              f"the test range with: python -m jaxtrade.evaluate --run-dir {run_dir}")
+              f"the test {'worlds' if summary.get('market') == 'worlds' else 'range'} with: "
+              f"python -m jaxtrade.evaluate --run-dir {run_dir}")
     print(
         f"done: {summary['iterations']:,} iterations, {summary['timesteps']:,} timesteps in "
         f"{format_seconds(summary['wall_s'])} (compile {summary['compile_s']:.1f}s, "

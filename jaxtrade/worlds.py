@@ -342,9 +342,13 @@ def pool_market(seed: int, stream: str, indices, n_bars: int,
     raw, scores = raw[:, w:], scores[:, w:]
     if stats is None:
         stats = fit_stats(raw, bars.mask)
-    data = _pool_data(raw, scores, bars.close[:, w:], bars.mask,
-                      jnp.asarray(stats.mean, jnp.float32), jnp.asarray(stats.std, jnp.float32))
+    # Host arrays, as a market's are: a program places them where it needs them (the
+    # trainer replicates them on its mesh), so no stray copy stays on the first device.
+    data = jax.device_get(_pool_data(raw, scores, bars.close[:, w:], bars.mask,
+                                     jnp.asarray(stats.mean, jnp.float32),
+                                     jnp.asarray(stats.std, jnp.float32)))
     n_worlds, world_bars = raw.shape[0], n_bars - w
+    del raw, scores, bars
     dates = pd.date_range("2000-01-03", periods=n_worlds * world_bars, freq="B")
     market = Market(
         data=MarketData(**data), dates=dates,

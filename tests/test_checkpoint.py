@@ -18,6 +18,7 @@ from jaxtrade.trainer import make_train
 TINY = dict(
     hidden_dim=8, n_gru_layers=1, dropout=0.1, n_envs=8, n_steps=8, n_minibatches=2,
     ppo_epochs=1, critic_epochs=1, episode_length=32, precision="fp32", keep_checkpoints=2,
+    market="fixed",
 )
 
 

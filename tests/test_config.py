@@ -14,7 +14,7 @@ from jaxtrade.config import Config, ConfigError
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 PRESETS = sorted(CONFIGS.glob("*.toml"))
 SECTIONS = ("data", "env", "network", "ppo", "run")
-TABLES = ("data", "env", "env.portfolio", "network", "ppo", "run")  # sub-tables too
+TABLES = ("data", "data.worlds", "env", "env.portfolio", "network", "ppo", "run")  # sub-tables too
 
 
 def leaves(table: str) -> list[dataclasses.Field]:
@@ -136,8 +136,8 @@ def test_load_rejects_unknown_section_naming_file_and_valid_sections(tmp_path):
     with pytest.raises(ConfigError) as e:
         C.load(path)
     msg = str(e.value)
-    assert msg == (f"{path}: unknown section [optim]; valid sections: data, env, env.portfolio, "
-                   f"network, ppo, run")
+    assert msg == (f"{path}: unknown section [optim]; valid sections: data, data.worlds, env, "
+                   f"env.portfolio, network, ppo, run")
 
 
 def test_load_rejects_unknown_key_listing_the_section_keys(tmp_path):
@@ -299,7 +299,8 @@ def test_override_unknown_key_lists_all_valid_keys():
 def test_override_errors():
     with pytest.raises(ConfigError, match=r"unknown key 'n_envs' in \[network\]"):
         C.apply_overrides(Config(), "network.n_envs=3")
-    with pytest.raises(ConfigError, match="unknown section 'optim'; valid sections: data, env"):
+    with pytest.raises(ConfigError,
+                       match="unknown section 'optim'; valid sections: data, data.worlds, env"):
         C.apply_overrides(Config(), "optim.lr=3")
     with pytest.raises(ConfigError, match="override 'n_envs': expected key=value"):
         C.apply_overrides(Config(), "n_envs")
@@ -415,7 +416,7 @@ def test_platform_defaults(platform, n_envs, dtype):
 
 
 def test_resolve_keeps_explicit_values_and_rejects_unknown_platforms():
-    cfg = C.with_values(Config(), n_envs=1024, precision="fp32")
+    cfg = C.with_values(Config(), n_envs=1024, precision="fp32", market="fixed")
     assert C.resolve(cfg, "gpu") is cfg
     with pytest.raises(ConfigError, match="unknown platform 'metal'; expected one of gpu"):
         C.default_n_envs("metal")
@@ -650,8 +651,8 @@ def test_an_env_without_a_table_gets_no_other_envs_settings():
      "unknown key 'slippage' in [env] ('slippage' belongs in [env.portfolio]); valid keys: "
      "name, episode_length, [env.portfolio]"),
     ("[env.funding]\nleverage = 3\n",
-     "unknown section [env.funding]; valid sections: data, env, env.portfolio, network, ppo, "
-     "run"),
+     "unknown section [env.funding]; valid sections: data, data.worlds, env, env.portfolio, "
+     "network, ppo, run"),
     ("[env]\nportfolio = 3\n", "[env.portfolio] must be a table of keys, got 3"),
     ("[env.portfolio]\nslipage = 0.1\n",
      "unknown key 'slipage' in [env.portfolio] (did you mean 'slippage'?)"),

@@ -149,7 +149,7 @@ def test_best_checkpoint_follows_val_score_and_counts_the_candidates(trained_run
 def test_eval_every_without_a_validation_range_is_refused_by_the_cli(tmp_path, capsys):
     """One line, exit 2, before anything is written (`tests/engine/test_start.py` checks the
     rule itself)."""
-    argv = ["--hyperparams", "n_bars=400,n_assets=4", "--episode-length", "32",
+    argv = ["--market", "fixed", "--hyperparams", "n_bars=400,n_assets=4", "--episode-length", "32",
             "--val-fraction", "0", "--eval-every", "5", "--run-dir", str(tmp_path / "r")]
     assert train.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

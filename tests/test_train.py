@@ -11,6 +11,7 @@ import pytest
 from jaxtrade import train
 
 TINY = [
+    "--market", "fixed",
     "--hidden-dim", "8", "--n-gru-layers", "1", "--n-envs", "8", "--n-steps", "8",
     "--n-minibatches", "2", "--ppo-epochs", "1", "--critic-epochs", "1",
     "--episode-length", "32", "--hyperparams", "n_bars=400,n_assets=4",
@@ -97,7 +98,8 @@ def test_non_finite_run_stops_with_the_iteration_and_quantity(tmp_path, capsys):
         (["--hyperparams", "lr=3"], "unknown key 'lr'; valid keys: path, symbols"),
         (["--data", "/nonexistent/prices.csv"], "/nonexistent/prices.csv: no such file"),
         (["--gamma", "1.5"], "gamma=1.5 must be in [0, 1]"),
-        (["--episode-length", "5000"], "too few"),
+        (["--market", "fixed", "--episode-length", "5000"], "too few"),
+        (["--episode-length", "5000"], "episode_length=5000 must be <= 578 with world_bars=600"),
         (["--config", "/nonexistent.toml"], "config file not found"),
     ],
 )

@@ -23,7 +23,8 @@ RUNS_ONE_DEVICE = 6
 RUNS_PER_DEVICE_COUNT = 3
 TIMEOUT = 240  # seconds for one run, first compile included (a run takes ~10-30 s)
 # The README's multi-device command, ended after one iteration of a tiny batch.
-README_MULTI_DEVICE = ("--config", "configs/cpu-small.toml", "--iterations", 1)
+README_MULTI_DEVICE = ("--config", "configs/cpu-small.toml", "--iterations", 1,
+                       "--worlds", 8, "--val-worlds", 4, "--test-worlds", 4)  # fewer worlds
 TINY_BATCH = ("--n-envs", 16, "--n-steps", 8, "--eval-every", 0)
 BANNER = ("jaxtrade ", "market: ", "model: ", "ppo: ", "memory: estimated", "run: ", "eval: ",
           "test: ")
@@ -91,7 +92,8 @@ def test_banner_is_printed_before_placing_or_compiling_and_waits_are_named(cli, 
     for notice in ("placing the market on 2 devices", "building the initial state on 2 devices",
                    "compiling the training program (1 iteration(s) per call)",
                    "compiling the evaluation", "running iteration 1",
-                   "evaluating iteration 1 on the validation range", "writing the last checkpoint"):
+                   "evaluating iteration 1 on the validation worlds",
+                   "writing the last checkpoint"):
         at = first(f"waiting: still {notice} after 0s")
         assert at > banner_end, notice
     assert first("compiling 1 iteration(s) per call...") > banner_end

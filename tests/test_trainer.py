@@ -22,7 +22,7 @@ from tests.envs.masked import TELEPORT
 
 TINY = dict(
     hidden_dim=16, n_gru_layers=2, dropout=0.1, n_envs=8, n_steps=16, n_minibatches=2,
-    ppo_epochs=2, critic_epochs=2, episode_length=32, precision="fp32",
+    ppo_epochs=2, critic_epochs=2, episode_length=32, precision="fp32", market="fixed",
 )
 
 

@@ -4,6 +4,7 @@ validation worlds, market.json's record, resume, and `evaluate` on the test worl
 import contextlib
 import io
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -32,8 +33,10 @@ def run(module, argv) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def worlds_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("worlds") / "run"
+    # Calls of up to 3 iterations, cut at every refresh: 2 + 2.
     code, text = run(train, [*WORLDS, "--iterations", "4", "--refresh-every", "2",
-                             "--eval-every", "2", "--run-dir", str(run_dir)])
+                             "--iterations-per-call", "3", "--eval-every", "2",
+                             "--run-dir", str(run_dir)])
     assert code == 0, text
     return run_dir, text
 
@@ -47,7 +50,8 @@ def test_the_banner_names_the_worlds_and_the_pool_refreshes_without_compiling_ag
     assert "test: 5 test worlds, a seed stream of their own" in text
     assert "worlds: training pool 1 (train worlds 4..7)" in text
     assert "training pool 2" not in text  # iteration 4 is the last: no pool for iteration 5
-    assert text.count("compiling 1 iteration(s) per call") == 1  # the swap did not recompile
+    assert text.count("compiling") == 2  # the program of 2 iterations and the evaluation:
+    assert "compiling 2 iteration(s) per call" in text  # the swap compiled nothing again
     assert "greedy walks of 3 validation worlds (98 steps each)" in text
     assert "validation worlds: median return" in text
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -68,18 +72,25 @@ def test_market_json_records_every_world_and_validation_rows_aggregate_worlds(wo
     assert [r["iteration"] for r in walked] == [2, 4]
     for r in walked:
         assert 0.0 <= r["val_worlds_won"] <= 1.0 and r["val_sharpe_iqr"] >= 0.0
+        assert len(r["val_world_sharpe"]) == 3
+        assert r["val_sharpe"] == pytest.approx(np.median(r["val_world_sharpe"]), rel=1e-5)
+        assert sum(r["val_action_freq"]) == pytest.approx(1.0, abs=1e-5)
         assert r["val_baseline"] in BASELINES
 
 
 def test_a_resumed_run_trains_on_the_pool_of_its_iteration(worlds_run, tmp_path):
     run_dir, _ = worlds_run
-    fork = tmp_path / "fork"
-    code, text = run(train, ["--checkpoint", str(run_dir / "checkpoints" / "4"), "--iterations",
-                             "6", "--run-dir", str(fork)])
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    code, text = run(train, ["--run-dir", str(copy), "--resume", "--iterations", "6"])
     assert code == 0, text
     # Iteration 5 is the first of generation 2: made before the first call.
     assert "worlds: training pool 2 (train worlds 8..11)" in text
     assert text.index("training pool 2") < text.index("it     6/6")
+    # The refresh numbers the pools: a resume may not change it.
+    code, text = run(train, ["--run-dir", str(copy), "--resume", "--iterations", "8",
+                             "--refresh-every", "3"])
+    assert code == 2 and "refresh_every" in text
 
 
 def test_evaluate_reports_the_test_worlds_against_the_baseline_chosen_on_validation(
@@ -97,6 +108,13 @@ def test_evaluate_reports_the_test_worlds_against_the_baseline_chosen_on_validat
     assert st["wins"] + st["losses"] + st["ties"] == 5
     assert st["share_won"] == pytest.approx(st["wins"] / 5)
     assert st["dsr_trials"]["candidates"] == 2  # the two validation walks of the run
+    # ... deflated by how far the two candidates' Sharpe ratios spread within a world.
+    assert st["dsr_trials"]["variance_of"] == "candidates' Sharpe within a world"
+    walks = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if "val_world_sharpe" in line]
+    per_bar = np.asarray([w["val_world_sharpe"] for w in walks]) / np.sqrt(252.0)
+    assert st["dsr_trials"]["trial_sharpe_variance"] == pytest.approx(
+        per_bar.var(axis=0, ddof=1).mean(), rel=1e-6)
     # Each world is the test world market.json names.
     assert [r["n_assets"] for r in report["per_world"]] == [
         s["n_assets"] for s in record["test"]["settings"]]
@@ -110,6 +128,9 @@ def test_evaluate_reports_the_test_worlds_against_the_baseline_chosen_on_validat
     assert code == 0 and "which chose the checkpoint and the baseline: optimistic" in text
     code, text = run(evaluate, ["--run-dir", str(run_dir), "--start", "2001-01-01"])
     assert code == 2 and "this run trained on procedural worlds" in text
+    assert report["selection"]["chosen_by"].startswith("best val_score on the validation worlds")
+    freq = report["strategies"]["policy"]  # medians; the shares of actions are a mean
+    assert freq["sharpe"]["p25"] <= freq["sharpe"]["median"] <= freq["sharpe"]["p75"]
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -126,6 +147,8 @@ def test_the_sign_test_and_the_interval_of_the_median():
     assert sign_test(5, 0) == pytest.approx(1 / 32)
     assert sign_test(0, 0) == 1.0
     assert sign_test(3, 3) == pytest.approx(42 / 64)
+    assert sign_test(600, 500) == pytest.approx(0.00148, abs=2e-4)  # no overflow at n > 1023
+    assert sign_test(500, 600) > 0.99
     x = np.linspace(-1.0, 3.0, 101)
     out = median_interval(x, seed=0)
     assert out["estimate"] == pytest.approx(1.0)
@@ -172,3 +195,15 @@ def test_worlds_weights_evaluate_zero_shot_and_fine_tune_on_real_data(worlds_run
     code, text = run(evaluate, ["--run-dir", str(tuned), "--out", str(tmp_path / "e")])
     assert code == 0, text
     assert json.loads((tmp_path / "e" / "report.json").read_text())["range"]["name"] == "test"
+
+
+def test_the_market_is_worlds_for_the_portfolio_and_fixed_otherwise():
+    from jaxtrade import config as C
+
+    assert C.resolve(C.Config(), "cpu").data.market == "worlds"
+    assert C.resolve(C.with_values(C.Config(), path="x.csv"), "cpu").data.market == "fixed"
+    assert C.resolve(C.with_values(C.Config(), name="masked-walk"), "cpu").data.market == "fixed"
+    # A run saved before worlds existed trained on one market.
+    assert C.from_saved({"data": {"n_assets": 12}}).data.market == "fixed"
+    with pytest.raises(C.ConfigError, match="fixed for the masked-walk env"):
+        C.validate(C.with_values(C.Config(), market="worlds", name="masked-walk"))

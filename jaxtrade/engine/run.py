@@ -450,7 +450,9 @@ class Session:
         generation i // K (`RunWorlds.generation`), generated and normalised with the run's
         statistics, swapped into the env params: an argument of the compiled program, same
         shapes and placement, so nothing is traced or compiled again. Episodes in progress
-        go on at the same bar of the new pool's world."""
+        go on at the same bar of the new pool's world (its bars, features and assets: a
+        position in an asset the new world pads is worth its last price, price 1 thereafter,
+        until the next trade sells it, as padded assets get no weight)."""
         from jaxtrade.envs import make_env
 
         if self.worlds is None:
@@ -466,6 +468,8 @@ class Session:
             params = env.make_params("train", **self.cfg.env.params_kwargs())
             self.env_params = jax.block_until_ready(
                 parallel.put_replicated(params, self.plan.mesh))
+            # The trainer holds the pool it trains on: the previous one is freed.
+            self.trainer = dataclasses.replace(self.trainer, env_params=self.env_params)
         self.generation = generation
         self.refresh_s += time.perf_counter() - t0
         lo, hi = self.worlds.train_indices(generation)[[0, -1]]
@@ -489,8 +493,9 @@ class Session:
             return
         every = self.plan.eval_every
         self.next_eval = (self.done_iters // every + 1) * every
+        what = "worlds" if self.worlds is not None else "range"
         with self.watchdog.waiting(f"evaluating iteration {self.done_iters} on the "
-                                   f"validation range"):
+                                   f"validation {what}"):
             out = jax.device_get(self.evaluator(self.state.params, rows[-1]))
         rows[-1].update({f"val_{k}": np.asarray(v).tolist() for k, v in out.items()})
 
@@ -631,6 +636,7 @@ class Session:
             "sps": trained_steps / self.train_s if self.train_s else 0.0,
             "n_params": self.trainer.n_params,
             "n_envs": self.cfg.ppo.n_envs,
+            "market": self.cfg.data.market,
             "device": parallel.describe(plan.mesh),
             "n_devices": plan.mesh.size,
             "n_processes": jax.process_count(),
@@ -640,7 +646,8 @@ class Session:
             "lineage": self.lineage.to_dict(self.done_iters * steps),
             "best": cp.best,
             # What chose the best checkpoint: validation walks (candidates compared), the best.
-            "selection": {k: v for k, v in cp.selection.items() if k != "sharpes"},
+            "selection": {k: v for k, v in cp.selection.items()
+                          if k not in ("sharpes", "world_sharpes")},
             "memory": {
                 "estimated_bytes": plan.sizing.estimate.per_device_bytes,
                 "budget_bytes": plan.sizing.budget,

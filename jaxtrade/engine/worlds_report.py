@@ -56,7 +56,7 @@ def sign_test(wins: int, losses: int) -> float:
     n = wins + losses
     if n == 0:
         return 1.0
-    return float(sum(math.comb(n, k) for k in range(wins, n + 1)) / 2.0 ** n)
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n  # exact ints, any n
 
 
 def median_interval(x: np.ndarray, seed: int, level: float = LEVEL,
@@ -80,12 +80,29 @@ def spread(x: np.ndarray) -> dict:
     return {"median": float(med), "p25": float(p25), "p75": float(p75)}
 
 
+def trial_variance(selection: dict, bars_per_year: float) -> tuple[float, str]:
+    """The variance of the per-bar Sharpe ratios of the candidates the checkpoint was chosen
+    among, as one world shows them: within each validation world, the variance over the
+    candidates of their Sharpe ratio there, averaged over the worlds. (The variance of
+    their median Sharpe ratios, all a run older than per-world records has, is far
+    smaller than one world's and would deflate too little; it is used only then, and
+    the report says so.)"""
+    per_bar = math.sqrt(bars_per_year)
+    worlds = [w for w in selection.get("candidate_world_sharpes") or [] if w is not None]
+    if len(worlds) > 1:
+        x = np.asarray(worlds, np.float64) / per_bar  # [candidates, worlds]
+        return float(np.nanmean(x.var(axis=0, ddof=1))), "candidates' Sharpe within a world"
+    medians = np.asarray(selection["candidate_sharpes"], np.float64) / per_bar
+    variance = float(medians.var(ddof=1)) if medians.size > 1 else 0.0
+    return variance, "candidates' median Sharpe over worlds (no per-world records)"
+
+
 def check_request(request) -> None:
-    if request.data or request.start is not None or request.end is not None:
+    if request.start is not None or request.end is not None:
         raise UsageError(
             "this run trained on procedural worlds: evaluate reports its test worlds "
-            "(--range validation|train for the others); evaluating it on other data needs a "
-            "market of the run's asset layout")
+            "(--range validation|train for the others), or dates of your data with --data "
+            "PATH --start DATE")
     if request.range == "all":
         raise UsageError("--range all is a date range; a worlds run has test, validation "
                          "and train worlds")
@@ -99,7 +116,7 @@ def assess_worlds(request) -> WorldsAssessment:
     from jaxtrade import report as comparison
     from jaxtrade import stats
     from jaxtrade.engine.assess import checkpoint_record
-    from jaxtrade.envs import PortfolioEnv
+    from jaxtrade.envs import NAMES, PortfolioEnv
     from jaxtrade.evaluation import (
         POLICY,
         STRATEGIES,
@@ -120,7 +137,8 @@ def assess_worlds(request) -> WorldsAssessment:
     market, settings = worlds.pool(stream, stats=policy.stats)
     validation, _ = worlds.pool("validation", stats=policy.stats)
     bpy = float(market.bars_per_year)
-    choice = world_baselines(PortfolioEnv(validation), cfg.env, seed, bpy)
+    # The baseline chosen as in training: the run's own seed, whatever --seed says.
+    choice = world_baselines(PortfolioEnv(validation), cfg.env, cfg.run.seed, bpy)
     baseline = choice["name"]
     env = PortfolioEnv(market)
     network = policy.network_for(env.n_assets)
@@ -132,10 +150,9 @@ def assess_worlds(request) -> WorldsAssessment:
     n_worlds = sharpe.shape[0]
     p, b = STRATEGIES.index(POLICY), STRATEGIES.index(baseline)
 
-    selection = comparison.checkpoint_selection(request.run_dir, request.checkpoint)
-    per_bar = math.sqrt(record["bars_per_year"])
-    candidates = np.asarray(selection["candidate_sharpes"], np.float64) / per_bar
-    variance = float(candidates.var(ddof=1)) if candidates.size > 1 else 0.0
+    selection = comparison.checkpoint_selection(request.run_dir, request.checkpoint,
+                                                where="validation worlds")
+    variance, source = trial_variance(selection, record["bars_per_year"])
     psr, dsr = np.full(n_worlds, np.nan), np.full(n_worlds, np.nan)
     for w in range(n_worlds):
         r = np.asarray(bar_returns(values[w, p]), np.float64)
@@ -164,6 +181,11 @@ def assess_worlds(request) -> WorldsAssessment:
             row[f"return_{name}"] = float(metrics["total_return"][w, i])
         row["policy_psr"], row["policy_dsr"] = float(psr[w]), float(dsr[w])
         row["policy_won"] = bool(diff[w] > 0)
+        row["policy_turnover"] = float(metrics["turnover_total"][w, p])
+        row["policy_costs"] = float(metrics["costs_fraction"][w, p])
+        # What the policy did there: the share of its steps in each regime.
+        row |= {f"share_{name}": float(x)
+                for name, x in zip(NAMES, metrics["action_freq"][w, p], strict=True)}
         per_world.append(row)
     won = wins / n_worlds
     statistics = {
@@ -175,7 +197,8 @@ def assess_worlds(request) -> WorldsAssessment:
         "wins": wins, "losses": losses, "ties": n_worlds - wins - losses,
         "sign_test_p": sign_test(wins, losses),
         "policy_psr": spread(psr), "policy_dsr": spread(dsr),
-        "dsr_trials": {"candidates": selection["candidates"], "trial_sharpe_variance": variance},
+        "dsr_trials": {"candidates": selection["candidates"], "trial_sharpe_variance": variance,
+                       "variance_of": source},
         "share_dsr_above_0.95": float(np.mean(np.nan_to_num(dsr) > 0.95)),
     }
     source = policy.checkpoint
@@ -186,7 +209,7 @@ def assess_worlds(request) -> WorldsAssessment:
         "checkpoint": checkpoint_record(request, source),
         "selection": selection,
         "worlds": {"stream": stream, "what": what, "count": n_worlds, "seed": worlds.seed,
-                   "bars_per_world": market.world_bars, "steps_per_world": market.world_bars - 2},
+                   "steps_per_world": market.world_bars - 2},
         "actions": "sampled" if request.sample else "greedy",
         "seed": seed,
         "env": {k: v for k, v in cfg.env.params_kwargs().items()
@@ -212,8 +235,8 @@ def choose_on_validation_worlds(policy) -> dict:
 
     worlds = RunWorlds.from_record(policy.record["worlds"])
     validation, _ = worlds.pool("validation", stats=policy.stats)
-    choice = world_baselines(PortfolioEnv(validation), policy.config.env, policy.seed,
-                             float(validation.bars_per_year))
+    choice = world_baselines(PortfolioEnv(validation), policy.config.env,
+                             policy.config.run.seed, float(validation.bars_per_year))
     medians = choice["median_sharpe"]
     return {"name": choice["name"], "chosen_on": "validation worlds",
             "by": "median Sharpe ratio", "validation": None,

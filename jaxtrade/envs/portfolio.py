@@ -80,6 +80,9 @@ class EnvParams:
     turnover_penalty: jax.Array  # float32 [], reward penalty per unit of turnover
     drawdown_penalty: jax.Array  # float32 [], reward penalty per unit of drawdown
     ruin_fraction: jax.Array  # float32 [], value (vs 1.0 at start) that ends an episode
+    # float32 [], probability that a step's next bar is a random bar of the range instead
+    # of the next one (a stationary block bootstrap of mean block 1 / restart_prob); 0: off.
+    restart_prob: jax.Array
     # int32 [], worlds an episode may start in (a pool of worlds; 1 otherwise): world w's
     # starts are w * world_bars + [start_min, start_max]. An evaluation pass of a pool sets
     # 1 and absolute bars.
@@ -154,6 +157,7 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         turnover_penalty: float = _DEFAULTS.turnover_penalty,
         drawdown_penalty: float = _DEFAULTS.drawdown_penalty,
         ruin_fraction: float = _DEFAULTS.ruin_fraction,
+        bootstrap_block: float = _DEFAULTS.bootstrap_block,
     ) -> EnvParams:
         """Params for episodes inside the market's "train", "validation" or "test" range
         (`jaxtrade.data.market.Market`): no step reads a price after the range's last bar.
@@ -196,9 +200,13 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
             ("turnover_penalty", turnover_penalty),
             ("drawdown_penalty", drawdown_penalty),
             ("ruin_fraction", ruin_fraction),
+            ("bootstrap_block", bootstrap_block),
         ):
             if (rule := broken_rule(name, v)) is not None:
                 raise ValueError(f"{name} must be {rule}, got {v}")
+        if bootstrap_block and self.world_bars is not None:
+            raise ValueError("bootstrap_block must be 0 on a pool of worlds (its episodes stay "
+                             "in one world; fresh worlds need no resampling)")
         i32, f32 = jnp.int32, jnp.float32
         return EnvParams(
             market=jax.tree.map(jnp.asarray, self._data),  # host arrays onto the device
@@ -213,6 +221,7 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
             turnover_penalty=jnp.asarray(turnover_penalty, f32),
             drawdown_penalty=jnp.asarray(drawdown_penalty, f32),
             ruin_fraction=jnp.asarray(ruin_fraction, f32),
+            restart_prob=jnp.asarray(1.0 / bootstrap_block if bootstrap_block else 0.0, f32),
             n_worlds=jnp.asarray(self.n_worlds, i32),
         )
 
@@ -328,8 +337,14 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
             params.impact,
         )
         value_post = value_pre - costs.total
-        # 4. hold over bar t+1.
-        growth_next = m.price[t + 1] / m.price[t]
+        # 4. hold over the next bar: bar t+1, or with a bootstrap a bar J of the range drawn
+        # with probability restart_prob (the held return is then J-1 -> J's, and the next
+        # decision reads bar J-1's features; J + 1 <= end, so a path never leaves the range).
+        restart = jax.random.uniform(jax.random.fold_in(key, 1)) < params.restart_prob
+        jump = jax.random.randint(jax.random.fold_in(key, 2), (), params.start_min + 1,
+                                  params.end, jnp.int32)
+        t_next = jnp.where(restart, jump, t + 1)
+        growth_next = m.price[t_next] / m.price[t_next - 1]
         value_next = value_post * (jnp.dot(target[:n], growth_next) + target[n])
         peak = jnp.maximum(state.peak, value_post)
         turnover = jnp.sum(traded) / value_pre
@@ -341,12 +356,12 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
             - params.drawdown_penalty * drawdown_next
         )
         next_state = EnvState(
-            t=t + 1, step=state.step + 1, value=value_post, peak=peak, weights=target
+            t=t_next, step=state.step + 1, value=value_post, peak=peak, weights=target
         )
         terminated = value_next < params.ruin_fraction
-        # The next step would mark at p[t + 2].
+        # The next step would mark at p[t_next + 1].
         truncated = jnp.logical_or(
-            next_state.step >= params.episode_length, t + 2 > params.end
+            next_state.step >= params.episode_length, t_next + 1 > params.end
         ) & ~terminated
         done = terminated | truncated
         info = {

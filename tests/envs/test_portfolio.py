@@ -319,3 +319,41 @@ def test_synthetic_signal_lets_a_policy_beat_equal_weight_after_costs():
     }
     assert edges[1.0, "train"] > 0.03 and edges[1.0, "test"] > 0.03, edges
     assert edges[0.0, "train"] < 0 and edges[0.0, "test"] < 0, edges
+
+
+def test_bootstrap_paths_jump_within_the_range_and_stay_consistent(small_env, step_env):
+    """--bootstrap-block L: each step's next bar is a random bar of the range with
+    probability 1/L; the held return is that bar's, and the next step's drift is the same
+    bar's, so value carries over exactly; a path never reads a bar past the range (it is
+    truncated at the range's end, as a path in order is)."""
+    params = small_env.make_params("train", episode_length=64, bootstrap_block=4.0,
+                                   ruin_fraction=0.0)
+    assert float(params.restart_prob) == pytest.approx(0.25)
+    reset = jax.jit(small_env.reset_env)
+    price = np.asarray(small_env._data.price, np.float64)
+    lo, end = int(params.start_min), int(params.end)
+    jumps, n = 0, 600
+    keys = jax.random.split(jax.random.key(1), n)
+    _, state = reset(jax.random.key(0), params)
+    for i in range(n):
+        action = jnp.int32(i % N_REGIMES)
+        _, nxt, _, done, info = step_env(keys[i], state, action, params)
+        t, t_next = int(state.t), int(nxt.t)
+        assert lo <= t and t_next <= end  # the mark of the step is inside the range
+        jumps += t_next != t + 1
+        w = np.asarray(nxt.weights, np.float64)
+        growth = price[t_next] / price[t_next - 1]
+        expected = float(nxt.value) * (w[:-1] @ growth + w[-1])
+        assert float(info["value"]) == pytest.approx(expected, rel=1e-5)
+        if bool(info["truncated"]):
+            assert int(nxt.step) == 64 or t_next + 1 > end
+        state = reset(jax.random.fold_in(keys[i], 7), params)[1] if bool(done) else nxt
+    assert 0.19 < jumps / n < 0.31
+    # Evaluation passes walk the bars in order whatever training did.
+    from jaxtrade.config import EnvConfig, PortfolioConfig
+    from jaxtrade.evaluation import pass_params
+
+    cfg = EnvConfig(portfolio=PortfolioConfig(bootstrap_block=4.0))
+    assert float(pass_params(small_env, cfg, 1, 50).restart_prob) == 0.0
+    with pytest.raises(ValueError, match=r"bootstrap_block must be 0 \(off\) or at least 2"):
+        small_env.make_params("train", bootstrap_block=1.0)
