@@ -300,6 +300,13 @@ def make_evaluator(network: Network, env: PortfolioEnv, env_config: EnvConfig,
         row["score"] = score(row, health)
         return row
 
+    return compile_with_health(evaluate, params_like, env_params, env.num_actions)
+
+
+def compile_with_health(evaluate: Callable, params_like, env_params, num_actions: int):
+    """`evaluate(params, env_params, health)` compiled ahead of time for parameters like
+    `params_like` and these `env_params`, as `run(params, health) -> metrics`: `health`
+    (a training row) gives the `HEALTH_KEYS` and the valid actions."""
     health_shape = {k: jax.ShapeDtypeStruct((), jnp.float32)
                     for k in (*HEALTH_KEYS, "valid_actions")}
     compiled = jax.jit(evaluate).lower(params_like, env_params, health_shape).compile()
@@ -307,7 +314,7 @@ def make_evaluator(network: Network, env: PortfolioEnv, env_config: EnvConfig,
     def run(params, health: Mapping[str, float]) -> dict:
         h = {k: np.float32(health[k]) for k in HEALTH_KEYS}
         # The entropy's ceiling: log of the valid actions (rows before it was logged: all).
-        h["valid_actions"] = np.float32(health.get("valid_actions", env.num_actions))
+        h["valid_actions"] = np.float32(health.get("valid_actions", num_actions))
         return compiled(params, env_params, h)
 
     return run
@@ -366,16 +373,8 @@ def make_world_evaluator(network: Network, env: PortfolioEnv, env_config: EnvCon
         out["score"] = score(out, health)
         return out
 
-    health_shape = {k: jax.ShapeDtypeStruct((), jnp.float32)
-                    for k in (*HEALTH_KEYS, "valid_actions")}
-    compiled = jax.jit(evaluate).lower(params_like, world_params, health_shape).compile()
-
-    def run(params, health: Mapping[str, float]) -> dict:
-        h = {k: np.float32(health[k]) for k in HEALTH_KEYS}
-        h["valid_actions"] = np.float32(health.get("valid_actions", env.num_actions))
-        return {**compiled(params, world_params, h), "baseline": base["name"]}
-
-    return run
+    compiled = compile_with_health(evaluate, params_like, world_params, env.num_actions)
+    return lambda params, health: {**compiled(params, health), "baseline": base["name"]}
 
 
 # ------------------------------------------------------------------------ any env: episodes

@@ -260,7 +260,9 @@ def assess(request: AssessRequest):
         choice = comparison.choose_on_validation(own, record, cfg.env, seed)
     strategies, metrics = walk(policy, market, first, last, request.sample)
     health = source.meta.get("metrics") or {}
-    selection = comparison.checkpoint_selection(request.run_dir, request.checkpoint)
+    selection = comparison.checkpoint_selection(
+        request.run_dir, request.checkpoint,
+        where="validation worlds" if cfg.data.market == "worlds" else "validation range")
     chosen = choice["name"] if choice else None
     baseline = chosen or "buy_and_hold"
     statistics = comparison.honest_statistics(
@@ -269,11 +271,7 @@ def assess(request: AssessRequest):
     dates = market.dates[first:last + 1]
     table = strategy_table(strategies, metrics, statistics, action_names)
     report = {
-        "jaxtrade_version": __version__,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "run_dir": str(Path(request.run_dir)),
-        "checkpoint": checkpoint_record(request, source),
-        "selection": selection,
+        **report_header(request, source, selection),
         "data": {"source": market.source, "symbols": list(market.symbols),
                  "trained_symbols": list(policy.symbols), "bars_per_year": market.bars_per_year},
         "range": {"name": range_name, "start": format_date(dates[0]),
@@ -294,6 +292,17 @@ def assess(request: AssessRequest):
     }
     return Assessment(report, dates, strategies, table, baseline, chosen, choice, notes,
                       [*market.symbols, CASH])
+
+
+def report_header(request: AssessRequest, source, selection: dict) -> dict:
+    """The first keys of every report.json: version, time, run, checkpoint, selection."""
+    return {
+        "jaxtrade_version": __version__,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "run_dir": str(Path(request.run_dir)),
+        "checkpoint": checkpoint_record(request, source),
+        "selection": selection,
+    }
 
 
 def checkpoint_record(request: AssessRequest, source) -> dict:

@@ -20,14 +20,11 @@ The baseline to beat is the one with the best median Sharpe over the validation 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from jaxtrade import __version__
 from jaxtrade.errors import UsageError
 
 LEVEL = 0.9  # of the bootstrap interval of the median Sharpe difference
@@ -115,7 +112,7 @@ def assess_worlds(request) -> WorldsAssessment:
 
     from jaxtrade import report as comparison
     from jaxtrade import stats
-    from jaxtrade.engine.assess import checkpoint_record
+    from jaxtrade.engine.assess import report_header
     from jaxtrade.envs import NAMES, PortfolioEnv
     from jaxtrade.evaluation import (
         POLICY,
@@ -201,13 +198,8 @@ def assess_worlds(request) -> WorldsAssessment:
                        "variance_of": source},
         "share_dsr_above_0.95": float(np.mean(np.nan_to_num(dsr) > 0.95)),
     }
-    source = policy.checkpoint
     report = {
-        "jaxtrade_version": __version__,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "run_dir": str(Path(request.run_dir)),
-        "checkpoint": checkpoint_record(request, source),
-        "selection": selection,
+        **report_header(request, policy.checkpoint, selection),
         "worlds": {"stream": stream, "what": what, "count": n_worlds, "seed": worlds.seed,
                    "steps_per_world": market.world_bars - 2},
         "actions": "sampled" if request.sample else "greedy",
