@@ -294,7 +294,6 @@ class Session:
                     else:
                         state = ckpt.warm_start(state, params)
             self.state = jax.block_until_ready(self.trainer.place(state))
-        self.env_params = self.trainer.env_params
         self.init_s = time.perf_counter() - self.t_start
 
     def record_start(self) -> None:
@@ -411,7 +410,7 @@ class Session:
         t0 = time.perf_counter()
         span = f" {done + 1}" if k == 1 else f"s {done + 1}-{done + k}"
         with self.watchdog.waiting(f"running iteration{span}"):
-            self.state, metrics = fn(self.state, self.env_params)
+            self.state, metrics = fn(self.state, self.trainer.env_params)
             metrics = jax.device_get(metrics)
         dt_s = time.perf_counter() - t0
         if not self.peak:
@@ -466,15 +465,15 @@ class Session:
             pool, _ = self.worlds.pool("train", generation, stats=market.stats)
             env = make_env(self.cfg.env.name, pool)
             params = env.make_params("train", **self.cfg.env.params_kwargs())
-            self.env_params = jax.block_until_ready(
-                parallel.put_replicated(params, self.plan.mesh))
+            placed = jax.block_until_ready(parallel.put_replicated(params, self.plan.mesh))
             # The trainer holds the pool it trains on: the previous one is freed.
-            self.trainer = dataclasses.replace(self.trainer, env_params=self.env_params)
+            self.trainer = dataclasses.replace(self.trainer, env_params=placed)
         self.generation = generation
-        self.refresh_s += time.perf_counter() - t0
+        took = time.perf_counter() - t0
+        self.refresh_s += took
         lo, hi = self.worlds.train_indices(generation)[[0, -1]]
         self.console.line(f"worlds: training pool {generation} (train worlds {lo}..{hi}) "
-                          f"generated in {time.perf_counter() - t0:.1f}s")
+                          f"generated in {took:.1f}s")
 
     def call_length(self, k_call: int) -> int:
         """Iterations of the next call: at most k_call, and none past the end or past the

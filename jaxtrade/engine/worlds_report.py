@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import numpy as np
 
@@ -124,7 +123,7 @@ def assess_worlds(request) -> WorldsAssessment:
     )
     from jaxtrade.metrics import bar_returns
     from jaxtrade.policy import load_policy
-    from jaxtrade.worlds import RunWorlds
+    from jaxtrade.worlds import RunWorlds, describe
 
     check_request(request)
     policy = load_policy(request.run_dir, request.checkpoint, seed=request.seed)
@@ -168,7 +167,7 @@ def assess_worlds(request) -> WorldsAssessment:
             "policy_beats_share": (float(np.mean(sharpe[:, p] > sharpe[:, i]))
                                    if i != p else None),
         }
-    info = [dict(s) for s in _describe(settings)]
+    info = describe(settings)
     per_world = []
     for w in range(n_worlds):
         row = {"world": w, **{k: info[w][k] for k in SETTINGS_COLUMNS}}
@@ -235,12 +234,6 @@ def choose_on_validation_worlds(policy) -> dict:
             "validation_worlds": validation.n_worlds,
             "candidates": len({round(v, 9) for v in medians.values()}),
             "validation_sharpe": medians}
-
-
-def _describe(settings) -> list[dict[str, Any]]:
-    from jaxtrade.worlds import describe
-
-    return describe(settings)
 
 
 def verdict(statistics: dict, baseline: str, stream: str) -> str:
