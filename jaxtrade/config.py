@@ -323,6 +323,20 @@ class PortfolioConfig:
         "blocks of this mean length in bars (each step jumps to a random bar with "
         "probability 1/L); 0 = the bars in order", metavar="L",
         rule=Check(lambda v: v == 0 or v >= 2, "0 (off) or at least 2 bars"))
+    reward_benchmark: str = setting(  # a control variate: it does not depend on the actions
+        "none", "training reward relative to a benchmark: none (the portfolio's log growth) "
+        "or equal_weight (its log growth minus that of the assets' equal-weight index, "
+        "rebalanced every bar at no cost); the benchmark does not depend on the actions, so "
+        "the best policy is the same; reported figures stay the plain after-cost returns",
+        metavar="NAME", rule=OneOf(("none", "equal_weight")))
+    decide_every: int = setting(  # the policy's REGIME/k: the baselines trade every 1, 5, 20
+        1, "bars between the policy's decisions: it chooses a regime every k-th step of an "
+        "episode (or evaluation walk) and may only HOLD in between (an action mask), as the "
+        "fixed strategies REGIME/k do; 1 = every bar", metavar="K", rule=AtLeast(1))
+    augment: str = setting(  # only the flat encoder can tell: the set encoder is invariant
+        "none", "training augmentation: none, or permute (every training episode sees the "
+        "assets in a random order of its own; evaluation keeps the data's order)",
+        metavar="KIND", rule=OneOf(("none", "permute")), shape=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1228,6 +1242,8 @@ def validate(cfg: Config, n_devices: int = 1) -> Config:
         check(cfg.env.portfolio.bootstrap_block == 0, "bootstrap_block",
               cfg.env.portfolio.bootstrap_block,
               "0 with --market worlds (fresh worlds need no resampling)")
+        check(cfg.env.portfolio.augment == "none", "augment", cfg.env.portfolio.augment,
+              "none with --market worlds (their assets are exchangeable draws already)")
         w = d.worlds
         usable = w.world_bars - WORLD_WARMUP - 2  # steps of a world's longest episode
         check(cfg.env.episode_length <= usable, "episode_length", cfg.env.episode_length,

@@ -88,7 +88,9 @@ def pass_params(env: PortfolioEnv, env_config: EnvConfig, first: int, last: int)
             f"a pass needs 1 <= first < last < {env.n_bars} bars, got first={first}, last={last}"
         )
     kwargs = {**env_config.params_kwargs(), "episode_length": CONTINUOUS, "ruin_fraction": 0.0,
-              "bootstrap_block": 0.0}  # a pass walks the bars in order
+              "bootstrap_block": 0.0,  # a pass walks the bars in order
+              "reward_benchmark": "none",  # its rewards are the plain log growth
+              "augment": "none"}  # and it sees the assets in the data's order
     # make_params checks the frictions; the range of a pass is not a split's, so set it here.
     params = env.make_params("train", start=1, **kwargs)
     i32 = lambda x: jnp.asarray(x, jnp.int32)

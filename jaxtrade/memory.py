@@ -100,23 +100,27 @@ def _fixed_parts(config: Config, env: Environment) -> dict[str, int]:
 
 
 def _env_step_bytes(config: Config, env: Environment) -> tuple[int, int]:
-    """Bytes of one env's state and of one step's info dict without final_obs."""
+    """Bytes of one env's state, and of one step's info dict (without final_obs) with the
+    action mask a rollout stores for it."""
     params = _params_shapes(config, env)
     key = jax.random.key(0)
     _, state = jax.eval_shape(env.reset, key, params)
     *_, info = jax.eval_shape(env.step, key, state, jax.ShapeDtypeStruct((), jnp.int32), params)
     info.pop("final_obs")
-    return tree_bytes(state), tree_bytes(info)
+    # The action mask a rollout stores: none if the env never masks, or masks nothing with
+    # these params (its `action_mask` gives None).
+    mask = jax.eval_shape(env.action_mask, state, params) if env.masks_actions else None
+    return tree_bytes(state), tree_bytes(info) + tree_bytes(mask)
 
 
 def _transition_bytes(env: Environment, info_bytes: int, dtype: jnp.dtype) -> int:
-    """One env's `jaxtrade.rollout.Transition` for one step."""
+    """One env's `jaxtrade.rollout.Transition` for one step (`info_bytes`: its info and
+    action mask)."""
     return (
         env.obs_dim * jnp.dtype(dtype).itemsize  # obs, stored in the compute dtype
         + 3 * _BOOL  # reset, done, terminated
         + 6 * _F32  # action (int32), log_prob, value, reward, final_value, episode_return
-        + info_bytes  # the env's info: value, weights, turnover, costs, ...
-        + (env.num_actions * _BOOL if env.masks_actions else 0)  # the action mask
+        + info_bytes  # the env's info: value, weights, turnover, costs, ...; the mask
     )
 
 

@@ -148,15 +148,6 @@ def env_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(*([None] * axis), AXIS))
 
 
-def env_shardings(mesh: Mesh, axes):
-    """A tree of shardings from a tree of env-axis indices (None: replicated)."""
-    return jax.tree.map(
-        lambda a: replicated(mesh) if a is None else env_sharding(mesh, a),
-        axes,
-        is_leaf=lambda x: x is None,
-    )
-
-
 def constrain(tree, mesh: Mesh, axis: int):
     """Inside `jit`: pins every leaf of `tree` to be split over the mesh along `axis`.
 

@@ -65,6 +65,33 @@ from jaxtrade.rows import ENV_FILE
 CASH = "CASH"  # the cash entry of weight dicts
 
 
+def read_env_record(run_dir: str | Path) -> tuple[int, int, ObsLayout | None] | None:
+    """(obs_dim, n_actions, obs_layout) of RUN_DIR/env.json; None if the run has none (it
+    predates env.json). The layout is None for a run that recorded none (flat encoder).
+
+    Raises:
+      EvaluationError: an env.json without whole-number obs_dim and num_actions, or with a
+        malformed obs_layout.
+    """
+    path = Path(run_dir) / ENV_FILE
+    if not path.exists():
+        return None
+    try:
+        env_record = json.loads(path.read_text())
+        dims = env_record["obs_dim"], env_record["num_actions"]
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+            raise TypeError(f"obs_dim and num_actions must be whole numbers > 0, got {dims}")
+        layout = env_record.get("obs_layout")
+        if layout is not None:
+            mask_token = layout.get("mask_token")
+            layout = ObsLayout(int(layout["n_assets"]), tuple(map(int, layout["blocks"])),
+                               int(layout["n_globals"]),
+                               None if mask_token is None else int(mask_token))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise EvaluationError(f"{path}: not a jaxtrade env record ({e})") from None
+    return *dims, layout
+
+
 @dataclasses.dataclass(frozen=True)
 class Decision:
     """What the policy does on the bar after `as_of`."""
@@ -148,26 +175,12 @@ class Policy:
           EvaluationError: an env.json without whole-number obs_dim and num_actions, or
             with a malformed obs_layout.
         """
-        path = self.run_dir / ENV_FILE
-        if not path.exists():
+        if (record := read_env_record(self.run_dir)) is None:
             bars = feats.WINDOW + 3  # the feature window and a one-step episode
             stand_in = synthetic_panel(SyntheticConfig(n_assets=self.n_assets, n_bars=bars))
             env = PortfolioEnv(self.market(stand_in))
             return env.obs_dim, env.num_actions, env.obs_layout
-        try:
-            env_record = json.loads(path.read_text())
-            dims = env_record["obs_dim"], env_record["num_actions"]
-            if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
-                raise TypeError(f"obs_dim and num_actions must be whole numbers > 0, got {dims}")
-            layout = env_record.get("obs_layout")
-            if layout is not None:
-                mask_token = layout.get("mask_token")
-                layout = ObsLayout(int(layout["n_assets"]), tuple(map(int, layout["blocks"])),
-                                   int(layout["n_globals"]),
-                                   None if mask_token is None else int(mask_token))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise EvaluationError(f"{path}: not a jaxtrade env record ({e})") from None
-        return *dims, layout
+        return record
 
     @property
     def n_assets(self) -> int:
@@ -221,7 +234,7 @@ class Policy:
         market = build_market(panel, stats=self.stats, episode_length=1, val_fraction=0.0,
                               test_fraction=0.0)
         if self.layout is not None and self.layout.mask_token is not None:
-            market = with_all_assets(market)
+            market = market.with_all_assets()
         return market
 
     # -------------------------------------------------------------------- decisions
@@ -324,15 +337,6 @@ class Policy:
 
             self._programs[n_steps, env.n_assets] = jax.jit(decide)
         return self._programs[n_steps, env.n_assets]
-
-
-def with_all_assets(market: Market) -> Market:
-    """`market` with an asset mask in which every asset exists: the observation of a pool
-    of worlds (a flag per asset), for a model trained on worlds to read real data."""
-    if market.data.asset_mask is not None:
-        return market
-    mask = np.ones(market.data.price.shape, bool)
-    return dataclasses.replace(market, data=market.data.replace(asset_mask=mask))
 
 
 def _pad(panel: Panel, k: int) -> Panel:

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     for old in ("--eval-fraction", "--split-date"):  # older flags: refused, naming the new ones
         g.add_argument(old, dest=old[2:].replace("-", "_"), help=argparse.SUPPRESS)
     cfgmod.add_flags(g, ("max_fill", "signal_strength", "name", "episode_length",
-                         "bootstrap_block"))
+                         "bootstrap_block", "decide_every", "augment", "reward_benchmark"))
     g = p.add_argument_group("procedural worlds (--market worlds)")
     cfgmod.add_flags(g, ("market", "n_worlds", "world_bars", "val_worlds", "test_worlds",
                          "world_seed", "refresh_every"))

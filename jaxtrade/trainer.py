@@ -288,10 +288,11 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
         return jax.lax.scan(lambda s, _: iterate(s, env_params), state, None, length=k)
 
     shapes = jax.eval_shape(init, jax.random.key(0))
-    # Every leaf of the carry has its env axis first; everything else is replicated.
-    axes = jax.tree.map(lambda _: None, shapes).replace(
-        carry=jax.tree.map(lambda _: 0, shapes.carry))
-    state_shardings = parallel.env_shardings(mesh, axes)
+    # Every leaf of the carry has its env axis first; everything else is replicated. (Mapped
+    # over the leaves themselves: an optional field that is None stays None.)
+    split, whole = parallel.env_sharding(mesh, 0), parallel.replicated(mesh)
+    state_shardings = jax.tree.map(lambda _: whole, shapes).replace(
+        carry=jax.tree.map(lambda _: split, shapes.carry))
     program = jax.jit(
         run_k,
         static_argnums=2,

@@ -8,6 +8,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from benchmarks import throughput
@@ -180,3 +181,23 @@ def test_default_device_counts():
     assert throughput.default_device_counts(1) == [1]
     assert throughput.default_device_counts(8) == [1, 2, 4, 8]
     assert throughput.default_device_counts(6) == [1, 2, 4, 6]
+
+
+def test_worlds_headroom_groups_worlds_and_takes_each_worlds_best():
+    """The headroom table: per group of worlds by signal strength, the medians, the
+    difference to buy-and-hold in the same world, and the per-world oracle."""
+    from benchmarks.worlds_headroom import headroom
+    from jaxtrade.evaluation import BASELINES
+
+    rng = np.random.default_rng(0)
+    sharpe = rng.normal(size=(6, len(BASELINES)))
+    hold, best = BASELINES.index("buy_and_hold"), BASELINES.index("QUALITY/20")
+    sharpe[:, best] = sharpe[:, hold] + 1.0  # beats buy-and-hold by 1 in every world
+    signal = np.array([0.0, 0.0, 0.3, 0.5, 0.9, 1.2])
+    rows = {r["group"]: r for r in headroom(sharpe, signal)}
+    assert [rows[g]["worlds"] for g in ("none", "weak", "strong")] == [2, 2, 2]
+    strong = rows["strong"]
+    assert strong["median_over_buy_and_hold"]["QUALITY/20"] == pytest.approx(1.0)
+    assert strong["share_beating_buy_and_hold"]["QUALITY/20"] == 1.0
+    assert strong["oracle"] == pytest.approx(np.median(sharpe[4:].max(axis=1)))
+    assert strong["buy_and_hold"] == pytest.approx(np.median(sharpe[4:, hold]))

@@ -88,6 +88,27 @@ def test_stopped_and_resumed_run_ends_bit_identical(trainer, cfg, fresh, tmp_pat
     assert int(resumed.iteration) == 4
 
 
+def test_permuted_asset_orders_train_and_resume_bit_identical(small_market, tmp_path):
+    """--augment permute: every env holds an order of the assets of its own (part of the
+    checkpointed state), and a run stopped and resumed ends as one that was not."""
+    cfg = resolve(with_values(Config(), **TINY, augment="permute"), "cpu")
+    trainer = make_train(cfg, small_market)
+    straight = advance(trainer, trainer.initial_state(jax.random.key(0)), 2)
+    perms = np.asarray(straight.carry.env_state.perm)  # [B, A]
+    n_assets = small_market.n_assets
+    assert perms.shape == (cfg.ppo.n_envs, n_assets)
+    assert (np.sort(perms, axis=1) == np.arange(n_assets)).all()
+    assert len({tuple(p) for p in perms}) > 1
+    first = advance(trainer, trainer.initial_state(jax.random.key(0)), 1)
+    store = ckpt.RunCheckpoints(tmp_path, cfg)
+    store.record(row(1, 0.1))
+    assert store.save(first, 1)
+    store.close()
+    restored = ckpt.restore_state(ckpt.latest(tmp_path), trainer)
+    resumed = advance(trainer, trainer.place(restored), 1)
+    chex.assert_trees_all_equal(raw(resumed), raw(straight))
+
+
 def test_format_1_checkpoints_with_the_old_gru_layout_resume(trainer, cfg, fresh, tmp_path,
                                                               monkeypatch):
     """Checkpoints written before the recurrent state went env-first (format 1, GRU state

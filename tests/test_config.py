@@ -585,7 +585,7 @@ def test_make_params_takes_env_config_defaults_and_rules(small_env):
         assert signature[key].default == value, key
         rule = C.SETTINGS[key].rule
         assert rule is not None and rule.holds(value)
-        bad = -1.0 if key != "episode_length" else 0
+        bad = "bad" if isinstance(value, str) else 0 if isinstance(value, int) else -1.0
         assert not rule.holds(bad)
         with pytest.raises(ValueError) as e:
             small_env.make_params(**{key: bad})

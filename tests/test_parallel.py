@@ -78,14 +78,13 @@ def test_mesh_of_this_process():
         parallel.select_devices(0)
 
 
-def test_put_replicated_and_env_shardings():
+def test_put_replicated_and_env_sharding():
     mesh = parallel.make_mesh(1)
     x = parallel.put_replicated({"a": np.arange(6.0).reshape(2, 3)}, mesh)["a"]
     assert x.sharding.is_fully_replicated
     np.testing.assert_array_equal(x, np.arange(6.0).reshape(2, 3))
-    sh = parallel.env_shardings(mesh, {"params": None, "hidden": 1})
-    assert sh["params"].spec == jax.sharding.PartitionSpec()
-    assert sh["hidden"].spec == jax.sharding.PartitionSpec(None, parallel.AXIS)
+    assert parallel.replicated(mesh).spec == jax.sharding.PartitionSpec()
+    assert parallel.env_sharding(mesh, 1).spec == jax.sharding.PartitionSpec(None, parallel.AXIS)
 
 
 @pytest.mark.parametrize(

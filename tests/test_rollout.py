@@ -101,3 +101,27 @@ def test_uniform_samples_the_valid_actions_evenly(small_market):
         np.testing.assert_allclose(share[valid], 1 / 3, atol=0.06)
     # The log-prob of a uniform choice among the three valid actions.
     np.testing.assert_allclose(traj.log_prob, np.log(1 / 3), rtol=1e-5)
+
+
+def test_decide_every_k_trades_only_on_every_kth_step(tiny, tiny_state, small_env):
+    """decide_every = 4: uniform actions over the regimes on steps 0, 4, 8, ... of each
+    episode and HOLD on the others (the mask is stored and the trajectory obeys it); the
+    default params store no mask, so the unmasked programs pay nothing."""
+    from jaxtrade.envs.regimes import N_REGIMES, Regime
+
+    params = small_env.make_params("train", episode_length=32, decide_every=4)
+    assert small_env.make_params("train", episode_length=32).decide_every is None
+    rollout = jax.jit(make_rollout(tiny.network, small_env, 40, uniform=True))
+    carry = initial_carry(tiny.network, small_env, params, jax.random.key(1), 16)
+    steps = np.asarray(carry.env_state.step)
+    _, traj = rollout(tiny_state.params, params, carry, jax.random.key(2))
+    action, mask = np.asarray(traj.action), np.asarray(traj.mask)
+    # The episode step of each transition: staggered starts, reset after 32 steps.
+    step = (steps[None, :] + np.arange(40)[:, None]) % 32
+    deciding = step % 4 == 0
+    assert (mask.all(-1) == deciding).all() and mask[..., Regime.HOLD].all()
+    assert (action[~deciding] == Regime.HOLD).all()
+    assert len(np.unique(action[deciding])) == N_REGIMES
+    plain = small_env.make_params("train", episode_length=32)
+    carry = initial_carry(tiny.network, small_env, plain, jax.random.key(1), 16)
+    assert rollout(tiny_state.params, plain, carry, jax.random.key(2))[1].mask is None

@@ -245,6 +245,42 @@ def test_pool_episodes_stay_in_one_world_and_never_hold_padding(pool):
     assert set(np.unique(exists)) <= {0.0, 1.0}
 
 
+def test_the_equal_weight_benchmark_shifts_every_action_by_the_index_alone(pool):
+    """reward_benchmark = equal_weight subtracts the log growth of the equal-weight index
+    of the assets that exist (not the padding) over the held bar: the same amount for every
+    action, so the best policy is unchanged; evaluation passes keep the plain reward."""
+    from jaxtrade.config import EnvConfig, PortfolioConfig
+    from jaxtrade.envs import PortfolioEnv
+    from jaxtrade.evaluation import pass_params
+
+    market, settings = pool
+    env = PortfolioEnv(market)
+    plain = env.make_params("train", episode_length=32)
+    relative = env.make_params("train", episode_length=32, reward_benchmark="equal_weight")
+    assert float(plain.benchmark_weight) == 0 and float(relative.benchmark_weight) == 1
+    step = jax.jit(env.step_env)
+    price = np.asarray(market.data.price, np.float64)
+    mask = np.asarray(market.data.asset_mask)
+    assert min(settings.n_assets) < 24  # some worlds have padding (excluded from the index)
+    for world in range(4):
+        state = env.reset_env(jax.random.key(world), plain)[1]
+        state = state.replace(t=jnp.int32(world * market.world_bars + 40))
+        t = int(state.t)
+        exists = mask[t]
+        assert exists.sum() == int(settings.n_assets[world])
+        index = np.log(np.mean(price[t + 1, exists] / price[t, exists]))
+        for action in range(env.num_actions):
+            key = jax.random.key(action)
+            _, _, r0, _, info = step(key, state, jnp.int32(action), plain)
+            _, _, r1, _, _ = step(key, state, jnp.int32(action), relative)
+            assert float(r0) == pytest.approx(float(info["log_return"]), abs=1e-7)
+            assert float(r0) - float(r1) == pytest.approx(index, abs=2e-6)
+    with pytest.raises(ValueError, match=r"reward_benchmark must be one of none\|equal_weight"):
+        env.make_params("train", episode_length=32, reward_benchmark="index")
+    cfg = EnvConfig(portfolio=PortfolioConfig(reward_benchmark="equal_weight"))
+    assert float(pass_params(env, cfg, 1, 50).benchmark_weight) == 0
+
+
 @pytest.mark.parametrize("encoder", ["set", "flat"])
 def test_the_trainer_learns_on_a_pool_and_a_fresh_pool_does_not_retrace(pool, encoder):
     from jaxtrade.config import Config, resolve, with_values

@@ -121,6 +121,14 @@ class Market:
         return dataclasses.replace(self, data=data, dates=self.dates[:cut],
                                    withheld_test=self.span("test"))
 
+    def with_all_assets(self) -> Market:
+        """This market with an asset mask in which every asset exists: the observation of a
+        pool of worlds (a flag per asset), for a model trained on worlds to read it."""
+        if self.data.asset_mask is not None:
+            return self
+        mask = np.ones(self.data.price.shape, bool)
+        return dataclasses.replace(self, data=self.data.replace(asset_mask=mask))
+
     def describe(self) -> str:
         """One line for logs: the three ranges with their bars and dates."""
 

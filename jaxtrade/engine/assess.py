@@ -130,14 +130,13 @@ def check_run(request: AssessRequest) -> None:
 def own_market(policy):
     """The run's own data, all of it, normalised with the run's training statistics."""
     from jaxtrade.data.market import load_market
-    from jaxtrade.policy import with_all_assets
 
     d = policy.config.data
     market = load_market(d.path, symbols=d.symbols, start=d.start, end=d.end,
                          max_fill=d.max_fill, synthetic=d.synthetic(), stats=policy.stats,
                          episode_length=1, val_fraction=0.0, test_fraction=0.0)
     if policy.layout is not None and policy.layout.mask_token is not None:
-        market = with_all_assets(market)  # it learned on worlds: every asset here exists
+        market = market.with_all_assets()  # it learned on worlds: every asset here exists
     return market
 
 

@@ -111,9 +111,7 @@ def prepare(request: StartRequest, options: RunOptions) -> Plan:
     cfg = resolve_worlds(start.cfg, jax.default_backend(), max_vram)
     market = load_run_market(cfg)
     if start.source is not None and reads_asset_flags(start.source.run_dir):
-        from jaxtrade.policy import with_all_assets
-
-        market = with_all_assets(market)  # a model trained on worlds, on one market
+        market = market.with_all_assets()  # a model trained on worlds, on one market
     env = make_env(cfg.env.name, market)  # the name was checked by the config's rule
     eval_every = eval_interval(cfg, env, given=options.eval_every_given)
     sizing = size_n_envs(cfg, env, n_devices, max_vram, given=start.n_envs_given,
@@ -130,11 +128,10 @@ def reads_asset_flags(run_dir: Path) -> bool:
     """Whether the run in `run_dir` trained with a flag per asset saying it exists (a pool
     of worlds: env.json's obs_layout has a mask_token); a run started from its weights
     observes its market the same way."""
-    path = Path(run_dir) / ENV_FILE
-    if not path.exists():
-        return False
-    layout = json.loads(path.read_text()).get("obs_layout") or {}
-    return layout.get("mask_token") is not None
+    from jaxtrade.policy import read_env_record
+
+    record = read_env_record(run_dir)
+    return record is not None and record[2] is not None and record[2].mask_token is not None
 
 
 def print_banner(plan: Plan, console: Console) -> None:

@@ -90,13 +90,16 @@ class Environment(Generic[TEnvState, TEnvParams]):
         for an observation without assets."""
         return None
 
-    def action_mask(self, state: TEnvState, params: TEnvParams) -> jax.Array:
-        """bool [num_actions]: which actions `state` allows (all of them by default)."""
+    def action_mask(self, state: TEnvState, params: TEnvParams) -> jax.Array | None:
+        """bool [num_actions]: which actions `state` allows (all of them by default). An env
+        whose masking depends on its params may return None (static: the params' structure
+        decides) for "every action, always": its rollouts then store no mask."""
         return jnp.ones((self.num_actions,), bool)
 
     @property
     def masks_actions(self) -> bool:
-        """Whether this env overrides `action_mask` (static: unmasked envs pay nothing)."""
+        """Whether this env overrides `action_mask`, i.e. may mask (static: unmasked envs pay
+        nothing)."""
         return type(self).action_mask is not Environment.action_mask
 
     def step_metrics(self, info: Mapping[str, jax.Array]) -> dict[str, jax.Array]:

@@ -22,7 +22,10 @@ Observation, float32 [A * F + A + 3]:
   A*F+A+2           episode progress, step / episode_length, in [0, 1)
 Action: int32 [] in [0, 12), a `jaxtrade.envs.regimes.Regime`.
 Reward: float32 [], log growth of the marked portfolio value net of costs, minus
-  `turnover_penalty * turnover` and `drawdown_penalty * drawdown` (both 0 by default).
+  `turnover_penalty * turnover` and `drawdown_penalty * drawdown` (both 0 by default),
+  and with `reward_benchmark = "equal_weight"` minus the log growth over the same bar of
+  the equal-weight index of the assets that exist (no action changes it, so the best
+  policy is the same; `info["log_return"]` and every reported figure stay plain).
 Termination: `terminated` (ruin) when the marked value falls below
   `ruin_fraction` of the initial value; `truncated` after `episode_length` steps
   or at the end of the date range. `done = terminated | truncated`; `step`
@@ -63,6 +66,10 @@ class EnvState:
     value: jax.Array  # float32 [], value after the last trade, marked at the close of t-1
     peak: jax.Array  # float32 [], highest post-trade value this episode
     weights: jax.Array  # float32 [A + 1], weights after the last trade (cash last)
+    # int32 [A], the episode's order of the assets (`augment = "permute"`): the env's asset
+    # i is the market's asset perm[i], for its features, scores, prices and weights; None
+    # (no leaf): the market's order.
+    perm: jax.Array | None = None
 
 
 @struct.dataclass
@@ -83,10 +90,26 @@ class EnvParams:
     # float32 [], probability that a step's next bar is a random bar of the range instead
     # of the next one (a stationary block bootstrap of mean block 1 / restart_prob); 0: off.
     restart_prob: jax.Array
+    # float32 [], 1: the reward subtracts the log growth of the equal-weight index of the
+    # assets that exist over the held bar (`PortfolioConfig.reward_benchmark`); 0: plain.
+    benchmark_weight: jax.Array
     # int32 [], worlds an episode may start in (a pool of worlds; 1 otherwise): world w's
     # starts are w * world_bars + [start_min, start_max]. An evaluation pass of a pool sets
     # 1 and absolute bars.
     n_worlds: jax.Array
+    # bool [], present (not None) with `augment = "permute"`: every episode sees the assets
+    # in a random order of its own (`EnvState.perm`). None (no leaf): the market's order.
+    permute: jax.Array | None = None
+    # int32 [], present (not None) with `decide_every` k > 1: the policy chooses a regime on
+    # the steps whose `step % k == 0` and may only HOLD on the others (`action_mask`), as
+    # the baselines REGIME/k do. None: every step decides (no mask is computed or stored).
+    decide_every: jax.Array | None = None
+
+
+def _bar(array: jax.Array, t: jax.Array, state: EnvState) -> jax.Array:
+    """Row t of a per-asset market array ([T, A, ...]), assets in the episode's order."""
+    row = array[t]
+    return row if state.perm is None else row[state.perm]
 
 
 _DEFAULTS = PortfolioConfig()  # friction defaults ([env.portfolio]; ranges: their rules)
@@ -158,6 +181,9 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         drawdown_penalty: float = _DEFAULTS.drawdown_penalty,
         ruin_fraction: float = _DEFAULTS.ruin_fraction,
         bootstrap_block: float = _DEFAULTS.bootstrap_block,
+        reward_benchmark: str = _DEFAULTS.reward_benchmark,
+        augment: str = _DEFAULTS.augment,
+        decide_every: int = _DEFAULTS.decide_every,
     ) -> EnvParams:
         """Params for episodes inside the market's "train", "validation" or "test" range
         (`jaxtrade.data.market.Market`): no step reads a price after the range's last bar.
@@ -201,12 +227,18 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
             ("drawdown_penalty", drawdown_penalty),
             ("ruin_fraction", ruin_fraction),
             ("bootstrap_block", bootstrap_block),
+            ("reward_benchmark", reward_benchmark),
+            ("augment", augment),
+            ("decide_every", decide_every),
         ):
             if (rule := broken_rule(name, v)) is not None:
                 raise ValueError(f"{name} must be {rule}, got {v}")
         if bootstrap_block and self.world_bars is not None:
             raise ValueError("bootstrap_block must be 0 on a pool of worlds (its episodes stay "
                              "in one world; fresh worlds need no resampling)")
+        if augment != "none" and self.world_bars is not None:
+            raise ValueError(f"augment must be none on a pool of worlds (their assets are "
+                             f"exchangeable draws already), got {augment}")
         i32, f32 = jnp.int32, jnp.float32
         return EnvParams(
             market=jax.tree.map(jnp.asarray, self._data),  # host arrays onto the device
@@ -222,6 +254,9 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
             drawdown_penalty=jnp.asarray(drawdown_penalty, f32),
             ruin_fraction=jnp.asarray(ruin_fraction, f32),
             restart_prob=jnp.asarray(1.0 / bootstrap_block if bootstrap_block else 0.0, f32),
+            benchmark_weight=jnp.asarray(reward_benchmark == "equal_weight", f32),
+            permute=jnp.asarray(True) if augment == "permute" else None,
+            decide_every=jnp.asarray(decide_every, i32) if decide_every > 1 else None,
             n_worlds=jnp.asarray(self.n_worlds, i32),
         )
 
@@ -235,6 +270,14 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         n = self.n_assets
         return [f"with {n} asset{'s' if n > 1 else ''} these regimes are the same position: "
                 f"{' = '.join(group)}" for group in regimes.coinciding(n)]
+
+    def action_mask(self, state: EnvState, params: EnvParams) -> jax.Array | None:
+        """With `decide_every` k > 1: every regime on a deciding step (`step % k == 0`),
+        only HOLD between them; None (every action, no mask stored) otherwise."""
+        if params.decide_every is None:  # static: the params' structure
+            return None
+        deciding = state.step % params.decide_every == 0
+        return deciding | (jnp.arange(regimes.N_REGIMES) == regimes.Regime.HOLD)
 
     def step_metrics(self, info) -> dict[str, jax.Array]:
         """Mean trading cost and turnover per step of the rollout."""
@@ -295,16 +338,22 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         t0 = jax.random.randint(key, (), params.start_min, params.start_max + 1, jnp.int32)
         if self.world_bars is not None:
             t0 = t0 + world * self.world_bars
+        perm = None
+        if params.permute is not None:  # static: the params' structure says so
+            perm = jax.random.permutation(jax.random.fold_in(key, 3), self.n_assets)
+            perm = jnp.where(params.permute, perm, jnp.arange(self.n_assets)).astype(jnp.int32)
         weights = jnp.zeros(self.n_assets + 1, jnp.float32).at[-1].set(1.0)
         one = jnp.ones((), jnp.float32)
-        state = EnvState(t=t0, step=jnp.zeros((), jnp.int32), value=one, peak=one, weights=weights)
+        state = EnvState(t=t0, step=jnp.zeros((), jnp.int32), value=one, peak=one,
+                         weights=weights, perm=perm)
         return self.get_obs(state, params), state
 
     def get_obs(self, state: EnvState, params: EnvParams) -> jax.Array:
         """Observation of bar t-1 (see the module docstring for the layout)."""
-        features = params.market.features[state.t - 1]
+        features = _bar(params.market.features, state.t - 1, state)
         if self.masked:  # each asset's token ends with whether it exists
-            exists = params.market.asset_mask[state.t - 1].astype(jnp.float32)[:, None]
+            exists = _bar(params.market.asset_mask, state.t - 1, state)
+            exists = exists.astype(jnp.float32)[:, None]
             features = jnp.concatenate([features, exists], axis=-1)
         drawdown = 1.0 - state.value / state.peak
         progress = state.step / params.episode_length
@@ -317,13 +366,13 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         t = state.t
         n = self.n_assets
         # 2. drift over bar t.
-        growth = m.price[t] / m.price[t - 1]
+        growth = _bar(m.price, t, state) / _bar(m.price, t - 1, state)
         held = jnp.concatenate([state.weights[:n] * growth, state.weights[n:]])
         value_pre = state.value * jnp.sum(held)
         w_pre = held / jnp.sum(held)
         # 3. trade to the regime's target at p[t].
-        mask = None if m.asset_mask is None else m.asset_mask[t - 1]
-        target = regimes.target_weights(action, m.scores[t - 1], w_pre, mask)
+        mask = None if m.asset_mask is None else _bar(m.asset_mask, t - 1, state)
+        target = regimes.target_weights(action, _bar(m.scores, t - 1, state), w_pre, mask)
         # HOLD trades nothing by definition; don't leave it to floating-point luck
         # (XLA may compute w_pre twice with different rounding).
         delta = jnp.where(action == regimes.Regime.HOLD, 0.0, target[:n] - w_pre[:n])
@@ -344,20 +393,26 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         jump = jax.random.randint(jax.random.fold_in(key, 2), (), params.start_min + 1,
                                   params.end, jnp.int32)
         t_next = jnp.where(restart, jump, t + 1)
-        growth_next = m.price[t_next] / m.price[t_next - 1]
+        growth_next = _bar(m.price, t_next, state) / _bar(m.price, t_next - 1, state)
         value_next = value_post * (jnp.dot(target[:n], growth_next) + target[n])
         peak = jnp.maximum(state.peak, value_post)
         turnover = jnp.sum(traded) / value_pre
         drawdown_next = 1.0 - value_next / jnp.maximum(peak, value_next)
         log_return = jnp.log(value_next) - jnp.log(value_pre)
+        # The equal-weight index's log growth over the held bar (assets that exist): no
+        # action changes it, so subtracting it leaves the best policy as it was and takes
+        # the market's common move out of the reward's noise.
+        exists = (jnp.ones((n,), jnp.float32) if m.asset_mask is None
+                  else _bar(m.asset_mask, t_next - 1, state).astype(jnp.float32))
+        index_growth = jnp.dot(exists, growth_next) / jnp.maximum(jnp.sum(exists), 1.0)
         reward = (
             log_return
+            - params.benchmark_weight * jnp.log(index_growth)
             - params.turnover_penalty * turnover
             - params.drawdown_penalty * drawdown_next
         )
-        next_state = EnvState(
-            t=t_next, step=state.step + 1, value=value_post, peak=peak, weights=target
-        )
+        next_state = EnvState(t=t_next, step=state.step + 1, value=value_post, peak=peak,
+                              weights=target, perm=state.perm)
         terminated = value_next < params.ruin_fraction
         # The next step would mark at p[t_next + 1].
         truncated = jnp.logical_or(

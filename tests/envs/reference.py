@@ -56,6 +56,8 @@ def step(market, t, step_count, value, peak, weights, action, u, p):
         math.log(v_next / v_pre)
         - p["turnover_penalty"] * turnover
         - p["drawdown_penalty"] * dd_next
+        # reward_benchmark = equal_weight: minus the equal-weight index's log growth
+        - p.get("benchmark_weight", 0.0) * math.log(np.mean(price[t + 1] / price[t]))
     )
     terminated = v_next < p["ruin_fraction"]
     truncated = (not terminated) and (step_count + 1 >= p["episode_length"] or t + 2 > p["end"])

@@ -35,10 +35,12 @@ def test_auto_reset_returns_the_next_episode_and_keeps_the_final_observation():
 
 def test_masks_are_static_and_default_to_all_valid(small_market):
     portfolio = PortfolioEnv(small_market)
-    assert not portfolio.masks_actions and MaskedWalk().masks_actions
+    # The portfolio may mask (decide_every > 1); with its default params it masks nothing.
+    assert portfolio.masks_actions and MaskedWalk().masks_actions
     params = portfolio.default_params
     _, state = portfolio.reset(jax.random.key(0), params)
-    assert portfolio.action_mask(state, params).tolist() == [True] * portfolio.num_actions
+    assert portfolio.action_mask(state, params) is None
+    assert Environment.action_mask(portfolio, state, params).tolist() == [True] * 12
     walk = MaskedWalk()
     at = lambda pos: walk.action_mask(WalkState(jnp.int32(pos), jnp.int32(0)), None).tolist()
     assert at(0) == [False, True, True, True] and at(2) == [True, True, True, False]

@@ -352,8 +352,12 @@ def test_action_mask_of_a_masked_env_through_the_adapter():
 
 def test_portfolio_allows_every_action_and_adds_no_mask_to_info(small_env, small_params):
     env = GymnaxEnv(small_env)
-    assert not env.masks_actions
+    assert env.masks_actions  # it may (decide_every > 1), but these params mask nothing
     _, state = env.reset(jax.random.key(0), small_params)
     np.testing.assert_array_equal(env.action_mask(state, small_params), [True] * N_REGIMES)
     info, _ = info_sizes(env, small_params)
     assert "action_mask" not in info
+    every4 = small_params.replace(decide_every=jnp.int32(4))  # then it masks, and says so
+    info, _ = info_sizes(env, every4)
+    assert info["action_mask"] == N_REGIMES
+    np.testing.assert_array_equal(env.action_mask(state, every4), [True] * N_REGIMES)  # step 0

@@ -54,10 +54,11 @@ def _rollout_fn(env, n_steps):
     peak_over=st.floats(1.0, 2.0),
     penalties=st.booleans(),
     frictions=st.sampled_from(["default", "zero", "large"]),
+    benchmark=st.booleans(),
 )
 def test_step_matches_numpy_reference(
     small_env, small_params, step_env, market_np, seed, action, step_frac, t_frac, value,
-    peak_over, penalties, frictions,
+    peak_over, penalties, frictions, benchmark,
 ):
     rng = np.random.default_rng(seed)
     n = small_env.n_assets
@@ -69,6 +70,7 @@ def test_step_matches_numpy_reference(
         drawdown_penalty=jnp.float32(0.5 if penalties else 0.0),
         turnover_penalty=jnp.float32(0.01 if penalties else 0.0),
         end=jnp.int32(small_env.n_bars - 1),
+        benchmark_weight=jnp.float32(benchmark),
     )
     coef = {"default": (5e-4, 2e-4, 0.01), "zero": (0.0, 0.0, 0.0), "large": (0.01, 0.005, 0.1)}
     slippage, spread, impact = (jnp.float32(c) for c in coef[frictions])
@@ -86,7 +88,7 @@ def test_step_matches_numpy_reference(
     u = np.asarray(jax.random.uniform(key, (n,), jnp.float32), np.float64)
     p = {k: float(getattr(params, k)) for k in (
         "slippage", "spread", "impact", "turnover_penalty", "drawdown_penalty",
-        "ruin_fraction", "episode_length", "end")}
+        "ruin_fraction", "episode_length", "end", "benchmark_weight")}
     ref = reference.step(
         market_np, t, step_count, float(state.value), float(state.peak),
         np.asarray(state.weights, np.float64), action, u, p,
@@ -357,3 +359,46 @@ def test_bootstrap_paths_jump_within_the_range_and_stay_consistent(small_env, st
     assert float(pass_params(small_env, cfg, 1, 50).restart_prob) == 0.0
     with pytest.raises(ValueError, match=r"bootstrap_block must be 0 \(off\) or at least 2"):
         small_env.make_params("train", bootstrap_block=1.0)
+
+
+def test_permute_is_the_market_with_its_assets_relabelled(small_env, step_env):
+    """augment = permute: each episode draws an order of the assets, and its episode is the
+    same env's on the market whose asset columns were put in that order (observations,
+    rewards, values and weights alike); evaluation passes and worlds keep the data's order."""
+    from jaxtrade.config import (
+        Config,
+        ConfigError,
+        EnvConfig,
+        PortfolioConfig,
+        validate,
+        with_values,
+    )
+    from jaxtrade.evaluation import pass_params
+
+    n = small_env.n_assets
+    params = small_env.make_params("train", episode_length=32, augment="permute",
+                                   ruin_fraction=0.0)
+    plain = small_env.make_params("train", episode_length=32, ruin_fraction=0.0)
+    assert plain.permute is None  # no leaf: the plain env's state and programs are unchanged
+    reset = jax.jit(small_env.reset_env)
+    perms = {tuple(np.asarray(reset(jax.random.key(i), params)[1].perm)) for i in range(8)}
+    assert all(sorted(p) == list(range(n)) for p in perms) and len(perms) > 1
+    obs, state = reset(jax.random.key(3), params)
+    perm = np.asarray(state.perm)
+    relabelled = plain.replace(market=jax.tree.map(lambda x: x[:, perm], plain.market))
+    obs_r, state_r = reset(jax.random.key(3), relabelled)
+    assert state_r.perm is None and int(state_r.t) == int(state.t)
+    np.testing.assert_array_equal(obs, obs_r)
+    keys = jax.random.split(jax.random.key(4), 12)
+    for i, key in enumerate(keys):
+        action = jnp.int32(i % N_REGIMES)
+        obs, state, reward, _, info = step_env(key, state, action, params)
+        obs_r, state_r, reward_r, _, info_r = step_env(key, state_r, action, relabelled)
+        np.testing.assert_allclose(obs, obs_r, rtol=1e-6)
+        np.testing.assert_allclose(reward, reward_r, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(state.value, state_r.value, rtol=1e-6)
+        np.testing.assert_allclose(state.weights, state_r.weights, rtol=1e-6, atol=1e-7)
+    cfg = EnvConfig(portfolio=PortfolioConfig(augment="permute"))
+    assert pass_params(small_env, cfg, 1, 50).permute is None
+    with pytest.raises(ConfigError, match="augment='permute' must be none with --market worlds"):
+        validate(with_values(Config(), augment="permute", market="worlds"))
