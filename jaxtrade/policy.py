@@ -87,7 +87,7 @@ def read_env_record(run_dir: str | Path) -> tuple[int, int, ObsLayout | None] | 
             layout = ObsLayout(int(layout["n_assets"]), tuple(map(int, layout["blocks"])),
                                int(layout["n_globals"]),
                                None if mask_token is None else int(mask_token))
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise EvaluationError(f"{path}: not a jaxtrade env record ({e})") from None
     return *dims, layout
 

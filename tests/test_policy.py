@@ -159,6 +159,9 @@ def test_network_dims_are_the_runs_recorded_ones(policy, trained_run, tmp_path):
     (run / "env.json").write_text(json.dumps({**env_record, "obs_layout": {"n_assets": 4}}))
     with pytest.raises(EvaluationError, match=r"env.json: not a jaxtrade env record \('blocks'"):
         jaxtrade.load_policy(run)
+    (run / "env.json").write_text(json.dumps({**env_record, "obs_layout": [4]}))
+    with pytest.raises(EvaluationError, match=r"env.json: not a jaxtrade env record \('list'"):
+        jaxtrade.load_policy(run)
 
 
 
