@@ -76,6 +76,12 @@ class Walk:
     reward: jax.Array  # float32 [S, T], the env's reward
 
 
+# What every evaluation pass sets whatever the run trained with: no episode cuts and no ruin
+# stop; the bars in order (no bootstrap), the data's asset order, plain log-growth rewards.
+PASS_OVERRIDES = {"episode_length": CONTINUOUS, "ruin_fraction": 0.0, "bootstrap_block": 0.0,
+                  "augment": "none", "reward_benchmark": "none"}
+
+
 def pass_params(env: PortfolioEnv, env_config: EnvConfig, first: int, last: int) -> EnvParams:
     """Env params of a continuous pass trading at bars first .. last - 1 (host-side).
 
@@ -87,16 +93,19 @@ def pass_params(env: PortfolioEnv, env_config: EnvConfig, first: int, last: int)
         raise EvaluationError(
             f"a pass needs 1 <= first < last < {env.n_bars} bars, got first={first}, last={last}"
         )
-    kwargs = {**env_config.params_kwargs(), "episode_length": CONTINUOUS, "ruin_fraction": 0.0,
-              "bootstrap_block": 0.0,  # a pass walks the bars in order
-              "reward_benchmark": "none",  # its rewards are the plain log growth
-              "augment": "none"}  # and it sees the assets in the data's order
+    kwargs = {**env_config.params_kwargs(), **PASS_OVERRIDES}
     # make_params checks the frictions; the range of a pass is not a split's, so set it here.
     params = env.make_params("train", start=1, **kwargs)
     i32 = lambda x: jnp.asarray(x, jnp.int32)
     # n_worlds 1: a pool's pass starts at `first` itself, not in a random world.
     return params.replace(start_min=i32(first), start_max=i32(first), end=i32(last),
                           n_worlds=i32(1))
+
+
+def pass_settings(env_config: EnvConfig) -> dict:
+    """The run's env settings that a pass uses as they are (frictions, penalties,
+    decide_every): what a report records; `PASS_OVERRIDES` replace the others."""
+    return {k: v for k, v in env_config.params_kwargs().items() if k not in PASS_OVERRIDES}
 
 
 def world_pass_params(env: PortfolioEnv, env_config: EnvConfig) -> EnvParams:

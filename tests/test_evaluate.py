@@ -180,6 +180,10 @@ def test_evaluate_reports_the_test_range_against_the_baseline_chosen_on_validati
 
     assert report["checkpoint"]["iteration"] == best.step
     assert report["checkpoint"]["requested"] == "best" and report["actions"] == "greedy"
+    # The env settings the passes used: frictions, penalties, decide_every; not the
+    # training-only ones the passes override (episode cuts, ruin, bootstrap, order, reward).
+    assert set(report["env"]) == {"slippage", "spread", "impact", "turnover_penalty",
+                                  "drawdown_penalty", "decide_every"}
     assert report["range"] == {"name": "test", "start": record["test"]["start"],
                                "end": record["test"]["end"], "bars": RANGE_STEPS + 1,
                                "steps": RANGE_STEPS,

@@ -102,6 +102,7 @@ def test_evaluate_reports_the_test_worlds_against_the_baseline_chosen_on_validat
     record = json.loads((run_dir / "market.json").read_text())["worlds"]
     st = report["statistics"]
     assert report["worlds"]["stream"] == "test" and st["worlds"] == 5
+    assert "augment" not in report["env"] and report["env"]["decide_every"] == 1
     assert report["baseline"]["chosen_on"] == "validation worlds"
     medians = report["baseline"]["validation_median_sharpe"]
     assert report["baseline"]["name"] == max(medians, key=medians.get)

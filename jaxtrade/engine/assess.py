@@ -230,7 +230,7 @@ def assess(request: AssessRequest):
     from jaxtrade import report as comparison
     from jaxtrade.engine.start import load_run_market
     from jaxtrade.envs import NAMES, make_env
-    from jaxtrade.evaluation import STRATEGIES
+    from jaxtrade.evaluation import STRATEGIES, pass_settings
     from jaxtrade.policy import CASH, load_policy
 
     check_run(request)
@@ -279,9 +279,8 @@ def assess(request: AssessRequest):
         "ranges": {name: record.get(name) for name in ("train", "validation", "test")},
         "actions": "sampled" if request.sample else "greedy",
         "seed": seed,
-        # The run's frictions and penalties; a pass has no episode cuts and no ruin stop.
-        "env": {k: v for k, v in cfg.env.params_kwargs().items()
-                if k not in ("episode_length", "ruin_fraction")},
+        # The run's settings the pass used (frictions, penalties, decide_every).
+        "env": pass_settings(cfg.env),
         "model_score": model_score(metrics, health),
         "baseline": choice or {"name": baseline, "chosen_on": None,
                                "why": "the run has no validation range to choose one on"},

@@ -117,6 +117,7 @@ def assess_worlds(request) -> WorldsAssessment:
         POLICY,
         STRATEGIES,
         make_world_walks,
+        pass_settings,
         walk_key,
         world_baselines,
         world_pass_params,
@@ -203,8 +204,7 @@ def assess_worlds(request) -> WorldsAssessment:
                    "steps_per_world": market.world_bars - 2},
         "actions": "sampled" if request.sample else "greedy",
         "seed": seed,
-        "env": {k: v for k, v in cfg.env.params_kwargs().items()
-                if k not in ("episode_length", "ruin_fraction")},
+        "env": pass_settings(cfg.env),
         "baseline": {"name": baseline, "chosen_on": "validation worlds",
                      "by": "median Sharpe ratio", "validation_worlds": validation.n_worlds,
                      "validation_median_sharpe": choice["median_sharpe"]},
