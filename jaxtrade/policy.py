@@ -231,10 +231,14 @@ class Policy:
     def market(self, panel: Panel) -> Market:
         """`panel` as a market scaled with the training statistics (no split); for a model
         that read which assets exist (trained on worlds), every asset of `panel` exists."""
-        market = build_market(panel, stats=self.stats, episode_length=1, val_fraction=0.0,
-                              test_fraction=0.0)
+        return self.observed(build_market(panel, stats=self.stats, episode_length=1,
+                                          val_fraction=0.0, test_fraction=0.0))
+
+    def observed(self, market: Market) -> Market:
+        """`market` as this policy reads it: a model that read which assets exist (trained
+        on worlds) sees every asset of a fixed market as existing."""
         if self.layout is not None and self.layout.mask_token is not None:
-            market = market.with_all_assets()
+            return market.with_all_assets()
         return market
 
     # -------------------------------------------------------------------- decisions

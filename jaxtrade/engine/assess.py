@@ -132,12 +132,10 @@ def own_market(policy):
     from jaxtrade.data.market import load_market
 
     d = policy.config.data
-    market = load_market(d.path, symbols=d.symbols, start=d.start, end=d.end,
-                         max_fill=d.max_fill, synthetic=d.synthetic(), stats=policy.stats,
-                         episode_length=1, val_fraction=0.0, test_fraction=0.0)
-    if policy.layout is not None and policy.layout.mask_token is not None:
-        market = market.with_all_assets()  # it learned on worlds: every asset here exists
-    return market
+    return policy.observed(load_market(
+        d.path, symbols=d.symbols, start=d.start, end=d.end, max_fill=d.max_fill,
+        synthetic=d.synthetic(), stats=policy.stats, episode_length=1, val_fraction=0.0,
+        test_fraction=0.0))
 
 
 def choose_range(request: AssessRequest, policy, own):

@@ -163,10 +163,16 @@ class GymnaxEnv(environment.Environment):
         """bool [num_actions]: the actions valid in `state` (the jaxtrade env's
         `action_mask`; all True when it masks none). Through a gymnax wrapper, pass the
         adapter's state: `env.action_mask(log_state.env_state, params)`."""
-        params = self.default_params if params is None else params
-        mask = self.jaxtrade_env.action_mask(state.env_state, params) if self.masks_actions \
-            else None
+        mask = self._env_mask(state, params)
         return jnp.ones((self.num_actions,), bool) if mask is None else mask
+
+    def _env_mask(self, state: GymnaxEnvState, params=None) -> jax.Array | None:
+        """The jaxtrade env's mask of `state`, or None where it masks nothing (an env that
+        never masks, or params with which it masks none)."""
+        if not self.masks_actions:
+            return None
+        params = self.default_params if params is None else params
+        return self.jaxtrade_env.action_mask(state.env_state, params)
 
     def action_space(self, params=None) -> spaces.Discrete:
         return spaces.Discrete(self.num_actions)
@@ -248,10 +254,8 @@ class GymnaxEnv(environment.Environment):
         )
         if not self.final_observation:
             info = {k: v for k, v in info.items() if k != "final_observation"}
-        if self.masks_actions:  # unless these params mask nothing (the env says None)
-            params = self.default_params if params is None else params
-            mask = self.jaxtrade_env.action_mask(state.env_state, params)
-            info = info if mask is None else {**info, "action_mask": mask}
+        if (mask := self._env_mask(state, params)) is not None:
+            info = {**info, "action_mask": mask}
         if self.terminated_truncated:
             return obs, state, reward, terminated, truncated, info
         return obs, state, reward, terminated | truncated, info
