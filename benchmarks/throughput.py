@@ -474,16 +474,6 @@ def main(argv=None) -> int:
           f"jax {info['jax']}; network hidden {args.hidden_dim} x {args.n_gru_layers} GRU, "
           f"{jnp.dtype(dtype).name}; n_steps {args.n_steps}, {base.ppo.ppo_epochs} PPO + "
           f"{base.ppo.critic_epochs} critic epochs, {n_mb} minibatches", flush=True)
-    rows = []
-    for d, n_envs in cases:
-        cfg = cfgmod.validate(cfgmod.with_values(base, n_envs=n_envs), n_devices=d)
-        rows.append(measure_row(cfg, market, parallel.make_mesh(d), args))
-        print(row_line(rows[-1]), flush=True)
-    rows.sort(key=lambda r: (r["n_devices"], r["n_envs"]))
-    if rows:
-        print()
-        print(table([_fmt_row(r) for r in rows], COLUMNS))
-        print(f"peak FLOP/s: {rows[0]['peak_flops_source']}")
     settings = {
         "n_minibatches": n_mb,
         "ppo_epochs": base.ppo.ppo_epochs,
@@ -494,7 +484,19 @@ def main(argv=None) -> int:
         "flops_method": "XLA cost analysis of loop-free pieces x trip counts "
                         "(benchmarks/throughput.py)",
     }
-    print(f"saved {save('throughput', info, rows, args.out, settings=settings)}")
+    rows = []
+    for d, n_envs in cases:
+        cfg = cfgmod.validate(cfgmod.with_values(base, n_envs=n_envs), n_devices=d)
+        rows.append(measure_row(cfg, market, parallel.make_mesh(d), args))
+        print(row_line(rows[-1]), flush=True)
+        # Saved after every row: a sweep stopped by a time limit keeps what it measured.
+        save("throughput", info, rows, args.out, settings=settings)
+    rows.sort(key=lambda r: (r["n_devices"], r["n_envs"]))
+    if rows:
+        print()
+        print(table([_fmt_row(r) for r in rows], COLUMNS))
+        print(f"peak FLOP/s: {rows[0]['peak_flops_source']}")
+        print(f"saved {save('throughput', info, rows, args.out, settings=settings)}")
     return 0
 
 
