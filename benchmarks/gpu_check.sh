@@ -18,7 +18,8 @@
 # figures. Logs go to $OUT (the device tool's folder) when set, else /tmp/gpu_check.
 # Settings (environment variables): PYTHON (python3), SWEEP_ENVS ("4096 16384 65536"),
 # SWEEP_ARGS (more benchmark flags), SMOKE_ARGS ("--high-vram --iterations 2"),
-# SWEEP_TIMEOUT (270 s), SMOKE_TIMEOUT (180 s), RESULTS (benchmarks/results), SKIP_INSTALL
+# SWEEP_TIMEOUT (270 s), SMOKE_TIMEOUT (180 s), RESULTS (benchmarks/results), STEPS
+# ("sweep smoke": the checks to run, e.g. "smoke" to rerun one), SKIP_INSTALL
 # (non-empty: no install step; for trying the script on a CPU).
 set -u
 cd "$(dirname "$0")/.."
@@ -30,6 +31,7 @@ SWEEP_ARGS=${SWEEP_ARGS:-}
 SMOKE_ARGS=${SMOKE_ARGS:-"--high-vram --iterations 2"}
 SWEEP_TIMEOUT=${SWEEP_TIMEOUT:-270}
 SMOKE_TIMEOUT=${SMOKE_TIMEOUT:-180}
+STEPS=${STEPS:-"sweep smoke"}
 export PYTHONUNBUFFERED=1
 mkdir -p "$LOGS" "$RESULTS"
 status=0
@@ -56,12 +58,15 @@ EOF
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm \
     --format=csv | tee -a "$LOGS/device.txt"
 
+if [[ " $STEPS " == *" sweep "* ]]; then
 stamp "throughput sweep: n_envs $SWEEP_ENVS, bf16, reference network"
 # shellcheck disable=SC2086
 timeout "$SWEEP_TIMEOUT" "$PY" -m benchmarks.throughput --n-envs $SWEEP_ENVS --precision bf16 \
     --out "$RESULTS" $SWEEP_ARGS 2>&1 | tee "$LOGS/throughput.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "throughput sweep FAILED or timed out"; status=1; }
+fi
 
+if [[ " $STEPS " == *" smoke "* ]]; then
 stamp "training smoke run: $SMOKE_ARGS"
 rm -rf /tmp/gpu_check_smoke
 # shellcheck disable=SC2086
@@ -89,6 +94,7 @@ print(f"smoke: {row['sps']:,.0f} steps/s over {row['timesteps']:,} steps, compil
 EOF
 else
     echo "training smoke run FAILED or timed out"; status=1
+fi
 fi
 
 stamp "population sweep: skipped (population training does not exist yet)"

@@ -120,8 +120,10 @@ class Trainer:
         return self.config.ppo.n_envs * self.config.ppo.n_steps
 
     def initial_state(self, key: jax.Array) -> TrainState:
-        """`init(key)`, computed where it lives: each device builds its own envs."""
-        return jax.jit(self.init, out_shardings=self.state_shardings)(key)
+        """`init(key)`, computed where it lives: each device builds its own envs. The env
+        params are an argument, not constants folded into the program (a pool of worlds
+        is gigabytes)."""
+        return jax.jit(self.init, out_shardings=self.state_shardings)(key, self.env_params)
 
     def place(self, state: TrainState) -> TrainState:
         """`state` (e.g. with changed hyperparameters) committed to `state_shardings`."""

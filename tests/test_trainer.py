@@ -4,6 +4,7 @@ layout, any env (a masked one) and network (mlp) through the same engine, and (s
 learns to beat equal weight."""
 
 import dataclasses
+import warnings
 
 import chex
 import jax
@@ -249,3 +250,23 @@ def test_set_encoder_trains_the_portfolio(small_market):
     assert np.isfinite(np.asarray(metrics["policy_loss"])).all()
     assert "asset_dense_0" in state.params["encoder"]  # the per-asset blocks, trained
     assert not np.allclose(state.params["encoder"]["asset_dense_0"]["kernel"], before)
+
+
+def test_no_market_data_is_folded_into_programs(tiny):
+    """The env params (the market: gigabytes for a large pool of worlds) are arguments of
+    the initial-state and training programs, never constants captured at lowering: a
+    capture copies them into the program and XLA compiles them in."""
+    market_bytes = sum(x.nbytes for x in jax.tree.leaves(tiny.env_params))
+    assert market_bytes > 100_000
+    before = {k: getattr(jax.config, k) for k in ("jax_captured_constants_warn_bytes",
+                                                  "jax_captured_constants_report_frames")}
+    jax.config.update("jax_captured_constants_warn_bytes", market_bytes // 10)
+    jax.config.update("jax_captured_constants_report_frames", 0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            state = tiny.initial_state(jax.random.key(1))
+            tiny.program.lower(state, tiny.env_params, 1)
+    finally:
+        for k, v in before.items():
+            jax.config.update(k, v)

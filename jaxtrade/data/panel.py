@@ -12,7 +12,10 @@ FIELDS = ("open", "high", "low", "close", "volume", "adj_close")
 
 def format_date(stamp: pd.Timestamp) -> str:
     """A timestamp for messages: the date alone at midnight, else with its time of day."""
-    return stamp.strftime("%Y-%m-%d") if stamp == stamp.normalize() else str(stamp)
+    # Not strftime: it refuses years past 9999, which a large pool of worlds reaches (its
+    # bars are numbered as business days from 2000).
+    day = f"{stamp.year:04d}-{stamp.month:02d}-{stamp.day:02d}"
+    return day if stamp == stamp.normalize() else str(stamp)
 
 
 def parse_date(text) -> pd.Timestamp | None:

@@ -33,6 +33,9 @@ def make_panel(n_bars=5, n_assets=2, **replace):
     (pd.Timestamp("2024-01-02 00:00:00.5"), "2024-01-02 00:00:00.500000"),  # not midnight
     (pd.Timestamp("2024-01-02", tz="UTC"), "2024-01-02"),
     (pd.Timestamp("2024-01-02 15:30", tz="UTC"), "2024-01-02 15:30:00+00:00"),
+    # Past year 9999 (strftime refuses it): 4,096 worlds of 580 bars numbered as
+    # business days from 2000 end there.
+    (pd.date_range("2000-01-03", periods=4096 * 580, freq="B")[-1], "11106-02-23"),
 ])
 def test_format_date_drops_midnight_and_keeps_any_time_of_day(stamp, text):
     assert format_date(stamp) == text
