@@ -201,3 +201,22 @@ def test_worlds_headroom_groups_worlds_and_takes_each_worlds_best():
     assert strong["share_beating_buy_and_hold"]["QUALITY/20"] == 1.0
     assert strong["oracle"] == pytest.approx(np.median(sharpe[4:].max(axis=1)))
     assert strong["buy_and_hold"] == pytest.approx(np.median(sharpe[4:, hold]))
+
+
+def test_gpu_check_script_parses_and_runs_its_frame(tmp_path):
+    """benchmarks/gpu_check.sh: valid bash, and with no checks selected it reports the
+    device, runs nothing and exits 0 (the checks themselves run on a GPU machine)."""
+    import os
+    import subprocess
+    import sys
+
+    script = "benchmarks/gpu_check.sh"
+    subprocess.run(["bash", "-n", script], check=True)
+    env = dict(os.environ, SKIP_INSTALL="1", STEPS="none", PYTHON=sys.executable,
+               OUT=str(tmp_path / "logs"), RESULTS=str(tmp_path / "results"))
+    done = subprocess.run(["bash", script], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "done, status 0" in done.stdout
+    assert "devices:" in (tmp_path / "logs" / "device.txt").read_text()
+    assert "throughput sweep" not in done.stdout
