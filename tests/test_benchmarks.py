@@ -220,3 +220,39 @@ def test_gpu_check_script_parses_and_runs_its_frame(tmp_path):
     assert "done, status 0" in done.stdout
     assert "devices:" in (tmp_path / "logs" / "device.txt").read_text()
     assert "throughput sweep" not in done.stdout
+
+
+def test_worlds_rules_factor_payoffs_and_switch():
+    """benchmarks/worlds_rules.py: a factor's payoff is its top half's return over the bar,
+    ranked two bars before (as its regime earns it), minus the mean of the assets that
+    exist; the switch trades the factor whose payoffs stand out, and holds or rebalances
+    equal weight otherwise."""
+    from benchmarks.worlds_rules import factor_payoffs, switch_actions
+    from jaxtrade.envs import Regime
+
+    price = np.array([[1.0, 1.0, 1.0], [1.1, 1.0, 1.0], [1.21, 0.9, 5.0], [1.21, 0.99, 1.0]])
+    scores = np.zeros((4, 3, 4))
+    scores[:, 1, 0] = 1.0  # momentum ranks asset 1 first at every bar
+    mask = np.array([[True, True, False]] * 4)  # asset 2 is padding: its jump is ignored
+    pay = factor_payoffs(price, scores, mask)
+    assert pay.shape == (4, 4)
+    np.testing.assert_allclose(pay[:2], 0.0)
+    np.testing.assert_allclose(pay[2, 0], -0.1 - (0.1 - 0.1) / 2)  # asset 1: -10%; mean 0
+    np.testing.assert_allclose(pay[3, 0], 0.1 - (0.0 + 0.1) / 2)
+    # Other factors tie at 0: the first asset in order is the top half of two.
+    np.testing.assert_allclose(pay[2, 1], 0.1 - 0.0)
+
+    rng = np.random.default_rng(0)
+    payoff = rng.normal(0.0, 0.01, (200, 4))
+    payoff[:, 2] += 0.02  # quality pays
+    acts = switch_actions(payoff, 100, window=20, threshold=2.0, every=10)
+    assert acts[0] == Regime.EQUAL_WEIGHT
+    assert set(acts[10::10]) == {Regime.QUALITY}
+    assert set(np.delete(acts, np.arange(0, 100, 10))) == {Regime.HOLD}
+    safe = switch_actions(payoff, 100, window=20, threshold=2.0, every=10, regimes="safe")
+    assert set(safe[10::10]) == {Regime.SAFE_QUALITY}
+    never = switch_actions(payoff, 100, window=20, threshold=1e9, every=10)
+    assert list(never) == [Regime.EQUAL_WEIGHT] + [Regime.HOLD] * 99  # buy-and-hold
+    rebalance = switch_actions(payoff, 100, window=20, threshold=1e9, every=10,
+                               fallback="rebalance")
+    assert set(rebalance[::10]) == {Regime.EQUAL_WEIGHT}
