@@ -340,6 +340,47 @@ class PortfolioConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FundingConfig:
+    """[env.funding]: fees, margin rules and the ranges of the trading configs the funding
+    env draws per episode (`jaxtrade.envs.funding`; its `make_params` takes its defaults and
+    checks its ranges here). A range whose min equals its max fixes the config."""
+
+    taker_fee: float = setting(
+        0.0005, "fee per leg on traded value, at entry and at exit", rule=Between(0, 0.01),
+        flag=False)
+    fill_slippage: float = setting(
+        0.0002, "fraction of the mark price a fill moves against the trade",
+        rule=Between(0, 0.05), flag=False)
+    maintenance_rate: float = setting(
+        0.005, "maintenance margin rate of a leg (one risk tier)", rule=Between(0, 0.5),
+        flag=False)
+    liquidation_penalty: float = setting(
+        0.0, "reward penalty per liquidated leg (basis points of the initial equity)",
+        rule=AtLeast(0), flag=False)
+    ruin_equity: float = setting(
+        0.5, "episode ends when equity falls below this share of the start",
+        rule=Between(0, 1), flag=False)
+    leverage_min: float = setting(1.0, "least max leverage drawn per episode",
+                                  rule=AtLeast(1), flag=False)
+    leverage_max: float = setting(10.0, "largest max leverage drawn per episode",
+                                  rule=AtLeast(1), flag=False)
+    utilisation_min: float = setting(0.3, "least target utilisation drawn per episode",
+                                     rule=Between(0.01, 1), flag=False)
+    utilisation_max: float = setting(0.8, "largest target utilisation drawn per episode",
+                                     rule=Between(0.01, 1), flag=False)
+    positions_min: int = setting(1, "fewest max positions drawn per episode",
+                                 rule=Between(1, 6), flag=False)
+    positions_max: int = setting(5, "most max positions drawn per episode",
+                                 rule=Between(1, 6), flag=False)
+    buffer_min: float = setting(0.0, "least liquidation buffer drawn per episode",
+                                rule=Between(0, 0.5), flag=False)
+    buffer_max: float = setting(0.05, "largest liquidation buffer drawn per episode "
+                                "(a position closes when a leg's mark comes within this "
+                                "fraction of its entry of its liquidation price)",
+                                rule=Between(0, 0.5), flag=False)
+
+
+@dataclasses.dataclass(frozen=True)
 class EnvConfig:
     """Which env and its episode length, then one sub-table per env with settings of its own
     (`[env.portfolio]`); an env reads only its own (`params_kwargs`)."""
@@ -349,6 +390,7 @@ class EnvConfig:
         metavar="NAME", rule=OneOf(_registered_envs, "a registered env: {}"), shape=True)
     episode_length: int = setting(256, "steps per training episode", rule=AtLeast(1), shape=True)
     portfolio: PortfolioConfig = PortfolioConfig()  # [env.portfolio]
+    funding: FundingConfig = FundingConfig()  # [env.funding]
 
     def section(self, name: str | None = None) -> Any | None:
         """The settings of env `name` (default: the chosen env), `[env.<name>]` with dashes

@@ -14,7 +14,8 @@ from jaxtrade.config import Config, ConfigError
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 PRESETS = sorted(CONFIGS.glob("*.toml"))
 SECTIONS = ("data", "env", "network", "ppo", "run")
-TABLES = ("data", "data.worlds", "env", "env.portfolio", "network", "ppo", "run")  # sub-tables too
+# Sub-tables too.
+TABLES = ("data", "data.worlds", "env", "env.portfolio", "env.funding", "network", "ppo", "run")
 
 
 def leaves(table: str) -> list[dataclasses.Field]:
@@ -137,7 +138,7 @@ def test_load_rejects_unknown_section_naming_file_and_valid_sections(tmp_path):
         C.load(path)
     msg = str(e.value)
     assert msg == (f"{path}: unknown section [optim]; valid sections: data, data.worlds, env, "
-                   f"env.portfolio, network, ppo, run")
+                   f"env.portfolio, env.funding, network, ppo, run")
 
 
 def test_load_rejects_unknown_key_listing_the_section_keys(tmp_path):
@@ -650,9 +651,11 @@ def test_an_env_without_a_table_gets_no_other_envs_settings():
     ("[env]\nslippage = 0.001\n",
      "unknown key 'slippage' in [env] ('slippage' belongs in [env.portfolio]); valid keys: "
      "name, episode_length, [env.portfolio]"),
+    ("[env.fundng]\nleverage_max = 3\n",
+     "unknown section [env.fundng]; valid sections: data, data.worlds, env, env.portfolio, "
+     "env.funding, network, ppo, run"),
     ("[env.funding]\nleverage = 3\n",
-     "unknown section [env.funding]; valid sections: data, data.worlds, env, env.portfolio, "
-     "network, ppo, run"),
+     "unknown key 'leverage' in [env.funding] (did you mean 'leverage_min'?)"),
     ("[env]\nportfolio = 3\n", "[env.portfolio] must be a table of keys, got 3"),
     ("[env.portfolio]\nslipage = 0.1\n",
      "unknown key 'slipage' in [env.portfolio] (did you mean 'slippage'?)"),

@@ -162,8 +162,11 @@ def market_record(market: Market) -> dict:
 
     The normalisation statistics (features of new data must be scaled as in training),
     the symbols in column order, and the train, validation and test date ranges (None
-    when empty); dates as `format_date` writes them.
+    when empty); dates as `format_date` writes them. A market of another kind (an env's
+    own data, e.g. `jaxtrade.envs.funding.FundingMarket`) writes its own `record()`.
     """
+    if not isinstance(market, Market):
+        return market.record()
     return {
         "format": MARKET_FORMAT,
         "source": market.source,

@@ -102,8 +102,11 @@ def load_run_market(cfg: cfgmod.Config, test: bool = False):
     """The run's market without its test range: the test bars are `python -m
     jaxtrade.evaluate`'s alone, never on a training device (`test`: evaluate's, with them)."""
     from jaxtrade.data import load_market
+    from jaxtrade.envs import env_class
 
     d = cfg.data
+    if (own := getattr(env_class(cfg.env.name), "load_market", None)) is not None:
+        return own(cfg, test=test)  # an env with data of its own (e.g. funding)
     if d.market == "worlds":
         import dataclasses as dc
 

@@ -1,12 +1,12 @@
 """Pure-functional trading environments: the protocol (`base`), the registry and the envs."""
 
-from jaxtrade.envs.base import Environment, make_env, register, registered
+from jaxtrade.envs.base import Environment, env_class, make_env, register, registered
 from jaxtrade.envs.portfolio import EnvParams, EnvState, PortfolioEnv
 from jaxtrade.envs.regimes import N_REGIMES, NAMES, Regime
 
 __all__ = [
     "N_REGIMES", "NAMES", "EnvParams", "EnvState", "Environment", "PortfolioEnv", "Regime",
-    "make_env", "register", "register_gymnax", "registered",
+    "env_class", "make_env", "register", "register_gymnax", "registered",
 ]
 
 

@@ -209,7 +209,25 @@ def make_env(name: str, market: Any) -> Environment:
     return _REGISTRY[name](market)
 
 
+def env_class(name: str) -> EnvFactory:
+    """The factory registered as `name` (an env class, usually): its class attributes say
+    what an env needs before it is built, e.g. `load_market(cfg, test)` for an env whose
+    data is its own rather than the portfolio market's.
+
+    Raises:
+        ValueError: `name` is not registered.
+    """
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown env {name!r}; registered envs: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
 def _load_builtin() -> None:
     # The built-in envs register themselves on import; importing them here keeps
     # `jaxtrade.envs.base` free of a cycle with the modules that subclass it.
+    # Registration order: the portfolio env, the default, first.
+    # isort: off
     import jaxtrade.envs.portfolio  # noqa: F401
+    import jaxtrade.envs.funding  # noqa: F401
+    # isort: on
