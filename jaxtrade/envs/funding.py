@@ -98,6 +98,7 @@ from jaxtrade.data.funding import (
     split_hours,
     synthetic_funding,
 )
+from jaxtrade.data.market import MARKET_FORMAT
 from jaxtrade.envs.base import Environment, register
 
 TOP_K = 10  # opportunities offered each hour
@@ -330,7 +331,7 @@ class FundingMarket:
     def record(self) -> dict:
         """market.json: where the data came from, its symbols, venues and ranges."""
         p = self.panel
-        return {"format": 1, "kind": "funding", "source": self.source,
+        return {"format": MARKET_FORMAT, "kind": "funding", "source": self.source,
                 "symbols": list(p.symbols), "exchanges": list(p.exchanges),
                 "interval_hours": [int(h) for h in p.interval_hours],
                 **{name: self.span(name) for name in self.ranges}}
@@ -594,9 +595,22 @@ class FundingEnv(Environment[EnvState, EnvParams]):
             "positions": jnp.sum(slots.open),
             "margin_used": jnp.sum(jnp.where(slots.open, slots.margin_long * slots.alive_long
                                              + slots.margin_short * slots.alive_short, 0.0)),
+            # What closing every open leg at t+1 would cost (fees and slippage): a walk that
+            # ends here is worth equity - exit_cost in cash.
+            "exit_cost": self._exit_cost(slots, data, t1, fee_rate, slip),
+            "opened": is_open,
         }
         return (self.get_obs(new_state, params), new_state, reward.astype(jnp.float32),
                 terminated | truncated, info)
+
+    def _exit_cost(self, slots: Slots, data: FundingData, t, fee_rate, slip):
+        """Fees and slippage of closing every open leg at hour t's prices."""
+        m_long, m_short = self._marks(slots, data, t)
+        long = jnp.where(slots.open & slots.alive_long,
+                         slots.size * m_long * (slip + fee_rate * (1 - slip)), 0.0)
+        short = jnp.where(slots.open & slots.alive_short,
+                          slots.size * m_short * (slip + fee_rate * (1 + slip)), 0.0)
+        return jnp.sum(long + short)
 
     def _close(self, slots: Slots, which, cash, data: FundingData, t, fee_rate, slip):
         """Close every alive leg of the slots `which` at hour t's prices: cash gets each

@@ -321,3 +321,43 @@ def test_bad_settings_are_refused(env):
         env.make_params("train", leverage_max=500.0)
     with pytest.raises(ValueError, match="too few"):
         env.make_params("validation", episode_length=100)
+
+
+# ------------------------------------------------------------------ the trading report
+def test_baselines_take_valid_actions_and_never_trades_nothing(env):
+    """The report's rule baselines through days of the validation hours under a fixed
+    config: every action is valid, never-trade ends every day at exactly 1, greedy and the
+    threshold rule open and close positions, and a day's cash result is its equity less
+    the cost of closing what is open."""
+    from jaxtrade.funding_report import day_metrics, day_params, rule_action
+
+    days, axes, starts = day_params(env, "validation", 12, (3.0, 0.6, 3), {})
+    assert len(starts) == 3 and (np.diff(starts) == 12).all()
+
+    def walk(name):
+        def one(params):
+            _, state = env.reset(jax.random.key(0), params)
+
+            def body(state, k):
+                action = rule_action(name, env, state, params)
+                ok = env.action_mask(state, params)[action]
+                _, new, _, _, info = env.step_env(k, state, action, params)
+                return new, (ok, action, info)
+
+            return jax.lax.scan(body, state, jax.random.split(jax.random.key(1), 12))[1]
+
+        return jax.jit(jax.vmap(one, in_axes=(axes,)))(days)
+
+    for name in ("never", "greedy", "threshold"):
+        ok, action, info = walk(name)
+        assert np.asarray(ok).all(), name
+        info = {k: np.asarray(v, np.float64) for k, v in info.items()}
+        m = day_metrics(info, 12)
+        if name == "never":
+            assert m["total_return"] == 0.0 and m["positions_opened"] == 0
+        else:
+            assert m["positions_opened"] > 0 and (np.asarray(action) > N_OPEN).any() or \
+                info["positions"][:, -1].any()
+            np.testing.assert_allclose(
+                m["daily_returns"], info["equity"][:, -1] - info["exit_cost"][:, -1] - 1.0)
+            assert m["fees"] > 0
