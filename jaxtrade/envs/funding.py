@@ -42,7 +42,11 @@ Timeline of one step (state.t = t, an hour):
 2. Over hour t -> t+1: prices move to t+1; exchanges that settle at t+1 pay or charge
    funding at rate[t]; legs whose mark crossed their liquidation price are liquidated;
    positions with a leg within `liquidation_buffer` (a fraction of its entry) of its
-   liquidation price are closed by the env at t+1's prices (the user's stop).
+   liquidation price are closed by the env at t+1's prices (the user's stop). An
+   episode is a trading day that ends flat: its last step closes every open position at
+   t+1's prices, with fees and slippage, and ends the episode as a terminal state (the
+   task is done; nothing is bootstrapped). Ruin (equity below `ruin_fraction`) is
+   terminal too; the end of the range truncates.
 3. reward = `REWARD_SCALE` x (equity[t+1] - equity[t]), i.e. percent of the initial
    equity: opening a full position at 10x costs about half a percent in fees and
    slippage, a day's funding on it earns a few hundredths, and an episode's return stays
@@ -568,8 +572,13 @@ class FundingEnv(Environment[EnvState, EnvParams]):
             | (slots.alive_short & (m_short >= liq_short - b * slots.entry_short)))
         cash, slots, stop_fee, stop_slip = self._close(slots, near, cash, data, t1, fee_rate,
                                                        slip)
-        equity = self._equity(cash, slots, data, t1)
+        # An episode is a trading day that ends flat: its last step closes what is open.
         step = state.step + 1
+        day_end = step >= params.episode_length
+        cash, slots, end_fee, end_slip = self._close(slots, slots.open & day_end, cash, data,
+                                                     t1, fee_rate, slip)
+        stop_fee, stop_slip = stop_fee + end_fee, stop_slip + end_slip
+        equity = self._equity(cash, slots, data, t1)
         new_state = state.replace(t=t1, step=step, cash=cash, equity=equity, slots=slots,
                                   liquidations=state.liquidations + n_liq)
         fees = open_fee * is_open + close_fee + stop_fee
@@ -579,8 +588,10 @@ class FundingEnv(Environment[EnvState, EnvParams]):
         change = funding + price_pnl - fees - slippage - liq_loss
         reward = (REWARD_SCALE * change
                   - params.liquidation_penalty * n_liq.astype(jnp.float32))
-        terminated = equity < params.ruin_fraction
-        truncated = ((step >= params.episode_length) | (t1 >= params.end)) & ~terminated
+        # The day's end is the task's end (flat, nothing to bootstrap), as is ruin; the end
+        # of the range cuts an episode short (truncated: its value is bootstrapped).
+        terminated = (equity < params.ruin_fraction) | day_end
+        truncated = (t1 >= params.end) & ~terminated
         info = {
             "terminated": terminated,
             "truncated": truncated,

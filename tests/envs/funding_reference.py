@@ -108,7 +108,7 @@ def step(data, params, state, action):
                 near |= mark <= liq + cfg["buffer"] * entry
             else:
                 near |= mark >= liq - cfg["buffer"] * entry
-        if near:
+        if near or state["step"] + 1 >= params["episode_length"]:  # a stop, or the day ends
             close(s, t1)
     equity = cash
     for s in slots:
