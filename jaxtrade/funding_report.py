@@ -6,9 +6,10 @@ through a range of hours, for fixed trading configs.
 Each strategy trades every day of the range as one episode of `episode_length` hours
 (the days back to back, each from cash 1.0, as training's episodes), under a fixed
 config (max leverage, target utilisation, max positions; liquidation buffer 0 unless
-given). A day's result is its equity after the last hour minus what closing its open legs
-would cost (`info["exit_cost"]`): cash in hand, so a strategy that leaves positions open
-pays to leave them. Strategies:
+given). A day ends flat: the env closes what is open at its last hour, with fees and
+slippage, so a day's result is cash in hand (`info["exit_cost"]`, the cost of closing what
+is still open, is subtracted too, for a walk cut short by the end of the range).
+Strategies:
 
 * policy: the run's best checkpoint (chosen on validation), greedy;
 * never: holds cash (its return is 0 by construction);
