@@ -30,8 +30,11 @@ work of the env, LayerNorms, the loss and Adam) and multiplies each by the trip 
 the config fixes. For B envs, T steps, E joint epochs, K minibatches of M = B / K envs
 and C critic epochs, one iteration costs
 
-    T x act(B)                  policy step, sampling, vmapped env.step and the value of
-                                each final observation (the bootstrap), one rollout step
+    T x act(B)                  policy step, sampling and vmapped env.step, one rollout step
+  + S x fwd(B)                  the bootstrap values of time-limit ends: one forward over
+                                S = `bootstrap_capacity` slots per env after the scan (an
+                                end that finds its env's slots full, rare, costs a forward
+                                at its step: not counted)
   + fwd(B)                      the value after the last step
   + E x K x (T x grad(M) + opt) forward + backward of one step of the minibatch unroll
                                 (gradient w.r.t. the parameters and the incoming GRU
@@ -48,8 +51,9 @@ batch, whatever the device count; they do not depend on the precision.
 
 For the reference network, one forward is about 1.9 MFLOP of matmuls (2 x in x out
 per Dense, 2 x (in x 3H + H x 3H) per GRU layer) and a training env step about
-29 MFLOP: two forwards in the rollout, four forward + backward passes (about 3
-forwards each), a trunk forward and four value-head steps.
+27 MFLOP: one forward in the rollout (and (S + 1) / T of one for the bootstraps and the
+last value), four forward + backward passes (about 3 forwards each), a trunk forward
+and four value-head steps.
 
 Prints one line per row as it is measured, the table at the end, and writes
 benchmarks/results/throughput_<device>_<date>.json (host-only code).
@@ -71,7 +75,7 @@ from benchmarks.common import device_info, save, table
 from jaxtrade import config as cfgmod
 from jaxtrade import memory, parallel, ppo
 from jaxtrade.data import load_market
-from jaxtrade.rollout import make_rollout
+from jaxtrade.rollout import bootstrap_capacity, make_rollout
 from jaxtrade.trainer import Trainer, make_train
 
 CPU_N_ENVS = (32, 64, 128)
@@ -206,9 +210,13 @@ def count_flops(trainer: Trainer) -> dict:
     def forward(p, h, obs, reset):
         return network.apply({"params": p}, h, obs, reset)
 
-    rollout_step = make_rollout(network, env, 1)  # a scan of length 1: counted exactly
-    act = xla_flops(rollout_step, params, env_params, state.carry, key)
+    # A scan of length 1, counted exactly: the step, and the forward over its one slot per
+    # env (one slot for one step: no full pass at the step).
+    rollout_step = make_rollout(network, env, 1, bootstrap_slots=1,
+                                info_keys=env.metric_info_keys)
     bootstrap = xla_flops(forward, params, hidden(b), arr(b, env.obs_dim), arr(b, dtype=bool))
+    act = xla_flops(rollout_step, params, env_params, state.carry, key) - bootstrap
+    slots = bootstrap_capacity(t, cfg.env.episode_length)
 
     one = jax.eval_shape(rollout_step, params, env_params, state.carry, key)[1]
 
@@ -238,7 +246,7 @@ def count_flops(trainer: Trainer) -> dict:
 
     opt = xla_flops(update, params, params, state.actor_opt, state.critic_opt)
     per_iteration = {
-        "rollout": t * act + bootstrap,
+        "rollout": t * act + slots * bootstrap + bootstrap,
         "ppo_epochs": pc.ppo_epochs * k * t * grad,
         "optimizer": pc.ppo_epochs * k * opt,
         "critic_trunk": 0.0,

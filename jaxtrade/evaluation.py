@@ -167,7 +167,8 @@ def baseline_actions(n_steps: int) -> np.ndarray:
 def make_policy_walk(network: Network, env: PortfolioEnv, n_steps: int, *,
                      greedy: bool = True) -> Callable:
     """`walk(params, env_params, key) -> (Carry, Transition [n_steps, 1, ...])`: one env from
-    `env_params`' first bar; the greedy (or, with greedy=False, sampled) policy."""
+    `env_params`' first bar; the greedy (or, with greedy=False, sampled) policy. The
+    Transition keeps the env's whole info (value, weights, costs, turnover, ...)."""
     rollout = make_rollout(network, env, n_steps, greedy=greedy)
 
     def walk(params, env_params: EnvParams, key: jax.Array) -> tuple[Carry, Transition]:
@@ -409,7 +410,8 @@ def make_episode_walk(network: Network, env: Environment, n_envs: int, n_steps: 
     from the same states and give the env the same step keys, so two policies meet the same
     luck. Only each env's first episode counts: n_envs independent episodes, not more of the
     short ones."""
-    rollout = make_rollout(network, env, n_steps, greedy=greedy, uniform=uniform)
+    # Episodes read rewards and ends only: none of the env's info is kept.
+    rollout = make_rollout(network, env, n_steps, greedy=greedy, uniform=uniform, info_keys=())
 
     def walk(params, env_params, key: jax.Array) -> Episodes:
         key_init, key_run = jax.random.split(key)

@@ -7,7 +7,8 @@ Host-only. `estimate(config, env)` adds up what one device holds while
   moments of the actor and critic chains, the copy of the parameters the PPO
   ratio is measured against, and the market arrays every env reads;
 * per env on its device: the carry between iterations, the rollout's
-  `Transition [n_steps]`, GAE's float32 advantages and returns, the gathered
+  `Transition [n_steps]` (of the env's info, the `metric_info_keys` it keeps), the
+  slots of its pending bootstraps, GAE's float32 advantages and returns, the gathered
   minibatch copy, the activations the minibatch backward pass keeps (a
   minibatch holds 1/n_minibatches of the envs at a time) and the trunk
   features of the critic-only epochs.
@@ -43,6 +44,7 @@ import jax.numpy as jnp
 
 from jaxtrade.config import Config, with_values
 from jaxtrade.envs import Environment
+from jaxtrade.rollout import bootstrap_capacity
 from jaxtrade.trainer import build_network, count_network_params
 
 ACTIVATION_OVERHEAD = 3.0  # saved forward values -> bytes XLA plans for the backward pass
@@ -100,13 +102,13 @@ def _fixed_parts(config: Config, env: Environment) -> dict[str, int]:
 
 
 def _env_step_bytes(config: Config, env: Environment) -> tuple[int, int]:
-    """Bytes of one env's state, and of one step's info dict (without final_obs) with the
-    action mask a rollout stores for it."""
+    """Bytes of one env's state, and of what a training rollout stores of one step's info
+    (the keys `env.metric_info_keys` names) with the action mask."""
     params = _params_shapes(config, env)
     key = jax.random.key(0)
     _, state = jax.eval_shape(env.reset, key, params)
     *_, info = jax.eval_shape(env.step, key, state, jax.ShapeDtypeStruct((), jnp.int32), params)
-    info.pop("final_obs")
+    info = {k: info[k] for k in env.metric_info_keys}
     # The action mask a rollout stores: none if the env never masks, or masks nothing with
     # these params (its `action_mask` gives None).
     mask = jax.eval_shape(env.action_mask, state, params) if env.masks_actions else None
@@ -120,7 +122,7 @@ def _transition_bytes(env: Environment, info_bytes: int, dtype: jnp.dtype) -> in
         env.obs_dim * jnp.dtype(dtype).itemsize  # obs, stored in the compute dtype
         + 3 * _BOOL  # reset, done, terminated
         + 6 * _F32  # action (int32), log_prob, value, reward, final_value, episode_return
-        + info_bytes  # the env's info: value, weights, turnover, costs, ...; the mask
+        + info_bytes  # the env's info that training keeps (e.g. cost, turnover); the mask
     )
 
 
@@ -136,6 +138,10 @@ def _per_env_parts(config: Config, env: Environment) -> dict[str, int]:
     # Carry: env state, float32 obs, recurrent state, reset flag, running return; plus
     # the recurrent state before the rollout, which the update re-runs sequences from.
     carry = state_bytes + env.obs_dim * _F32 + hidden + _BOOL + _F32 + hidden
+    # The rollout's pending bootstraps (`jaxtrade.rollout.PendingBootstraps`): per slot a
+    # float32 final observation, a recurrent state and a step; an end count.
+    slots = bootstrap_capacity(t, config.env.episode_length)
+    bootstrap = slots * (env.obs_dim * _F32 + hidden + _F32) + _F32
     gae = t * 3 * _F32  # advantages and returns [T] float32, and the next values they read
     # The minibatch is gathered into its own buffers: transitions, advantages,
     # returns and initial recurrent state of 1/n_minibatches of the envs.
@@ -146,6 +152,7 @@ def _per_env_parts(config: Config, env: Environment) -> dict[str, int]:
     return {
         "carry": carry,
         "rollout": t * transition,
+        "bootstrap": bootstrap,
         "advantages": gae,
         "minibatch": math.ceil(minibatch),
         "activations": math.ceil(activations),

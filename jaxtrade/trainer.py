@@ -14,8 +14,12 @@ between calls. The env params (the market's arrays among them) are an argument o
 compiled program, not constants in it, so a market of the same shape runs the same
 program. Inside `iterate`:
 
-1. rollout: `lax.scan` over n_steps of policy step + vmapped env step (`jaxtrade.rollout`);
-2. advantages: GAE in float32 (truncated episodes bootstrap from their final obs);
+1. rollout: `lax.scan` over n_steps of policy step + vmapped env step (`jaxtrade.rollout`),
+   storing of the env's `info` only what the iteration's metrics read
+   (`Environment.metric_info_keys`);
+2. advantages: GAE in float32 (truncated episodes bootstrap from their final obs, whose
+   values the rollout computes in one batched forward after its scan,
+   `jaxtrade.rollout.bootstrap_capacity` slots per env);
 3. the update, `jaxtrade.ppo.LearningRule`: `ppo_epochs` x `n_minibatches` steps of the
    actor chain (everything but the value head) and the critic chain (value head), on
    minibatches of whole sequences, then critic-only epochs on cached trunk features.
@@ -49,7 +53,7 @@ from jaxtrade.data.market import Market
 from jaxtrade.envs import Environment, make_env
 from jaxtrade.networks import Network, count_params, init_params, make_network, param_shapes
 from jaxtrade.ppo import Batch, LearningRule
-from jaxtrade.rollout import Carry, initial_carry, make_rollout
+from jaxtrade.rollout import Carry, Transition, bootstrap_capacity, initial_carry, make_rollout
 
 # The config's runtime hyperparameters (`setting(runtime=True)`), each a field of HParams.
 HPARAM_NAMES = RUNTIME_FIELDS
@@ -164,19 +168,40 @@ def count_network_params(config: Config, env: Environment) -> int:
     return count_params(param_shapes(build_network(config, env)))
 
 
+def advantages(network: Network, params, traj: Transition, carry: Carry, hp: HParams
+               ) -> tuple[jax.Array, jax.Array]:
+    """GAE of a rollout `traj` [T, B] that ended in `carry`: V of the observation after the
+    last step bootstraps it, with the recurrent state reached there; a done step bootstraps
+    from its final value (used by GAE where the episode was truncated, not terminated).
+
+    Returns: advantages and returns, float32 [T, B].
+    """
+    last_value = network.apply({"params": params}, carry.hidden, carry.obs, carry.reset).value
+    next_values = jnp.concatenate([traj.value[1:], last_value[None]], axis=0)
+    next_values = jnp.where(traj.done, traj.final_value, next_values)
+    return ppo.gae(traj.reward, traj.value, next_values, traj.terminated, traj.done,
+                   hp.gamma, hp.gae_lambda)
+
+
+def env_step_metrics(env: Environment, info: dict) -> dict[str, jax.Array]:
+    """`env.step_metrics` of a training rollout's `info`, which holds the keys
+    `env.metric_info_keys` names and no others.
+
+    Raises:
+      ValueError: `step_metrics` reads a key `metric_info_keys` does not name.
+    """
+    try:
+        return env.step_metrics(info)
+    except KeyError as e:
+        raise ValueError(
+            f"env {env.name!r}: step_metrics reads info[{e.args[0]!r}], which its "
+            f"metric_info_keys {env.metric_info_keys} does not name (a training rollout "
+            f"stores only those keys of info)") from None
+
+
 def make_iterate(env: Environment, network: Network, rule: LearningRule, rollout: Callable,
                  shard: Callable) -> Callable:
     """`iterate(state, env_params) -> (state, metrics)`: one PPO iteration (module docstring)."""
-
-    def advantages(params, traj, carry, hp):
-        """GAE of the rollout: V of the observation after the last step bootstraps it, with
-        the recurrent state reached there; a done step bootstraps from its final value."""
-        last_value = network.apply({"params": params}, carry.hidden, carry.obs,
-                                   carry.reset).value
-        next_values = jnp.concatenate([traj.value[1:], last_value[None]], axis=0)
-        next_values = jnp.where(traj.done, traj.final_value, next_values)
-        return ppo.gae(traj.reward, traj.value, next_values, traj.terminated, traj.done,
-                       hp.gamma, hp.gae_lambda)
 
     def iterate(state: TrainState, env_params) -> tuple[TrainState, dict]:
         hp = state.hparams
@@ -185,7 +210,7 @@ def make_iterate(env: Environment, network: Network, rule: LearningRule, rollout
         critic_opt = ppo.set_learning_rate(state.critic_opt, hp.critic_lr)
         carry, traj = rollout(state.params, env_params, state.carry, key_roll)
         carry, traj = shard(carry, 0), shard(traj, 1)
-        adv, returns = advantages(state.params, traj, carry, hp)
+        adv, returns = advantages(network, state.params, traj, carry, hp)
         batch = Batch(transition=traj, hidden=shard(state.carry.hidden, 0), advantages=adv,
                       returns=returns)
         params, actor_opt, critic_opt, metrics = rule.update(
@@ -202,7 +227,7 @@ def make_iterate(env: Environment, network: Network, rule: LearningRule, rollout
             episode_return_mean=episode_return,
             episodes=n_done,
             reward_mean=traj.reward.mean(),
-            **env.step_metrics(traj.info),
+            **env_step_metrics(env, traj.info),
             value_mean=traj.value.mean(),
             advantage_mean=adv.mean(),
             advantage_std=adv.std(),
@@ -258,8 +283,8 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
             return parallel.constrain(tree, mesh, axes)
         return jax.tree.map(lambda x, a: parallel.constrain(x, mesh, a), tree, axes)
 
-    def shard_carry(carry: Carry) -> Carry:
-        return shard(carry, 0)
+    def shard_carry(tree):  # the rollout's carry and pending bootstraps: env axis first
+        return shard(tree, 0)
 
     rule = LearningRule(
         network=network, actor_tx=actor_tx, critic_tx=critic_tx, n_envs=n_envs,
@@ -267,7 +292,11 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
         critic_epochs=pc.critic_epochs, dropout=config.network.dropout > 0,
         clip_value=pc.clip_value, shard=shard,
     )
-    rollout = make_rollout(network, env, n_steps, shard=shard_carry)
+    rollout = make_rollout(
+        network, env, n_steps, shard=shard_carry,
+        bootstrap_slots=bootstrap_capacity(n_steps, config.env.episode_length),
+        info_keys=env.metric_info_keys,
+    )
 
     def init(key: jax.Array, env_params=env_params) -> TrainState:
         key_net, key_env, key_rng = jax.random.split(key, 3)

@@ -17,6 +17,7 @@ from jaxtrade.config import Config
 from jaxtrade.data import load_market
 from jaxtrade.envs import PortfolioEnv
 from jaxtrade.networks import GRUActorCritic, count_params, param_shapes
+from jaxtrade.rollout import bootstrap_capacity
 
 HIDDEN, LAYERS, N_ENVS, N_STEPS = 16, 1, 8, 8
 TINY = ["--n-envs", str(N_ENVS), "--n-steps", str(N_STEPS), "--hidden-dim", str(HIDDEN),
@@ -99,10 +100,12 @@ def test_flops_match_an_analytic_count(row):
     forward = matmul_flops(params)
     trunk = matmul_flops({k: params[k] for k in ("encoder", "gru")})
     value_head = matmul_flops(params["value_head"])
-    # Rollout: the acting forward and the bootstrap value of the final observation; joint
-    # epochs: forward + backward (about 2 forwards); critic epochs: one trunk forward, then
-    # value-head forward + backward.
-    analytic = (2 * forward + ppo.ppo_epochs * 3 * forward + trunk
+    # Rollout: the acting forward, and once per rollout a forward over the bootstrap slots
+    # (S per env) and one for the value after the last step; joint epochs: forward +
+    # backward (about 2 forwards); critic epochs: one trunk forward, then value-head
+    # forward + backward.
+    slots = bootstrap_capacity(N_STEPS, Config().env.episode_length)
+    analytic = ((1 + (slots + 1) / N_STEPS) * forward + ppo.ppo_epochs * 3 * forward + trunk
                 + ppo.critic_epochs * 3 * value_head)
     assert 1 / 1.5 < row["flops_per_env_step"] / analytic < 1.5
     assert 1 / 1.5 < row["flops_per_forward"] / forward < 1.5

@@ -9,8 +9,8 @@ import pytest
 
 from jaxtrade.config import Config, resolve, with_values
 from jaxtrade.envs import Environment
-from jaxtrade.rollout import initial_carry, make_rollout
-from jaxtrade.trainer import make_train
+from jaxtrade.rollout import bootstrap_capacity, initial_carry, make_rollout
+from jaxtrade.trainer import advantages, make_train
 from tests.envs.masked import TELEPORT, MaskedWalk
 from tests.test_trainer import TINY, _masked_trainer, _prefer_teleport
 
@@ -53,6 +53,72 @@ def test_truncated_steps_bootstrap_from_the_final_observation(tiny, tiny_state):
     assert done.any() and not np.allclose(nxt, fin)
     # Episode returns are reported exactly where episodes end.
     assert (np.asarray(traj.episode_return)[~done] == 0).all()
+
+
+def _bootstrap_case(name, tiny, tiny_state, small_market):
+    """(trainer, params, carry, n_steps) of a rollout with many time-limit ends: the tiny
+    portfolio trainer (a GRU with dropout, episodes of 32 steps, staggered), or the masked
+    walk (episodes of at most 16 steps, some terminated)."""
+    if name == "portfolio":
+        return tiny, tiny_state.params, tiny_state.carry, 72
+    trainer = _masked_trainer(small_market)
+    state = trainer.initial_state(jax.random.key(3))
+    return trainer, state.params, state.carry, 48
+
+
+@pytest.mark.parametrize("name", ["portfolio", "masked"])
+def test_pending_bootstraps_give_the_full_pass_values(tiny, tiny_state, small_market, name):
+    """The bootstrap values of time-limit ends computed after the scan from each env's slots
+    (and, for the ends that find their env's slots full, by a full pass at their step) are
+    the full pass's of every step, and so are the advantages and returns. Slots: the
+    trainer's capacity (none full), one and zero (many full: the fallback), and as many as
+    steps (no fallback).
+
+    Equal within float32 rounding, not always bit for bit: it is the same network on the
+    same float32 observations and recurrent states, but the batched forward has B x S rows
+    instead of B, and a matmul kernel may sum a row in another order for another batch size
+    (on CPU the first three cases are bit-identical; with S = T slots, 576 rows, values
+    differ by a few ulp)."""
+    trainer, params, carry, n_steps = _bootstrap_case(name, tiny, tiny_state, small_market)
+    key = jax.random.key(4)
+    hp = tiny_state.hparams
+
+    def run(slots):
+        rollout = jax.jit(make_rollout(trainer.network, trainer.env, n_steps,
+                                       bootstrap_slots=slots))
+        end, traj = rollout(params, trainer.env_params, carry, key)
+        return traj, advantages(trainer.network, params, traj, end, hp)
+
+    ref, (ref_adv, ref_ret) = run(None)
+    cut = np.asarray(ref.done & ~ref.terminated)
+    per_env = cut.sum(0)
+    capacity = bootstrap_capacity(n_steps, trainer.config.env.episode_length)
+    assert cut.sum() >= 8 and per_env.max() > 1 and per_env.max() <= capacity
+    if name == "masked":
+        assert np.asarray(ref.terminated).any()
+    for slots in (capacity, 1, 0, n_steps):
+        traj, (adv, ret) = run(slots)
+        np.testing.assert_array_equal(traj.action, ref.action)  # the same trajectory
+        np.testing.assert_allclose(traj.value, ref.value, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(np.asarray(traj.final_value)[cut],
+                                   np.asarray(ref.final_value)[cut], rtol=1e-5, atol=1e-6)
+        assert (np.asarray(traj.final_value)[~cut] == 0).all()
+        # A wrong bootstrap moves an advantage by about gamma x V (order 1).
+        np.testing.assert_allclose(adv, ref_adv, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(ret, ref_ret, rtol=1e-5, atol=1e-5)
+
+
+def test_training_rollouts_keep_only_the_info_the_metrics_read(tiny, tiny_state):
+    """The trainer's rollout stores `metric_info_keys` of the env's info; an evaluation
+    walk's (the default) every key but final_obs, weights and costs among them."""
+    trainer_keys = tiny.env.metric_info_keys
+    assert set(trainer_keys) == {"cost", "turnover"}
+    kept = make_rollout(tiny.network, tiny.env, 4, info_keys=trainer_keys)
+    full = make_rollout(tiny.network, tiny.env, 4)
+    args = (tiny_state.params, tiny.env_params, tiny_state.carry, jax.random.key(1))
+    assert set(jax.eval_shape(kept, *args)[1].info) == set(trainer_keys)
+    assert {"weights", "cost", "cost_slippage", "value"} <= set(jax.eval_shape(full, *args)[1].info)
+    assert "final_obs" not in jax.eval_shape(full, *args)[1].info
 
 
 @pytest.mark.parametrize("greedy", [False, True])

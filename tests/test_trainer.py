@@ -17,9 +17,9 @@ from jaxtrade.data import SyntheticConfig, build_market, synthetic_panel
 from jaxtrade.envs import Regime
 from jaxtrade.evaluation import make_policy_walk
 from jaxtrade.ppo import minibatch_assignment, take_minibatch
-from jaxtrade.trainer import HPARAM_NAMES, make_train, set_hparams
+from jaxtrade.trainer import HPARAM_NAMES, env_step_metrics, make_train, set_hparams
 from tests.conftest import SMALL
-from tests.envs.masked import TELEPORT
+from tests.envs.masked import TELEPORT, MaskedWalk
 
 TINY = dict(
     hidden_dim=16, n_gru_layers=2, dropout=0.1, n_envs=8, n_steps=16, n_minibatches=2,
@@ -270,3 +270,17 @@ def test_no_market_data_is_folded_into_programs(tiny):
     finally:
         for k, v in before.items():
             jax.config.update(k, v)
+
+
+def test_step_metrics_that_read_undeclared_info_fail_in_words():
+    """A training rollout keeps only `metric_info_keys` of the env's info: an env whose
+    `step_metrics` reads another key is told which, not left with a bare KeyError."""
+
+    class Undeclared(MaskedWalk):
+        metric_info_keys = ()
+
+    info = {"invalid": jnp.zeros((4, 2), bool)}
+    assert set(env_step_metrics(MaskedWalk(), info)) == {"invalid_rate"}
+    with pytest.raises(ValueError, match=r"step_metrics reads info\['invalid'\], which its "
+                                         r"metric_info_keys \(\) does not name"):
+        env_step_metrics(Undeclared(), {})

@@ -12,7 +12,9 @@ number of vmapped envs. The API is gymnax's (`reset_env`/`step_env` written by t
   inside the loss's log-softmax and entropy, so a masked action is never taken (every
   state must allow at least one action: with none, the choice would be uniform over all);
 * `step_metrics(info)`: what the env adds to each iteration's metrics, from the
-  rollout's `info` (leaves [T, B, ...]);
+  rollout's `info` (leaves [T, B, ...]), which holds only the keys `metric_info_keys`
+  names: a training rollout stores those and nothing else of `info` (evaluation walks
+  keep it all);
 * `stagger(key, states, params)`: a batch of fresh states (leaves [n, ...]) moved
   part-way into their first episodes, so that vmapped episodes end at different steps
   (identity by default);
@@ -102,8 +104,13 @@ class Environment(Generic[TEnvState, TEnvParams]):
         nothing)."""
         return type(self).action_mask is not Environment.action_mask
 
+    # The keys of `info` that `step_metrics` reads: all a training rollout stores of `info`
+    # (T x B of each; `terminated` is stored on its own). None by default.
+    metric_info_keys: tuple[str, ...] = ()
+
     def step_metrics(self, info: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-        """Scalars the env adds to an iteration's metrics, from `info` leaves [T, B, ...]."""
+        """Scalars the env adds to an iteration's metrics, from `info` leaves [T, B, ...]
+        (the keys `metric_info_keys` names)."""
         return {}
 
     def notes(self) -> list[str]:

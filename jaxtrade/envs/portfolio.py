@@ -279,6 +279,8 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         deciding = state.step % params.decide_every == 0
         return deciding | (jnp.arange(regimes.N_REGIMES) == regimes.Regime.HOLD)
 
+    metric_info_keys = ("cost", "turnover")
+
     def step_metrics(self, info) -> dict[str, jax.Array]:
         """Mean trading cost and turnover per step of the rollout."""
         return {"cost_mean": info["cost"].mean(), "turnover_mean": info["turnover"].mean()}

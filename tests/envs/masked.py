@@ -62,6 +62,8 @@ class MaskedWalk(Environment[WalkState, WalkParams]):
                 "invalid": ~MaskedWalk.action_mask(self, state, params)[action]}
         return self.get_obs(new, params), new, reward, terminated | truncated, info
 
+    metric_info_keys = ("invalid",)
+
     def step_metrics(self, info):
         return {"invalid_rate": info["invalid"].mean()}
 
