@@ -504,7 +504,7 @@ def main(argv=None) -> int:
         print()
         print(table([_fmt_row(r) for r in rows], COLUMNS))
         print(f"peak FLOP/s: {rows[0]['peak_flops_source']}")
-        print(f"saved {save('throughput', info, rows, args.out, settings=settings)}")
+    print(f"saved {save('throughput', info, rows, args.out, settings=settings)}")
     return 0
 
 

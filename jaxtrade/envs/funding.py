@@ -689,6 +689,8 @@ class FundingEnv(Environment[EnvState, EnvParams]):
                             c.max_positions / 5.0, 20.0 * c.buffer]).astype(jnp.float32)
         return jnp.concatenate([opp.reshape(-1), slot.reshape(-1), account, config])
 
+    metric_info_keys = ("funding", "fees", "liquidations", "positions")
+
     def step_metrics(self, info) -> dict[str, jax.Array]:
         return {"funding_mean": info["funding"].mean(), "fees_mean": info["fees"].mean(),
                 "liquidations_mean": info["liquidations"].mean(),
