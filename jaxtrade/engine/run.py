@@ -189,7 +189,8 @@ def print_banner(plan: Plan, console: Console) -> None:
         say(f"test: {market.worlds.test_worlds} test worlds, a seed stream of their own: "
             f"training never generates them; python -m jaxtrade.evaluate reports on them")
     else:
-        say("test: " + (f"{test['bars']} bars ({test['start']} .. {test['end']}) withheld: "
+        unit = getattr(market, "unit", "bars")  # a funding market counts hours
+        say("test: " + (f"{test['bars']} {unit} ({test['start']} .. {test['end']}) withheld: "
                         f"training never reads them; python -m jaxtrade.evaluate reports on "
                         f"them" if test else "none (every bar trains or validates)"))
     sys.stdout.flush()

@@ -282,6 +282,7 @@ class FundingMarket:
     val_start: int
     test_start: int
     withheld_test: dict | None = None
+    unit: str = "hours"  # what a span's "bars" count, for the banner
     worlds: None = None  # no procedural worlds, no validation pool: one market
     validation_pool: None = None
     world_bars: None = None
