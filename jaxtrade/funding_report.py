@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtrade.data.funding import fund_apr
 from jaxtrade.envs.funding import HOLD, N_OPEN, SIZES, TOP_K, FundingEnv
 
 ENTER_APR = 30.0  # percent a year
@@ -59,11 +58,9 @@ def rule_action(name: str, env: FundingEnv, state, params) -> jax.Array:
         return jnp.int32(HOLD)
     data, t, s = params.data, state.t, state.slots
     mask = env.action_mask(state, params)
-    apr_now = fund_apr(data.rate[t, s.symbol, s.long_ex], data.rate[t, s.symbol, s.short_ex],
-                       data.interval[s.long_ex], data.interval[s.short_ex])
+    apr_now = env.pair_apr(data, t, s.symbol, s.long_ex, s.short_ex)
     top = data.top[t]
-    offered = fund_apr(data.rate[t, top[:, 0], top[:, 1]], data.rate[t, top[:, 0], top[:, 2]],
-                       data.interval[top[:, 1]], data.interval[top[:, 2]])
+    offered = env.pair_apr(data, t, top[:, 0], top[:, 1], top[:, 2])
     opens = mask[1:N_OPEN + 1].reshape(TOP_K, len(SIZES))[:, FULL]
     if name == "greedy":
         leave = s.open & (apr_now < 0)
@@ -165,18 +162,21 @@ def report(run_dir: str | Path, split: str = "test", configs=CONFIGS, seed: int 
     params = ckpt.read_params(source)
     walk = make_policy_walk(network, env, hours)
     key = jax.random.key(seed)
+    walks = {name: rule_walk(name, env, hours) for name in STRATEGIES if name != "policy"}
+    walks["policy"] = lambda p: jax.tree.map(lambda x: x[:, 0], walk(params, p, key)[1].info)
+    fns = {}  # compiled once per strategy: every config's day params have the same shapes
     out = {}
     for config in configs:
         days, axes, _ = day_params(env, split, hours, config, settings)
         table = {}
         for name in STRATEGIES:
-            if name == "policy":
-                fn = jax.jit(jax.vmap(lambda p, net=params: jax.tree.map(
-                    lambda x: x[:, 0], walk(net, p, key)[1].info), in_axes=(axes,)))
-            else:
-                one = rule_walk(name, env, hours)
-                fn = jax.jit(jax.vmap(lambda p, one=one: one(p, key), in_axes=(axes,)))
-            info = {k: np.asarray(v, np.float64) for k, v in jax.device_get(fn(days)).items()}
+            if name not in fns:
+                one = walks[name]
+                fns[name] = jax.jit(jax.vmap(
+                    one if name == "policy" else (lambda p, one=one: one(p, key)),
+                    in_axes=(axes,)))
+            info = {k: np.asarray(v, np.float64)
+                    for k, v in jax.device_get(fns[name](days)).items()}
             table[name] = day_metrics(info, hours)
         out["{}x / {:.0%} / {} positions".format(*config[:3])] = table
     return out

@@ -482,15 +482,32 @@ class FundingEnv(Environment[EnvState, EnvParams]):
         fee = 2.0 * notional * params.taker_fee
         return margin, notional, fee
 
+    @staticmethod
+    def margin_used(slots: Slots) -> jax.Array:
+        """Margin balance of the open legs, summed."""
+        return jnp.sum(jnp.where(slots.open, slots.margin_long * slots.alive_long
+                                 + slots.margin_short * slots.alive_short, 0.0))
+
+    @staticmethod
+    def held(slots: Slots, pairs: jax.Array) -> jax.Array:
+        """bool [K]: which of `pairs` (int32 [K, 3]: symbol, long, short exchange) an open
+        slot holds."""
+        return jnp.any(slots.open[None, :] & (slots.symbol[None, :] == pairs[:, None, 0])
+                       & (slots.long_ex[None, :] == pairs[:, None, 1])
+                       & (slots.short_ex[None, :] == pairs[:, None, 2]), axis=1)
+
+    @staticmethod
+    def pair_apr(data: FundingData, t, symbol, long_ex, short_ex) -> jax.Array:
+        """fund_apr of pairs at hour t (percent a year; arrays of any matching shape)."""
+        return fund_apr(data.rate[t, symbol, long_ex], data.rate[t, symbol, short_ex],
+                        data.interval[long_ex], data.interval[short_ex])
+
     def action_mask(self, state: EnvState, params: EnvParams) -> jax.Array:
         data, s = params.data, state.slots
         top, present = data.top[state.t], data.top_present[state.t]  # [K, 3], [K]
         n_open = jnp.sum(s.open)
-        used = jnp.sum(jnp.where(s.open, s.margin_long * s.alive_long
-                                 + s.margin_short * s.alive_short, 0.0))
-        held = jnp.any(s.open[None, :] & (s.symbol[None, :] == top[:, None, 0])
-                       & (s.long_ex[None, :] == top[:, None, 1])
-                       & (s.short_ex[None, :] == top[:, None, 2]), axis=1)  # [K]
+        used = self.margin_used(s)
+        held = self.held(s, top)  # [K]
         margin, _, fee = self._open_cost(state, params, jnp.asarray(SIZES, jnp.float32))
         fits = ((used + 2.0 * margin <= state.config.utilisation * state.equity * (1 + 1e-6))
                 & (2.0 * margin + fee <= state.cash))  # [len(SIZES)]
@@ -593,6 +610,9 @@ class FundingEnv(Environment[EnvState, EnvParams]):
         # of the range cuts an episode short (truncated: its value is bootstrapped).
         terminated = (equity < params.ruin_fraction) | day_end
         truncated = (t1 >= params.end) & ~terminated
+        # What closing every open leg at t+1 would cost: a walk that ends here is worth
+        # equity - exit_cost in cash.
+        _, _, exit_fee, exit_slip = self._close(slots, slots.open, 0.0, data, t1, fee_rate, slip)
         info = {
             "terminated": terminated,
             "truncated": truncated,
@@ -605,24 +625,12 @@ class FundingEnv(Environment[EnvState, EnvParams]):
             "liquidations": n_liq,
             "stops": jnp.sum(near),
             "positions": jnp.sum(slots.open),
-            "margin_used": jnp.sum(jnp.where(slots.open, slots.margin_long * slots.alive_long
-                                             + slots.margin_short * slots.alive_short, 0.0)),
-            # What closing every open leg at t+1 would cost (fees and slippage): a walk that
-            # ends here is worth equity - exit_cost in cash.
-            "exit_cost": self._exit_cost(slots, data, t1, fee_rate, slip),
+            "margin_used": self.margin_used(slots),
+            "exit_cost": exit_fee + exit_slip,
             "opened": is_open,
         }
         return (self.get_obs(new_state, params), new_state, reward.astype(jnp.float32),
                 terminated | truncated, info)
-
-    def _exit_cost(self, slots: Slots, data: FundingData, t, fee_rate, slip):
-        """Fees and slippage of closing every open leg at hour t's prices."""
-        m_long, m_short = self._marks(slots, data, t)
-        long = jnp.where(slots.open & slots.alive_long,
-                         slots.size * m_long * (slip + fee_rate * (1 - slip)), 0.0)
-        short = jnp.where(slots.open & slots.alive_short,
-                          slots.size * m_short * (slip + fee_rate * (1 + slip)), 0.0)
-        return jnp.sum(long + short)
 
     def _close(self, slots: Slots, which, cash, data: FundingData, t, fee_rate, slip):
         """Close every alive leg of the slots `which` at hour t's prices: cash gets each
@@ -653,12 +661,10 @@ class FundingEnv(Environment[EnvState, EnvParams]):
         i_long, i_short = data.interval[lx], data.interval[sx]
         ann_long = r_long * HOURS_PER_YEAR / i_long
         ann_short = r_short * HOURS_PER_YEAR / i_short
-        apr = fund_apr(r_long, r_short, i_long, i_short)
+        apr = self.pair_apr(data, t, sym, lx, sx)
         basis = data.price[t, sym, sx] / data.price[t, sym, lx] - 1.0
         volume = jnp.minimum(data.log_volume[t, sym, lx], data.log_volume[t, sym, sx])
-        held = jnp.any(s.open[None, :] & (s.symbol[None, :] == sym[:, None])
-                       & (s.long_ex[None, :] == lx[:, None])
-                       & (s.short_ex[None, :] == sx[:, None]), axis=1)
+        held = self.held(s, top)
         opp = jnp.stack([present, apr / 100.0, ann_short, ann_long, 100.0 * basis,
                          volume - 7.0, data.to_settle[t, lx], data.to_settle[t, sx], held],
                         axis=-1).astype(jnp.float32)
@@ -671,8 +677,7 @@ class FundingEnv(Environment[EnvState, EnvParams]):
         ratio_short = jnp.where(s.alive_short, maint_short / jnp.maximum(v_short, 1e-9), 0.0)
         upnl = (jnp.where(s.alive_long, s.size * (m_long - s.entry_long), 0.0)
                 + jnp.where(s.alive_short, s.size * (s.entry_short - m_short), 0.0))
-        pair_apr = fund_apr(data.rate[t, s.symbol, s.long_ex], data.rate[t, s.symbol, s.short_ex],
-                            data.interval[s.long_ex], data.interval[s.short_ex])
+        pair_apr = self.pair_apr(data, t, s.symbol, s.long_ex, s.short_ex)
         slot = jnp.stack([
             s.open, s.alive_long, s.alive_short, s.size * m_long / eq, s.leverage / 10.0,
             100.0 * (s.entry_short / jnp.where(s.open, s.entry_long, 1.0) - 1.0),
@@ -681,9 +686,7 @@ class FundingEnv(Environment[EnvState, EnvParams]):
             (state.step - s.opened) / 24.0, pair_apr / 100.0,
         ], axis=-1).astype(jnp.float32)
         slot = jnp.where(s.open[:, None], slot, 0.0)
-        used = jnp.sum(jnp.where(s.open, s.margin_long * s.alive_long
-                                 + s.margin_short * s.alive_short, 0.0))
-        account = jnp.stack([state.cash / eq, state.equity - 1.0, used / eq,
+        account = jnp.stack([state.cash / eq, state.equity - 1.0, self.margin_used(s) / eq,
                              state.step / params.episode_length,
                              state.liquidations / 5.0]).astype(jnp.float32)
         config = jnp.stack([c.leverage / 10.0, c.utilisation,
