@@ -4,7 +4,8 @@ S symbols on E exchanges, as a `FundingPanel` (host-only: numpy and pandas, no J
 Sources:
   * `synthetic_funding(FundingSynthConfig(...))`: a seeded generator, nothing downloaded;
   * `load_funding(path)`: the predecessor system's hourly opportunity table (CSV or
-    Parquet), one row per (hour, symbol, long exchange, short exchange);
+    Parquet, or the same table as a pandas DataFrame), one row per (hour, symbol, long
+    exchange, short exchange);
   * `opportunities(panel)` writes that table from a panel (`load_funding` reads it back).
 
 Conventions (the funding env reads the panel with these):
@@ -406,8 +407,9 @@ def write_table(table: pd.DataFrame, path: str | Path) -> None:
 # --- loading -------------------------------------------------------------------------
 
 
-def load_funding(path: str | Path) -> FundingPanel:
-    """Read an hourly opportunity table (CSV or Parquet, by suffix) into a `FundingPanel`.
+def load_funding(path: str | Path | pd.DataFrame) -> FundingPanel:
+    """Read an hourly opportunity table (CSV or Parquet, by suffix; or a DataFrame of the
+    same columns) into a `FundingPanel`.
 
     Columns (header names are matched ignoring case and surrounding spaces; others are
     ignored): the reference's ten, entry_time, symbol, long_exchange, short_exchange,
@@ -432,10 +434,15 @@ def load_funding(path: str | Path) -> FundingPanel:
         (beyond exchanges' caps: a unit error), fund_apr off the rates by more than
         0.05 + 1 % of it (percent per year), long exchange = short exchange, duplicate
         rows, one leg given two prices or rates, an interval not dividing 24 or two
-        intervals for one exchange, no data rows.
+        intervals for one exchange, no data rows. A DataFrame's problems name its row
+        (from 1, in frame order): "DataFrame row N, column C".
     """
-    path = Path(path)
-    frame, unit, first_line = _read(path)
+    if isinstance(path, pd.DataFrame):
+        frame, unit, first_line = path.reset_index(drop=True), "row", 1
+        path = "DataFrame"
+    else:
+        path = Path(path)
+        frame, unit, first_line = _read(path)
     rows = _Rows(frame, path, unit, first_line)
 
     symbol = rows.text("symbol")
@@ -551,7 +558,7 @@ def _read(path: Path) -> tuple[pd.DataFrame, str, int]:
 class _Rows:
     """A table's cells by canonical column, with where-from for messages."""
 
-    def __init__(self, frame: pd.DataFrame, path: Path, unit: str, first_line: int):
+    def __init__(self, frame: pd.DataFrame, path: Path | str, unit: str, first_line: int):
         self.path, self.unit = path, unit
         by_key: dict[str, str] = {}
         for column in frame.columns:
@@ -816,7 +823,7 @@ def _axes(
     return times, symbols, exchanges
 
 
-def _build(legs: pd.DataFrame, axes, path: Path, n_rows: int) -> FundingPanel:
+def _build(legs: pd.DataFrame, axes, path: Path | str, n_rows: int) -> FundingPanel:
     """The checked legs scattered onto the panel's [hours, symbols, exchanges]."""
     times, symbols, exchanges = axes
     t, s, e = (legs[name].to_numpy() for name in ("t", "s", "e"))

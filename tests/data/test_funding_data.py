@@ -482,6 +482,26 @@ def test_bad_parquet_names_the_row(tmp_path):
         load_funding(tmp_path / "t.parquet")
 
 
+def test_a_dataframe_loads_as_its_csv_and_its_errors_name_the_row(tmp_path):
+    table = _good_table()
+    table.to_csv(tmp_path / "good.csv", index=False)
+    from_file = load_funding(tmp_path / "good.csv")
+    # Typed columns (numbers, timestamps) and a shuffled index read the same as the file.
+    typed = pd.read_csv(tmp_path / "good.csv", parse_dates=["entry_time"])
+    for frame in (table, typed.set_axis(np.arange(6)[::-1] + 10)):
+        loaded = load_funding(frame)
+        for name in ("price", "rate", "volume", "listed", "interval_hours"):
+            np.testing.assert_array_equal(getattr(loaded, name), getattr(from_file, name))
+        assert loaded.times.equals(from_file.times) and loaded.symbols == from_file.symbols
+        assert loaded.source.startswith("DataFrame: 1 symbols x 3 exchanges x 2 hours")
+    typed.loc[3, "entry_short_price"] = -1.0
+    with pytest.raises(DataError, match=r"^DataFrame row 4, column entry_short_price: -1\.0 is "
+                                        r"not > 0$"):
+        load_funding(typed)
+    with pytest.raises(DataError, match=r"^DataFrame: missing column\(s\) fund_apr; "):
+        load_funding(table.drop(columns="fund_apr"))
+
+
 def test_tz_aware_times_are_converted_to_utc(tmp_path):
     table = _good_table()
     table["entry_time"] = ["2024-01-01 02:00:00+02:00"] * 3 + ["2024-01-01T01:00Z"] * 3
