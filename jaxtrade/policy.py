@@ -43,7 +43,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -58,9 +58,13 @@ from jaxtrade.data.loader import load_frame
 from jaxtrade.data.market import MARKET_FILE, MARKET_FORMAT, Market, build_market
 from jaxtrade.data.panel import FIELDS, Panel, format_date
 from jaxtrade.envs import NAMES, PortfolioEnv, regimes
+from jaxtrade.envs.funding import FundingEnv
 from jaxtrade.evaluation import EvaluationError, make_policy_walk, pass_params, walk_key
 from jaxtrade.networks import ObsLayout, make_network, param_shapes
 from jaxtrade.rows import ENV_FILE
+
+if TYPE_CHECKING:
+    from jaxtrade.funding_policy import FundingPolicy
 
 CASH = "CASH"  # the cash entry of weight dicts
 
@@ -90,6 +94,25 @@ def read_env_record(run_dir: str | Path) -> tuple[int, int, ObsLayout | None] | 
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise EvaluationError(f"{path}: not a jaxtrade env record ({e})") from None
     return *dims, layout
+
+
+def check_params_fit(source: ckpt.Source, params: Any, network, obs_dim: int,
+                     n_actions: int) -> None:
+    """Raise unless the saved `params` have the shapes of `network`'s (built for obs_dim and
+    n_actions).
+
+    Raises:
+      CheckpointError: the first parameter whose shape differs (or that one side lacks).
+    """
+    mismatch = ckpt.first_shape_mismatch(ckpt.leaf_shapes(params),
+                                         ckpt.leaf_shapes(param_shapes(network)))
+    if mismatch is not None:
+        where, saved, built = ("absent" if x is None else x for x in mismatch)
+        raise ckpt.CheckpointError(
+            f"{source.path}: the saved parameters do not fit the run's "
+            f"{source.config.network.kind} network for obs {obs_dim} and {n_actions} "
+            f"actions: params/{where} is {saved} saved but {built} built"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,15 +174,7 @@ class Policy:
         self.layout = layout
         self.network = make_network(self.config.network, obs_dim, n_actions, layout=layout)
         self.n_actions = n_actions
-        mismatch = ckpt.first_shape_mismatch(ckpt.leaf_shapes(params),
-                                             ckpt.leaf_shapes(param_shapes(self.network)))
-        if mismatch is not None:
-            where, saved, built = ("absent" if x is None else x for x in mismatch)
-            raise ckpt.CheckpointError(
-                f"{source.path}: the saved parameters do not fit the run's "
-                f"{self.config.network.kind} network for obs {obs_dim} and {n_actions} "
-                f"actions: params/{where} is {saved} saved but {built} built"
-            )
+        check_params_fit(source, params, self.network, obs_dim, n_actions)
         self._programs: dict[tuple[int, int], Any] = {}
         self._networks: dict[int, Any] = {layout.n_assets if layout else self.n_assets:
                                           self.network}
@@ -355,8 +370,10 @@ def _pad(panel: Panel, k: int) -> Panel:
 
 
 def load_policy(run_dir: str | os.PathLike, checkpoint: str | int = "best",
-                seed: int | None = None) -> Policy:
-    """The policy of a training run, ready to decide on new bars (see the module docstring).
+                seed: int | None = None) -> Policy | FundingPolicy:
+    """The policy of a training run, ready to decide on new bars (see the module docstring);
+    for a run of the funding env, a `jaxtrade.funding_policy.FundingPolicy` (today's
+    opportunity table, your positions, account and trading config in).
 
     Args:
       run_dir: the run directory (`python -m jaxtrade.train --run-dir`).
@@ -365,9 +382,14 @@ def load_policy(run_dir: str | os.PathLike, checkpoint: str | int = "best",
       seed: key of the pass's slippage draws; default the run's seed, as evaluation.
 
     Raises:
-      CheckpointError: no such run or checkpoint; EvaluationError: no RUN_DIR/market.json.
+      CheckpointError: no such run or checkpoint; EvaluationError: no RUN_DIR/market.json
+        (a portfolio run).
     """
     run_dir = Path(run_dir)
     source = ckpt.select(run_dir, checkpoint)
+    if source.config.env.name == FundingEnv.name:
+        from jaxtrade.funding_policy import FundingPolicy
+
+        return FundingPolicy(run_dir, source, ckpt.read_params(source), seed)
     record = _read_record(run_dir)
     return Policy(run_dir, source, ckpt.read_params(source), record, seed)
