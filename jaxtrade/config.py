@@ -2,8 +2,9 @@
 
 A `Config` is built once (defaults <- TOML file <- overrides <- CLI flags) and never
 changed afterwards; every step returns a new instance. Sizes that depend on the
-machine (`n_envs`) or the clock (`run_dir`) stay None in the file and are filled
-by `resolve` / `resolve_run_dir`, also returning new instances. Derived sizes
+machine (`n_envs`), the clock (`run_dir`) or the env (`episode_length`: each env declares
+its own) stay None in the file and are filled by `resolve` / `resolve_run_dir`, also
+returning new instances, so a run's saved config holds the values it used. Derived sizes
 (`total_iterations`, `steps_per_iteration`) are pure functions of a config.
 
 TOML layout: one table per section, keys are the field names; an env's own settings
@@ -31,10 +32,11 @@ reads those facts: `validate`, `add_flags` (the train command's flags), `FLAG_OF
 `RUNTIME_FIELDS` (`trainer.HParams`), `SHAPE_FIELDS` (what a resume refuses), and
 `PortfolioEnv.make_params` (friction defaults and ranges, from `PortfolioConfig`).
 
-Host-only: nothing here runs under `jit`. JAX is imported only by `compute_dtype` and the
+Host-only: nothing here runs under `jit`. JAX is imported only by `compute_dtype`, the
 rules of `name` and `kind` (which ask the env registry and the network kinds when `validate`
-checks them), and the data package only by `DataConfig.synthetic`, so loading a config is
-cheap.
+checks them) and `default_episode_length` (which asks the env registry when `resolve` fills
+an unset episode length), and the data package only by `DataConfig.synthetic`, so loading a
+config is cheap.
 """
 
 from __future__ import annotations
@@ -388,7 +390,9 @@ class EnvConfig:
     name: str = setting(
         "portfolio", "registered environment (jaxtrade.envs.registered())", flag="--env",
         metavar="NAME", rule=OneOf(_registered_envs, "a registered env: {}"), shape=True)
-    episode_length: int = setting(256, "steps per training episode", rule=AtLeast(1), shape=True)
+    episode_length: int | None = setting(  # None = the env's own (`default_episode_length`)
+        None, "steps per training episode", rule=AtLeast(1), shape=True,
+        default_text="the env's own: 256 bars for portfolio, 24 hours (a day) for funding")
     portfolio: PortfolioConfig = PortfolioConfig()  # [env.portfolio]
     funding: FundingConfig = FundingConfig()  # [env.funding]
 
@@ -398,11 +402,18 @@ class EnvConfig:
         value = getattr(self, (self.name if name is None else name).replace("-", "_"), None)
         return value if dataclasses.is_dataclass(value) else None
 
+    def steps_per_episode(self) -> int:
+        """The episode length: as set, else the chosen env's own (`default_episode_length`;
+        `resolve` fills it in, so a resolved config holds it)."""
+        if self.episode_length is not None:
+            return self.episode_length
+        return default_episode_length(self.name)
+
     def params_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the chosen env's `make_params` (besides `split`, `start`):
         the episode length and the fields of the env's own section, no other env's."""
         section = self.section()
-        return {"episode_length": self.episode_length,
+        return {"episode_length": self.steps_per_episode(),
                 **(dataclasses.asdict(section) if section is not None else {})}
 
 
@@ -1112,12 +1123,26 @@ def resolve_market(cfg: Config) -> str:
     return "worlds" if cfg.data.path is None and cfg.env.name == "portfolio" else "fixed"
 
 
+def default_episode_length(name: str) -> int:
+    """Steps per training episode when the config leaves episode_length unset: what env
+    `name` declares (`Environment.default_episode_length`: 256 bars for the portfolio env,
+    24 hourly steps, one trading day, for funding)."""
+    from jaxtrade.envs import env_class
+
+    return env_class(name).default_episode_length
+
+
 def resolve(cfg: Config, platform: str) -> Config:
-    """`cfg` with n_envs filled for `platform` and the market chosen when unset (precision
-    stays as given)."""
+    """`cfg` with n_envs filled for `platform`, and the market and the episode length
+    chosen for its env when unset (precision stays as given). An explicit value (flag,
+    file, override, a saved run's config) is kept; an unregistered env name is left for
+    `validate` to name."""
     if cfg.data.market is None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
                                                                 market=resolve_market(cfg)))
+    if cfg.env.episode_length is None and cfg.env.name in _registered_envs():
+        env = dataclasses.replace(cfg.env, episode_length=default_episode_length(cfg.env.name))
+        cfg = dataclasses.replace(cfg, env=env)
     if cfg.ppo.n_envs is not None:
         return cfg
     ppo = dataclasses.replace(cfg.ppo, n_envs=default_n_envs(platform))
@@ -1179,7 +1204,7 @@ def total_iterations(cfg: Config) -> int:
     if run.timesteps is not None:
         steps = run.timesteps
     elif run.episodes is not None:
-        steps = run.episodes * cfg.env.episode_length
+        steps = run.episodes * cfg.env.steps_per_episode()
     elif run.iterations is not None:
         _resolved_n_envs(cfg)  # same precondition whichever duration is given
         return max(1, run.iterations)
@@ -1288,8 +1313,9 @@ def validate(cfg: Config, n_devices: int = 1) -> Config:
               "none with --market worlds (their assets are exchangeable draws already)")
         w = d.worlds
         usable = w.world_bars - WORLD_WARMUP - 2  # steps of a world's longest episode
-        check(cfg.env.episode_length <= usable, "episode_length", cfg.env.episode_length,
-              f"<= {usable} with world_bars={w.world_bars} (a world holds its episodes)")
+        if cfg.env.episode_length is not None:  # unset: the env's own, after `resolve`
+            check(cfg.env.episode_length <= usable, "episode_length", cfg.env.episode_length,
+                  f"<= {usable} with world_bars={w.world_bars} (a world holds its episodes)")
     if (batch := batch_problem(cfg, n_devices)) is not None:
         problems.append(batch)
 

@@ -140,7 +140,7 @@ def _per_env_parts(config: Config, env: Environment) -> dict[str, int]:
     carry = state_bytes + env.obs_dim * _F32 + hidden + _BOOL + _F32 + hidden
     # The rollout's pending bootstraps (`jaxtrade.rollout.PendingBootstraps`): per slot a
     # float32 final observation, a recurrent state and a step; an end count.
-    slots = bootstrap_capacity(t, config.env.episode_length)
+    slots = bootstrap_capacity(t, config.env.steps_per_episode())
     bootstrap = slots * (env.obs_dim * _F32 + hidden + _F32) + _F32
     gae = t * 3 * _F32  # advantages and returns [T] float32, and the next values they read
     # The minibatch is gathered into its own buffers: transitions, advantages,

@@ -139,7 +139,8 @@ def checkpoint_config(
     """The config of a run that starts from a checkpoint whose config is `saved`.
 
     `saved` is the base for `config_from_args`; a duration given here replaces the saved
-    one (so `--iterations 20` extends a run saved with `timesteps`), and the learning
+    one (so `--iterations 20` extends a run saved with `timesteps`), a run of another env
+    (`--env`) takes that env's default episode length unless one is given, and the learning
     rates are scaled by --lr-multiplier. A new run (`keep_run_dir` False) does not inherit
     the saved run directory, and no run inherits the saved verbosity.
     """
@@ -148,6 +149,9 @@ def checkpoint_config(
     if not keep_run_dir:
         run = dataclasses.replace(run, run_dir=None)
     cfg = config_from_args(args, dataclasses.replace(saved, run=run))
+    if cfg.env.name != saved.env.name:  # the saved episode length was the other env's
+        env = dataclasses.replace(saved.env, episode_length=None)
+        cfg = config_from_args(args, dataclasses.replace(saved, env=env, run=run))
     given = [k for k in DURATION_FIELDS if getattr(cfg.run, k) != getattr(saved.run, k)]
     if given:
         cleared = {k: None for k in DURATION_FIELDS if k not in given}

@@ -294,7 +294,7 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
     )
     rollout = make_rollout(
         network, env, n_steps, shard=shard_carry,
-        bootstrap_slots=bootstrap_capacity(n_steps, config.env.episode_length),
+        bootstrap_slots=bootstrap_capacity(n_steps, config.env.steps_per_episode()),
         info_keys=env.metric_info_keys,
     )
 

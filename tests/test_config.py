@@ -83,7 +83,7 @@ def test_defaults_match_the_library_they_configure():
     assert data.test_fraction == defaults(build_market)["test_fraction"]
     assert data.split_dates == defaults(build_market)["split_dates"]
     assert C.RunConfig().early_stop == 0
-    assert C.EnvConfig().episode_length == defaults(build_market)["episode_length"]
+    assert C.default_episode_length("portfolio") == defaults(build_market)["episode_length"]
     assert data.synthetic() == SyntheticConfig()
     custom_market = dataclasses.replace(
         data, n_assets=5, n_bars=400, synthetic_seed=3, signal_strength=0.0
@@ -417,7 +417,8 @@ def test_platform_defaults(platform, n_envs, dtype):
 
 
 def test_resolve_keeps_explicit_values_and_rejects_unknown_platforms():
-    cfg = C.with_values(Config(), n_envs=1024, precision="fp32", market="fixed")
+    cfg = C.with_values(Config(), n_envs=1024, precision="fp32", market="fixed",
+                        episode_length=256)
     assert C.resolve(cfg, "gpu") is cfg
     with pytest.raises(ConfigError, match="unknown platform 'metal'; expected one of gpu"):
         C.default_n_envs("metal")
@@ -450,6 +451,34 @@ def test_total_iterations_priority_and_rounding():
     assert C.total_iterations(sized(timesteps=16385)) == 3
     assert C.total_iterations(sized(timesteps=1)) == 1
     assert C.total_iterations(C.with_values(sized(episodes=64), episode_length=128)) == 1
+
+
+def test_episode_length_defaults_to_the_envs_own(tmp_path):
+    funding = C.with_values(Config(), name="funding")
+    assert Config().env.episode_length is None and funding.env.episode_length is None
+    assert C.resolve(Config(), "cpu").env.episode_length == 256
+    resolved = C.resolve(funding, "cpu")
+    assert resolved.env.episode_length == 24  # hourly steps: one trading day
+    # Unresolved, the derived sizes read the env's own too.
+    assert funding.env.params_kwargs()["episode_length"] == 24
+    per_iteration = C.with_values(funding, n_envs=64, n_steps=24)  # 64 envs x one day
+    assert C.total_iterations(C.with_values(per_iteration, episodes=640)) == 10
+    # An explicit value wins, whichever way it comes and whatever it equals.
+    assert C.resolve(C.with_values(funding, episode_length=256), "cpu").env.episode_length == 256
+    assert C.resolve(C.apply_overrides(funding, "episode_length=48"),
+                     "cpu").env.episode_length == 48
+    toml = C.load(write(tmp_path, '[env]\nname = "funding"\nepisode_length = 256\n'))
+    assert C.resolve(toml, "cpu").env.episode_length == 256
+    toml = C.load(write(tmp_path, '[env]\nname = "funding"\n'))
+    assert C.resolve(toml, "cpu").env.episode_length == 24
+    # The saved config records the length used, and a resumed run reads it back as given.
+    saved = C.from_saved(json.loads(json.dumps(C.to_dict(resolved))))
+    assert saved == resolved and C.resolve(saved, "cpu") == saved
+    # An unknown env keeps it unset, for validate to name the env.
+    unknown = C.apply_overrides(Config(), "name=stocks")
+    assert C.resolve(unknown, "cpu").env.episode_length is None
+    with pytest.raises(ConfigError, match="name='stocks' must be a registered env"):
+        C.validate(C.resolve(unknown, "cpu"))
 
 
 def test_total_iterations_needs_resolved_n_envs():
@@ -641,10 +670,12 @@ def test_env_settings_sit_in_the_envs_own_table(tmp_path):
 
 
 def test_an_env_without_a_table_gets_no_other_envs_settings():
+    import tests.envs.masked  # noqa: F401  (registers masked-walk)
+
     cfg = C.apply_overrides(Config(), "slippage=0.001")
     other = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, name="masked-walk"))
     assert other.env.section() is None
-    assert other.env.params_kwargs() == {"episode_length": cfg.env.episode_length}
+    assert other.env.params_kwargs() == {"episode_length": 256}  # the base class's default
 
 
 @pytest.mark.parametrize(("text", "message"), [

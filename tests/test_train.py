@@ -153,6 +153,30 @@ def test_vram_presets_come_after_config_and_before_flags():
         parser.parse_args(["--high-vram", "--low-vram"])
 
 
+def test_episode_length_is_the_envs_own_unless_given():
+    from jaxtrade import config as C
+
+    parser = train.build_parser()
+
+    def length(argv, saved=None):
+        args = parser.parse_args(argv)
+        cfg = (train.config_from_args(args) if saved is None
+               else train.checkpoint_config(args, saved, keep_run_dir=False))
+        return C.resolve(cfg, "cpu").env.episode_length
+
+    assert length(["--env", "funding"]) == 24
+    assert length(["--env", "funding", "--episode-length", "256"]) == 256
+    assert length(["--env", "funding", "--hyperparams", "episode_length=48"]) == 48
+    assert length([]) == 256
+    # From a checkpoint: the saved length, unless the run switches env (weights only).
+    portfolio = C.resolve(C.with_values(C.Config(), episode_length=100), "cpu")
+    assert length(["--checkpoint", "ckpt/x"], portfolio) == 100
+    assert length(["--checkpoint", "ckpt/x", "--weights-only", "--env", "funding"],
+                  portfolio) == 24
+    assert length(["--checkpoint", "ckpt/x", "--weights-only", "--env", "funding",
+                   "--episode-length", "12"], portfolio) == 12
+
+
 def test_flag_abbreviations_are_rejected(capsys):
     """`--n-env 8` is no longer read as `--n-envs 8`: argparse exits 2 naming it."""
     parser = train.build_parser()

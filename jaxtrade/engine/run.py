@@ -159,7 +159,7 @@ def print_banner(plan: Plan, console: Console) -> None:
         say(f"market: {market.describe()}")
         for line in market.report:
             say(f"  {line}")
-    say(f"env: {env.name}")
+    say(f"env: {env.name}, episodes of {cfg.env.episode_length} steps")
     for line in env.notes():
         say(f"  {line}")
     say(f"model: {plan.network.describe()}, {count_network_params(cfg, env):,} parameters "

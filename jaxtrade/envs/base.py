@@ -50,6 +50,9 @@ class Environment(Generic[TEnvState, TEnvParams]):
     and the properties `num_actions`, `obs_dim`, `action_names`; the rest has defaults."""
 
     name: str = "env"  # registry name (`--env`)
+    # Steps per training episode when the config leaves `episode_length` unset
+    # (`config.resolve`); `--episode-length` or a config file's value wins over it.
+    default_episode_length: int = 256
     # Whether `python -m jaxtrade.evaluate` gives the trading report (a continuous pass of a
     # date range against baseline strategies, `jaxtrade.evaluation`'s walks: an env whose
     # steps trade a portfolio of the market and report value, weights, cost and turnover in

@@ -359,6 +359,7 @@ class FundingEnv(Environment[EnvState, EnvParams]):
 
     name = "funding"
     num_actions = N_ACTIONS
+    default_episode_length = 24  # hourly steps: an episode is one trading day
     load_market = staticmethod(load_funding_market)  # its data is its own (`--data`)
 
     def __init__(self, market):
@@ -380,7 +381,7 @@ class FundingEnv(Environment[EnvState, EnvParams]):
         opens = tuple(f"open{k}x{s:g}" for k in range(TOP_K) for s in SIZES)
         return ("hold", *opens, *(f"close{p}" for p in range(N_SLOTS)))
 
-    def make_params(self, split: str = "train", *, episode_length: int = 24,
+    def make_params(self, split: str = "train", *, episode_length: int = default_episode_length,
                     start: int | None = None, **settings) -> EnvParams:
         """Params of episodes inside hours [lo, hi) of `split` (host-side): starts leave room
         for a whole episode; `start` fixes the first hour. `settings` override the fields of

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import environment, spaces
 
-from jaxtrade.envs.base import make_env, registered
+from jaxtrade.envs.base import env_class, make_env, registered
 
 #: The few per-step scalars of the slim `info` (besides `terminated` and `truncated`).
 SLIM_INFO_KEYS = ("log_return", "turnover", "cost", "value")
@@ -309,9 +309,8 @@ def make(
       **params_kwargs: the env's `make_params` arguments (split, episode_length,
         frictions, ...) for its `default_params`, which `gymnax.make` returns.
     """
-    from jaxtrade.config import EnvConfig
-
-    episode_length = int(params_kwargs.get("episode_length", EnvConfig.episode_length))
+    episode_length = int(params_kwargs.get("episode_length",
+                                           env_class(env_name).default_episode_length))
     if market is None:
         market = default_market(episode_length)
     elif isinstance(market, str | os.PathLike):

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxtrade.config import EnvConfig, PortfolioConfig, broken_rule
+from jaxtrade.config import PortfolioConfig, broken_rule
 from jaxtrade.data.market import RANGES, Market, MarketData
 from jaxtrade.data.panel import format_date
 from jaxtrade.envs import regimes
@@ -125,6 +125,7 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
 
     name = "portfolio"
     trading = True  # evaluate's report: the policy and baseline strategies through a range
+    default_episode_length = 256  # bars (`data.build_market`'s default too)
 
     def __init__(self, market: Market):
         self.n_assets = market.n_assets
@@ -172,7 +173,7 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         self,
         split: str = "train",
         *,
-        episode_length: int = EnvConfig.episode_length,
+        episode_length: int = default_episode_length,
         start: int | None = None,
         slippage: float = _DEFAULTS.slippage,
         spread: float = _DEFAULTS.spread,

@@ -311,6 +311,19 @@ def test_config_is_drawn_per_episode_and_observed(env, fns):
     assert float(s.config.leverage) == 3.0 and int(s.config.max_positions) == 3
 
 
+def test_a_funding_run_defaults_to_one_day_episodes(env):
+    """Without --episode-length, a funding run trains the env's own one-day episodes."""
+    import inspect
+
+    from jaxtrade.config import Config, resolve, with_values
+
+    cfg = resolve(with_values(Config(), name="funding"), "cpu")
+    assert cfg.env.episode_length == FundingEnv.default_episode_length == 24
+    signature = inspect.signature(FundingEnv.make_params).parameters
+    assert signature["episode_length"].default == 24
+    assert int(env.make_params("train", **cfg.env.params_kwargs()).episode_length) == 24
+
+
 def test_bad_settings_are_refused(env):
     with pytest.raises(ValueError, match="unknown funding env settings"):
         env.make_params("train", levrage=3)
