@@ -1,11 +1,15 @@
 """Throughput of env stepping and of end-to-end PPO training vs n_envs (and devices).
 
-    python -m benchmarks.throughput [--n-envs 32 64 128] [--devices 1 2 4 8] [--profile DIR]
+    python -m benchmarks.throughput [--env funding] [--n-envs 32 64 128] [--devices 1 2 4 8]
+        [--profile DIR]
 
-Per row (a device count and a total n_envs) it measures, on the reference network
-(hidden 256, 2 GRU layers) unless told otherwise:
+Per row (a device count and a total n_envs) it measures, for one registered env (`--env`,
+the portfolio env by default, on its fixed embedded market; any other on the market its
+training run loads, `jaxtrade.engine.start.load_run_market`) with that env's default
+episode length, on the reference network (hidden 256, 2 GRU layers) unless told otherwise:
 
-* env steps/s: random actions into the vmapped `PortfolioEnv.step`, `lax.scan` over
+* env steps/s: random actions (uniform among the valid ones, for an env that masks
+  actions, as a masked policy samples them) into the vmapped `env.step`, `lax.scan` over
   --env-steps steps, envs sharded over the same devices as training;
 * train steps/s: whole PPO iterations (`jaxtrade.trainer`: rollout, GAE, joint epochs,
   critic epochs), env steps of the timed iterations over their wall time, learning
@@ -56,7 +60,9 @@ last value), four forward + backward passes (about 3 forwards each), a trunk for
 and four value-head steps.
 
 Prints one line per row as it is measured, the table at the end, and writes
-benchmarks/results/throughput_<device>_<date>.json (host-only code).
+benchmarks/results/throughput_<device>_<date>.json, or <env>_throughput_<device>_<date>.json
+for an env other than the portfolio env; every row and the settings name the env
+(host-only code).
 """
 
 from __future__ import annotations
@@ -74,7 +80,8 @@ import optax
 from benchmarks.common import device_info, save, table
 from jaxtrade import config as cfgmod
 from jaxtrade import memory, parallel, ppo
-from jaxtrade.data import load_market
+from jaxtrade.engine.start import load_run_market
+from jaxtrade.envs import registered
 from jaxtrade.rollout import bootstrap_capacity, make_rollout
 from jaxtrade.trainer import Trainer, make_train
 
@@ -216,7 +223,7 @@ def count_flops(trainer: Trainer) -> dict:
                                 info_keys=env.metric_info_keys)
     bootstrap = xla_flops(forward, params, hidden(b), arr(b, env.obs_dim), arr(b, dtype=bool))
     act = xla_flops(rollout_step, params, env_params, state.carry, key) - bootstrap
-    slots = bootstrap_capacity(t, cfg.env.episode_length)
+    slots = bootstrap_capacity(t, cfg.env.steps_per_episode())
 
     one = jax.eval_shape(rollout_step, params, env_params, state.carry, key)[1]
 
@@ -272,19 +279,27 @@ def make_env_run(trainer: Trainer, n_steps: int):
     """jit: (env_state, obs, key) -> (env_state, obs, mean reward) over n_steps random steps.
 
     Envs are split over the trainer's mesh. The observations are carried out of the scan
-    so that XLA computes them, as it must for a policy.
+    so that XLA computes them, as it must for a policy. An env that masks actions gets a
+    uniformly random valid action (its mask computed at every step, as a rollout does);
+    the others a uniformly random one.
     """
     env, env_params, mesh = trainer.env, trainer.env_params, trainer.mesh
     n_envs = trainer.config.ppo.n_envs
     step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    mask_of = jax.vmap(env.action_mask, in_axes=(0, None)) if env.masks_actions else None
+
+    def random_actions(key, env_state):
+        """int32 [n_envs]."""
+        mask = None if mask_of is None else mask_of(env_state, env_params)
+        if mask is None:  # static: an env without a mask in these params
+            return jax.random.randint(key, (n_envs,), 0, env.num_actions)
+        return jax.random.categorical(key, jnp.where(mask, 0.0, -jnp.inf)).astype(jnp.int32)
 
     def run(env_state, obs, key):
         def body(carry, key):
             env_state, obs, total = carry
             key_act, key_step = jax.random.split(key)
-            actions = parallel.constrain(
-                jax.random.randint(key_act, (n_envs,), 0, env.num_actions), mesh, 0
-            )
+            actions = parallel.constrain(random_actions(key_act, env_state), mesh, 0)
             keys = parallel.constrain(jax.random.split(key_step, n_envs), mesh, 0)
             obs, env_state, reward, _, _ = step(keys, env_state, actions, env_params)
             env_state, obs = parallel.constrain((env_state, obs), mesh, 0)
@@ -362,6 +377,8 @@ def measure_row(cfg: cfgmod.Config, market, mesh, args) -> dict:
     peak, peak_source = peak_flops(list(mesh.devices.flat), dtype)
     estimate = memory.estimate(cfg, trainer.env, mesh.size)
     return {
+        "env": cfg.env.name,
+        "episode_length": cfg.env.episode_length,
         "n_devices": mesh.size,
         "n_envs": cfg.ppo.n_envs,
         "n_steps": cfg.ppo.n_steps,
@@ -410,7 +427,7 @@ def _fmt_row(row: dict) -> dict:
 def row_line(row: dict) -> str:
     """One row as one line, printed as soon as it is measured."""
     f = _fmt_row(row)
-    return (f"devices {row['n_devices']}, n_envs {row['n_envs']:,}: "
+    return (f"{row['env']}: devices {row['n_devices']}, n_envs {row['n_envs']:,}: "
             f"env {row['env_steps_per_s']:,.0f} steps/s, "
             f"train {row['train_steps_per_s']:,.0f} steps/s "
             f"({row['s_per_iteration']:.2f} s/iteration), compile {row['compile_s']:.1f} s, "
@@ -433,9 +450,18 @@ COLUMNS = [
 ]
 
 
+def result_name(env: str) -> str:
+    """The results file's name before the device and date: `throughput` for the portfolio
+    env (as before envs were chosen), `<env>_throughput` for another."""
+    return "throughput" if env == "portfolio" else f"{env}_throughput"
+
+
 def main(argv=None) -> int:
     on_cpu = jax.default_backend() == "cpu"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="portfolio", choices=registered(),
+                        help="registered env to measure, on its own market and default "
+                             "episode length [portfolio]")
     parser.add_argument("--n-envs", type=int, nargs="+",
                         default=list(CPU_N_ENVS if on_cpu else ACCELERATOR_N_ENVS),
                         help="total envs over all devices (default: 32 64 128 on CPU, "
@@ -457,9 +483,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     info = device_info()
-    base = cfgmod.with_values(cfgmod.Config(), n_steps=args.n_steps,
-                              hidden_dim=args.hidden_dim, n_gru_layers=args.n_gru_layers,
-                              precision=args.precision)
+    # The fixed market: the portfolio env's embedded one, as before envs were chosen (a
+    # training run's default for it is procedural worlds); resolved for its episode length.
+    base = cfgmod.resolve(cfgmod.with_values(
+        cfgmod.Config(), name=args.env, market="fixed", n_steps=args.n_steps,
+        hidden_dim=args.hidden_dim, n_gru_layers=args.n_gru_layers, precision=args.precision,
+    ), info["platform"])
+    name = result_name(args.env)
     n_mb = base.ppo.n_minibatches
     device_counts = args.devices or default_device_counts(jax.device_count())
     cases = []
@@ -473,16 +503,16 @@ def main(argv=None) -> int:
     # Accelerator peaks are process-lifetime high-water marks: ascending load per device.
     cases.sort(key=lambda c: (c[1] // c[0], c[0]))
 
-    market = load_market(synthetic=base.data.synthetic(),
-                         episode_length=base.env.episode_length,
-                         val_fraction=base.data.val_fraction,
-                         test_fraction=base.data.test_fraction)
+    market = load_run_market(base)  # the env's own loading, without the test range
     dtype = cfgmod.compute_dtype(args.precision, info["platform"])
     print(f"device: {info['device_kind']} x{info['n_devices']} ({info['platform']}), "
-          f"jax {info['jax']}; network hidden {args.hidden_dim} x {args.n_gru_layers} GRU, "
+          f"jax {info['jax']}; env {args.env}, episodes of {base.env.episode_length} steps; "
+          f"network hidden {args.hidden_dim} x {args.n_gru_layers} GRU, "
           f"{jnp.dtype(dtype).name}; n_steps {args.n_steps}, {base.ppo.ppo_epochs} PPO + "
           f"{base.ppo.critic_epochs} critic epochs, {n_mb} minibatches", flush=True)
     settings = {
+        "env": args.env,
+        "episode_length": base.env.episode_length,
         "n_minibatches": n_mb,
         "ppo_epochs": base.ppo.ppo_epochs,
         "critic_epochs": base.ppo.critic_epochs,
@@ -498,13 +528,13 @@ def main(argv=None) -> int:
         rows.append(measure_row(cfg, market, parallel.make_mesh(d), args))
         print(row_line(rows[-1]), flush=True)
         # Saved after every row: a sweep stopped by a time limit keeps what it measured.
-        save("throughput", info, rows, args.out, settings=settings)
+        save(name, info, rows, args.out, settings=settings)
     rows.sort(key=lambda r: (r["n_devices"], r["n_envs"]))
     if rows:
         print()
         print(table([_fmt_row(r) for r in rows], COLUMNS))
         print(f"peak FLOP/s: {rows[0]['peak_flops_source']}")
-    print(f"saved {save('throughput', info, rows, args.out, settings=settings)}")
+    print(f"saved {save(name, info, rows, args.out, settings=settings)}")
     return 0
 
 

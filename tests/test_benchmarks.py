@@ -24,7 +24,8 @@ TINY = ["--n-envs", str(N_ENVS), "--n-steps", str(N_STEPS), "--hidden-dim", str(
         "--n-gru-layers", str(LAYERS), "--iterations", "1", "--env-steps", "8"]
 
 ROW_FIELDS = {
-    "n_devices", "n_envs", "n_steps", "hidden_dim", "n_gru_layers", "precision", "n_params",
+    "env", "episode_length", "n_devices", "n_envs", "n_steps", "hidden_dim", "n_gru_layers",
+    "precision", "n_params",
     "env_steps_per_s", "train_steps_per_s", "s_per_iteration", "compile_s",
     "peak_memory_bytes", "peak_memory_source", "estimated_memory_bytes", "flops_per_env_step",
     "achieved_flops_per_s", "peak_flops_per_s", "peak_flops_source", "flops_fraction",
@@ -62,12 +63,14 @@ def test_writes_a_file_named_by_device_and_date(sweep):
     assert f"saved {path}" in stdout
     assert record["benchmark"] == "throughput"
     assert record["settings"]["ppo_epochs"] == Config().ppo.ppo_epochs
-    assert "devices 1, n_envs 8:" in stdout  # the line printed as the row was measured
+    assert (record["settings"]["env"], record["settings"]["episode_length"]) == ("portfolio", 256)
+    assert "portfolio: devices 1, n_envs 8:" in stdout  # the line printed as it was measured
 
 
 def test_row_has_every_field(row):
     assert ROW_FIELDS <= set(row)
     assert (row["n_devices"], row["n_envs"], row["n_steps"]) == (1, N_ENVS, N_STEPS)
+    assert (row["env"], row["episode_length"]) == ("portfolio", 256)
     assert (row["hidden_dim"], row["n_gru_layers"], row["precision"]) == (HIDDEN, LAYERS, "float32")
 
 
@@ -91,9 +94,10 @@ def matmul_flops(tree) -> int:
                if "kernel" in jax.tree_util.keystr(path))
 
 
-def test_flops_match_an_analytic_count(row):
+def check_flops(row, env, episode_length: int) -> None:
+    """The row's FLOPs per env step and per forward within 1.5x of an analytic count of the
+    matmuls of the tiny network on `env`."""
     ppo = Config().ppo
-    env = PortfolioEnv(load_market(synthetic=Config().data.synthetic()))
     params = param_shapes(GRUActorCritic(env.obs_dim, env.num_actions, HIDDEN, LAYERS,
                                          dropout=0.0))
     assert row["n_params"] == count_params(params)
@@ -104,11 +108,37 @@ def test_flops_match_an_analytic_count(row):
     # (S per env) and one for the value after the last step; joint epochs: forward +
     # backward (about 2 forwards); critic epochs: one trunk forward, then value-head
     # forward + backward.
-    slots = bootstrap_capacity(N_STEPS, Config().env.episode_length)
+    slots = bootstrap_capacity(N_STEPS, episode_length)
     analytic = ((1 + (slots + 1) / N_STEPS) * forward + ppo.ppo_epochs * 3 * forward + trunk
                 + ppo.critic_epochs * 3 * value_head)
     assert 1 / 1.5 < row["flops_per_env_step"] / analytic < 1.5
     assert 1 / 1.5 < row["flops_per_forward"] / forward < 1.5
+
+
+def test_flops_match_an_analytic_count(row):
+    check_flops(row, PortfolioEnv(load_market(synthetic=Config().data.synthetic())), 256)
+
+
+def test_a_funding_row_runs_and_names_its_env(tmp_path):
+    """`--env funding`: the funding env on its own market, with its one-day episodes; the
+    file, the settings and the row say so, and its FLOPs are counted."""
+    from jaxtrade.envs.funding import FundingEnv, load_funding_market
+
+    stdout = run_main(["--env", "funding", *TINY, "--out", str(tmp_path)])
+    (path,) = tmp_path.iterdir()
+    assert path == result_path("funding_throughput", device_info(), tmp_path)
+    assert "env funding, episodes of 24 steps" in stdout
+    assert "funding: devices 1, n_envs 8:" in stdout
+    record = json.loads(path.read_text())
+    assert record["benchmark"] == "funding_throughput"
+    assert (record["settings"]["env"], record["settings"]["episode_length"]) == ("funding", 24)
+    assert record["settings"]["market"].startswith("synthetic_funding(")
+    (row,) = record["results"]
+    assert ROW_FIELDS <= set(row)
+    assert (row["env"], row["episode_length"], row["n_envs"]) == ("funding", 24, N_ENVS)
+    assert row["env_steps_per_s"] > 0 and row["train_steps_per_s"] > 0
+    assert 0 < row["flops_fraction"] < 1
+    check_flops(row, FundingEnv(load_funding_market(Config())), 24)
 
 
 def test_a_scan_of_one_step_is_counted_exactly():
