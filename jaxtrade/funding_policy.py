@@ -70,7 +70,6 @@ import pandas as pd
 from jaxtrade import checkpoint as ckpt
 from jaxtrade.config import Config, FundingConfig
 from jaxtrade.data.funding import FundingPanel, fund_apr, load_funding
-from jaxtrade.data.panel import format_date
 from jaxtrade.envs.funding import (
     ACCOUNT_FEATURES,
     CONFIG_FEATURES,
@@ -150,7 +149,7 @@ class FundingDecision:
     position: Mapping[str, Any] | None = None  # a close: that position, as given
 
     def __str__(self) -> str:
-        return (f"at {format_date(self.as_of)}: {self.description} "
+        return (f"at {self.as_of:%Y-%m-%d %H:%M}: {self.description} "
                 f"(p={self.probabilities[self.name]:.2f})")
 
 
@@ -329,8 +328,8 @@ class FundingPolicy:
         panel = load_funding(table if isinstance(table, pd.DataFrame) else Path(table))
         if panel.n_hours > self.episode_length:
             raise EvaluationError(
-                f"table: {panel.n_hours} hours ({format_date(panel.times[0])} .. "
-                f"{format_date(panel.times[-1])}) is more than a day of {self.episode_length}; "
+                f"table: {panel.n_hours} hours ({panel.times[0]:%Y-%m-%d %H:%M} .. "
+                f"{panel.times[-1]:%Y-%m-%d %H:%M}) is more than a day of {self.episode_length}; "
                 f"give today's hours only, from the day's first hour to now")
         return panel
 
