@@ -4,7 +4,10 @@ beat is chosen on the validation range, and the statistics count the candidates 
 report.json, equity.csv, decisions.csv, equity.png and a table (host-only). A run of an env
 without the trading report (`Environment.trading`) gets the episode report instead: its
 policy against a uniformly random one over the first episodes of 64 envs of the env's test
-params (or `--range validation|train`), same keys; report.json and a table.
+params (or `--range validation|train`), same keys; report.json and a table. An env with a
+report of its own (`Environment.evaluation`) gets that: the funding env's policy and
+baselines day by day under fixed trading configs (`jaxtrade.funding_report`; the user's
+with --leverage, --utilisation, --max-positions, --buffer).
 
 No evaluation logic lives here: `jaxtrade.engine.assess` computes the comparison (from
 `jaxtrade.evaluation`'s passes and metrics, `jaxtrade.report`'s baseline choice, candidates,
@@ -81,7 +84,34 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int,
         help="key of the slippage draws (and of --sample) [the run's seed, as training's "
              "evaluations]")
+    g = p.add_argument_group(
+        "funding runs", "the user's trading config, reported instead of the three reference "
+                        "configs (1x / 40% / 2, 3x / 60% / 3, 8x / 75% / 5); give the first "
+                        "three together")
+    g.add_argument("--leverage", type=float, help="max leverage of a position, e.g. 3")
+    g.add_argument("--utilisation", type=float,
+                   help="target share of equity used as margin, e.g. 0.6")
+    g.add_argument("--max-positions", type=int, help="positions held at once, 1 to 5")
+    g.add_argument("--buffer", type=float,
+                   help="close a position when a leg gets this near (fraction of its entry) "
+                        "its liquidation price [0]")
     return p
+
+
+def trading_config(args: argparse.Namespace) -> tuple | None:
+    """The funding flags as one config tuple (leverage, utilisation, max positions, buffer),
+    None when none is given.
+
+    Raises:
+      UsageError: some of the first three flags without the others.
+    """
+    given = [args.leverage, args.utilisation, args.max_positions]
+    if all(v is None for v in given) and args.buffer is None:
+        return None
+    if any(v is None for v in given):
+        raise UsageError("a trading config needs --leverage, --utilisation and "
+                         "--max-positions together (--buffer is optional)")
+    return ((args.leverage, args.utilisation, args.max_positions, args.buffer or 0.0),)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,8 +134,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = assess(AssessRequest(
         run_dir=args.run_dir, checkpoint=args.checkpoint, data=args.data, range=args.range,
         start=args.start, end=args.end, sample=args.sample, seed=args.seed,
+        settings=trading_config(args),
     ))
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
+    if hasattr(result, "write"):  # an env's own report (`Environment.evaluation`)
+        written = result.write(out)
+        print("\n".join(result.lines(show_all=args.all)))
+        print(f"wrote {', '.join(written)} to {out}")
+        return 0
     if isinstance(result, WorldsAssessment):
         write_worlds_outputs(out, result, args.run_dir)
         print_worlds_report(result.report, show_all=args.all)

@@ -19,9 +19,11 @@ Inputs:
   at most `episode_length` hours. Any symbols and exchanges: the observation never names
   one (opportunities are ranked by fund_apr, positions described by their numbers).
 * positions: a list of dicts, one per open position, in slot order (`close{p}` closes the
-  p-th): `POSITION_KEYS` (symbol, long_exchange, short_exchange, size in base units,
-  entry_long_price, entry_short_price, margin_long, margin_short: each leg's isolated
-  margin balance with its funding, leverage) and optionally funding (collected, net, 0),
+  p-th; None marks an empty slot, so that a bot can keep the slot numbers it has been
+  using, as the env does when a position between two others closes): `POSITION_KEYS`
+  (symbol, long_exchange, short_exchange, size in base units, entry_long_price,
+  entry_short_price, margin_long, margin_short: each leg's isolated margin balance with
+  its funding, leverage) and optionally funding (collected, net, 0),
   hours_held (0), alive_long and alive_short (True: a liquidated leg is not alive).
 * account (`Account`): equity now, free cash, equity at the day's first hour (default:
   equity now) and legs liquidated today (0).
@@ -256,6 +258,8 @@ class FundingPolicy:
         b = {k: np.zeros(N_SLOTS, bool) for k in ("open", "alive_long", "alive_short")}
         for p, pos in enumerate(positions):
             where = f"positions[{p}]"
+            if pos is None:  # an empty slot: the ones after it keep their numbers
+                continue
             if not isinstance(pos, Mapping):
                 raise EvaluationError(f"{where}: expected a dict, got {type(pos).__name__}")
             missing = [k for k in POSITION_KEYS if k not in pos]

@@ -118,3 +118,25 @@ def csv_evaluation(trained_run, user_csv, tmp_path_factory):
                               "--out", str(out_dir)])
     assert code == 0
     return out_dir, out.getvalue()
+
+
+# --- a tiny trained funding run, shared by the funding evaluation and deployment tests ---------
+FUNDING_HOURS = 12  # hours per episode ("day") of the tiny funding run
+
+
+@pytest.fixture(scope="session")
+def funding_run(tmp_path_factory):
+    """A tiny `python -m jaxtrade.train --env funding` run (in-process) on the embedded
+    synthetic opportunity data, half-day episodes, validated every iteration: (run dir,
+    stdout)."""
+    from jaxtrade import train
+
+    run_dir = tmp_path_factory.mktemp("funding") / "run"
+    argv = ["--env", "funding", "--episode-length", str(FUNDING_HOURS), "--n-envs", "16",
+            "--n-steps", str(FUNDING_HOURS), "--n-minibatches", "2", "--iterations", "2",
+            "--hidden-dim", "16", "--eval-every", "1", "--seed", "3", "--run-dir",
+            str(run_dir)]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert train.main(argv) == 0
+    return run_dir, out.getvalue()

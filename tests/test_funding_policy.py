@@ -1,9 +1,7 @@
 """`jaxtrade.load_policy` on a funding run: the hour's action from today's table, your positions,
 account and config, equal to the env's greedy walk of the day."""
 
-import contextlib
 import dataclasses
-import io
 import re
 from pathlib import Path
 
@@ -14,7 +12,6 @@ import pytest
 
 import jaxtrade
 from jaxtrade import checkpoint as ckpt
-from jaxtrade import train
 from jaxtrade.data.funding import load_funding
 from jaxtrade.data.panel import DataError
 from jaxtrade.envs.funding import N_OPEN, FundingEnv, FundingMarket
@@ -28,29 +25,17 @@ from jaxtrade.funding_policy import (
 )
 from jaxtrade.policy import Policy
 from jaxtrade.trainer import build_network
+from tests.conftest import FUNDING_HOURS
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "data" / "funding_example.csv"
 CONFIG = TradingConfig(leverage=3.0, utilisation=0.6, max_positions=3, buffer=0.01)
 SCALE = 2500.0  # the user's money units: the day started with 2500
-HOURS = 24
-
-
-@pytest.fixture(scope="module")
-def funding_run(tmp_path_factory):
-    """A tiny funding run on the example table (72 hours: a day of validation), in-process."""
-    run_dir = tmp_path_factory.mktemp("funding-policy") / "run"
-    argv = ["--env", "funding", "--data", str(EXAMPLE), "--val-fraction", "0.4",
-            "--test-fraction", "0", "--episode-length", str(HOURS), "--n-envs", "16",
-            "--n-steps", str(HOURS), "--iterations", "2", "--hidden-dim", "16",
-            "--eval-every", "2", "--run-dir", str(run_dir), "-q"]
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert train.main(argv) == 0
-    return run_dir
+HOURS = FUNDING_HOURS  # the shared tiny run's day (conftest `funding_run`)
 
 
 @pytest.fixture(scope="module")
 def policy(funding_run):
-    return jaxtrade.load_policy(funding_run)
+    return jaxtrade.load_policy(funding_run[0])
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +53,8 @@ def hours_of(table, n):
 def env_walk(funding_run):
     """The env's greedy walk of the first day under CONFIG, as evaluation walks a day (the
     run's fees and rules, the network and checkpoint `funding_report` uses): (panel,
-    actions [24], masks [24, 36], log_probs [24], states: the env state at each hour)."""
-    source = ckpt.select(funding_run, "best")
+    actions [HOURS], masks [HOURS, 36], log_probs [HOURS], states: the env state at each hour)."""
+    source = ckpt.select(funding_run[0], "best")
     cfg = source.config
     panel = load_funding(EXAMPLE)
     env = FundingEnv(FundingMarket(panel, panel.n_hours, panel.n_hours))
@@ -95,8 +80,7 @@ def user_view(panel, state):
     """An env state as a user's positions and account, in units of SCALE."""
     s = state.slots
     slots = np.flatnonzero(s.open)
-    assert list(slots) == list(range(len(slots)))  # packed: slot p is positions[p]
-    positions = [{
+    positions = [None if not s.open[p] else {
         "symbol": panel.symbols[s.symbol[p]], "long_exchange": panel.exchanges[s.long_ex[p]],
         "short_exchange": panel.exchanges[s.short_ex[p]], "size": float(s.size[p]) * SCALE,
         "entry_long_price": float(s.entry_long[p]), "entry_short_price": float(s.entry_short[p]),
@@ -104,7 +88,7 @@ def user_view(panel, state):
         "margin_short": float(s.margin_short[p]) * SCALE, "leverage": float(s.leverage[p]),
         "funding": float(s.funding[p]) * SCALE, "hours_held": int(state.step - s.opened[p]),
         "alive_long": bool(s.alive_long[p]), "alive_short": bool(s.alive_short[p]),
-    } for p in slots]
+    } for p in range(slots.max() + 1 if slots.size else 0)]  # None: an empty slot
     account = Account(equity=float(state.equity) * SCALE, cash=float(state.cash) * SCALE,
                       day_start_equity=SCALE, liquidations=int(state.liquidations))
     return positions, account
@@ -180,7 +164,7 @@ def test_your_positions_and_account_are_the_decisions_inputs_in_your_units(polic
     # units is the same decision (within float32 rounding).
     def scaled(pos, c):
         money = ("size", "margin_long", "margin_short", "funding")
-        return {k: v * c if k in money else v for k, v in pos.items()}
+        return None if pos is None else {k: v * c if k in money else v for k, v in pos.items()}
 
     small = policy(day, [scaled(p, 1 / SCALE) for p in positions],
                    account=Account(account.equity / SCALE, account.cash / SCALE, 1.0),
@@ -254,9 +238,9 @@ def test_bad_inputs_are_one_line_errors(case, policy, table):
 def test_a_table_longer_than_a_day_or_malformed_is_refused(policy, table):
     kwargs = {"account": Account(1000.0, 1000.0), "config": CONFIG}
     with pytest.raises(EvaluationError, match=re.escape(
-            "table: 25 hours (2024-01-01 00:00 .. 2024-01-02 00:00) is more than a day of 24; "
-            "give today's hours only, from the day's first hour to now")):
-        policy(hours_of(table, 25), **kwargs)
+            f"table: {HOURS + 1} hours (2024-01-01 00:00 .. 2024-01-01 {HOURS:02d}:00) is more "
+            f"than a day of {HOURS}; give today's hours only, from the day's first hour to now")):
+        policy(hours_of(table, HOURS + 1), **kwargs)
     with pytest.raises(DataError, match=r"^DataFrame: missing column\(s\) fund_apr"):
         policy(hours_of(table, 2).drop(columns="fund_apr"), **kwargs)
     with pytest.raises(DataError, match=r"nowhere\.csv: no such file"):

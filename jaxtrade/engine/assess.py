@@ -3,7 +3,9 @@
 range (the run's test range by default), compared with the baseline chosen on validation,
 with statistics that count the candidates compared (`Assessment`). For any other env: the
 policy's episodes on one of the env's params (the "test" ones by default) against a
-uniformly random policy's on the same keys (`EpisodeAssessment`). The CLI
+uniformly random policy's on the same keys (`EpisodeAssessment`). An env that names its
+own report (`Environment.evaluation`, e.g. the funding env's `jaxtrade.funding_report`)
+gets that instead. The CLI
 (`jaxtrade.evaluate`) turns either into files and a table. Host-side.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import importlib
 import json
 import math
 from pathlib import Path
@@ -43,6 +46,9 @@ class AssessRequest:
     end: str | None = None
     sample: bool = False
     seed: int | None = None
+    # The user's fixed trading configs for an env that takes one (funding: tuples of
+    # leverage, utilisation, max positions, buffer); None: the env's reference configs.
+    settings: tuple | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +231,7 @@ def model_score(metrics, health: dict) -> float | None:
 def assess(request: AssessRequest):
     """The whole comparison (see the module docstring)."""
     from jaxtrade import checkpoint as ckpt
+    from jaxtrade import envs
     from jaxtrade import report as comparison
     from jaxtrade.engine.start import load_run_market
     from jaxtrade.envs import NAMES, make_env
@@ -240,6 +247,14 @@ def assess(request: AssessRequest):
             return assess_worlds(request)
         action_names = NAMES  # on the user's data: the trading report below
     else:
+        env_class = envs.env_class(saved.config.env.name)
+        if env_class.evaluation is not None:  # the env's own report
+            module, function = env_class.evaluation.split(":")
+            return getattr(importlib.import_module(module), function)(request, saved)
+        if request.settings:
+            raise UsageError(f"--leverage, --utilisation, --max-positions and --buffer set a "
+                             f"funding run's trading config; this run trained the "
+                             f"{saved.config.env.name} env")
         env = make_env(saved.config.env.name, load_run_market(saved.config, test=True))
         if not env.trading:  # the env's own report: its episodes against chance
             return assess_episodes(request, saved, env)

@@ -58,6 +58,10 @@ class Environment(Generic[TEnvState, TEnvParams]):
     # steps trade a portfolio of the market and report value, weights, cost and turnover in
     # `info`) instead of the episode report every env supports.
     trading: bool = False
+    # An env's own evaluation report instead ("module:function", imported when evaluate
+    # runs): `function(request, checkpoint source)` returns an assessment with
+    # `report` (report.json), `write(out_dir) -> file names` and `lines(show_all)`.
+    evaluation: str | None = None
 
     # --------------------------------------------------------------- what a subclass writes
     @property

@@ -361,6 +361,7 @@ class FundingEnv(Environment[EnvState, EnvParams]):
     num_actions = N_ACTIONS
     default_episode_length = 24  # hourly steps: an episode is one trading day
     load_market = staticmethod(load_funding_market)  # its data is its own (`--data`)
+    evaluation = "jaxtrade.funding_report:assess"  # `python -m jaxtrade.evaluate`
 
     def __init__(self, market):
         self.market = market
