@@ -304,14 +304,23 @@ def make(
     Args:
       env_name: the jaxtrade env's registry name (`jaxtrade.envs.registered()`).
       market: a `jaxtrade.data.Market`, a path for `jaxtrade.data.load_market` (CSV,
-        Parquet or a directory), or None for the embedded market (`default_market`).
+        Parquet or a directory), or None for the embedded market (`default_market`). An
+        env with data of its own (a `load_market`, e.g. funding) reads the path, or its
+        embedded data for None, with its loader, without the test range.
       terminated_truncated, stagger, full_info, final_observation: see `GymnaxEnv`.
       **params_kwargs: the env's `make_params` arguments (split, episode_length,
         frictions, ...) for its `default_params`, which `gymnax.make` returns.
     """
-    episode_length = int(params_kwargs.get("episode_length",
-                                           env_class(env_name).default_episode_length))
-    if market is None:
+    cls = env_class(env_name)
+    episode_length = int(params_kwargs.get("episode_length", cls.default_episode_length))
+    own = getattr(cls, "load_market", None)  # an env with data of its own (e.g. funding)
+    if own is not None and (market is None or isinstance(market, str | os.PathLike)):
+        from jaxtrade.config import Config, DataConfig, EnvConfig
+
+        path = None if market is None else str(market)
+        market = own(Config(env=EnvConfig(name=env_name, episode_length=episode_length),
+                            data=DataConfig(path=path)))
+    elif market is None:
         market = default_market(episode_length)
     elif isinstance(market, str | os.PathLike):
         from jaxtrade.data import load_market

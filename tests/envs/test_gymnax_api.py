@@ -361,3 +361,22 @@ def test_portfolio_allows_every_action_and_adds_no_mask_to_info(small_env, small
     info, _ = info_sizes(env, every4)
     assert info["action_mask"] == N_REGIMES
     np.testing.assert_array_equal(env.action_mask(state, every4), [True] * N_REGIMES)  # step 0
+
+
+def test_gymnax_make_builds_the_funding_env_on_its_own_data():
+    """"jaxtrade-Funding-v0": the funding env on its embedded synthetic opportunities (or a
+    table's path), one-day episodes, its action mask through the adapter, and a step."""
+    register_gymnax()
+    env, params = gymnax.make("jaxtrade-Funding-v0", terminated_truncated=True)
+    inner = env.jaxtrade_env
+    assert inner.name == "funding" and int(params.episode_length) == 24
+    assert inner.market.withheld_test is not None  # its test hours stay out
+    assert env.masks_actions and env.num_actions == 36
+    obs, state = env.reset(jax.random.key(0), params)
+    mask = env.action_mask(state, params)
+    assert obs.shape == (inner.obs_dim,) and bool(mask[0])
+    out = jax.jit(env.step)(jax.random.key(1), state, jnp.int32(0), params)
+    assert out[0].shape == obs.shape and "action_mask" in out[-1]
+    env, params = gymnax.make("jaxtrade-Funding-v0", market="data/funding_example.csv",
+                              episode_length=12)
+    assert env.jaxtrade_env.n_symbols == 6 and int(params.episode_length) == 12
