@@ -422,8 +422,9 @@ class NetworkConfig:
     """Actor-critic kind, shape and compute precision (see `jaxtrade.networks`)."""
 
     kind: str = setting(
-        "gru", "network: gru (recurrent) or mlp (feed-forward)", flag="--network",
-        metavar="KIND", rule=OneOf(_network_kinds), shape=True)
+        "gru", "network: gru (recurrent), mlp (feed-forward) or transformer (attention over "
+        "the last --context steps)", flag="--network", metavar="KIND",
+        rule=OneOf(_network_kinds), shape=True)
     encoder: str = setting(  # how the trunk reads an observation
         "flat", "encoder: flat (one vector) or set (the same blocks per asset, pooled over "
         "assets: any number of assets, in any order)", rule=OneOf(("flat", "set")),
@@ -431,6 +432,16 @@ class NetworkConfig:
     hidden_dim: int = setting(  # the heads are hidden_dim // 2 wide
         256, "encoder/GRU width", rule=AtLeast(2), shape=True)
     n_gru_layers: int = setting(2, "stacked GRU layers", rule=AtLeast(1), shape=True)  # gru only
+    n_layers: int = setting(  # transformer only
+        2, "transformer blocks", rule=AtLeast(1), shape=True)
+    n_heads: int = setting(  # transformer only; hidden_dim must split into them (or head_dim)
+        4, "attention heads per transformer block", rule=AtLeast(1), shape=True)
+    head_dim: int | None = setting(  # transformer only; set it to grow heads at a fixed width
+        None, "width of an attention head", default_text="hidden_dim / n_heads",
+        rule=AtLeast(1), shape=True)
+    context: int = setting(  # transformer only: the memory is K steps of every block's input
+        16, "steps before the current one a transformer attends to", metavar="K",
+        rule=AtLeast(1), shape=True)
     dropout: float = setting(  # after the encoder and between GRU layers
         0.0, "dropout rate", rule=Between(0, 1))
     precision: str = setting(  # the matmul dtype
@@ -440,6 +451,14 @@ class NetworkConfig:
     def compute_dtype(self, platform: str) -> jnp.dtype:
         """The matmul dtype on `platform`; see the module function `compute_dtype`."""
         return compute_dtype(self.precision, platform)
+
+    def problems(self) -> list[str]:
+        """What breaks the rules across this section's fields (one item of `validate`'s
+        message each)."""
+        if self.kind == "transformer" and self.head_dim is None and self.hidden_dim % self.n_heads:
+            return [f"hidden_dim={self.hidden_dim!r} must be a multiple of "
+                    f"n_heads={self.n_heads!r} for the transformer (or set head_dim)"]
+        return []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1316,6 +1335,7 @@ def validate(cfg: Config, n_devices: int = 1) -> Config:
         if cfg.env.episode_length is not None:  # unset: the env's own, after `resolve`
             check(cfg.env.episode_length <= usable, "episode_length", cfg.env.episode_length,
                   f"<= {usable} with world_bars={w.world_bars} (a world holds its episodes)")
+    problems += cfg.network.problems()
     if (batch := batch_problem(cfg, n_devices)) is not None:
         problems.append(batch)
 

@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     cfgmod.add_flags(g, ("n_envs", "n_steps", "n_minibatches", "timesteps", "episodes",
                          "iterations"))
     g = p.add_argument_group("network")
-    cfgmod.add_flags(g, ("kind", "encoder", "hidden_dim", "n_gru_layers", "dropout", "precision"))
+    cfgmod.add_flags(g, ("kind", "encoder", "hidden_dim", "n_gru_layers", "n_layers", "n_heads",
+                         "head_dim", "context", "dropout", "precision"))
     g = p.add_argument_group("PPO")
     cfgmod.add_flags(g, ("actor_lr", "critic_lr", "ppo_epochs", "critic_epochs", "gamma",
                          "gae_lambda", "clip", "ent_coef", "vf_coef", "max_grad_norm"))

@@ -411,7 +411,7 @@ def test_layout_splits_the_flat_observation_asset_by_asset():
         LAYOUT.split(obs[:7])
 
 
-@pytest.mark.parametrize("kind", ["gru", "mlp"])
+@pytest.mark.parametrize("kind", ["gru", "mlp", "transformer"])
 def test_set_encoder_is_blind_to_asset_order(kind):
     net = _set_net(LAYOUT, kind)
     params = init_params(net, KEY)

@@ -1,10 +1,11 @@
 """Actor-critic networks behind one protocol (`jaxtrade.networks.base`), chosen by kind.
 
 `make_network(config.network, obs_dim, n_actions)` builds the network a config names
-(`kind`: "gru", the default, or "mlp"; `encoder`: "flat", the default, or "set", which
-applies the same blocks to every asset of the env's `obs_layout` and pools over them, so
-one model reads any number of assets in any order); `init_params` and `param_shapes` initialise any
-of them from its own dummy inputs, so no caller writes input shapes by hand.
+(`kind`: "gru", the default, "mlp" or "transformer"; `encoder`: "flat", the default, or
+"set", which applies the same blocks to every asset of the env's `obs_layout` and pools
+over them, so one model reads any number of assets in any order); `init_params` and
+`param_shapes` initialise any of them from its own dummy inputs, so no caller writes
+input shapes by hand.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 from jaxtrade.networks.base import ENCODERS, ObsLayout, Step, Unroll
 from jaxtrade.networks.gru import GRUActorCritic, orthonormal
 from jaxtrade.networks.mlp import MLPActorCritic
+from jaxtrade.networks.transformer import TransformerActorCritic, TransformerState, grow
 
 Network = nn.Module
 
@@ -36,7 +38,18 @@ def _mlp(nc, obs_dim: int, n_actions: int, dtype, layout) -> MLPActorCritic:
                           layout=layout)
 
 
-NETWORKS: dict[str, Callable[..., Network]] = {"gru": _gru, "mlp": _mlp}
+def _transformer(nc, obs_dim: int, n_actions: int, dtype, layout) -> TransformerActorCritic:
+    if problems := nc.problems():  # the heads do not split the width
+        raise ValueError("; ".join(problems))
+    return TransformerActorCritic(obs_dim=obs_dim, n_actions=n_actions,
+                                  hidden_dim=nc.hidden_dim, n_heads=nc.n_heads,
+                                  n_layers=nc.n_layers, context=nc.context,
+                                  head_dim=nc.head_dim, dropout=nc.dropout, dtype=dtype,
+                                  encoder_kind=nc.encoder, layout=layout)
+
+
+NETWORKS: dict[str, Callable[..., Network]] = {
+    "gru": _gru, "mlp": _mlp, "transformer": _transformer}
 KINDS = tuple(NETWORKS)
 
 
@@ -91,6 +104,7 @@ def count_params(params: Any) -> int:
 
 __all__ = [
     "ENCODERS", "KINDS", "NETWORKS", "GRUActorCritic", "MLPActorCritic", "Network",
-    "ObsLayout", "Step", "Unroll",
-    "count_params", "dummy_inputs", "init_params", "make_network", "orthonormal", "param_shapes",
+    "ObsLayout", "Step", "TransformerActorCritic", "TransformerState", "Unroll",
+    "count_params", "dummy_inputs", "grow", "init_params", "make_network", "orthonormal",
+    "param_shapes",
 ]
