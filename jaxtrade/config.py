@@ -522,6 +522,13 @@ class RunConfig:
     early_stop: int = setting(
         0, "stop when N validation walks in a row found no new best val_score; 0 = off",
         metavar="N", rule=AtLeast(0))
+    schedule: str | None = setting(  # jaxtrade.schedule
+        None, "schedule TOML: phases of runtime hyperparameters (linear within a phase) that "
+        "the compiled program follows from its timestep; e.g. configs/schedules/reference.toml",
+        metavar="PATH", rule=Check(lambda v: v != "", "a path or none"))
+    schedule_scale: float = setting(
+        1.0, "multiply the schedule's phase ends (in timesteps) by this, e.g. 0.1 runs a 10M "
+        "schedule in 1M", metavar="X", rule=Above(0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1299,6 +1306,16 @@ def validate(cfg: Config, n_devices: int = 1) -> Config:
             coerced = _coerce(value, tp, where)
             if type(coerced) is not type(value) and not isinstance(coerced, float):
                 raise ConfigError(f"{where}: expected {_describe(tp)}, got {value!r}")
+    if cfg.run.schedule is not None:  # a file that cannot be followed: its own one line
+        from jaxtrade.schedule import ScheduleError, load
+
+        try:
+            followed = load(cfg.run.schedule)
+            if cfg.ppo.n_envs is not None:  # its ends in this run's timesteps increase
+                followed.ends(cfg.run.schedule_scale, total_iterations(cfg) * cfg.ppo.n_envs
+                              * cfg.ppo.n_steps)
+        except ScheduleError as e:
+            raise ConfigError(f"invalid config: schedule {e}") from None
     problems: list[str] = []
     # Each field's own rule (`setting(rule=...)`), in declaration order.
     for section, field_types in _FIELD_TYPES.items():

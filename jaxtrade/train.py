@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("PPO")
     cfgmod.add_flags(g, ("actor_lr", "critic_lr", "ppo_epochs", "critic_epochs", "gamma",
                          "gae_lambda", "clip", "ent_coef", "vf_coef", "max_grad_norm"))
+    cfgmod.add_flags(g, ("schedule", "schedule_scale"))
     g.add_argument("--hyperparams", metavar="K=V,K=V",
                    help="any config keys, e.g. 'ent_coef=0.02,n_steps=256' (applied last)")
     g = p.add_argument_group("run")

@@ -200,11 +200,16 @@ def env_step_metrics(env: Environment, info: dict) -> dict[str, jax.Array]:
 
 
 def make_iterate(env: Environment, network: Network, rule: LearningRule, rollout: Callable,
-                 shard: Callable) -> Callable:
-    """`iterate(state, env_params) -> (state, metrics)`: one PPO iteration (module docstring)."""
+                 shard: Callable, schedule=None, steps_per_iteration: int = 0) -> Callable:
+    """`iterate(state, env_params) -> (state, metrics)`: one PPO iteration (module docstring).
+    With a `jaxtrade.schedule.ScheduleTable`, the hyperparameters it controls take its
+    values at the iteration's first timestep (iteration x `steps_per_iteration`) first."""
 
     def iterate(state: TrainState, env_params) -> tuple[TrainState, dict]:
         hp = state.hparams
+        if schedule is not None:
+            t = state.iteration.astype(jnp.float32) * jnp.float32(steps_per_iteration)
+            hp = hp.replace(**schedule.values_at(t))
         rng, key_roll, key_epochs, key_critic = jax.random.split(state.rng, 4)
         actor_opt = ppo.set_learning_rate(state.actor_opt, hp.actor_lr)
         critic_opt = ppo.set_learning_rate(state.critic_opt, hp.critic_lr)
@@ -247,6 +252,17 @@ def make_iterate(env: Environment, network: Network, rule: LearningRule, rollout
         return new_state, metrics
 
     return iterate
+
+
+def schedule_table(config: Config):
+    """The run's `jaxtrade.schedule.ScheduleTable` (`[run] schedule`), or None."""
+    if config.run.schedule is None:
+        return None
+    from jaxtrade import schedule
+    from jaxtrade.config import total_iterations
+
+    total = total_iterations(config) * config.ppo.n_envs * config.ppo.n_steps
+    return schedule.load(config.run.schedule).table(config.run.schedule_scale, total)
 
 
 def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = None) -> Trainer:
@@ -313,7 +329,8 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
             last_episode_return=jnp.zeros((), jnp.float32),
         )
 
-    iterate = make_iterate(env, network, rule, rollout, shard)
+    iterate = make_iterate(env, network, rule, rollout, shard, schedule_table(config),
+                           n_envs * n_steps)
 
     def run_k(state: TrainState, env_params, k: int):
         return jax.lax.scan(lambda s, _: iterate(s, env_params), state, None, length=k)

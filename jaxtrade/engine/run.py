@@ -176,6 +176,12 @@ def print_banner(plan: Plan, console: Console) -> None:
         console.warn(sizing.warning)
     say(f"run: {plan.total_iters:,} iterations = {plan.total_iters * plan.steps_per_iter:,} "
         f"timesteps -> {plan.run_dir}")
+    if cfg.run.schedule is not None:
+        from jaxtrade import schedule
+
+        for line in schedule.load(cfg.run.schedule).describe(
+                cfg.run.schedule_scale, plan.total_iters * plan.steps_per_iter):
+            say(line)
     if plan.eval_every:
         say(f"eval: {env.describe_evaluation(cfg.env)} every {plan.eval_every} iterations and "
             f"at the end; checkpoints ranked by val_score"

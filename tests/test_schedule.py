@@ -1,0 +1,137 @@
+"""Hyperparameter schedules (`jaxtrade.schedule`): the reference file against the reference's
+tables, the in-program table against the host's arithmetic, a trainer that follows it
+iteration by iteration, and one-line errors for files that cannot be followed."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxtrade import schedule
+from jaxtrade.config import Config, ConfigError, resolve, validate, with_values
+from jaxtrade.trainer import make_train
+from tests.test_trainer import TINY
+
+REFERENCE = "configs/schedules/reference.toml"
+TOTAL = 10_000_000
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return schedule.load(REFERENCE)
+
+
+# (timestep, key, value) read off the reference's tables (../shared/reference/000).
+TABLE = [
+    (0, "actor_lr", 1.2e-4), (250_000, "actor_lr", 1e-4), (500_000, "actor_lr", 8e-5),
+    (1_500_000, "actor_lr", 4.5e-5), (3_500_000, "actor_lr", 3e-5),
+    (6_000_000, "actor_lr", 1.75e-5), (9_500_000, "actor_lr", 1e-5),
+    (12_000_000, "actor_lr", 1e-5),  # past the last phase: its end value holds
+    (250_000, "critic_lr", 3e-4),
+    (0, "ent_coef", 0.05), (750_000, "ent_coef", 0.0375), (2_500_000, "ent_coef", 0.0215),
+    (8_000_000, "ent_coef", 0.0065), (9_999_999, "ent_coef", 0.005),
+    (100_000, "gae_lambda", 0.935), (3_999_999, "gae_lambda", 0.95),
+    (4_000_000, "gae_lambda", 0.96), (8_000_000, "gae_lambda", 0.97),
+    (999_999, "clip", 0.25), (1_000_000, "clip", 0.2), (5_000_000, "clip", 0.15),
+    (7_000_000, "clip", 0.1),
+    (500_000, "vf_coef", 1.0), (1_000_000, "vf_coef", 0.8), (2_500_000, "vf_coef", 0.7),
+    (4_000_000, "vf_coef", 0.6), (5_500_000, "vf_coef", 0.5), (9_000_000, "vf_coef", 0.4),
+]
+
+
+@pytest.mark.parametrize("t, key, value", TABLE)
+def test_reference_file_follows_the_reference_tables(reference, t, key, value):
+    assert reference.value_at(key, t, 1.0, TOTAL) == pytest.approx(value, rel=1e-4)
+
+
+def test_reference_phases_and_shapes(reference):
+    assert len(reference.phases) == 9
+    assert reference.ends(1.0, TOTAL)[-1] == TOTAL
+    assert reference.ends(0.1, TOTAL)[:2] == [50_000, 100_000]
+    assert reference.keys == ("actor_lr", "critic_lr", "gae_lambda", "clip", "ent_coef",
+                              "vf_coef")
+    shapes = [(p.shapes["n_heads"], p.shapes["n_layers"], p.shapes["dropout"])
+              for p in reference.phases]
+    assert shapes[:5] == [(4, 2, 0.088)] * 2 + [(4, 2, 0.066)] * 3
+    assert shapes[5:] == [(8, 3, 0.044)] * 2 + [(8, 3, 0.022)] * 2
+
+
+def test_the_program_table_is_the_host_arithmetic(reference):
+    table = reference.table(0.01, TOTAL)
+    ts = np.concatenate([[0.0], np.sort(np.random.default_rng(0).uniform(0, 120_000, 64)),
+                         np.asarray(reference.ends(0.01, TOTAL))])
+    got = jax.jit(jax.vmap(table.values_at))(jnp.asarray(ts, jnp.float32))
+    for key in reference.keys:
+        want = [reference.value_at(key, float(np.float32(t)), 0.01, TOTAL) for t in ts]
+        np.testing.assert_allclose(got[key], want, rtol=2e-5, atol=1e-9)
+
+
+def test_end_fractions_follow_the_runs_length(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text("[[phase]]\nend_fraction = 0.5\nent_coef = [0.1, 0.0]\n"
+                    "[[phase]]\nend_fraction = 1.0\nent_coef = 0.0\n")
+    s = schedule.load(path)
+    assert s.ends(1.0, 1000) == [500, 1000]
+    assert s.value_at("ent_coef", 250, 1.0, 1000) == pytest.approx(0.05)
+    assert s.value_at("ent_coef", 750, 1.0, 1000) == 0.0
+
+
+def test_a_trainer_follows_its_schedule_every_iteration(small_market, tmp_path):
+    """The hyperparameters of iteration i (logged in its metrics and used by its update)
+    are the schedule's at timestep i x steps per iteration; keys it does not name keep the
+    config's value."""
+    path = tmp_path / "s.toml"
+    path.write_text("[[phase]]\nend = 256\nent_coef = [0.1, 0.02]\nclip = 0.3\n"
+                    "[[phase]]\nend = 512\nent_coef = [0.02, 0.0]\nclip = 0.1\n")
+    cfg = resolve(with_values(Config(), **TINY, iterations=6, schedule=str(path)), "cpu")
+    trainer = make_train(cfg, small_market)
+    state = trainer.initial_state(jax.random.key(0))
+    _, metrics = trainer.program(state, trainer.env_params, 6)
+    steps = trainer.steps_per_iteration  # 128
+    s = schedule.load(path)
+    for key in ("ent_coef", "clip"):
+        want = [s.value_at(key, i * steps, 1.0, 6 * steps) for i in range(6)]
+        np.testing.assert_allclose(np.asarray(metrics[key]), want, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(metrics["actor_lr"]), cfg.ppo.actor_lr, rtol=1e-6)
+
+
+BAD = [
+    ("", "no [[phase]] tables"),
+    ("[[phase]]\nent_coef = 0.1\n", "give exactly one of end (timesteps) and end_fraction"),
+    ("[[phase]]\nend = 10\nentropy = 0.1\n", "'entropy' is not a runtime hyperparameter"),
+    ("[[phase]]\nend = 10\nent_coef = [0.1, 0.2, 0.3]\n", "a number or [start, end]"),
+    ("[[phase]]\nend = 10\nclip = -1.0\n", "clip must be"),
+    ("[[phase]]\nend = 10\nclip = 0.2\n[[phase]]\nend = 5\nclip = 0.1\n",
+     "not after the phase before it"),
+    ("[[phase]]\nend = 10\nclip = 0.2\n[[phase]]\nend = 20\nent_coef = 0.1\n",
+     "names other hyperparameters"),
+    ("[[phase]]\nend = 10\nclip = 0.2\n[phase.shapes]\nbatch = 3\n",
+     "unknown shape setting(s) batch"),
+    ("[[phase]\nend = 10\n", "not a readable TOML file"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD)
+def test_bad_schedules_are_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    with pytest.raises(schedule.ScheduleError) as info:
+        schedule.load(path)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="invalid config: schedule"):
+        validate(with_values(Config(), schedule=str(path)))
+
+
+def test_fraction_ends_are_checked_against_the_runs_length(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text("[[phase]]\nend = 1000\nclip = 0.2\n[[phase]]\nend_fraction = 0.5\n"
+                    "clip = 0.1\n")
+    validate(with_values(Config(), schedule=str(path)))  # n_envs unset: the run's length unknown
+    cfg = resolve(with_values(Config(), **TINY, iterations=4, schedule=str(path)), "cpu")
+    with pytest.raises(ConfigError, match="not after the phase before it"):
+        validate(cfg)  # 4 x 128 steps: the second phase would end at 256
+
+
+def test_a_missing_schedule_file_is_refused_by_validate():
+    with pytest.raises(ConfigError, match="no such schedule file"):
+        validate(with_values(Config(), schedule="nowhere.toml"))
