@@ -600,13 +600,14 @@ def _metric(metrics: Mapping[str, float]) -> float:
     return metrics["score"]
 
 
-def _preservation(keep: int) -> Any:
-    """Keep the latest `keep` (the final and an interrupted one are always among them) and
-    the best-scoring checkpoint."""
+def _preservation(keep: int, steps: tuple[int, ...] = ()) -> Any:
+    """Keep the latest `keep` (the final and an interrupted one are always among them), the
+    best-scoring checkpoint and those of `steps` (a schedule's phase ends)."""
     pp = ocp.checkpoint_managers
     return pp.AnyPreservationPolicy([
         pp.LatestN(n=keep),
         pp.BestN(get_metric_fn=_metric, reverse=False, n=1),
+        *([pp.CustomSteps(steps=list(steps))] if steps else []),
     ])
 
 
@@ -627,10 +628,12 @@ class RunCheckpoints:
         resumed: Mapping[str, Any] | None = None,
         evaluating: bool = False,
         n_devices: int | None = None,
+        keep_steps: tuple[int, ...] = (),
     ):
         """`resumed`: the metadata of the checkpoint this run continues (history, best).
         `evaluating`: the run walks its validation range, so checkpoints rank by val_score
         (see `score`). `n_devices`: the devices the run trains on (default: all).
+        `keep_steps`: iterations whose checkpoints are always kept (a schedule's phase ends).
 
         In a multi-process run every process creates this and calls `save` and `close`
         together: Orbax writes each process's shards and commits once."""
@@ -654,7 +657,7 @@ class RunCheckpoints:
         options = ocp.CheckpointManagerOptions(
             create=True,
             cleanup_tmp_directories=True,
-            preservation_policy=_preservation(config.run.keep_checkpoints),
+            preservation_policy=_preservation(config.run.keep_checkpoints, keep_steps),
             # Only with best_fn set does Orbax write each step's metrics, which the policy
             # needs to rank checkpoints saved by an earlier process.
             best_fn=_metric,
@@ -689,7 +692,8 @@ class RunCheckpoints:
         return new_best
 
     def metadata(
-        self, iteration: int, *, interrupted: bool, final: bool, rng_impl: str = "threefry2x32"
+        self, iteration: int, *, interrupted: bool, final: bool, rng_impl: str = "threefry2x32",
+        phase: str | None = None,
     ) -> dict[str, Any]:
         """The JSON saved next to the state of `iteration`."""
         steps = cfgmod.steps_per_iteration(self.config)
@@ -710,10 +714,12 @@ class RunCheckpoints:
             "best": self.best,
             "selection": self.selection,
             "lineage": self.lineage.to_dict(iteration * steps),
+            **({"phase": phase} if phase is not None else {}),  # the schedule phase it ends
         }
 
     def save(
-        self, state: TrainState, iteration: int, *, interrupted: bool = False, final: bool = False
+        self, state: TrainState, iteration: int, *, interrupted: bool = False, final: bool = False,
+        phase: str | None = None,
     ) -> bool:
         """Starts saving `state` (after `iteration` iterations); False when that step exists.
 
@@ -728,7 +734,7 @@ class RunCheckpoints:
                          "metric": VAL_SCORE_KEY if VAL_SCORE_KEY in self.last_row
                          else "unevaluated" if self.evaluating else SCORE_KEY}
         meta = self.metadata(iteration, interrupted=interrupted, final=final,
-                             rng_impl=str(jax.random.key_impl(state.rng)))
+                             rng_impl=str(jax.random.key_impl(state.rng)), phase=phase)
         # A copy: the next host call donates `state`'s buffers while Orbax still reads these.
         snapshot = jax.tree.map(jnp.copy, _saveable(state))
         items = ocp.args.Composite(

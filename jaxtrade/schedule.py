@@ -23,10 +23,12 @@ phase's end they hold its end values. Hyperparameters the schedule does not name
 run's config values (and `--hyperparams`'); those it names ignore them.
 
 `[phase.shapes]` holds the phase's settings that change array shapes or the program
-(minibatch size, epochs, dropout, transformer heads and layers in the reference table).
-They are parsed and checked, and listed in the banner; switching them at a phase boundary
-(compiling the next phase's program and carrying the state over) is not built yet, so a
-run keeps its own shape settings throughout and says so.
+(minibatch size, epochs, dropout, transformer heads and layers in the reference table;
+`phase_config` maps them onto a run's config). A run switches them at phase boundaries:
+it saves a checkpoint tagged with the phase that ends, compiles the next phase's program
+and carries the state over (a transformer grows function-preservingly,
+`jaxtrade.networks.grow`), and a resumed run rebuilds the program of the phase it is in
+(`jaxtrade.engine.run`).
 
 Host-side parsing (`load`); the table (`ScheduleTable`) is a small pytree of arrays that
 `values_at` reads inside the program.
@@ -110,17 +112,82 @@ class Schedule:
         a, b = self.phases[p].values[key]
         return a + frac * (b - a)
 
-    def describe(self, scale: float, total_timesteps: int) -> list[str]:
-        """Banner lines: the phases, their ends and what follows the schedule."""
-        ends = self.ends(scale, total_timesteps)
-        head = (f"schedule: {self.path}: {len(self.phases)} phases to {ends[-1]:,.0f} timesteps"
-                + (f" (x{scale:g})" if scale != 1 else "") + f"; {', '.join(self.keys)} "
-                f"follow it inside the program")
-        lines = [head]
-        if any(p.shapes for p in self.phases):
-            lines.append("schedule: its [phase.shapes] settings are not applied (switching "
-                         "shapes at phase boundaries is not built yet): the run keeps its own")
+    def phase_of_iteration(self, iteration: int, steps_per_iteration: int, scale: float,
+                           total_timesteps: int) -> int:
+        """The phase of the iteration that starts after `iteration` iterations."""
+        return self.phase_at(iteration * steps_per_iteration, scale, total_timesteps)
+
+    def switches(self, cfg, n_devices: int, scale: float, total_iterations: int
+                 ) -> list[tuple[int, int]]:
+        """(iteration, phase) where the program changes: the first iteration of a phase
+        whose shape settings, as `phase_config` applies them to `cfg`, differ from the
+        phase before it's; iterations within the run only."""
+        spi = cfg.ppo.n_envs * cfg.ppo.n_steps
+        total = total_iterations * spi
+        out, current = [], self.phase_of_iteration(0, spi, scale, total)
+        for i in range(1, total_iterations):
+            p = self.phase_of_iteration(i, spi, scale, total)
+            if p != current:
+                if (phase_config(self, cfg, p, n_devices)[0]
+                        != phase_config(self, cfg, current, n_devices)[0]):
+                    out.append((i, p))
+                current = p
+        return out
+
+    def describe(self, cfg, n_devices: int, scale: float, total_iterations: int) -> list[str]:
+        """Banner lines: the phases, their ends, what follows the schedule inside the program
+        and where the program changes."""
+        spi = cfg.ppo.n_envs * cfg.ppo.n_steps
+        ends = self.ends(scale, total_iterations * spi)
+        lines = [f"schedule: {self.path}: {len(self.phases)} phases to {ends[-1]:,.0f} timesteps"
+                 + (f" (x{scale:g})" if scale != 1 else "") + f"; {', '.join(self.keys)} "
+                 f"follow it inside the program"]
+        first = self.phase_of_iteration(0, spi, scale, total_iterations * spi)
+        _, applied, skipped = phase_config(self, cfg, first, n_devices)
+        if applied:
+            lines.append(f"  phase {self.phases[first].name!r} from iteration 1: "
+                         + ", ".join(f"{k} {v:g}" for k, v in applied.items())
+                         + " (in place of the settings above)")
+        for i, p in self.switches(cfg, n_devices, scale, total_iterations):
+            _, applied, _ = phase_config(self, cfg, p, n_devices)
+            lines.append(f"  phase {self.phases[p].name!r} from iteration {i + 1}: "
+                         + ", ".join(f"{k} {v:g}" for k, v in applied.items())
+                         + " (a program of its own, compiled there)")
+        if skipped:
+            lines.append(f"  not applied to this run: {', '.join(skipped)}")
         return lines
+
+
+def phase_config(schedule: Schedule, cfg, index: int, n_devices: int):
+    """`cfg` with phase `index`'s shape settings: (config, {setting: value} applied,
+    [what does not apply to this run, with why]). `minibatch_size` (env steps per
+    minibatch) becomes the n_minibatches that divides the envs over the devices and comes
+    closest to it; transformer heads and layers apply to a transformer only."""
+    from jaxtrade.config import batch_problem, with_values
+
+    shapes = schedule.phases[index].shapes
+    applied: dict[str, float] = {}
+    skipped: list[str] = []
+    for key, value in shapes.items():
+        if key == "minibatch_size":
+            n, t = cfg.ppo.n_envs, cfg.ppo.n_steps
+            valid = [m for m in range(1, n + 1)
+                     if batch_problem(with_values(cfg, n_minibatches=m), n_devices) is None]
+            applied["n_minibatches"] = min(
+                valid, key=lambda m: (abs(math.log(n * t / m / value)), m))
+        elif key in ("n_heads", "n_layers"):
+            if cfg.network.kind == "transformer":
+                applied[key] = int(value)
+                if key == "n_heads" and cfg.network.head_dim is None:  # heads keep their width
+                    applied["head_dim"] = cfg.network.hidden_dim // cfg.network.n_heads
+            else:
+                skipped.append(f"{key} (a transformer's; this run's network is "
+                               f"{cfg.network.kind})")
+        elif key == "dropout":
+            applied[key] = float(value)
+        else:
+            applied[key] = int(value)
+    return with_values(cfg, **applied), applied, sorted(set(skipped))
 
 
 @struct.dataclass
@@ -199,6 +266,9 @@ def load(path: str | Path) -> Schedule:
                                         f"{', '.join(sorted(bad))}; expected "
                                         f"{', '.join(SHAPE_KEYS)}")
                 shapes = {k: _number(f"{where} shapes.{k}", v) for k, v in value.items()}
+                if {"minibatch_size", "n_minibatches"} <= set(shapes):
+                    raise ScheduleError(f"{where}: give minibatch_size or n_minibatches, not "
+                                        f"both")
                 continue
             if key not in HPARAM_NAMES:
                 raise ScheduleError(f"{where}: {key!r} is not a runtime hyperparameter; "

@@ -135,3 +135,86 @@ def test_fraction_ends_are_checked_against_the_runs_length(tmp_path):
 def test_a_missing_schedule_file_is_refused_by_validate():
     with pytest.raises(ConfigError, match="no such schedule file"):
         validate(with_values(Config(), schedule="nowhere.toml"))
+
+
+PHASES = """
+[[phase]]
+name = "small"
+end = {end}
+ent_coef = [0.05, 0.02]
+[phase.shapes]
+ppo_epochs = 1
+n_heads = 2
+n_layers = 1
+dropout = 0.1
+[[phase]]
+name = "grown"
+end = {last}
+ent_coef = 0.01
+[phase.shapes]
+ppo_epochs = 2
+n_heads = 4
+n_layers = 2
+dropout = 0.0
+"""
+
+
+def test_shapes_switch_at_a_phase_boundary_and_resume_is_bit_exact(tmp_path):
+    """A transformer run whose schedule grows it (2 heads x 1 block -> 4 x 2) and changes
+    epochs and dropout after 2 iterations: the phase's checkpoint is tagged and kept, the
+    grown program trains on, and a run stopped at the boundary and resumed ends
+    bit-identical to one that was not stopped."""
+    import contextlib
+    import io
+
+    from jaxtrade import checkpoint as ckpt
+    from jaxtrade import train
+
+    steps = 8 * 8
+    path = tmp_path / "s.toml"
+    path.write_text(PHASES.format(end=2 * steps, last=4 * steps))
+    base = ["--market", "fixed", "--network", "transformer", "--hidden-dim", "8", "--context",
+            "2", "--n-envs", "8", "--n-steps", "8", "--n-minibatches", "2", "--critic-epochs",
+            "1", "--episode-length", "20", "--hyperparams", "n_bars=120,n_assets=2",
+            "--eval-every", "0", "--save-every", "0", "--schedule", str(path)]
+
+    def run(*extra):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert train.main([*base, *extra]) == 0
+        return out.getvalue()
+
+    text = run("--iterations", "4", "--run-dir", str(tmp_path / "straight"))
+    assert "phase 'grown' at iteration 3: ppo_epochs 2, n_heads 4, head_dim 2, n_layers 2, " \
+           "dropout 0" in text
+    tagged = ckpt.select(tmp_path / "straight", 2)
+    assert tagged.meta["phase"] == "small"
+    assert sorted(ckpt.RunCheckpoints(tmp_path / "straight", tagged.config).all_steps()) == [2, 4]
+    run("--iterations", "2", "--run-dir", str(tmp_path / "stopped"))
+    run("--iterations", "4", "--resume", "--run-dir", str(tmp_path / "stopped"))
+    a = ckpt.read_params(ckpt.select(tmp_path / "straight", 4))
+    b = ckpt.read_params(ckpt.select(tmp_path / "stopped", 4))
+    assert "blocks_1" in a  # grown: a second block
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_phase_config_maps_the_reference_shapes_onto_a_run(reference):
+    """minibatch_size becomes the closest n_minibatches that splits the envs over the
+    devices; heads and layers apply to a transformer only (at the first phase's head width);
+    the banner lists the phases whose program differs."""
+    cfg = resolve(with_values(Config(), n_envs=64, n_steps=128, market="fixed"), "cpu")
+    gru, applied, skipped = schedule.phase_config(reference, cfg, 0, n_devices=1)
+    assert applied == {"n_minibatches": 16, "ppo_epochs": 10, "dropout": 0.088}  # 8192/512
+    assert gru.ppo.n_minibatches == 16 and gru.network.dropout == 0.088
+    assert [s.split(" ")[0] for s in skipped] == ["n_heads", "n_layers"]
+    _, applied, _ = schedule.phase_config(reference, cfg, 8, n_devices=4)
+    assert applied["n_minibatches"] == 4  # 8192 / 1536 = 5.3: 4 (x 4 devices divides 64)
+    tf = with_values(cfg, kind="transformer")
+    grown, applied, skipped = schedule.phase_config(reference, tf, 5, n_devices=1)
+    assert (applied["n_heads"], applied["n_layers"], applied["head_dim"]) == (8, 3, 64)
+    assert not skipped
+    switches = reference.switches(cfg, 1, 1.0, 10_000_000 // 8192 + 1)
+    assert [p for _, p in switches] == [2, 5, 7]  # phases 3, 6 and 8 change the program
+    assert switches[0][0] == -(-1_000_000 // 8192)  # the first iteration at or past 1M steps
+    lines = reference.describe(cfg, 1, 1.0, 1222)
+    assert len([line for line in lines if "a program of its own" in line]) == 3

@@ -180,7 +180,7 @@ def print_banner(plan: Plan, console: Console) -> None:
         from jaxtrade import schedule
 
         for line in schedule.load(cfg.run.schedule).describe(
-                cfg.run.schedule_scale, plan.total_iters * plan.steps_per_iter):
+                cfg, plan.mesh.size, cfg.run.schedule_scale, plan.total_iters):
             say(line)
     if plan.eval_every:
         say(f"eval: {env.describe_evaluation(cfg.env)} every {plan.eval_every} iterations and "
@@ -232,6 +232,19 @@ def measured_peak(compiled) -> dict[str, Any]:
             "source": "device memory statistics" if from_device else "XLA buffer plan"}
 
 
+def ckpt_shapes(tree) -> list:
+    """The leaves' shapes of a tree (arrays or shape structs), in order."""
+    return [tuple(x.shape) for x in jax.tree.leaves(tree)]
+
+
+def phase_settings(schedule, cfg, phase: int, n_devices: int) -> str:
+    """What phase `phase` sets, in words."""
+    from jaxtrade.schedule import phase_config
+
+    _, applied, _ = phase_config(schedule, cfg, phase, n_devices)
+    return ", ".join(f"{k} {v:g}" for k, v in applied.items()) or "no shape settings"
+
+
 def train(request: StartRequest, options: RunOptions) -> Result:
     """A whole run: plan, banner, state, the loop, the summary (see the module docstring)."""
     plan = prepare(request, options)
@@ -264,6 +277,78 @@ class Session:
         self.generation = 0  # of the training pool the trainer's env params hold
         self.peak: dict[str, Any] = {}
         self.evaluator = None
+        self.schedule = None  # the run's jaxtrade.schedule.Schedule, if it follows one
+        if self.cfg.run.schedule is not None:
+            from jaxtrade import schedule
+
+            self.schedule = schedule.load(self.cfg.run.schedule)
+            self.switches = dict(self.schedule.switches(
+                self.cfg, plan.mesh.size, self.cfg.run.schedule_scale, plan.total_iters))
+        else:
+            self.switches = {}
+
+    # ---------------------------------------------------------------- schedule phases
+    def phase_of(self, iteration: int) -> int | None:
+        """The schedule's phase of the iteration after `iteration` done (None: no schedule)."""
+        if self.schedule is None:
+            return None
+        spi, total = self.plan.steps_per_iter, self.plan.total_iters
+        return self.schedule.phase_of_iteration(iteration, spi, self.cfg.run.schedule_scale,
+                                                total * spi)
+
+    def phase_cfg(self, phase: int | None):
+        """The config of phase `phase`'s program (the run's own without a schedule)."""
+        if phase is None:
+            return self.cfg
+        from jaxtrade.schedule import phase_config
+
+        return phase_config(self.schedule, self.cfg, phase, self.plan.mesh.size)[0]
+
+    def enter_phase(self) -> None:
+        """At a phase boundary whose shape settings differ: a checkpoint tagged with the
+        phase that ends, then the next phase's program, the state carried over (a grown
+        transformer's parameters by `jaxtrade.networks.grow`, fresh optimizer moments and
+        memory for them), compiled here."""
+        from jaxtrade import ppo
+        from jaxtrade.networks import param_shapes
+        from jaxtrade.trainer import make_train
+
+        phase = self.phase_of(self.done_iters)
+        if phase == self.phase:
+            return
+        ended, self.phase = self.schedule.phases[self.phase].name, phase
+        new_cfg = self.phase_cfg(phase)
+        if new_cfg == self.train_cfg:
+            return
+        self.save(phase=ended)
+        t0 = time.perf_counter()
+        old, self.train_cfg = self.trainer, new_cfg
+        with self.watchdog.waiting(f"building phase {self.schedule.phases[phase].name!r}"):
+            self.trainer = make_train(new_cfg, self.plan.market, self.plan.mesh)
+            state = self.state
+            if ckpt_shapes(state.params) != ckpt_shapes(param_shapes(self.trainer.network)):
+                from jaxtrade.networks import grow
+
+                key = jax.random.fold_in(jax.random.key(self.cfg.run.seed), self.done_iters)
+                params = grow(jax.device_get(state.params), old.network, self.trainer.network,
+                              key)
+                actor, critic = ppo.split_params(params)
+                n_envs = self.cfg.ppo.n_envs
+                state = state.replace(
+                    params=params, actor_opt=self.trainer.actor_tx.init(actor),
+                    critic_opt=self.trainer.critic_tx.init(critic),
+                    carry=state.carry.replace(
+                        hidden=self.trainer.network.initial_state(n_envs)))
+            self.state = jax.block_until_ready(self.trainer.place(state))
+        self.compiled.clear()
+        applied = phase_settings(self.schedule, self.cfg, phase, self.plan.mesh.size)
+        self.console.line(f"phase {self.schedule.phases[phase].name!r} at iteration "
+                          f"{self.done_iters + 1}: {applied}; built in "
+                          f"{time.perf_counter() - t0:.1f}s")
+        self.program(self.call_length(min(self.cfg.run.iterations_per_call,
+                                           self.plan.total_iters)))
+        if self.evaluator is not None:
+            self.compile_evaluation()
 
     # ------------------------------------------------------------------------ the start
     def build(self) -> None:
@@ -274,11 +359,15 @@ class Session:
         from jaxtrade.trainer import make_train, set_hparams
 
         plan, source, on_mismatch = self.plan, self.plan.start.source, self.options.on_mismatch
+        restoring = self.mode in ("resume", "checkpoint")
+        # A schedule's phase settles the program's shapes: the phase of the first iteration,
+        # or for a saved state the phase that made it (`enter_phase` switches from there).
+        self.phase = self.phase_of(max(source.step - 1, 0) if restoring else 0)
+        self.train_cfg = self.phase_cfg(self.phase)
         with self.watchdog.waiting(f"placing the market on {self.devices}"):
-            self.trainer = make_train(self.cfg, plan.market, plan.mesh)
+            self.trainer = make_train(self.train_cfg, plan.market, plan.mesh)
         self.t_start = time.perf_counter()
         state = None
-        restoring = self.mode in ("resume", "checkpoint")
         building = (f"restoring {source.path} on {self.devices}" if restoring
                     else f"building the initial state on {self.devices}")
         with self.watchdog.waiting(building):
@@ -344,7 +433,8 @@ class Session:
             self._start_lines(kept, dropped)
         self.checkpoints = ckpt.RunCheckpoints(
             run_dir, self.cfg, lineage=self.lineage, resumed=resumed,
-            evaluating=bool(self.plan.eval_every), n_devices=self.plan.mesh.size)
+            evaluating=bool(self.plan.eval_every), n_devices=self.plan.mesh.size,
+            keep_steps=tuple(self.switches))
         every = (self.cfg.run.save_every, self.plan.eval_every)
         self.next_save, self.next_eval = (
             (self.done_iters // e + 1) * e if e else None for e in every)
@@ -485,6 +575,8 @@ class Session:
         k = min(k_call, self.plan.total_iters - self.done_iters)
         if self.worlds is not None and (every := self.worlds.refresh_every):
             k = min(k, (self.done_iters // every + 1) * every - self.done_iters)
+        if later := [i for i in self.switches if i > self.done_iters]:  # a phase's program
+            k = min(k, min(later) - self.done_iters)
         return k
 
     def validate(self, rows: list[dict]) -> None:
@@ -539,7 +631,7 @@ class Session:
                         f"{sel['best_score']:+.2f})")
         return True
 
-    def save(self, **kw) -> None:
+    def save(self, **kw) -> None:  # phase=NAME tags a phase's last checkpoint
         if self.checkpoints.save(self.state, self.done_iters, **kw):
             self.console.line(f"saving checkpoint at iteration {self.done_iters} -> "
                               f"{self.checkpoints.directory / str(self.done_iters)}")
@@ -551,6 +643,8 @@ class Session:
         due = self.next_save is not None and self.done_iters >= self.next_save
         if due:
             self.next_save = (self.done_iters // every + 1) * every
+        if self.done_iters in self.switches:  # `enter_phase` saves it, tagged
+            return
         if (due or new_best) and self.done_iters < self.plan.total_iters:
             self.save()
 
@@ -570,6 +664,7 @@ class Session:
                     self.compile_evaluation()
             with self._logs() as (log, tb):
                 while self.done_iters < total and not stop():
+                    self.enter_phase()
                     self.refresh_pool()
                     rows = self.call(self.call_length(k_call))
                     self.validate(rows)
