@@ -529,6 +529,9 @@ class RunConfig:
     schedule_scale: float = setting(
         1.0, "multiply the schedule's phase ends (in timesteps) by this, e.g. 0.1 runs a 10M "
         "schedule in 1M", metavar="X", rule=Above(0))
+    schedule_fixed: tuple[str, ...] | None = setting(  # set from --hyperparams and flags
+        None, "runtime hyperparameters the schedule leaves at the config's value (those the "
+        "user set with --hyperparams or their own flags)", flag=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1043,6 +1046,18 @@ def _parse_value(text: str) -> Any:
         inner = text[1:-1].strip()
         return [_parse_value(item) for item in _split_top_level(inner)] if inner else []
     return text
+
+
+def override_keys(overrides: str | Iterable[str]) -> list[str]:
+    """The bare field names that "key=value,..." overrides set, in order (malformed items
+    are `apply_overrides`' to refuse)."""
+    strings = [overrides] if isinstance(overrides, str) else list(overrides)
+    keys = []
+    for item in (part.strip() for s in strings for part in _split_top_level(s)):
+        key, eq, _ = item.partition("=")
+        if eq and key.strip():
+            keys.append(key.strip().replace("-", "_").rpartition(".")[2])
+    return keys
 
 
 def apply_overrides(cfg: Config, overrides: str | Iterable[str]) -> Config:

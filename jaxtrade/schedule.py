@@ -20,7 +20,9 @@ runtime hyperparameter (`jaxtrade.trainer.HPARAM_NAMES`) that one phase names, e
 names: as a number (constant) or [start, end] (linear in timesteps within the phase). At
 the iteration that starts at timestep t the program uses the values at t; after the last
 phase's end they hold its end values. Hyperparameters the schedule does not name keep the
-run's config values (and `--hyperparams`'); those it names ignore them.
+run's config values; those it names follow it, unless the user set them with
+`--hyperparams` or their own flags (`[run] schedule_fixed` records which): the user's value
+wins for the whole run.
 
 `[phase.shapes]` holds the phase's settings that change array shapes or the program
 (minibatch size, epochs, dropout, transformer heads and layers in the reference table;
@@ -88,9 +90,11 @@ class Schedule:
                                     f"timesteps, not after the phase before it ({a:,.0f})")
         return out
 
-    def table(self, scale: float, total_timesteps: int) -> ScheduleTable:
+    def table(self, scale: float, total_timesteps: int, fixed=()) -> ScheduleTable:
+        """The in-program table; hyperparameters in `fixed` (set by the user) are left out
+        (they keep the config's value)."""
         ends = self.ends(scale, total_timesteps)
-        keys = self.keys
+        keys = tuple(k for k in self.keys if k not in set(fixed or ()))
         lo = [[p.values[k][0] for k in keys] for p in self.phases]
         hi = [[p.values[k][1] for k in keys] for p in self.phases]
         return ScheduleTable(ends=jnp.asarray(ends, jnp.float32),
@@ -139,9 +143,13 @@ class Schedule:
         and where the program changes."""
         spi = cfg.ppo.n_envs * cfg.ppo.n_steps
         ends = self.ends(scale, total_iterations * spi)
+        fixed = [k for k in self.keys if k in (cfg.run.schedule_fixed or ())]
+        follow = [k for k in self.keys if k not in fixed]
         lines = [f"schedule: {self.path}: {len(self.phases)} phases to {ends[-1]:,.0f} timesteps"
-                 + (f" (x{scale:g})" if scale != 1 else "") + f"; {', '.join(self.keys)} "
-                 f"follow it inside the program"]
+                 + (f" (x{scale:g})" if scale != 1 else "") + "; "
+                 + (f"{', '.join(follow)} follow it inside the program" if follow else
+                    "no hyperparameter follows it")
+                 + (f"; {', '.join(fixed)} as you set" if fixed else "")]
         first = self.phase_of_iteration(0, spi, scale, total_iterations * spi)
         _, applied, skipped = phase_config(self, cfg, first, n_devices)
         if applied:

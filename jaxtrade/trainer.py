@@ -262,7 +262,8 @@ def schedule_table(config: Config):
     from jaxtrade.config import total_iterations
 
     total = total_iterations(config) * config.ppo.n_envs * config.ppo.n_steps
-    return schedule.load(config.run.schedule).table(config.run.schedule_scale, total)
+    return schedule.load(config.run.schedule).table(config.run.schedule_scale, total,
+                                                    config.run.schedule_fixed)
 
 
 def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = None) -> Trainer:

@@ -218,3 +218,28 @@ def test_phase_config_maps_the_reference_shapes_onto_a_run(reference):
     assert switches[0][0] == -(-1_000_000 // 8192)  # the first iteration at or past 1M steps
     lines = reference.describe(cfg, 1, 1.0, 1222)
     assert len([line for line in lines if "a program of its own" in line]) == 3
+
+
+def test_values_you_set_win_over_the_schedule(small_market, tmp_path):
+    """--hyperparams and a runtime hyperparameter's own flag fix it for the run
+    (`schedule_fixed`); the schedule still drives the others."""
+    from jaxtrade import train
+
+    path = tmp_path / "s.toml"
+    path.write_text("[[phase]]\nend = 512\nent_coef = [0.1, 0.02]\nclip = [0.3, 0.1]\n"
+                    "vf_coef = 0.9\n")
+    args = train.build_parser().parse_args([
+        "--schedule", str(path), "--clip", "0.25", "--hyperparams", "ppo.ent_coef=0.03,n_bars=300"])
+    cfg = train.config_from_args(args)
+    assert cfg.run.schedule_fixed == ("clip", "ent_coef")
+    cfg = resolve(with_values(cfg, **TINY, iterations=3), "cpu")
+    lines = schedule.load(path).describe(cfg, 1, 1.0, 3)
+    assert lines[0].endswith("vf_coef follow it inside the program; clip, ent_coef as you set")
+    table = schedule.load(path).table(1.0, 384, cfg.run.schedule_fixed)
+    assert table.keys == ("vf_coef",)
+    trainer = make_train(cfg, small_market)
+    _, metrics = trainer.program(trainer.initial_state(jax.random.key(0)),
+                                 trainer.env_params, 3)
+    np.testing.assert_allclose(np.asarray(metrics["ent_coef"]), 0.03, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(metrics["clip"]), 0.25, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(metrics["vf_coef"]), 0.9, rtol=1e-6)
