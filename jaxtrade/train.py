@@ -132,12 +132,13 @@ def config_from_args(
     cfg = cfgmod.with_values(cfg, **values)
     if args.hyperparams:
         cfg = cfgmod.apply_overrides(cfg, args.hyperparams)
-    # Runtime hyperparameters the user set here win over a schedule's (`schedule_fixed`).
+    # Runtime hyperparameters the user set here win over the schedule's (`schedule_fixed`;
+    # recorded only for a run that follows a schedule).
     given = [k for k, v in values.items() if v is not None]
     given += cfgmod.override_keys(args.hyperparams) if args.hyperparams else []
     fixed = sorted(set(cfg.run.schedule_fixed or ()) | {k for k in given
                                                          if k in cfgmod.RUNTIME_FIELDS})
-    if fixed and fixed != sorted(cfg.run.schedule_fixed or ()):
+    if cfg.run.schedule is not None and fixed != sorted(cfg.run.schedule_fixed or ()):
         cfg = cfgmod.with_values(cfg, schedule_fixed=tuple(fixed))
     return cfg
 
