@@ -348,9 +348,9 @@ def assess(request, source) -> FundingAssessment:
     if split == "all":
         raise UsageError("--range all: a funding run is reported on one range: test, "
                          "validation or train")
-    market, what = _market(request, cfg)
     if request.data and request.range not in (None, "test"):
         raise UsageError("--data is reported whole: leave out --range")
+    market, what = _market(request, cfg)
     env = FundingEnv(market)
     hours = cfg.env.episode_length
     settings = {k: v for k, v in cfg.env.params_kwargs().items() if k != "episode_length"}

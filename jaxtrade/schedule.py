@@ -154,16 +154,19 @@ class Schedule:
         _, applied, skipped = phase_config(self, cfg, first, n_devices)
         if applied:
             lines.append(f"  phase {self.phases[first].name!r} from iteration 1: "
-                         + ", ".join(f"{k} {v:g}" for k, v in applied.items())
-                         + " (in place of the settings above)")
+                         f"{describe_settings(applied)} (in place of the settings above)")
         for i, p in self.switches(cfg, n_devices, scale, total_iterations):
             _, applied, _ = phase_config(self, cfg, p, n_devices)
             lines.append(f"  phase {self.phases[p].name!r} from iteration {i + 1}: "
-                         + ", ".join(f"{k} {v:g}" for k, v in applied.items())
-                         + " (a program of its own, compiled there)")
+                         f"{describe_settings(applied)} (a program of its own, compiled there)")
         if skipped:
             lines.append(f"  not applied to this run: {', '.join(skipped)}")
         return lines
+
+
+def describe_settings(applied: dict[str, float]) -> str:
+    """A phase's applied shape settings in words ("ppo_epochs 8, dropout 0.066")."""
+    return ", ".join(f"{k} {v:g}" for k, v in applied.items()) or "no shape settings"
 
 
 def phase_config(schedule: Schedule, cfg, index: int, n_devices: int):

@@ -232,19 +232,6 @@ def measured_peak(compiled) -> dict[str, Any]:
             "source": "device memory statistics" if from_device else "XLA buffer plan"}
 
 
-def ckpt_shapes(tree) -> list:
-    """The leaves' shapes of a tree (arrays or shape structs), in order."""
-    return [tuple(x.shape) for x in jax.tree.leaves(tree)]
-
-
-def phase_settings(schedule, cfg, phase: int, n_devices: int) -> str:
-    """What phase `phase` sets, in words."""
-    from jaxtrade.schedule import phase_config
-
-    _, applied, _ = phase_config(schedule, cfg, phase, n_devices)
-    return ", ".join(f"{k} {v:g}" for k, v in applied.items()) or "no shape settings"
-
-
 def train(request: StartRequest, options: RunOptions) -> Result:
     """A whole run: plan, banner, state, the loop, the summary (see the module docstring)."""
     plan = prepare(request, options)
@@ -297,27 +284,30 @@ class Session:
                                                 total * spi)
 
     def phase_cfg(self, phase: int | None):
-        """The config of phase `phase`'s program (the run's own without a schedule)."""
+        """(config of phase `phase`'s program, the shape settings it applied); the run's own
+        config and none without a schedule."""
         if phase is None:
-            return self.cfg
+            return self.cfg, {}
         from jaxtrade.schedule import phase_config
 
-        return phase_config(self.schedule, self.cfg, phase, self.plan.mesh.size)[0]
+        return phase_config(self.schedule, self.cfg, phase, self.plan.mesh.size)[:2]
 
     def enter_phase(self) -> None:
         """At a phase boundary whose shape settings differ: a checkpoint tagged with the
         phase that ends, then the next phase's program, the state carried over (a grown
         transformer's parameters by `jaxtrade.networks.grow`, fresh optimizer moments and
         memory for them), compiled here."""
+        from jaxtrade import checkpoint as ckpt
         from jaxtrade import ppo
         from jaxtrade.networks import param_shapes
+        from jaxtrade.schedule import describe_settings
         from jaxtrade.trainer import make_train
 
         phase = self.phase_of(self.done_iters)
         if phase == self.phase:
             return
         ended, self.phase = self.schedule.phases[self.phase].name, phase
-        new_cfg = self.phase_cfg(phase)
+        new_cfg, applied = self.phase_cfg(phase)
         if new_cfg == self.train_cfg:
             return
         self.save(phase=ended)
@@ -326,7 +316,8 @@ class Session:
         with self.watchdog.waiting(f"building phase {self.schedule.phases[phase].name!r}"):
             self.trainer = make_train(new_cfg, self.plan.market, self.plan.mesh)
             state = self.state
-            if ckpt_shapes(state.params) != ckpt_shapes(param_shapes(self.trainer.network)):
+            if ckpt.leaf_shapes(state.params) != ckpt.leaf_shapes(
+                    param_shapes(self.trainer.network)):
                 from jaxtrade.networks import grow
 
                 key = jax.random.fold_in(jax.random.key(self.cfg.run.seed), self.done_iters)
@@ -341,9 +332,8 @@ class Session:
                         hidden=self.trainer.network.initial_state(n_envs)))
             self.state = jax.block_until_ready(self.trainer.place(state))
         self.compiled.clear()
-        applied = phase_settings(self.schedule, self.cfg, phase, self.plan.mesh.size)
         self.console.line(f"phase {self.schedule.phases[phase].name!r} at iteration "
-                          f"{self.done_iters + 1}: {applied}; built in "
+                          f"{self.done_iters + 1}: {describe_settings(applied)}; built in "
                           f"{time.perf_counter() - t0:.1f}s")
         self.program(self.call_length(min(self.cfg.run.iterations_per_call,
                                            self.plan.total_iters)))
@@ -363,7 +353,7 @@ class Session:
         # A schedule's phase settles the program's shapes: the phase of the first iteration,
         # or for a saved state the phase that made it (`enter_phase` switches from there).
         self.phase = self.phase_of(max(source.step - 1, 0) if restoring else 0)
-        self.train_cfg = self.phase_cfg(self.phase)
+        self.train_cfg, _ = self.phase_cfg(self.phase)
         with self.watchdog.waiting(f"placing the market on {self.devices}"):
             self.trainer = make_train(self.train_cfg, plan.market, plan.mesh)
         self.t_start = time.perf_counter()
