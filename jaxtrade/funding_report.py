@@ -222,8 +222,8 @@ def config_verdict(table: dict, statistics: dict) -> str:
     level = next(iter(statistics["versus"].values()))["level"]
     words += (f"; with {level:.0%} confidence (Sharpe difference interval above 0) against "
               f"{', '.join(sure)}" if sure else
-              f"; against none with {level:.0%} confidence (every Sharpe difference interval "
-              f"reaches 0)")
+              f"; against none with {level:.0%} confidence (no Sharpe difference interval "
+              f"lies above 0)")
     dsr = statistics["policy"]
     return words + (f"; deflated Sharpe ratio {dsr['dsr']:.2f} after {int(dsr['n_trials'])} "
                     f"candidates" if dsr["n_trials"] > 1 else
