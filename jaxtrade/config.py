@@ -532,6 +532,17 @@ class RunConfig:
     schedule_fixed: tuple[str, ...] | None = setting(  # set from --hyperparams and flags
         None, "runtime hyperparameters the schedule leaves at the config's value (those the "
         "user set with --hyperparams or their own flags)", flag=False)
+    phase_transitions: str = setting(  # jaxtrade.transitions
+        "plateau", "when a schedule's phase may end before its end step: 'plateau' (its "
+        "transition rule, checked at each validation walk) or 'off'", metavar="RULE",
+        rule=OneOf(("plateau", "off")))
+    reset_optimizer_on_plateau: bool = setting(  # the CLI's --reset-optimizer-on-plateau
+        False, "fresh Adam moments for the next phase when a phase ended on its transition "
+        "rule", flag=False)
+    adjust: str = setting(  # jaxtrade.adjust
+        "off", "hyperparameter adjustments at each validation walk: 'off' or 'rules' (the "
+        "reference rule book, logged to hparams.jsonl)", metavar="MODE",
+        rule=OneOf(("off", "rules")))
 
 
 @dataclasses.dataclass(frozen=True)

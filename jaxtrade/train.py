@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("PPO")
     cfgmod.add_flags(g, ("actor_lr", "critic_lr", "ppo_epochs", "critic_epochs", "gamma",
                          "gae_lambda", "clip", "ent_coef", "vf_coef", "max_grad_norm"))
-    cfgmod.add_flags(g, ("schedule", "schedule_scale"))
+    cfgmod.add_flags(g, ("schedule", "schedule_scale", "phase_transitions", "adjust"))
+    g.add_argument("--reset-optimizer-on-plateau", action="store_true", default=None,
+                   help="fresh Adam moments for the next phase when a phase ended on its "
+                        "transition rule (a plateau or its targets)")
     g.add_argument("--hyperparams", metavar="K=V,K=V",
                    help="any config keys, e.g. 'ent_coef=0.02,n_steps=256' (applied last)")
     g = p.add_argument_group("run")
@@ -127,6 +130,8 @@ def config_from_args(
     values = cfgmod.flag_values(args, FLAG_FIELDS)  # comma-separated lists split
     if args.verbose or args.quiet:
         values["verbosity"] = 2 if args.verbose else 0
+    if getattr(args, "reset_optimizer_on_plateau", None):
+        values["reset_optimizer_on_plateau"] = True
     if values.get("path") is not None and values.get("market") is None:
         values["market"] = "fixed"  # --data is a fixed market (e.g. fine-tuning a worlds run)
     cfg = cfgmod.with_values(cfg, **values)
