@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfgmod.add_flags(g, ("actor_lr", "critic_lr", "ppo_epochs", "critic_epochs", "gamma",
                          "gae_lambda", "clip", "ent_coef", "vf_coef", "max_grad_norm"))
     cfgmod.add_flags(g, ("schedule", "schedule_scale", "phase_transitions", "adjust"))
-    g.add_argument("--reset-optimizer-on-plateau", action="store_true", default=None,
+    g.add_argument("--reset-optimizer-on-plateau", dest="reset_on_plateau", action="store_true",
                    help="fresh Adam moments for the next phase when a phase ended on its "
                         "transition rule (a plateau or its targets)")
     g.add_argument("--hyperparams", metavar="K=V,K=V",
@@ -130,7 +130,7 @@ def config_from_args(
     values = cfgmod.flag_values(args, FLAG_FIELDS)  # comma-separated lists split
     if args.verbose or args.quiet:
         values["verbosity"] = 2 if args.verbose else 0
-    if getattr(args, "reset_optimizer_on_plateau", None):
+    if getattr(args, "reset_on_plateau", False):
         values["reset_optimizer_on_plateau"] = True
     if values.get("path") is not None and values.get("market") is None:
         values["market"] = "fixed"  # --data is a fixed market (e.g. fine-tuning a worlds run)
