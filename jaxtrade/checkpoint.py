@@ -600,14 +600,25 @@ def _metric(metrics: Mapping[str, float]) -> float:
     return metrics["score"]
 
 
-def _preservation(keep: int, steps: tuple[int, ...] = ()) -> Any:
+class _KeptSteps:
+    """An Orbax preservation policy: the checkpoints of a set of steps that grows as the run
+    goes (a schedule's phase ends, known only when a phase ends)."""
+
+    def __init__(self, steps=()):
+        self.steps = set(steps)
+
+    def should_preserve(self, checkpoints, *, context) -> list[bool]:
+        return [c.step in self.steps for c in checkpoints]
+
+
+def _preservation(keep: int, kept: _KeptSteps) -> Any:
     """Keep the latest `keep` (the final and an interrupted one are always among them), the
-    best-scoring checkpoint and those of `steps` (a schedule's phase ends)."""
+    best-scoring checkpoint and those of `kept` (a schedule's phase ends)."""
     pp = ocp.checkpoint_managers
     return pp.AnyPreservationPolicy([
         pp.LatestN(n=keep),
         pp.BestN(get_metric_fn=_metric, reverse=False, n=1),
-        *([pp.CustomSteps(steps=list(steps))] if steps else []),
+        kept,
     ])
 
 
@@ -633,7 +644,8 @@ class RunCheckpoints:
         """`resumed`: the metadata of the checkpoint this run continues (history, best).
         `evaluating`: the run walks its validation range, so checkpoints rank by val_score
         (see `score`). `n_devices`: the devices the run trains on (default: all).
-        `keep_steps`: iterations whose checkpoints are always kept (a schedule's phase ends).
+        `keep_steps`: iterations whose checkpoints are always kept (a schedule's phase ends);
+        a save tagged with a phase adds its own.
 
         In a multi-process run every process creates this and calls `save` and `close`
         together: Orbax writes each process's shards and commits once."""
@@ -654,10 +666,11 @@ class RunCheckpoints:
         self.selection: dict = copy.deepcopy(resumed.get("selection") or {
             "metric": VAL_SCORE_KEY, "validations": 0, "since_best": 0,
             "best_iteration": None, "best_score": None, "sharpes": []})
+        self._kept = _KeptSteps(keep_steps)
         options = ocp.CheckpointManagerOptions(
             create=True,
             cleanup_tmp_directories=True,
-            preservation_policy=_preservation(config.run.keep_checkpoints, keep_steps),
+            preservation_policy=_preservation(config.run.keep_checkpoints, self._kept),
             # Only with best_fn set does Orbax write each step's metrics, which the policy
             # needs to rank checkpoints saved by an earlier process.
             best_fn=_metric,
@@ -693,9 +706,10 @@ class RunCheckpoints:
 
     def metadata(
         self, iteration: int, *, interrupted: bool, final: bool, rng_impl: str = "threefry2x32",
-        phase: str | None = None,
+        phase: str | None = None, schedule: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The JSON saved next to the state of `iteration`."""
+        """The JSON saved next to the state of `iteration`; `phase`: the name of the schedule
+        phase it ends, `schedule`: the run's schedule state (`jaxtrade.engine.run`)."""
         steps = cfgmod.steps_per_iteration(self.config)
         return {
             "format": FORMAT,
@@ -715,11 +729,12 @@ class RunCheckpoints:
             "selection": self.selection,
             "lineage": self.lineage.to_dict(iteration * steps),
             **({"phase": phase} if phase is not None else {}),  # the schedule phase it ends
+            **({"schedule": dict(schedule)} if schedule is not None else {}),
         }
 
     def save(
         self, state: TrainState, iteration: int, *, interrupted: bool = False, final: bool = False,
-        phase: str | None = None,
+        phase: str | None = None, schedule: Mapping[str, Any] | None = None,
     ) -> bool:
         """Starts saving `state` (after `iteration` iterations); False when that step exists.
 
@@ -734,7 +749,10 @@ class RunCheckpoints:
                          "metric": VAL_SCORE_KEY if VAL_SCORE_KEY in self.last_row
                          else "unevaluated" if self.evaluating else SCORE_KEY}
         meta = self.metadata(iteration, interrupted=interrupted, final=final,
-                             rng_impl=str(jax.random.key_impl(state.rng)), phase=phase)
+                             rng_impl=str(jax.random.key_impl(state.rng)), phase=phase,
+                             schedule=schedule)
+        if phase is not None:
+            self._kept.steps.add(iteration)
         # A copy: the next host call donates `state`'s buffers while Orbax still reads these.
         snapshot = jax.tree.map(jnp.copy, _saveable(state))
         items = ocp.args.Composite(

@@ -32,6 +32,26 @@ and carries the state over (a transformer grows function-preservingly,
 `jaxtrade.networks.grow`), and a resumed run rebuilds the program of the phase it is in
 (`jaxtrade.engine.run`).
 
+Phases may end early: `[schedule.transition]` sets the plateau rule of every phase and a
+phase's `[phase.transition]` overrides it for that phase (`jaxtrade.transitions`: patience,
+cooldown and minimum in timesteps, scaled by `--schedule-scale` like the ends; threshold,
+threshold_mode, mode, tail, and `targets`, a table of validation metrics to reach):
+
+    [schedule.transition]
+    patience = 100_000
+    threshold = 0.01
+    [[phase]]
+    ...
+    [phase.transition]
+    targets = { val_sharpe = 1.0 }
+
+A run checks the rule at each validation walk (`--phase-transitions plateau`, the
+default; `off` ends phases at their end steps only). When it fires, the phase ends at that
+iteration and the next begins there: its ramp runs from its start values there to its end
+values at its own end, which does not move; the last phase never ends early. The table's
+phase ends are an argument of the compiled program (`ScheduleTable`), so an early end
+changes them without compiling again.
+
 Host-side parsing (`load`); the table (`ScheduleTable`) is a small pytree of arrays that
 `values_at` reads inside the program.
 """
@@ -46,10 +66,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 SHAPE_KEYS = ("minibatch_size", "n_minibatches", "ppo_epochs", "critic_epochs", "dropout",
               "n_heads", "n_layers")
+# The plateau rule's settings (`jaxtrade.transitions.PlateauRule`); those counted in
+# timesteps are scaled like the phase ends.
+TRANSITION_KEYS = ("patience", "threshold", "threshold_mode", "mode", "cooldown", "minimum",
+                   "tail", "targets")
+TRANSITION_TIMESTEPS = ("patience", "cooldown", "minimum")
 
 
 class ScheduleError(ValueError):
@@ -63,6 +89,7 @@ class Phase:
     end_fraction: float | None  # of the run's timesteps
     values: dict[str, tuple[float, float]]  # hyperparameter -> (start, end)
     shapes: dict[str, float]
+    transition: dict[str, Any] = dataclasses.field(default_factory=dict)  # rule overrides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +99,7 @@ class Schedule:
     path: str
     description: str
     phases: tuple[Phase, ...]
+    transition: dict[str, Any] = dataclasses.field(default_factory=dict)  # every phase's rule
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -100,43 +128,60 @@ class Schedule:
         return ScheduleTable(ends=jnp.asarray(ends, jnp.float32),
                              lo=jnp.asarray(lo, jnp.float32).reshape(len(ends), len(keys)),
                              hi=jnp.asarray(hi, jnp.float32).reshape(len(ends), len(keys)),
-                             keys=keys)
+                             factors=jnp.ones(len(keys), jnp.float32), keys=keys)
 
-    def phase_at(self, timestep: float, scale: float, total_timesteps: int) -> int:
-        """Index of the phase that timestep `timestep` is in (host-side)."""
-        ends = self.ends(scale, total_timesteps)
-        return min(sum(timestep >= e for e in ends), len(ends) - 1)
+    def phase_at(self, timestep: float, scale: float, total_timesteps: int,
+                 ends: list[float] | None = None) -> int:
+        """Index of the phase that timestep `timestep` is in (host-side); `ends`: the
+        run's actual phase ends (some ended early), default the planned ones."""
+        ends = self.ends(scale, total_timesteps) if ends is None else ends
+        return phase_index(ends, timestep)
 
-    def value_at(self, key: str, timestep: float, scale: float, total_timesteps: int) -> float:
+    def value_at(self, key: str, timestep: float, scale: float, total_timesteps: int,
+                 ends: list[float] | None = None) -> float:
         """`key`'s value at `timestep` (host-side, float64: what the table prescribes)."""
-        ends = self.ends(scale, total_timesteps)
-        p = self.phase_at(timestep, scale, total_timesteps)
+        ends = self.ends(scale, total_timesteps) if ends is None else ends
+        p = phase_index(ends, timestep)
         start = 0.0 if p == 0 else ends[p - 1]
         frac = min(max((timestep - start) / (ends[p] - start), 0.0), 1.0)
         a, b = self.phases[p].values[key]
         return a + frac * (b - a)
 
     def phase_of_iteration(self, iteration: int, steps_per_iteration: int, scale: float,
-                           total_timesteps: int) -> int:
+                           total_timesteps: int, ends: list[float] | None = None) -> int:
         """The phase of the iteration that starts after `iteration` iterations."""
-        return self.phase_at(iteration * steps_per_iteration, scale, total_timesteps)
+        return self.phase_at(iteration * steps_per_iteration, scale, total_timesteps, ends)
 
-    def switches(self, cfg, n_devices: int, scale: float, total_iterations: int
-                 ) -> list[tuple[int, int]]:
+    def switches(self, cfg, n_devices: int, scale: float, total_iterations: int,
+                 ends: list[float] | None = None) -> list[tuple[int, int]]:
         """(iteration, phase) where the program changes: the first iteration of a phase
         whose shape settings, as `phase_config` applies them to `cfg`, differ from the
-        phase before it's; iterations within the run only."""
+        phase before it's; iterations within the run only. `ends`: as `phase_at`."""
         spi = cfg.ppo.n_envs * cfg.ppo.n_steps
-        total = total_iterations * spi
-        out, current = [], self.phase_of_iteration(0, spi, scale, total)
-        for i in range(1, total_iterations):
-            p = self.phase_of_iteration(i, spi, scale, total)
-            if p != current:
-                if (phase_config(self, cfg, p, n_devices)[0]
-                        != phase_config(self, cfg, current, n_devices)[0]):
-                    out.append((i, p))
-                current = p
+        ends = self.ends(scale, total_iterations * spi) if ends is None else ends
+        out, current = [], phase_index(ends, 0)
+        for p in range(current + 1, len(ends)):
+            i = math.ceil(ends[p - 1] / spi)  # the first iteration that starts in phase p
+            if i >= total_iterations:
+                break
+            if phase_index(ends, i * spi) != p:  # shorter than an iteration: skipped
+                continue
+            if (phase_config(self, cfg, p, n_devices)[0]
+                    != phase_config(self, cfg, current, n_devices)[0]):
+                out.append((i, p))
+            current = p
         return out
+
+    def rule(self, index: int, scale: float):
+        """Phase `index`'s plateau rule (`jaxtrade.transitions.PlateauRule`): the schedule's
+        `[schedule.transition]` with the phase's `[phase.transition]` over it, timesteps
+        scaled by `scale`."""
+        from jaxtrade.transitions import PlateauRule
+
+        settings = {**self.transition, **self.phases[index].transition}
+        settings = {k: v * scale if k in TRANSITION_TIMESTEPS else v
+                    for k, v in settings.items()}
+        return PlateauRule(**settings)
 
     def describe(self, cfg, n_devices: int, scale: float, total_iterations: int) -> list[str]:
         """Banner lines: the phases, their ends, what follows the schedule inside the program
@@ -161,7 +206,24 @@ class Schedule:
                          f"{describe_settings(applied)} (a program of its own, compiled there)")
         if skipped:
             lines.append(f"  not applied to this run: {', '.join(skipped)}")
+        if cfg.run.phase_transitions == "off":
+            lines.append("  phases end at their end steps (--phase-transitions off)")
+        elif cfg.run.eval_every:
+            rule = self.rule(first, scale)
+            lines.append(f"  a phase ends early on its rule at a validation walk: no "
+                         f"improvement over {rule.threshold:g} ({rule.threshold_mode}) for "
+                         f"{rule.patience:,.0f} timesteps, or none in its last "
+                         f"{rule.tail:.0%}" + (", or its targets met" if any(
+                             self.rule(i, scale).targets for i in range(len(self.phases)))
+                                               else ""))
+        else:
+            lines.append("  phases end at their end steps (no validation walks: --eval-every 0)")
         return lines
+
+
+def phase_index(ends: list[float], timestep: float) -> int:
+    """Index of the phase that `timestep` is in, for phase ends `ends` (host-side)."""
+    return min(sum(timestep >= e for e in ends), len(ends) - 1)
 
 
 def describe_settings(applied: dict[str, float]) -> str:
@@ -203,13 +265,27 @@ def phase_config(schedule: Schedule, cfg, index: int, n_devices: int):
 
 @struct.dataclass
 class ScheduleTable:
-    """The schedule as arrays: phase ends [P] (timesteps) and each controlled
-    hyperparameter's value at each phase's start and end [P, K]."""
+    """The schedule as arrays: phase ends [P] (timesteps: a phase that ended early ends
+    there), each controlled hyperparameter's value at each phase's start and end [P, K],
+    and a factor on each [K] (1 unless an adjustment rule scaled it, `jaxtrade.adjust`).
+    An argument of the compiled program: new values of the same shapes recompile
+    nothing."""
 
     ends: jax.Array
     lo: jax.Array
     hi: jax.Array
+    factors: jax.Array
     keys: tuple[str, ...] = struct.field(pytree_node=False)
+
+    def with_ends(self, ends) -> ScheduleTable:
+        """The same table with phase ends `ends` (host-side; placed like the old ones, also
+        across processes, which must all pass the same values)."""
+        return self.replace(ends=_placed_like(np.asarray(ends, np.float32), self.ends))
+
+    def with_factors(self, factors: dict[str, float]) -> ScheduleTable:
+        """The same table with each key's factor from `factors` (missing keys: 1)."""
+        new = np.asarray([factors.get(k, 1.0) for k in self.keys], np.float32)
+        return self.replace(factors=_placed_like(new, self.factors))
 
     def values_at(self, timestep: jax.Array) -> dict[str, jax.Array]:
         """{hyperparameter: float32 []} at `timestep` (float32 [], inside jit)."""
@@ -218,8 +294,14 @@ class ScheduleTable:
         p = jnp.minimum(jnp.searchsorted(self.ends, t, side="right"), n - 1)
         starts = jnp.concatenate([jnp.zeros(1, jnp.float32), self.ends[:-1]])
         frac = jnp.clip((t - starts[p]) / (self.ends[p] - starts[p]), 0.0, 1.0)
-        v = self.lo[p] + frac * (self.hi[p] - self.lo[p])
+        v = (self.lo[p] + frac * (self.hi[p] - self.lo[p])) * self.factors
         return {k: v[i] for i, k in enumerate(self.keys)}
+
+
+def _placed_like(x: np.ndarray, like: jax.Array) -> jax.Array:
+    if x.shape != like.shape:
+        raise ValueError(f"expected shape {like.shape}, got {x.shape}")
+    return jax.make_array_from_callback(x.shape, like.sharding, lambda idx: x[idx])
 
 
 def _number(where: str, x: Any) -> float:
@@ -264,9 +346,12 @@ def load(path: str | Path) -> Schedule:
             raise ScheduleError(f"{where}: end must be > 0, got {end}")
         if frac is not None and not 0 < _number(f"{where} end_fraction", frac) <= 1:
             raise ScheduleError(f"{where}: end_fraction must be in (0, 1], got {frac}")
-        values, shapes = {}, {}
+        values, shapes, transition = {}, {}, {}
         for key, value in entry.items():
             if key in ("name", "end", "end_fraction"):
+                continue
+            if key == "transition":
+                transition = _transition(where, value)
                 continue
             if key == "shapes":
                 if not isinstance(value, dict):
@@ -294,7 +379,7 @@ def load(path: str | Path) -> Schedule:
                     raise ScheduleError(f"{where}: {key} must be {rule}, got {x}")
             values[key] = pair
         phases.append(Phase(name, None if end is None else float(end),
-                            None if frac is None else float(frac), values, shapes))
+                            None if frac is None else float(frac), values, shapes, transition))
     for a, b in zip(phases, phases[1:], strict=False):
         if a.end is not None and b.end is not None and not b.end > a.end:
             raise ScheduleError(f"{path}: phase {b.name!r} ends at {b.end:,.0f} timesteps, not "
@@ -308,5 +393,38 @@ def load(path: str | Path) -> Schedule:
                                 f"phase names the same ones")
     if not first:
         raise ScheduleError(f"{path}: no phase names a runtime hyperparameter")
-    description = str((doc.get("schedule") or {}).get("description", ""))
-    return Schedule(path, description, tuple(phases))
+    head = doc.get("schedule") or {}
+    if not isinstance(head, dict) or set(head) - {"description", "transition"}:
+        raise ScheduleError(f"{path}: [schedule] holds description and [schedule.transition] "
+                            f"only")
+    transition = _transition(f"{path}: [schedule]", head.get("transition", {}))
+    for phase in phases:  # every phase's rule must be one PlateauRule accepts
+        try:
+            Schedule(path, "", tuple(phases), transition).rule(phases.index(phase), 1.0)
+        except (TypeError, ValueError) as e:
+            raise ScheduleError(f"{path}: phase {phase.name!r} transition: {e}") from None
+    return Schedule(path, str(head.get("description", "")), tuple(phases), transition)
+
+
+def _transition(where: str, value: Any) -> dict[str, Any]:
+    """A `transition` table's settings, checked by name and kind (`PlateauRule` checks the
+    values)."""
+    if not isinstance(value, dict):
+        raise ScheduleError(f"{where}: transition must be a table")
+    bad = set(value) - set(TRANSITION_KEYS)
+    if bad:
+        raise ScheduleError(f"{where}: unknown transition setting(s) {', '.join(sorted(bad))}; "
+                            f"expected {', '.join(TRANSITION_KEYS)}")
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        if key in ("mode", "threshold_mode"):
+            out[key] = str(v)
+        elif key == "targets":
+            if not isinstance(v, dict):
+                raise ScheduleError(f"{where}: transition targets must be a table of metric = "
+                                    f"value")
+            out[key] = {str(m): _number(f"{where} transition.targets.{m}", x)
+                        for m, x in v.items()}
+        else:
+            out[key] = _number(f"{where} transition.{key}", v)
+    return out

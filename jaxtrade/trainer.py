@@ -114,10 +114,14 @@ class Trainer:
     rule: LearningRule  # PPO's update (`jaxtrade.ppo`)
     init: Callable[[jax.Array], TrainState]
     iterate: Callable[[TrainState, Any], tuple[TrainState, dict]]  # (state, env_params)
-    program: Callable  # jit: (state, env_params, k) -> (state, metrics [k]); k static
+    # jit: (state, env_params, k, schedule) -> (state, metrics [k]); k static
+    program: Callable
     n_params: int
     mesh: jax.sharding.Mesh  # the devices the envs are split over
     state_shardings: TrainState  # a tree of shardings: per-env leaves split, others replicated
+    # The run's schedule (`jaxtrade.schedule.ScheduleTable`, replicated) or None: an argument
+    # of the program, so that phases ending early and adjusted factors recompile nothing.
+    schedule: Any = None
 
     @property
     def steps_per_iteration(self) -> int:
@@ -141,15 +145,17 @@ class Trainer:
     def critic_tx(self) -> optax.GradientTransformation:
         return self.rule.critic_tx
 
-    def run(self, state: TrainState, k: int, env_params: Any = None):
-        """k iterations in one compiled call on `env_params` (default: this trainer's);
-        `state` is donated. Params of the same shapes (another market of the same size)
-        run the same compiled program."""
-        return self.program(state, self.env_params if env_params is None else env_params, k)
+    def run(self, state: TrainState, k: int, env_params: Any = None, schedule: Any = None):
+        """k iterations in one compiled call on `env_params` and `schedule` (defaults: this
+        trainer's); `state` is donated. Params of the same shapes (another market of the
+        same size, a schedule with other phase ends) run the same compiled program."""
+        return self.program(state, self.env_params if env_params is None else env_params, k,
+                            self.schedule if schedule is None else schedule)
 
     def compile(self, state: TrainState, k: int):
-        """The compiled program for k iterations per call: `compiled(state, env_params)`."""
-        return self.program.lower(state, self.env_params, k).compile()
+        """The compiled program for k iterations per call:
+        `compiled(state, env_params, schedule)`."""
+        return self.program.lower(state, self.env_params, k, self.schedule).compile()
 
 
 def _all_finite(tree) -> jax.Array:
@@ -200,12 +206,13 @@ def env_step_metrics(env: Environment, info: dict) -> dict[str, jax.Array]:
 
 
 def make_iterate(env: Environment, network: Network, rule: LearningRule, rollout: Callable,
-                 shard: Callable, schedule=None, steps_per_iteration: int = 0) -> Callable:
-    """`iterate(state, env_params) -> (state, metrics)`: one PPO iteration (module docstring).
-    With a `jaxtrade.schedule.ScheduleTable`, the hyperparameters it controls take its
-    values at the iteration's first timestep (iteration x `steps_per_iteration`) first."""
+                 shard: Callable, steps_per_iteration: int = 0) -> Callable:
+    """`iterate(state, env_params, schedule) -> (state, metrics)`: one PPO iteration (module
+    docstring). With a `jaxtrade.schedule.ScheduleTable` (None: none), the hyperparameters
+    it controls take its values at the iteration's first timestep (iteration x
+    `steps_per_iteration`) first."""
 
-    def iterate(state: TrainState, env_params) -> tuple[TrainState, dict]:
+    def iterate(state: TrainState, env_params, schedule=None) -> tuple[TrainState, dict]:
         hp = state.hparams
         if schedule is not None:
             t = state.iteration.astype(jnp.float32) * jnp.float32(steps_per_iteration)
@@ -330,11 +337,16 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
             last_episode_return=jnp.zeros((), jnp.float32),
         )
 
-    iterate = make_iterate(env, network, rule, rollout, shard, schedule_table(config),
-                           n_envs * n_steps)
+    step = make_iterate(env, network, rule, rollout, shard, n_envs * n_steps)
+    table = schedule_table(config)
+    if table is not None:
+        table = parallel.put_replicated(table, mesh)
 
-    def run_k(state: TrainState, env_params, k: int):
-        return jax.lax.scan(lambda s, _: iterate(s, env_params), state, None, length=k)
+    def iterate(state: TrainState, env_params) -> tuple[TrainState, dict]:
+        return step(state, env_params, table)  # the schedule as planned
+
+    def run_k(state: TrainState, env_params, k: int, schedule):
+        return jax.lax.scan(lambda s, _: step(s, env_params, schedule), state, None, length=k)
 
     shapes = jax.eval_shape(init, jax.random.key(0))
     # Every leaf of the carry has its env axis first; everything else is replicated. (Mapped
@@ -360,6 +372,7 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
         n_params=count_params(shapes.params),
         mesh=mesh,
         state_shardings=state_shardings,
+        schedule=table,
     )
 
 

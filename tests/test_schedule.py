@@ -86,7 +86,7 @@ def test_a_trainer_follows_its_schedule_every_iteration(small_market, tmp_path):
     cfg = resolve(with_values(Config(), **TINY, iterations=6, schedule=str(path)), "cpu")
     trainer = make_train(cfg, small_market)
     state = trainer.initial_state(jax.random.key(0))
-    _, metrics = trainer.program(state, trainer.env_params, 6)
+    _, metrics = trainer.run(state, 6)
     steps = trainer.steps_per_iteration  # 128
     s = schedule.load(path)
     for key in ("ent_coef", "clip"):
@@ -96,6 +96,14 @@ def test_a_trainer_follows_its_schedule_every_iteration(small_market, tmp_path):
 
 
 BAD = [
+    ("[schedule.transition]\npaitence = 5\n[[phase]]\nend = 9\nclip = 0.2\n",
+     "unknown transition setting(s) paitence"),
+    ("[[phase]]\nend = 9\nclip = 0.2\n[phase.transition]\nmode = 'up'\n",
+     "phase '1' transition: mode must be 'max' or 'min'"),
+    ("[[phase]]\nend = 9\nclip = 0.2\n[phase.transition]\ntargets = 3\n",
+     "transition targets must be a table"),
+    ("[schedule]\nphases = 3\n[[phase]]\nend = 9\nclip = 0.2\n",
+     "[schedule] holds description and [schedule.transition] only"),
     ("", "no [[phase]] tables"),
     ("[[phase]]\nent_coef = 0.1\n", "give exactly one of end (timesteps) and end_fraction"),
     ("[[phase]]\nend = 10\nentropy = 0.1\n", "'entropy' is not a runtime hyperparameter"),
@@ -238,8 +246,101 @@ def test_values_you_set_win_over_the_schedule(small_market, tmp_path):
     table = schedule.load(path).table(1.0, 384, cfg.run.schedule_fixed)
     assert table.keys == ("vf_coef",)
     trainer = make_train(cfg, small_market)
-    _, metrics = trainer.program(trainer.initial_state(jax.random.key(0)),
-                                 trainer.env_params, 3)
+    _, metrics = trainer.run(trainer.initial_state(jax.random.key(0)), 3)
     np.testing.assert_allclose(np.asarray(metrics["ent_coef"]), 0.03, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(metrics["clip"]), 0.25, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(metrics["vf_coef"]), 0.9, rtol=1e-6)
+
+
+PLATEAU = """
+[schedule.transition]
+patience = {patience}
+threshold = 1e9
+threshold_mode = "abs"
+[[phase]]
+name = "a"
+end = {a}
+ent_coef = [0.05, 0.03]
+[[phase]]
+name = "b"
+end = {b}
+ent_coef = [0.03, 0.01]
+[[phase]]
+name = "c"
+end = {c}
+ent_coef = 0.005
+"""
+
+
+def test_phases_end_early_on_their_plateau_rule_and_resume_is_bit_exact(tmp_path):
+    """A rule that no score can satisfy after the first (threshold 1e9) and a patience of one
+    iteration: each phase ends at its second validation walk, the next starts at the
+    following iteration with its ramp running to its own planned end, the ends are logged
+    (phases.jsonl, the console with the validation by regime), the optimizer is reset, and
+    a run stopped mid-phase (plateau state half way) and resumed ends bit-identical."""
+    import contextlib
+    import io
+    import json
+
+    from jaxtrade import checkpoint as ckpt
+    from jaxtrade import train
+
+    steps = 8 * 8
+    path = tmp_path / "s.toml"
+    path.write_text(PLATEAU.format(patience=steps, a=5 * steps, b=8 * steps, c=20 * steps))
+    base = ["--market", "fixed", "--hidden-dim", "8", "--n-envs", "8", "--n-steps", "8",
+            "--n-minibatches", "2", "--critic-epochs", "1", "--ppo-epochs", "1",
+            "--episode-length", "20", "--hyperparams", "n_bars=400,n_assets=2",
+            "--eval-every", "1", "--save-every", "0", "--schedule", str(path),
+            "--reset-optimizer-on-plateau"]
+
+    def run(*extra):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert train.main([*base, *extra]) == 0
+        return out.getvalue()
+
+    straight = tmp_path / "straight"
+    text = run("--iterations", "6", "--run-dir", str(straight))
+    assert "phase 'a' ended early (plateau: no improvement" in text
+    assert "validation by regime (annualised mean return): bull" in text
+    assert "fresh Adam moments for the next phase" in text
+    phases = [json.loads(line) for line in (straight / "phases.jsonl").read_text().splitlines()]
+    assert [(p["iteration"], p["phase"], p["name"]) for p in phases] == [(2, 1, "b"),
+                                                                         (4, 2, "c")]
+    assert all(p["reason"].startswith("plateau") for p in phases)
+    assert set(phases[0]["val_regimes"]) == {"bull", "bear", "high_vol", "low_vol"}
+    rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in rows] == [0, 0, 1, 1, 2, 2]
+    s = schedule.load(path)
+    # The ends each iteration knew: as planned in a; a's moved in b; b's too in c.
+    known = [[5, 8, 20]] * 2 + [[2, 8, 20]] * 2 + [[2, 4, 20]] * 2
+    want = [s.value_at("ent_coef", i * steps, 1.0, 6 * steps, [e * steps for e in ends])
+            for i, ends in enumerate(known)]
+    np.testing.assert_allclose([r["ent_coef"] for r in rows], want, rtol=1e-6)
+    assert want[2] == pytest.approx(0.03) and want[3] == pytest.approx(0.03 - 0.02 / 6)
+    tagged = ckpt.select(straight, 2)
+    assert tagged.meta["phase"] == "a" and tagged.meta["schedule"]["ends"][0] == 2 * steps
+    assert {2, 4} <= set(ckpt.RunCheckpoints(straight, tagged.config).all_steps())
+
+    stopped = tmp_path / "stopped"
+    run("--iterations", "3", "--run-dir", str(stopped))  # phase b's best seen, not yet fired
+    run("--iterations", "6", "--resume", "--run-dir", str(stopped))
+    a = ckpt.read_params(ckpt.select(straight, 6))
+    b = ckpt.read_params(ckpt.select(stopped, 6))
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert (stopped / "phases.jsonl").read_text() == (straight / "phases.jsonl").read_text()
+
+
+def test_a_phase_rule_is_the_schedules_with_its_own_over_it(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text("[schedule.transition]\npatience = 1000\ncooldown = 200\n"
+                    "[[phase]]\nend = 5000\nclip = 0.2\n"
+                    "[[phase]]\nend = 9000\nclip = 0.1\n[phase.transition]\npatience = 3000\n"
+                    "targets = { val_sharpe = 1.5 }\n")
+    s = schedule.load(path)
+    assert s.rule(0, 1.0).patience == 1000 and s.rule(0, 1.0).targets == {}
+    second = s.rule(1, 0.1)  # timesteps scale with the phase ends
+    assert (second.patience, second.cooldown, dict(second.targets)) == (300, 20,
+                                                                       {"val_sharpe": 1.5})
+    assert schedule.load(REFERENCE).rule(4, 1.0).patience == 100_000

@@ -43,6 +43,10 @@ from jaxtrade.rows import ENV_FILE
 from jaxtrade.watchdog import Watchdog
 
 # Per-iteration metrics that must stay finite; the first that is not stops the run.
+# The market regimes whose validation returns are logged when a schedule's phase ends.
+REGIMES = ("bull", "bear", "high_vol", "low_vol")
+PHASES_FILE = "phases.jsonl"  # one record per phase change of a run that follows a schedule
+
 FINITE_KEYS = (
     "policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac", "explained_variance",
     "actor_grad_norm", "critic_grad_norm", "episode_return_mean",
@@ -265,23 +269,94 @@ class Session:
         self.peak: dict[str, Any] = {}
         self.evaluator = None
         self.schedule = None  # the run's jaxtrade.schedule.Schedule, if it follows one
+        self.phase_ends: list[float] = []  # its phases' ends in timesteps (some early)
+        self.plateau = None  # the current phase's jaxtrade.transitions.PlateauState
+        self.ending: str | None = None  # why the current phase ends early, once it does
+        self.tagged: list[int] = []  # iterations of the checkpoints that end a phase
+        self.table = None  # the schedule table the compiled calls get
         if self.cfg.run.schedule is not None:
             from jaxtrade import schedule
 
             self.schedule = schedule.load(self.cfg.run.schedule)
-            self.switches = dict(self.schedule.switches(
-                self.cfg, plan.mesh.size, self.cfg.run.schedule_scale, plan.total_iters))
-        else:
-            self.switches = {}
+            self.phase_ends = self.schedule.ends(self.cfg.run.schedule_scale,
+                                                 plan.total_iters * plan.steps_per_iter)
 
     # ---------------------------------------------------------------- schedule phases
     def phase_of(self, iteration: int) -> int | None:
         """The schedule's phase of the iteration after `iteration` done (None: no schedule)."""
         if self.schedule is None:
             return None
-        spi, total = self.plan.steps_per_iter, self.plan.total_iters
-        return self.schedule.phase_of_iteration(iteration, spi, self.cfg.run.schedule_scale,
-                                                total * spi)
+        from jaxtrade.schedule import phase_index
+
+        return phase_index(self.phase_ends, iteration * self.plan.steps_per_iter)
+
+    def phase_starts(self) -> list[int]:
+        """The first iteration of each phase after the first that starts within the run."""
+        from jaxtrade.schedule import phase_index
+
+        spi, out = self.plan.steps_per_iter, []
+        for p in range(1, len(self.phase_ends)):
+            i = math.ceil(self.phase_ends[p - 1] / spi)
+            if i < self.plan.total_iters and phase_index(self.phase_ends, i * spi) == p:
+                out.append(i)
+        return out
+
+    def schedule_record(self) -> dict | None:
+        """The schedule's state for a checkpoint's metadata: phase ends (as they came to
+        be), the current phase's plateau state, why it ends if it does, the tagged
+        checkpoints."""
+        if self.schedule is None:
+            return None
+        return {"ends": list(self.phase_ends), "phase": self.phase,
+                "plateau": None if self.plateau is None else self.plateau.to_dict(),
+                "ending": self.ending, "tagged": list(self.tagged)}
+
+    def restore_schedule(self, record: dict | None) -> None:
+        """A resumed run's schedule state (`schedule_record`), so that it decides as the run
+        it continues would have."""
+        from jaxtrade.transitions import PlateauState
+
+        if self.schedule is None or not record:
+            return
+        if len(record["ends"]) != len(self.phase_ends):
+            return  # another schedule: its planned ends stand
+        self.phase_ends = [float(e) for e in record["ends"]]
+        self.ending = record.get("ending")
+        self.tagged = [int(i) for i in record.get("tagged", [])]
+        if record.get("plateau") is not None:
+            self.plateau = PlateauState.from_dict(record["plateau"])
+
+    def update_table(self) -> None:
+        """The table for the next calls: the trainer's, with the run's phase ends."""
+        table = self.trainer.schedule
+        self.table = None if table is None else table.with_ends(self.phase_ends)
+
+    def phase_bounds(self, phase: int) -> tuple[float, float]:
+        """(start, end) of `phase` in timesteps."""
+        return (0.0 if phase == 0 else self.phase_ends[phase - 1]), self.phase_ends[phase]
+
+    def transition(self, rows: list[dict]) -> None:
+        """At a validation walk: the current phase's plateau rule observes the score; when
+        it fires (and the phase is not the last), the phase ends with this iteration: its
+        end moves here, and the next iteration starts the next phase (`enter_phase`)."""
+        from jaxtrade.checkpoint import VAL_SCORE_KEY
+        from jaxtrade.transitions import observe, start_phase
+
+        if (self.schedule is None or self.cfg.run.phase_transitions == "off" or not rows
+                or VAL_SCORE_KEY not in rows[-1] or self.ending is not None):
+            return
+        phase, t = self.phase, self.done_iters * self.plan.steps_per_iter
+        start, end = self.phase_bounds(phase)
+        if self.plateau is None:
+            self.plateau = start_phase(start, end)
+        rule = self.schedule.rule(phase, self.cfg.run.schedule_scale)
+        row = rows[-1]
+        self.plateau = observe(rule, self.plateau, t, float(row[VAL_SCORE_KEY]), row)
+        if (self.plateau.fired is not None and phase < len(self.phase_ends) - 1
+                and start < t < end):
+            self.ending = self.plateau.fired
+            self.phase_ends[phase] = float(t)
+            self.update_table()
 
     def phase_cfg(self, phase: int | None):
         """(config of phase `phase`'s program, the shape settings it applied); the run's own
@@ -293,28 +368,44 @@ class Session:
         return phase_config(self.schedule, self.cfg, phase, self.plan.mesh.size)[:2]
 
     def enter_phase(self) -> None:
-        """At a phase boundary whose shape settings differ: a checkpoint tagged with the
-        phase that ends, then the next phase's program, the state carried over (a grown
-        transformer's parameters by `jaxtrade.networks.grow`, fresh optimizer moments and
-        memory for them), compiled here."""
+        """At a phase boundary: a checkpoint tagged with the phase that ends, a line in
+        phases.jsonl and on the console (why it ended; the validation by market regime);
+        fresh optimizer moments when it ended on its rule and --reset-optimizer-on-plateau;
+        and when the next phase's shape settings differ, its program, the state carried
+        over (a grown transformer's parameters by `jaxtrade.networks.grow`, fresh optimizer
+        moments and memory for them), compiled here."""
         from jaxtrade import checkpoint as ckpt
         from jaxtrade import ppo
         from jaxtrade.networks import param_shapes
         from jaxtrade.schedule import describe_settings
         from jaxtrade.trainer import make_train
+        from jaxtrade.transitions import start_phase
 
         phase = self.phase_of(self.done_iters)
         if phase == self.phase:
             return
-        ended, self.phase = self.schedule.phases[self.phase].name, phase
+        ended, reason = self.phase, self.ending or "end"
+        if self.done_iters not in self.tagged:
+            self.tagged.append(self.done_iters)
+        self.save(phase=self.schedule.phases[ended].name)
+        self.record_phase(ended, phase, reason)
+        self.phase, self.ending = phase, None
+        self.plateau = start_phase(*self.phase_bounds(phase))
+        if reason != "end" and self.cfg.run.reset_optimizer_on_plateau:
+            actor, critic = ppo.split_params(self.state.params)
+            state = self.state.replace(actor_opt=self.trainer.actor_tx.init(actor),
+                                       critic_opt=self.trainer.critic_tx.init(critic))
+            self.state = jax.block_until_ready(self.trainer.place(state))
+            self.console.line("optimizer: fresh Adam moments for the next phase "
+                              "(--reset-optimizer-on-plateau)")
         new_cfg, applied = self.phase_cfg(phase)
         if new_cfg == self.train_cfg:
             return
-        self.save(phase=ended)
         t0 = time.perf_counter()
         old, self.train_cfg = self.trainer, new_cfg
         with self.watchdog.waiting(f"building phase {self.schedule.phases[phase].name!r}"):
             self.trainer = make_train(new_cfg, self.plan.market, self.plan.mesh)
+            self.update_table()
             state = self.state
             if ckpt.leaf_shapes(state.params) != ckpt.leaf_shapes(
                     param_shapes(self.trainer.network)):
@@ -340,6 +431,29 @@ class Session:
         if self.evaluator is not None:
             self.compile_evaluation()
 
+    def record_phase(self, ended: int, phase: int, reason: str) -> None:
+        """phases.jsonl and the console: phase `ended` ended (`reason`: "end", or why its
+        rule fired) and `phase` starts after this iteration; the last validation walk's
+        returns by market regime beside it, so that stability across regimes is seen."""
+        names = [p.name for p in self.schedule.phases]
+        row = self.last_row if "val_score" in self.last_row else {}
+        regimes = {r: row[f"val_{r}_ann_mean"] for r in REGIMES
+                   if f"val_{r}_ann_mean" in row}
+        record = {"iteration": self.done_iters,
+                  "timestep": self.done_iters * self.plan.steps_per_iter,
+                  "phase": phase, "name": names[phase], "ended": names[ended],
+                  "reason": reason, "val_score": row.get("val_score"),
+                  "val_regimes": regimes}
+        if self.primary:
+            with open(self.plan.run_dir / PHASES_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        how = "at its end" if reason == "end" else f"early ({reason})"
+        self.console.line(f"phase {names[ended]!r} ended {how} after iteration "
+                          f"{self.done_iters}; next: {names[phase]!r}")
+        if regimes:
+            self.console.line("  validation by regime (annualised mean return): " + ", ".join(
+                f"{r.replace('_', ' ')} {v:+.1%}" for r, v in regimes.items()))
+
     # ------------------------------------------------------------------------ the start
     def build(self) -> None:
         """The trainer and the starting state: restored (resume, whole-state checkpoint) or
@@ -352,10 +466,14 @@ class Session:
         restoring = self.mode in ("resume", "checkpoint")
         # A schedule's phase settles the program's shapes: the phase of the first iteration,
         # or for a saved state the phase that made it (`enter_phase` switches from there).
+        if restoring:
+            self.restore_schedule(source.meta.get("schedule") if self.mode == "resume"
+                                  else None)
         self.phase = self.phase_of(max(source.step - 1, 0) if restoring else 0)
         self.train_cfg, _ = self.phase_cfg(self.phase)
         with self.watchdog.waiting(f"placing the market on {self.devices}"):
             self.trainer = make_train(self.train_cfg, plan.market, plan.mesh)
+        self.update_table()
         self.t_start = time.perf_counter()
         state = None
         building = (f"restoring {source.path} on {self.devices}" if restoring
@@ -406,6 +524,7 @@ class Session:
         kept, dropped = self.start_iters, 0
         if mode == "resume" and self.primary:
             kept, dropped = ckpt.truncate_metrics(run_dir / "metrics.jsonl", self.start_iters)
+            truncate_records(run_dir / PHASES_FILE, self.start_iters)
         if self.primary:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.json").write_text(
@@ -424,7 +543,7 @@ class Session:
         self.checkpoints = ckpt.RunCheckpoints(
             run_dir, self.cfg, lineage=self.lineage, resumed=resumed,
             evaluating=bool(self.plan.eval_every), n_devices=self.plan.mesh.size,
-            keep_steps=tuple(self.switches))
+            keep_steps=tuple(self.tagged))
         every = (self.cfg.run.save_every, self.plan.eval_every)
         self.next_save, self.next_eval = (
             (self.done_iters // e + 1) * e if e else None for e in every)
@@ -494,7 +613,7 @@ class Session:
         t0 = time.perf_counter()
         span = f" {done + 1}" if k == 1 else f"s {done + 1}-{done + k}"
         with self.watchdog.waiting(f"running iteration{span}"):
-            self.state, metrics = fn(self.state, self.trainer.env_params)
+            self.state, metrics = fn(self.state, self.trainer.env_params, self.table)
             metrics = jax.device_get(metrics)
         dt_s = time.perf_counter() - t0
         if not self.peak:
@@ -525,6 +644,7 @@ class Session:
                 "wall_s": self.wall_offset + time.perf_counter() - self.t_start,
                 **{k_: v for k_, v in row.items() if k_ not in ("episodes", "params_finite")},
                 "episodes_this_iteration": int(row["episodes"]),
+                **({"phase": self.phase} if self.schedule is not None else {}),
             })
         return rows
 
@@ -565,7 +685,7 @@ class Session:
         k = min(k_call, self.plan.total_iters - self.done_iters)
         if self.worlds is not None and (every := self.worlds.refresh_every):
             k = min(k, (self.done_iters // every + 1) * every - self.done_iters)
-        if later := [i for i in self.switches if i > self.done_iters]:  # a phase's program
+        if later := [i for i in self.phase_starts() if i > self.done_iters]:  # a new phase
             k = min(k, min(later) - self.done_iters)
         return k
 
@@ -622,7 +742,8 @@ class Session:
         return True
 
     def save(self, **kw) -> None:  # phase=NAME tags a phase's last checkpoint
-        if self.checkpoints.save(self.state, self.done_iters, **kw):
+        if self.checkpoints.save(self.state, self.done_iters, schedule=self.schedule_record(),
+                                 **kw):
             self.console.line(f"saving checkpoint at iteration {self.done_iters} -> "
                               f"{self.checkpoints.directory / str(self.done_iters)}")
 
@@ -633,7 +754,7 @@ class Session:
         due = self.next_save is not None and self.done_iters >= self.next_save
         if due:
             self.next_save = (self.done_iters // every + 1) * every
-        if self.done_iters in self.switches:  # `enter_phase` saves it, tagged
+        if self.phase_of(self.done_iters) != self.phase:  # `enter_phase` saves it, tagged
             return
         if (due or new_best) and self.done_iters < self.plan.total_iters:
             self.save()
@@ -661,6 +782,7 @@ class Session:
                     new_best = self.write(rows, log, tb)
                     if self.status != "completed" or self.stops_early(rows):
                         break
+                    self.transition(rows)
                     self.save_if_due(new_best)
                     self._progress()
             self.console.progress.clear()
@@ -745,3 +867,13 @@ class Session:
             },
             "final_metrics": self.last_row,
         }
+
+
+def truncate_records(path: Path, iteration: int) -> None:
+    """Drops the records of a JSON-lines file (phases.jsonl) at or after `iteration`: a
+    resumed run writes them again."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines()
+             if line.strip() and json.loads(line)["iteration"] < iteration]
+    path.write_text("".join(line + "\n" for line in lines))
