@@ -37,13 +37,15 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from jaxtrade import __version__, parallel
+from jaxtrade import __version__, parallel, ppo
 from jaxtrade import config as cfgmod
-from jaxtrade.trainer import HPARAM_NAMES, Trainer, TrainState
+from jaxtrade.trainer import HPARAM_NAMES, HParams, Trainer, TrainState
 
 CHECKPOINT_DIR = "checkpoints"  # under the run directory
-FORMAT = 2  # layout version, bumped when it changes incompatibly. 2: the recurrent state
-# is env-first ([B, L, H]); format 1 held the GRU state as [L, B, H] (read and transposed)
+FORMAT = 3  # layout version, bumped when it changes incompatibly (`_legacy_layout` reads
+# the older ones). 3: max_grad_norm is a runtime hyperparameter (in HParams and injected in
+# both optimizer chains); 2: the recurrent state is env-first ([B, L, H]); 1: the GRU state
+# was [L, B, H]
 SCORE_KEY = "episode_return_mean"  # ranks checkpoints until a validation score exists
 VAL_SCORE_KEY = "val_score"  # the validation score, preferred when a metrics row has it
 # Rank of a checkpoint without a validation score in a run that evaluates: below every
@@ -413,22 +415,68 @@ def _mismatch(source: Source, what: str, on_mismatch: str, saved: Any, new: Any)
 
 
 def _legacy_layout(source: Source, target: TrainState, trainer: Trainer):
-    """(restore target, upgrade) for `source`: format 1 checkpoints hold the GRU state as
-    [L, B, H] (env axis second), so it is read in that shape and transposed to [B, L, H]."""
+    """(restore target, upgrade) for `source`: the state of an older format is read in its
+    own layout, and `upgrade` turns it into today's.
+
+    * format 1 held the GRU state as [L, B, H] (env axis second): read in that shape and
+      transposed to [B, L, H];
+    * formats 1 and 2 had no `max_grad_norm` hyperparameter (in `HParams` or injected in
+      the optimizer chains, where the clip was a constant): read without it, then set to
+      the saved config's value, which the old program clipped with.
+    """
+    fmt = source.meta.get("format", 1)
+    upgrades = []
     hidden = target.carry.hidden
-    if source.meta.get("format", 1) >= 2 or not (
-            isinstance(hidden, jax.ShapeDtypeStruct) and len(hidden.shape) == 3):
-        return target, lambda state: state
-    b, n_layers, h = hidden.shape
-    old = jax.ShapeDtypeStruct((n_layers, b, h), hidden.dtype,
-                               sharding=parallel.env_sharding(trainer.mesh, 1))
-    target = target.replace(carry=target.carry.replace(hidden=old))
+    if fmt < 2 and isinstance(hidden, jax.ShapeDtypeStruct) and len(hidden.shape) == 3:
+        b, n_layers, h = hidden.shape
+        old = jax.ShapeDtypeStruct((n_layers, b, h), hidden.dtype,
+                                   sharding=parallel.env_sharding(trainer.mesh, 1))
+        target = target.replace(carry=target.carry.replace(hidden=old))
+        upgrades.append(lambda state: state.replace(carry=state.carry.replace(
+            hidden=jnp.transpose(state.carry.hidden, (1, 0, 2)))))
+    if fmt < 3:
+        upgrades.append(_clip_norm_upgrade(source, trainer))
+        target = _without_clip_norm(target)
 
     def upgrade(state: TrainState) -> TrainState:
-        moved = jnp.transpose(state.carry.hidden, (1, 0, 2))
-        return state.replace(carry=state.carry.replace(hidden=moved))
+        for step in upgrades:
+            state = step(state)
+        return state
 
     return target, upgrade
+
+
+def _without_clip_norm(target: TrainState) -> TrainState:
+    """The restore target of a state saved without `max_grad_norm`: its hyperparameters as
+    a dict of the others (the saved tree has their names, and no leaf for the new one), and
+    the optimizer states' injected hyperparameters without it."""
+
+    def drop(items):
+        return {k: v for k, v in items.items() if k != "max_grad_norm"}
+
+    hp = target.hparams
+    return target.replace(
+        hparams=drop({f.name: getattr(hp, f.name) for f in dataclasses.fields(hp)}),
+        actor_opt=target.actor_opt._replace(hyperparams=drop(target.actor_opt.hyperparams)),
+        critic_opt=target.critic_opt._replace(hyperparams=drop(target.critic_opt.hyperparams)))
+
+
+def _clip_norm_upgrade(source: Source, trainer: Trainer) -> Callable[[TrainState], TrainState]:
+    """Completes a state read by `_without_clip_norm`'s target with the saved config's
+    `max_grad_norm`, placed as `trainer` places the hyperparameters."""
+    where = trainer.state_shardings.hparams.max_grad_norm
+    saved = source.config.ppo.max_grad_norm
+
+    def value() -> jax.Array:  # a buffer of its own per leaf: the program donates each
+        return jax.device_put(jnp.float32(saved), where)
+
+    def upgrade(state: TrainState) -> TrainState:
+        return state.replace(
+            hparams=HParams(**state.hparams, max_grad_norm=value()),
+            actor_opt=ppo.set_hyperparams(state.actor_opt, max_grad_norm=value()),
+            critic_opt=ppo.set_hyperparams(state.critic_opt, max_grad_norm=value()))
+
+    return upgrade
 
 
 def restore_state(

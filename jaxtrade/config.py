@@ -487,7 +487,8 @@ class PPOConfig:
     ent_coef: float = setting(0.01, "entropy bonus coefficient", rule=AtLeast(0), runtime=True)
     vf_coef: float = setting(  # in the actor-critic loss
         0.5, "value loss coefficient", rule=AtLeast(0), runtime=True)
-    max_grad_norm: float = setting(0.5, "per-chain global-norm clip", rule=Above(0))
+    max_grad_norm: float = setting(  # in both optimizer chains' states
+        0.5, "per-chain global-norm clip", rule=Above(0), runtime=True)
     clip_value: bool = setting(
         False, "clip the value update to +-clip around the rollout's values", flag=False)
 

@@ -2,8 +2,8 @@
 
 Everything here is a pure ``jnp`` function of arrays. Hyperparameters that a
 schedule or a population may change (``gamma``, ``gae_lambda``, ``clip_eps``,
-``vf_coef``, ``ent_coef``, learning rates) may be traced arrays, so changing
-them never recompiles. Advantages, losses and metrics are float32 whatever
+``vf_coef``, ``ent_coef``, learning rates, the gradient-norm cap) may be traced
+arrays, so changing them never recompiles. Advantages, losses and metrics are float32 whatever
 the network's compute dtype.
 
 The parameter tree is split by its top-level ``value_head`` key: the critic
@@ -226,13 +226,13 @@ def make_optimizers(
 ) -> tuple[optax.GradientTransformationExtraArgs, optax.GradientTransformationExtraArgs]:
     """The actor and critic chains: ``clip_by_global_norm -> adam`` each.
 
-    The learning rate is an injected float32 hyperparameter in each state (see
-    ``set_learning_rate``); the initial values here are only defaults that
-    the train state overwrites. Clipping is per chain: a large critic gradient
+    The learning rate and the clip norm are injected float32 hyperparameters in each
+    state (see ``set_hyperparams``); the initial values here are only defaults that the
+    train state overwrites every iteration. Clipping is per chain: a large critic gradient
     does not shrink the actor's step, and vice versa.
 
     Args:
-        max_grad_norm: global-norm clip applied to each chain's gradients.
+        max_grad_norm: initial global-norm clip applied to each chain's gradients.
         actor_lr: initial actor learning rate.
         critic_lr: initial critic learning rate.
         adam_eps: Adam epsilon.
@@ -243,24 +243,33 @@ def make_optimizers(
 
     # A closure rather than partial(): inject_hyperparams would turn every
     # numeric argument of the factory into a runtime hyperparameter.
-    def chain(learning_rate: float) -> optax.GradientTransformation:
+    def chain(learning_rate: float, max_grad_norm: float) -> optax.GradientTransformation:
         return optax.chain(
             optax.clip_by_global_norm(max_grad_norm),
             optax.adam(learning_rate, eps=adam_eps),
         )
 
     inject = optax.inject_hyperparams(chain, hyperparam_dtype=jnp.float32)
-    return inject(learning_rate=actor_lr), inject(learning_rate=critic_lr)
+    return (inject(learning_rate=actor_lr, max_grad_norm=max_grad_norm),
+            inject(learning_rate=critic_lr, max_grad_norm=max_grad_norm))
 
 
-def set_learning_rate(opt_state: optax.OptState, learning_rate: jax.Array | float) -> Any:
-    """A copy of ``opt_state`` whose next update uses ``learning_rate``.
+OPT_HYPERPARAMS = ("learning_rate", "max_grad_norm")  # injected in each chain's state
 
-    The value is stored as a float32 scalar array, so a jitted update that
-    sets it from a traced hyperparameter compiles once for all values.
+
+def set_hyperparams(opt_state: optax.OptState, **values: jax.Array | float) -> Any:
+    """A copy of ``opt_state`` whose next update uses ``values`` (some of
+    ``OPT_HYPERPARAMS``: ``learning_rate``, ``max_grad_norm``).
+
+    Each value is stored as a float32 scalar array, so a jitted update that sets it from a
+    traced hyperparameter compiles once for all values.
     """
-    lr = jnp.asarray(learning_rate, jnp.float32)
-    return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
+    unknown = set(values) - set(OPT_HYPERPARAMS)
+    if unknown:
+        raise ValueError(f"unknown optimizer hyperparameter(s) {sorted(unknown)}; valid: "
+                         f"{OPT_HYPERPARAMS}")
+    cast = {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
+    return opt_state._replace(hyperparams={**opt_state.hyperparams, **cast})
 
 
 def apply_actor_critic_update(

@@ -72,6 +72,7 @@ class HParams:
     vf_coef: jax.Array
     gae_lambda: jax.Array
     gamma: jax.Array
+    max_grad_norm: jax.Array  # both chains' global-norm clip (appended: checkpoint format 3)
 
     @classmethod
     def create(cls, **values) -> HParams:
@@ -218,8 +219,10 @@ def make_iterate(env: Environment, network: Network, rule: LearningRule, rollout
             t = state.iteration.astype(jnp.float32) * jnp.float32(steps_per_iteration)
             hp = hp.replace(**schedule.values_at(t))
         rng, key_roll, key_epochs, key_critic = jax.random.split(state.rng, 4)
-        actor_opt = ppo.set_learning_rate(state.actor_opt, hp.actor_lr)
-        critic_opt = ppo.set_learning_rate(state.critic_opt, hp.critic_lr)
+        actor_opt = ppo.set_hyperparams(state.actor_opt, learning_rate=hp.actor_lr,
+                                        max_grad_norm=hp.max_grad_norm)
+        critic_opt = ppo.set_hyperparams(state.critic_opt, learning_rate=hp.critic_lr,
+                                         max_grad_norm=hp.max_grad_norm)
         carry, traj = rollout(state.params, env_params, state.carry, key_roll)
         carry, traj = shard(carry, 0), shard(traj, 1)
         adv, returns = advantages(network, state.params, traj, carry, hp)

@@ -4,6 +4,7 @@ checkpoints, metrics.jsonl on resume, and the signal handler."""
 import json
 import shutil
 import time
+from pathlib import Path
 
 import chex
 import jax
@@ -13,7 +14,9 @@ import pytest
 
 from jaxtrade import checkpoint as ckpt
 from jaxtrade.config import Config, resolve, with_values
+from jaxtrade.engine.start import load_run_market
 from jaxtrade.trainer import make_train
+from tests.cli import Cli
 
 TINY = dict(
     hidden_dim=8, n_gru_layers=1, dropout=0.1, n_envs=8, n_steps=8, n_minibatches=2,
@@ -112,11 +115,12 @@ def test_permuted_asset_orders_train_and_resume_bit_identical(small_market, tmp_
 def test_format_1_checkpoints_with_the_old_gru_layout_resume(trainer, cfg, fresh, tmp_path,
                                                               monkeypatch):
     """Checkpoints written before the recurrent state went env-first (format 1, GRU state
-    [L, B, H]) restore into today's [B, L, H] state exactly."""
+    [L, B, H], and no max_grad_norm) restore into today's [B, L, H] state exactly."""
     state = advance(trainer, fresh(), 1)
     hidden = state.carry.hidden  # [B, L, H]
     assert hidden.shape[0] != hidden.shape[1]
-    old = state.replace(carry=state.carry.replace(hidden=jnp.transpose(hidden, (1, 0, 2))))
+    old = ckpt._without_clip_norm(
+        state.replace(carry=state.carry.replace(hidden=jnp.transpose(hidden, (1, 0, 2)))))
     with monkeypatch.context() as m:
         m.setattr(ckpt, "FORMAT", 1)
         store = ckpt.RunCheckpoints(tmp_path, cfg)
@@ -127,6 +131,57 @@ def test_format_1_checkpoints_with_the_old_gru_layout_resume(trainer, cfg, fresh
     assert source.meta["format"] == 1
     restored = ckpt.restore_state(source, trainer)
     chex.assert_trees_all_equal(raw(restored), raw(state))
+
+
+# A run saved by the code before max_grad_norm was a runtime hyperparameter (format 2, commit
+# cbf7b0e): `python -m jaxtrade.train` with tests.test_train.TINY's flags, its --hyperparams
+# ending in ",max_grad_norm=0.7", `--iterations 1 --save-every 0` (run/, without tb/); and
+# straight_metrics.jsonl, the metrics of the same command with `--iterations 2`.
+FORMAT_2 = Path(__file__).parent / "fixtures" / "format2"
+
+
+def format_2_run(tmp_path) -> Path:
+    """A copy of the format-2 run (a resume writes into its run directory)."""
+    return Path(shutil.copytree(FORMAT_2 / "run", tmp_path / "run"))
+
+
+def format_2_straight_row(iteration: int) -> dict:
+    rows = (FORMAT_2 / "straight_metrics.jsonl").read_text().splitlines()
+    return json.loads(rows[iteration - 1])
+
+
+def test_format_2_checkpoints_restore_with_the_saved_clip_norm(tmp_path):
+    """A checkpoint without max_grad_norm (in HParams or the optimizer chains) restores with
+    the saved config's value in all three places, and its next iteration clips with it:
+    the old program's numbers (its gradients exceed the clip, so another clip differs)."""
+    source = ckpt.latest(format_2_run(tmp_path))
+    assert source.meta["format"] == 2 and source.config.ppo.max_grad_norm == 0.7
+    trainer = make_train(source.config, load_run_market(source.config))
+    state = ckpt.restore_state(source, trainer)
+    assert float(state.hparams.max_grad_norm) == pytest.approx(0.7)
+    for opt in (state.actor_opt, state.critic_opt):
+        assert float(opt.hyperparams["max_grad_norm"]) == pytest.approx(0.7)
+    state, metrics = trainer.run(trainer.place(state), 1)
+    expected = format_2_straight_row(2)
+    assert expected["actor_grad_norm"] > 0.7
+    for k in ("policy_loss", "value_loss", "approx_kl", "actor_grad_norm", "critic_loss_after",
+              "explained_variance"):
+        assert float(metrics[k][0]) == pytest.approx(expected[k], rel=1e-5, abs=1e-8), k
+    assert float(metrics["max_grad_norm"][0]) == pytest.approx(0.7)
+
+
+@pytest.mark.slow
+def test_format_2_run_resumes_from_the_cli_as_the_old_code_continued(xla_cache, tmp_path):
+    """`--resume` of the format-2 run ends as the old code's uninterrupted run: every
+    column of its iteration 2 but the clock's (and the new max_grad_norm column)."""
+    run_dir = format_2_run(tmp_path)
+    Cli(xla_cache).check("--run-dir", run_dir, "--resume", "--iterations", 2, "-q")
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    expected = format_2_straight_row(2)
+    assert last["iteration"] == 2 and last["max_grad_norm"] == pytest.approx(0.7)
+    assert ({k: v for k, v in last.items() if k in expected and k not in ("sps", "wall_s")}
+            == {k: v for k, v in expected.items() if k not in ("sps", "wall_s")})
+    assert ckpt.latest(run_dir).meta["format"] == ckpt.FORMAT
 
 
 def test_keeps_the_latest_the_best_and_the_final(cfg, fresh, tmp_path):
@@ -149,7 +204,7 @@ def test_metadata_records_config_metrics_best_and_lineage(cfg, fresh, tmp_path):
     lineage = ckpt.Lineage("ckpt/parent", 40, generation=2, base_timesteps=1000, start="weights")
     save_run(tmp_path, cfg, fresh(), [0.5, 0.25], lineage=lineage)
     meta = ckpt.latest(tmp_path).meta
-    assert meta["iteration"] == 2 and meta["timesteps"] == 2 * 64 and meta["format"] == 2
+    assert meta["iteration"] == 2 and meta["timesteps"] == 2 * 64 and meta["format"] == 3
     assert ckpt.latest(tmp_path).config == cfg
     assert meta["metrics"] == row(2, 0.25)
     assert meta["history"]["iteration"] == [1, 2]

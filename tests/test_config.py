@@ -560,7 +560,8 @@ def test_runtime_hyperparameters_are_the_fields_of_hparams():
     assert {f.name for f in dataclasses.fields(HParams)} == set(C.RUNTIME_FIELDS)
     assert HPARAM_NAMES == C.RUNTIME_FIELDS
     assert set(C.RUNTIME_FIELDS) == {
-        "actor_lr", "critic_lr", "ent_coef", "clip", "vf_coef", "gae_lambda", "gamma"}
+        "actor_lr", "critic_lr", "ent_coef", "clip", "vf_coef", "gae_lambda", "gamma",
+        "max_grad_norm"}
     assert not set(C.RUNTIME_FIELDS) & set(C.SHAPE_FIELDS)
 
 

@@ -461,27 +461,35 @@ def test_clip_by_global_norm_is_per_chain(net):
     )
 
 
-def test_learning_rate_changes_without_recompiling():
+def test_learning_rate_and_clip_norm_change_without_recompiling():
     actor_tx, critic_tx = ppo.make_optimizers(1.0, actor_lr=3e-4, critic_lr=9e-4)
     params = {"w": jnp.zeros(3)}
-    grads = {"w": jnp.array([1.0, -2.0, 3.0])}
+    grads = {"w": jnp.array([1.0, -2.0, 3.0])}  # norm sqrt(14) = 3.74
     state = actor_tx.init(params)
     lr = state.hyperparams["learning_rate"]
     assert lr.dtype == jnp.float32 and np.isclose(lr, 3e-4)
     assert np.isclose(critic_tx.init(params).hyperparams["learning_rate"], 9e-4)
+    assert state.hyperparams["max_grad_norm"].dtype == jnp.float32
+    assert np.isclose(state.hyperparams["max_grad_norm"], 1.0)
 
     @jax.jit
     @chex.assert_max_traces(n=1)
-    def step(params, state, lr):
-        state = ppo.set_learning_rate(state, lr)
+    def step(params, state, lr, clip):
+        state = ppo.set_hyperparams(state, learning_rate=lr, max_grad_norm=clip)
         updates, state = actor_tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
-    for value in (1e-3, 1e-2):
-        new_params, new_state = step(params, state, jnp.float32(value))
+    for value, clip in ((1e-3, 0.5), (1e-2, 2.0), (1e-2, 10.0)):
+        new_params, new_state = step(params, state, jnp.float32(value), jnp.float32(clip))
         assert np.isclose(new_state.hyperparams["learning_rate"], value)
-        # Adam's first step moves each weight by about lr against its gradient's sign.
+        assert np.isclose(new_state.hyperparams["max_grad_norm"], clip)
+        # Adam's first step moves each weight by about lr against its gradient's sign...
         np.testing.assert_allclose(new_params["w"], -value * np.sign(grads["w"]), rtol=1e-4)
+        # ... and its first moment is (1 - b1) x the gradient clipped to norm `clip`.
+        mu = optax.tree_utils.tree_get(new_state, "mu")
+        np.testing.assert_allclose(_norm(mu), 0.1 * min(clip, np.sqrt(14.0)), rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown optimizer hyperparameter"):
+        ppo.set_hyperparams(state, lr=1.0)
 
 
 # ------------------------------------------------------------ minibatches of a Batch

@@ -10,6 +10,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxtrade.config import Config, resolve, with_values
@@ -172,13 +173,32 @@ def test_every_runtime_hyperparameter_reaches_the_fused_update(tiny, tiny_state,
     np.testing.assert_equal(jax.device_get(iterate(tiny_state)[0].params),
                             jax.device_get(base))  # deterministic
     changed = {"actor_lr": 3e-3, "critic_lr": 9e-3, "ent_coef": 0.5, "clip": 1e-3,
-               "vf_coef": 5.0, "gae_lambda": 0.5, "gamma": 0.5}
+               "vf_coef": 5.0, "gae_lambda": 0.5, "gamma": 0.5, "max_grad_norm": 1e-3}
     assert set(changed) == set(HPARAM_NAMES)
     for name, value in changed.items():
         params = iterate(set_hparams(tiny_state, **{name: value}))[0].params
         moved = [float(jnp.abs(a - b).max()) for a, b in
                  zip(jax.tree.leaves(params), jax.tree.leaves(base), strict=True)]
         assert max(moved) > 1e-6, name
+
+
+def test_max_grad_norm_caps_both_chains_in_the_compiled_program(tiny, tiny_state):
+    """`set_hparams(max_grad_norm=c)` reaches both optimizer chains of the compiled program
+    (no new entry in its cache): every clipped gradient has norm <= c, so Adam's first
+    moment, an average of them with weights summing below 1, stays under c; under the
+    default 0.5 the same iteration's moments are far larger."""
+    copy = lambda: jax.tree.map(jnp.copy, tiny_state)
+    mu = lambda opt: float(optax.tree.norm(optax.tree_utils.tree_get(opt, "mu")))
+    free, _ = tiny.run(copy(), 1)
+    entries = tiny.program._cache_size()
+    capped, m = tiny.run(set_hparams(copy(), max_grad_norm=1e-4), 1)
+    assert tiny.program._cache_size() == entries
+    assert float(m["max_grad_norm"][0]) == pytest.approx(1e-4)
+    assert float(capped.actor_opt.hyperparams["max_grad_norm"]) == pytest.approx(1e-4)
+    assert float(m["actor_grad_norm"][0]) > 1e-3  # the cap binds
+    for chain in ("actor_opt", "critic_opt"):
+        assert mu(getattr(capped, chain)) <= 1e-4 * (1 + 1e-5), chain
+        assert mu(getattr(free, chain)) > 1e-3, chain
 
 
 def test_another_market_of_the_same_shape_runs_the_same_program(tiny, tiny_state, iterate):
