@@ -2,8 +2,11 @@
 overlaid, as PNGs (host-only).
 
 Reads each run's metrics.jsonl and writes `training.png` (return, validation, losses, PPO
-health, costs; one colour per run) and `actions.png` (the regime mix over training, one
-stacked panel per run). Matplotlib is driven through `Figure` and the Agg canvas, never pyplot.
+health, costs; one colour per run), `actions.png` (the regime mix over training, one
+stacked panel per run) and `hparams.png` (each hyperparameter over training, one panel
+each, with the schedule's phase boundaries from the rows' `phase` column or, named,
+from RUN_DIR/phases.jsonl, and the adjustments of RUN_DIR/hparams.jsonl marked).
+Matplotlib is driven through `Figure` and the Agg canvas, never pyplot.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jaxtrade.adjust import HPARAMS_FILE, SHAPE_KEYS
+from jaxtrade.adjust import read as read_adjustments
+from jaxtrade.config import RUNTIME_FIELDS
 from jaxtrade.envs import NAMES
 from jaxtrade.rows import ENV_FILE, VALIDATION_PREFIXES, number, split_row
 
@@ -29,6 +35,11 @@ ACTIONS_WIDTH = 13.0  # inches
 ACTIONS_RUN_HEIGHT = 2.6  # inches per run panel
 ACTIONS_EXTRA_HEIGHT = 0.9  # inches: title and x label
 ACTION_COLORS = (0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 1, 5)  # 12 distinct tab20 entries
+PHASES_FILE = "phases.jsonl"  # one record per phase change (`jaxtrade.engine.run`)
+HPARAM_KEYS = (*RUNTIME_FIELDS, *SHAPE_KEYS)  # hparams.png's panels, those a run logs
+HPARAMS_COLUMNS = 4
+HPARAMS_PANEL_SIZE = (4.0, 2.6)  # inches per panel
+HPARAMS_EXTRA_HEIGHT = 0.8  # inches: the legend
 
 
 class PlotError(Exception):
@@ -43,6 +54,21 @@ class Run:
     rows: tuple[dict[str, Any], ...]  # one per training iteration, in file order
     action_names: tuple[str, ...] = NAMES  # RUN_DIR/env.json's (the portfolio's regimes
     # for runs from before it was written)
+    phases: tuple[PhaseStart, ...] = ()  # the schedule's phase changes, in order
+    adjustments: tuple[dict[str, Any], ...] = ()  # hparams.jsonl's changes (`adjust.read`)
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseStart:
+    """A phase boundary: where phase `name` starts, and why the phase before it ended."""
+
+    timestep: float
+    name: str
+    reason: str = "end"  # "end": at its planned end; else why its transition rule fired
+
+    @property
+    def early(self) -> bool:
+        return self.reason != "end"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +120,35 @@ def read_run(run_dir: Path) -> Run:
         raise PlotError(f"{path}: {e.strerror or e}") from None
     if not rows:
         raise PlotError(f"{path}: no rows")
-    return Run(run_dir.resolve().name or str(run_dir), tuple(rows), names)
+    try:
+        adjustments = tuple(read_adjustments(run_dir))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise PlotError(f"{run_dir / HPARAMS_FILE}: not hparams.jsonl records ({e!r})") from None
+    return Run(run_dir.resolve().name or str(run_dir), tuple(rows), names,
+               phase_starts(run_dir, rows), adjustments)
+
+
+def phase_starts(run_dir: Path, rows: list[dict[str, Any]]) -> tuple[PhaseStart, ...]:
+    """The phase boundaries: RUN_DIR/phases.jsonl's records ({"timestep", "name", "reason"}
+    each), else where the rows' integer `phase` column changes (named by number)."""
+    path = run_dir / PHASES_FILE
+    if path.is_file():
+        try:
+            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            return tuple(PhaseStart(float(r["timestep"]), str(r["name"]),
+                                    str(r.get("reason", "end"))) for r in records)
+        except (ValueError, KeyError, TypeError) as e:
+            raise PlotError(f"{path}: not phases.jsonl records ({e!r})") from None
+    starts, before = [], None
+    for row in rows:
+        phase = row.get("phase")
+        if not isinstance(phase, int) or isinstance(phase, bool):
+            continue
+        if before is not None and phase != before[1]:
+            starts.append(PhaseStart(before[0], f"phase {phase}"))
+        # A row's iteration starts where the previous row's ended: there its phase began.
+        before = (float(row["timesteps"]), phase)
+    return tuple(starts)
 
 
 def action_names(run_dir: Path) -> tuple[str, ...]:
@@ -252,6 +306,105 @@ def actions_figure(runs: list[Run]) -> Figure:
     return fig
 
 
+def hparam_keys(runs: list[Run]) -> list[str]:
+    """hparams.png's panels: the `HPARAM_KEYS` some run logs or adjusts, in that order."""
+    keys = {k for run in runs for row in run.rows for k in row if number(row[k]) is not None}
+    keys |= {c["key"] for run in runs for r in run.adjustments for c in r["changes"]}
+    return [k for k in HPARAM_KEYS if k in keys]
+
+
+def hparams_figsize(n_panels: int) -> tuple[float, float]:
+    """Size of hparams.png in inches for `n_panels` panels."""
+    columns = min(n_panels, HPARAMS_COLUMNS)
+    rows = math.ceil(n_panels / columns)
+    width, height = HPARAMS_PANEL_SIZE
+    return width * columns, height * rows + HPARAMS_EXTRA_HEIGHT
+
+
+_LABEL_BOX = dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.75)
+
+
+def _phase_line(early: bool, n_runs: int, run: int | None) -> dict[str, Any]:
+    """The style of a phase boundary: dashed grey at a planned end, dotted red after an early
+    one; with several runs, in the run's colour (`run`; None: grey, for the legend)."""
+    from matplotlib import colormaps
+
+    color = "tab:red" if early else "0.35"
+    if n_runs > 1:
+        color = "0.35" if run is None else colormaps["tab10"](run % 10)
+    return dict(color=color, lw=1.3 if early else 0.9, ls=":" if early else "--")
+
+
+def _short_reason(reason: str) -> str:
+    """'plateau: no improvement over ...' -> 'plateau'."""
+    return reason.split(":")[0].strip()
+
+
+def hparams_figure(runs: list[Run]) -> Figure:
+    """hparams.png's `Figure`: each of `hparam_keys` over timesteps (one colour per run),
+    phase boundaries as vertical lines (dashed: a planned end; dotted: an early one, with
+    its reason), adjustments as triangles (up or down) labelled with their rule."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    keys = hparam_keys(runs)
+    fig = Figure(figsize=hparams_figsize(len(keys)), layout="constrained")
+    FigureCanvasAgg(fig)
+    columns = min(len(keys), HPARAMS_COLUMNS)
+    axes = fig.subplots(math.ceil(len(keys) / columns), columns, sharex=True, squeeze=False)
+    colors = colormaps["tab10"]
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for n, (ax, key) in enumerate(zip(axes.flat, keys, strict=False)):
+        drawn = []
+        for i, run in enumerate(runs):
+            xs, ys = series(run, Panel(key, key))
+            if xs:
+                drawn.extend(ys)
+                ax.plot(xs, ys, color=colors(i % 10), lw=1.3,
+                        **(dict(marker="o", ms=3.5) if len(xs) == 1 else {}))
+            for change in (c | {"timestep": r["timestep"]} for r in run.adjustments
+                           for c in r["changes"] if c["key"] == key):
+                up = change["new"] > change["old"]
+                ax.plot([change["timestep"]], [change["new"]], ls="", marker="^" if up else "v",
+                        ms=7, color=colors(i % 10), mec="black", mew=0.6, zorder=4)
+                ax.annotate(change["rule"], (change["timestep"], change["new"]),
+                            xytext=(5, 4 if up else -11), textcoords="offset points",
+                            fontsize=6.5, color="0.15", bbox=_LABEL_BOX, zorder=5)
+                drawn.append(change["new"])
+            for start in run.phases:
+                ax.axvline(start.timestep, zorder=1, **_phase_line(start.early, len(runs), i))
+                if n < columns:  # names along the top row only
+                    label = start.name + (f" (early: {_short_reason(start.reason)})"
+                                          if start.early else "")
+                    ax.text(start.timestep, 0.98, label, transform=ax.get_xaxis_transform(),
+                            rotation=90, va="top", ha="right", fontsize=6.5, color="0.15",
+                            bbox=_LABEL_BOX, zorder=5)
+        ax.set_title(key, fontsize=10)
+        ax.margins(y=0.18)  # room for the labels of adjustments at the extremes
+        _style_timesteps(ax)
+        if _use_log(Panel(key, key, scale="auto"), drawn):
+            ax.set_yscale("log", nonpositive="mask")
+    for ax in axes[-1]:
+        ax.set_xlabel("timesteps")
+    for j in range(len(keys), axes.size):  # a short last row: the x labels go above the gap
+        axes.flat[j - columns].set_xlabel("timesteps")
+        axes.flat[j - columns].xaxis.set_tick_params(labelbottom=True)
+    handles = [Line2D([], [], color=colors(i % 10), label=run.label) for i, run in enumerate(runs)]
+    if any(run.phases for run in runs):
+        handles += [Line2D([], [], **_phase_line(False, len(runs), None), label="phase start"),
+                    Line2D([], [], **_phase_line(True, len(runs), None),
+                           label="phase start (the one before ended early)")]
+    if any(run.adjustments for run in runs):
+        handles.append(Line2D([], [], ls="", marker="^", mec="black", color="0.6",
+                              label="adjustment (--adjust rules), labelled by its rule"))
+    fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 6),
+               fontsize=9, frameon=False)
+    return fig
+
+
 def _labels(runs: list[Run], dirs: list[Path]) -> list[Run]:
     """Runs whose directory names collide are labelled by the path as given."""
     names = [r.label for r in runs]
@@ -294,6 +447,8 @@ def _plot(run_dirs: list[Path], out: Path | None) -> list[Path]:
     figures = [(out / "training.png", training_figure)]
     if any(action_mix(run)[0] for run in runs):
         figures.append((out / "actions.png", actions_figure))
+    if hparam_keys(runs):
+        figures.append((out / "hparams.png", hparams_figure))
     for path, figure in figures:
         try:
             figure(runs).savefig(path, dpi=DPI)

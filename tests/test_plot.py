@@ -211,3 +211,109 @@ def test_flag_abbreviations_are_rejected(tmp_path, capsys):
         plot.main([str(write_run(tmp_path / "r", make_rows(0))), "--ou", str(tmp_path)])
     assert exc.value.code == 2
     assert "unrecognized arguments: --ou" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- hparams.png
+HP_KEYS = ("actor_lr", "critic_lr", "gamma", "gae_lambda", "clip", "ent_coef", "vf_coef",
+           "max_grad_norm")
+
+
+def hparam_rows(n: int = 12, phases: tuple[int, ...] = ()) -> list[dict]:
+    """Rows with every runtime hyperparameter; `phases`: the iterations each phase starts
+    after (an integer `phase` column when given). actor_lr falls 3 decades."""
+    out = []
+    for i in range(1, n + 1):
+        row = {"iteration": i, "timesteps": i * STEPS_PER_ITERATION,
+               "actor_lr": 1e-3 * 10 ** (-3 * i / n), "critic_lr": 9e-4, "gamma": 0.99,
+               "gae_lambda": 0.95, "clip": 0.2 - 0.005 * i, "ent_coef": 0.01, "vf_coef": 0.5,
+               "max_grad_norm": 0.5 if i < 6 else 0.3}
+        if phases:
+            row["phase"] = sum(i > p for p in phases)
+        out.append(row)
+    return out
+
+
+def adjusted_run(path):
+    """A run of 12 iterations in three phases (the second ended early) with two adjustments."""
+    run = write_run(path, hparam_rows(phases=(4, 8)))
+    (run / plot.PHASES_FILE).write_text("".join(json.dumps(r) + "\n" for r in [
+        {"iteration": 4, "timestep": 4 * STEPS_PER_ITERATION, "phase": 1, "name": "refine",
+         "ended": "explore", "reason": "end"},
+        {"iteration": 8, "timestep": 8 * STEPS_PER_ITERATION, "phase": 2, "name": "exploit",
+         "ended": "refine", "reason": "plateau: no improvement over 0.01 for 100 timesteps"},
+    ]))
+    (run / "hparams.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"type": "change", "iteration": 6, "timestep": 6 * STEPS_PER_ITERATION, "phase": 1,
+         "changes": [{"rule": "negative_explained_var", "key": "max_grad_norm", "old": 0.5,
+                      "new": 0.3}],
+         "fired": [], "metrics": {"explained_variance": -0.9}},
+        {"type": "effect", "iteration": 9, "timestep": 9 * STEPS_PER_ITERATION, "of": 6,
+         "metrics": {"explained_variance": 0.2}},
+        {"type": "change", "iteration": 9, "timestep": 9 * STEPS_PER_ITERATION, "phase": 2,
+         "changes": [{"rule": "good_performance", "key": "clip", "old": 0.155, "new": 0.14}],
+         "fired": [], "metrics": {"val_sharpe": 1.4}},
+    ]))
+    return run
+
+
+def test_hparams_png_marks_phases_and_adjustments(tmp_path, capsys):
+    run_dir = adjusted_run(tmp_path / "run")
+    code, out, err = run_main([run_dir], capsys)
+    assert (code, err) == (0, [])
+    path = run_dir / "plots" / "hparams.png"
+    assert out == [str(run_dir / "plots" / "training.png"), str(path)]
+    assert png_size(path) == (1600, 600)  # 4 x 2 panels of 4 x 2.6 in, 0.8 in of legend
+    run = plot.read_run(run_dir)
+    assert run.phases == (plot.PhaseStart(4 * STEPS_PER_ITERATION, "refine"),
+                          plot.PhaseStart(8 * STEPS_PER_ITERATION, "exploit",
+                                          "plateau: no improvement over 0.01 for 100 timesteps"))
+    fig = plot.hparams_figure([run])
+    assert [ax.get_title() for ax in fig.axes] == list(HP_KEYS)
+    clip = axis(fig, "clip")
+    vertical = [(ln.get_xdata()[0], ln.get_linestyle()) for ln in clip.get_lines()
+                if len(set(ln.get_xdata())) == 1 and len(ln.get_xdata()) == 2]
+    assert vertical == [(4 * STEPS_PER_ITERATION, "--"), (8 * STEPS_PER_ITERATION, ":")]
+    marks = [ln for ln in clip.get_lines() if ln.get_marker() in ("^", "v")]
+    assert [(ln.get_marker(), ln.get_xdata()[0], ln.get_ydata()[0]) for ln in marks] == [
+        ("v", 9 * STEPS_PER_ITERATION, 0.14)]
+    assert [t.get_text() for t in clip.texts] == ["good_performance"]
+    mgn = axis(fig, "max_grad_norm")
+    assert [t.get_text() for t in mgn.texts] == ["negative_explained_var"]
+    # Phase names along the top row, the early end with its reason's first word.
+    assert [t.get_text() for t in axis(fig, "actor_lr").texts] == [
+        "refine", "exploit (early: plateau)"]
+    assert axis(fig, "actor_lr").get_yscale() == "log"  # 3 decades
+    assert axis(fig, "clip").get_yscale() == "linear"
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[0] == "run" and len(legend) == 4
+
+
+def test_phase_boundaries_come_from_the_phase_column_without_phases_jsonl(tmp_path):
+    run = plot.read_run(write_run(tmp_path / "r", hparam_rows(phases=(4, 8))))
+    # Phase 1's first iteration (5) starts where iteration 4 ended.
+    assert run.phases == (plot.PhaseStart(4 * STEPS_PER_ITERATION, "phase 1"),
+                          plot.PhaseStart(8 * STEPS_PER_ITERATION, "phase 2"))
+    assert run.adjustments == ()
+
+
+def test_a_plain_run_plots_its_hyperparameters_alone(tmp_path, capsys):
+    rows = [{k: v for k, v in r.items() if k != "max_grad_norm"} for r in hparam_rows()]
+    run_dir = write_run(tmp_path / "plain", rows)
+    other = write_run(tmp_path / "other", hparam_rows())
+    fig = plot.hparams_figure([plot.read_run(run_dir), plot.read_run(other)])
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == list(HP_KEYS)
+    for ax in fig.axes:
+        assert not ax.texts and all(ln.get_marker() not in ("^", "v") for ln in ax.get_lines())
+    assert [len(ax.get_lines()) for ax in fig.axes] == [2] * 7 + [1]  # plain has no clip norm
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["plain", "other"]
+    fig = plot.hparams_figure([plot.read_run(run_dir)])
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == list(HP_KEYS[:-1])
+    assert plot.hparams_figsize(7) == (16.0, 6.0)
+
+
+def test_a_bad_phases_file_is_one_line(tmp_path, capsys):
+    run_dir = write_run(tmp_path / "r", hparam_rows())
+    (run_dir / plot.PHASES_FILE).write_text('{"iteration": 4}\n')
+    code, out, err = run_main([run_dir], capsys)
+    assert (code, out) == (2, [])
+    assert len(err) == 1 and err[0].startswith(f"error: {run_dir / plot.PHASES_FILE}: not")
