@@ -221,6 +221,50 @@ class Schedule:
         return lines
 
 
+REFERENCE = "configs/schedules/reference.toml"  # the predecessor's table (repository root)
+RECOMMENDATIONS_FILE = "recommendations.json"
+
+
+def reference_path() -> str:
+    """The reference schedule's path: from the repository this package lives in when it is
+    there (a run started anywhere finds it), else as written (relative to the cwd)."""
+    here = Path(__file__).resolve().parent.parent / REFERENCE
+    return str(here) if here.exists() else REFERENCE
+
+
+def recommendation(schedule: Schedule, ends: list[float], timesteps: int, scale: float,
+                   run_dir: str | None = None) -> dict[str, Any]:
+    """What to train next after `timesteps`, with phase ends `ends`: the phase reached and
+    the one the next timestep falls in (the rest of the same phase when it stopped inside
+    one), with its span, its hyperparameters (start and end), shape settings and rule, and
+    the command that trains it; `next` is None once the last phase is done."""
+    names = [p.name for p in schedule.phases]
+    reached = phase_index(ends, max(timesteps - 1, 0))
+    out: dict[str, Any] = {
+        "schedule": schedule.path, "schedule_scale": scale, "timesteps": int(timesteps),
+        "reached": {"phase": reached, "name": names[reached],
+                    "complete": timesteps >= ends[reached]},
+        "next": None,
+    }
+    if timesteps >= ends[-1]:
+        return out
+    nxt = phase_index(ends, timesteps)
+    start = 0.0 if nxt == 0 else ends[nxt - 1]
+    phase = schedule.phases[nxt]
+    rule = schedule.rule(nxt, scale)
+    out["next"] = {
+        "phase": nxt, "name": phase.name, "start": start, "end": ends[nxt],
+        "from": float(timesteps), "steps": ends[nxt] - timesteps,
+        "hyperparameters": {k: list(v) for k, v in phase.values.items()},
+        "shapes": dict(phase.shapes),
+        "transition": {**dataclasses.asdict(rule), "targets": dict(rule.targets)},
+    }
+    if run_dir is not None:
+        out["command"] = (f"python -m jaxtrade.train --checkpoint {run_dir} "
+                          f"--use-recommendations --run-dir NEW_DIR")
+    return out
+
+
 def phase_index(ends: list[float], timestep: float) -> int:
     """Index of the phase that `timestep` is in, for phase ends `ends` (host-side)."""
     return min(sum(timestep >= e for e in ends), len(ends) - 1)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from jaxtrade import config as cfgmod
@@ -104,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-multiplier", type=float,
                    help="with --checkpoint or --resume: scale both learning rates, e.g. 0.5 "
                         "or 0.3 to continue training gently [1.0]")
+    g.add_argument("--use-recommendations", action="store_true",
+                   help="with --checkpoint: train the next phase of the run's schedule (the "
+                        "reference's when it followed none): the phase the checkpoint reached "
+                        "is detected, the next one's hyperparameters and shapes apply, the run "
+                        "lasts to its end and writes recommendations.json for the one after")
     g.add_argument("--on-mismatch", choices=("error", "fresh"),
                    help="with --checkpoint: when the saved network's shapes differ from this "
                         "run's, stop (error) or start from fresh weights (fresh) [error]")
@@ -188,6 +195,14 @@ def check_start_flags(args: argparse.Namespace) -> None:
         raise UsageError("--resume needs --run-dir DIR (the run to continue)")
     if args.weights_only and not args.checkpoint:
         raise UsageError("--weights-only needs --checkpoint PATH")
+    if args.use_recommendations:
+        if not args.checkpoint:
+            raise UsageError("--use-recommendations needs --checkpoint RUN_DIR (the run whose "
+                             "next phase to train)")
+        given = [f"--{k}" for k in DURATION_FIELDS if getattr(args, k, None) is not None]
+        if given:
+            raise UsageError(f"--use-recommendations trains to the end of the next phase: "
+                             f"drop {', '.join(given)}")
     if args.on_mismatch and not args.checkpoint:
         raise UsageError("--on-mismatch needs --checkpoint PATH")
     if args.lr_multiplier is not None:
@@ -208,9 +223,57 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def recommended(args: argparse.Namespace) -> tuple[dict, Callable]:
+    """--use-recommendations: (the recommendation for the checkpoint's next phase, a
+    function that turns a config started from the checkpoint into one that follows the
+    schedule to that phase's end). The schedule is the checkpoint's own, else --schedule,
+    else the reference; its phase ends are the checkpoint's (phases that ended early stay
+    so)."""
+    from jaxtrade import checkpoint as ckpt
+    from jaxtrade import schedule as sched
+
+    source = ckpt.locate(args.checkpoint)
+    saved = source.config
+    path = args.schedule or saved.run.schedule or sched.reference_path()
+    scale = (args.schedule_scale if args.schedule_scale is not None
+             else saved.run.schedule_scale if saved.run.schedule else 1.0)
+    try:
+        followed = sched.load(path)
+    except sched.ScheduleError as e:
+        raise UsageError(f"--use-recommendations: schedule {e}") from None
+    record = source.meta.get("schedule") or {}
+    total = cfgmod.total_iterations(saved) * cfgmod.steps_per_iteration(saved)
+    ends = (record["ends"] if saved.run.schedule == path and len(record.get("ends", ())) ==
+            len(followed.phases) else followed.ends(scale, total))
+    timesteps = int(source.meta["timesteps"])
+    rec = sched.recommendation(followed, ends, timesteps, scale, str(source.run_dir))
+    if rec["next"] is None:
+        raise UsageError(f"{source.path} is at {timesteps:,} timesteps, past the end of "
+                         f"{path}'s last phase ({ends[-1]:,.0f}): nothing to recommend")
+    # As if given as flags: the config follows this schedule, and runtime hyperparameters
+    # set with flags or --hyperparams win over it (`config_from_args`), for this phase.
+    args.schedule, args.schedule_scale = path, scale
+    durations = {k: None for k in DURATION_FIELDS} | {"timesteps": math.ceil(rec["next"]["end"])}
+
+    def apply(cfg: cfgmod.Config) -> cfgmod.Config:
+        return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **durations))
+
+    return rec, apply
+
+
 def start_request(args: argparse.Namespace) -> engine.StartRequest:
     """The flags as the engine's request (refusing flag combinations that cannot work)."""
     check_start_flags(args)
+    from_saved = lambda base, keep: checkpoint_config(args, base, keep_run_dir=keep)
+    if args.use_recommendations:
+        rec, apply = recommended(args)
+        nxt, reached = rec["next"], rec["reached"]
+        print(f"recommendations: {args.checkpoint} reached phase {reached['name']!r} "
+              f"({'complete' if reached['complete'] else 'part way'}, {rec['timesteps']:,} "
+              f"timesteps); training phase {nxt['name']!r} to {nxt['end']:,.0f} timesteps "
+              f"with {rec['schedule']}" + (f" x{rec['schedule_scale']:g}"
+                                           if rec["schedule_scale"] != 1 else ""))
+        from_saved = lambda base, keep: apply(checkpoint_config(args, base, keep_run_dir=keep))
     return engine.StartRequest(
         resume=args.resume,
         run_dir=args.run_dir,
@@ -218,7 +281,7 @@ def start_request(args: argparse.Namespace) -> engine.StartRequest:
         weights_only=args.weights_only,
         name=Path(args.config).stem if args.config else (args.preset or None),
         new_config=lambda: config_from_args(args),
-        from_saved=lambda base, keep: checkpoint_config(args, base, keep_run_dir=keep),
+        from_saved=from_saved,
         flag_of=FLAG_OF,
     )
 

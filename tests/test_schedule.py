@@ -344,3 +344,56 @@ def test_a_phase_rule_is_the_schedules_with_its_own_over_it(tmp_path):
     assert (second.patience, second.cooldown, dict(second.targets)) == (300, 20,
                                                                        {"val_sharpe": 1.5})
     assert schedule.load(REFERENCE).rule(4, 1.0).patience == 100_000
+
+
+def test_use_recommendations_trains_the_next_phase(tmp_path):
+    """A run that stopped at the end of phase a recommends b; --checkpoint it
+    --use-recommendations trains b (its hyperparameters, to its end; --hyperparams win for
+    that phase) and recommends c; a run that followed no schedule continues the reference's
+    phase it is in; durations and a missing --checkpoint are refused."""
+    import contextlib
+    import io
+    import json
+
+    from jaxtrade import train
+
+    steps = 8 * 8
+    path = tmp_path / "s.toml"
+    path.write_text(PLATEAU.format(patience=steps, a=2 * steps, b=4 * steps, c=6 * steps))
+    base = ["--market", "fixed", "--hidden-dim", "8", "--n-envs", "8", "--n-steps", "8",
+            "--n-minibatches", "2", "--critic-epochs", "1", "--ppo-epochs", "1",
+            "--episode-length", "20", "--hyperparams", "n_bars=400,n_assets=2",
+            "--eval-every", "0", "--save-every", "0"]
+
+    def run(*extra, code=0):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            assert train.main([*extra]) == code
+        return out.getvalue() + err.getvalue()
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    run(*base, "--schedule", str(path), "--iterations", "2", "--run-dir", str(first))
+    rec = json.loads((first / "recommendations.json").read_text())
+    assert rec["reached"] == {"phase": 0, "name": "a", "complete": True}
+    assert rec["next"]["name"] == "b" and rec["next"]["end"] == 4 * steps
+    assert rec["next"]["hyperparameters"] == {"ent_coef": [0.03, 0.01]}
+    text = run("--checkpoint", str(first), "--use-recommendations", "--run-dir", str(second),
+               "--hyperparams", "clip=0.15")
+    assert "reached phase 'a' (complete, 128 timesteps); training phase 'b' to 256" in text
+    rows = [json.loads(line) for line in (second / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["iteration"], r["phase"]) for r in rows] == [(3, 1), (4, 1)]
+    np.testing.assert_allclose([r["ent_coef"] for r in rows], [0.03, 0.02], rtol=1e-6)
+    np.testing.assert_allclose([r["clip"] for r in rows], 0.15, rtol=1e-6)
+    assert json.loads((second / "recommendations.json").read_text())["next"]["name"] == "c"
+
+    plain = tmp_path / "plain"
+    run(*base, "--iterations", "2", "--run-dir", str(plain))
+    text = run("--checkpoint", str(plain), "--use-recommendations", "--schedule-scale",
+               "0.0005", "--run-dir", str(tmp_path / "ref"), "-q")
+    assert "reached phase '1 exploration and initial pattern discovery' (part way" in text
+    rows = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2  # iterations 3 and 4: to 250 timesteps, the first phase's end
+
+    assert "needs --checkpoint" in run("--use-recommendations", code=2)
+    assert "drop --iterations" in run("--checkpoint", str(first), "--use-recommendations",
+                                      "--iterations", "9", code=2)

@@ -311,16 +311,19 @@ class Session:
                 "plateau": None if self.plateau is None else self.plateau.to_dict(),
                 "ending": self.ending, "tagged": list(self.tagged)}
 
-    def restore_schedule(self, record: dict | None) -> None:
-        """A resumed run's schedule state (`schedule_record`), so that it decides as the run
-        it continues would have."""
+    def restore_schedule(self, record: dict | None, saved: cfgmod.Config) -> None:
+        """The schedule state (`schedule_record`) of the checkpoint a run starts from: a
+        resumed run decides as the run it continues would have; a new run from the whole
+        state of one that followed the same schedule keeps its phase ends."""
         from jaxtrade.transitions import PlateauState
 
-        if self.schedule is None or not record:
-            return
-        if len(record["ends"]) != len(self.phase_ends):
+        if (self.schedule is None or not record or len(record["ends"]) != len(self.phase_ends)
+                or (saved.run.schedule, saved.run.schedule_scale)
+                != (self.cfg.run.schedule, self.cfg.run.schedule_scale)):
             return  # another schedule: its planned ends stand
         self.phase_ends = [float(e) for e in record["ends"]]
+        if self.mode != "resume":
+            return
         self.ending = record.get("ending")
         self.tagged = [int(i) for i in record.get("tagged", [])]
         if record.get("plateau") is not None:
@@ -467,8 +470,7 @@ class Session:
         # A schedule's phase settles the program's shapes: the phase of the first iteration,
         # or for a saved state the phase that made it (`enter_phase` switches from there).
         if restoring:
-            self.restore_schedule(source.meta.get("schedule") if self.mode == "resume"
-                                  else None)
+            self.restore_schedule(source.meta.get("schedule"), source.config)
         self.phase = self.phase_of(max(source.step - 1, 0) if restoring else 0)
         self.train_cfg, _ = self.phase_cfg(self.phase)
         with self.watchdog.waiting(f"placing the market on {self.devices}"):
@@ -826,6 +828,14 @@ class Session:
             summary["resume_command"] = ckpt.resume_command(self.plan.run_dir)
         if self.primary:
             (self.plan.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            if self.schedule is not None:
+                from jaxtrade.schedule import RECOMMENDATIONS_FILE, recommendation
+
+                rec = recommendation(self.schedule, self.phase_ends,
+                                     self.done_iters * self.plan.steps_per_iter,
+                                     self.cfg.run.schedule_scale, str(self.plan.run_dir))
+                (self.plan.run_dir / RECOMMENDATIONS_FILE).write_text(
+                    json.dumps(rec, indent=2) + "\n")
         return Result(self.status, self.message, summary, dict(self.checkpoints.selection),
                       signal_name, self.plan.total_iters, self.plan.run_dir)
 
