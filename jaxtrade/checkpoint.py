@@ -754,10 +754,11 @@ class RunCheckpoints:
 
     def metadata(
         self, iteration: int, *, interrupted: bool, final: bool, rng_impl: str = "threefry2x32",
-        phase: str | None = None, schedule: Mapping[str, Any] | None = None,
+        phase: str | None = None, extra: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The JSON saved next to the state of `iteration`; `phase`: the name of the schedule
-        phase it ends, `schedule`: the run's schedule state (`jaxtrade.engine.run`)."""
+        phase it ends, `extra`: more of the run's host state by key (the schedule's and the
+        adjustment rules', `jaxtrade.engine.run`)."""
         steps = cfgmod.steps_per_iteration(self.config)
         return {
             "format": FORMAT,
@@ -777,12 +778,12 @@ class RunCheckpoints:
             "selection": self.selection,
             "lineage": self.lineage.to_dict(iteration * steps),
             **({"phase": phase} if phase is not None else {}),  # the schedule phase it ends
-            **({"schedule": dict(schedule)} if schedule is not None else {}),
+            **(dict(extra) if extra else {}),
         }
 
     def save(
         self, state: TrainState, iteration: int, *, interrupted: bool = False, final: bool = False,
-        phase: str | None = None, schedule: Mapping[str, Any] | None = None,
+        phase: str | None = None, extra: Mapping[str, Any] | None = None,
     ) -> bool:
         """Starts saving `state` (after `iteration` iterations); False when that step exists.
 
@@ -798,7 +799,7 @@ class RunCheckpoints:
                          else "unevaluated" if self.evaluating else SCORE_KEY}
         meta = self.metadata(iteration, interrupted=interrupted, final=final,
                              rng_impl=str(jax.random.key_impl(state.rng)), phase=phase,
-                             schedule=schedule)
+                             extra=extra)
         if phase is not None:
             self._kept.steps.add(iteration)
         # A copy: the next host call donates `state`'s buffers while Orbax still reads these.

@@ -275,23 +275,30 @@ def describe_settings(applied: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in applied.items()) or "no shape settings"
 
 
+def minibatches_for(cfg, minibatch_size: float, n_devices: int) -> int:
+    """The n_minibatches that divides `cfg`'s envs over `n_devices` devices and comes
+    closest to minibatches of `minibatch_size` env steps."""
+    from jaxtrade.config import batch_problem, with_values
+
+    n, t = cfg.ppo.n_envs, cfg.ppo.n_steps
+    valid = [m for m in range(1, n + 1)
+             if batch_problem(with_values(cfg, n_minibatches=m), n_devices) is None]
+    return min(valid, key=lambda m: (abs(math.log(n * t / m / minibatch_size)), m))
+
+
 def phase_config(schedule: Schedule, cfg, index: int, n_devices: int):
     """`cfg` with phase `index`'s shape settings: (config, {setting: value} applied,
     [what does not apply to this run, with why]). `minibatch_size` (env steps per
     minibatch) becomes the n_minibatches that divides the envs over the devices and comes
     closest to it; transformer heads and layers apply to a transformer only."""
-    from jaxtrade.config import batch_problem, with_values
+    from jaxtrade.config import with_values
 
     shapes = schedule.phases[index].shapes
     applied: dict[str, float] = {}
     skipped: list[str] = []
     for key, value in shapes.items():
         if key == "minibatch_size":
-            n, t = cfg.ppo.n_envs, cfg.ppo.n_steps
-            valid = [m for m in range(1, n + 1)
-                     if batch_problem(with_values(cfg, n_minibatches=m), n_devices) is None]
-            applied["n_minibatches"] = min(
-                valid, key=lambda m: (abs(math.log(n * t / m / value)), m))
+            applied["n_minibatches"] = minibatches_for(cfg, value, n_devices)
         elif key in ("n_heads", "n_layers"):
             if cfg.network.kind == "transformer":
                 applied[key] = int(value)

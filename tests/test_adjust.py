@@ -229,3 +229,54 @@ def test_hparams_log_changes_effects_truncate_and_read(tmp_path):
     assert len(A.read(tmp_path)) == 2
     assert A.HparamsLog(tmp_path).truncate(100) == (3, 1)
     assert A.read(tmp_path / "absent") == []
+
+
+def test_a_run_applies_the_rules_and_resumes_bit_exact(tmp_path):
+    """--adjust rules in a run that follows a schedule: at each validation walk the changes
+    hparams.jsonl records are the values the next iteration uses (a scheduled value through
+    its factor, a shape setting through a new program), their effects are recorded at the
+    next walk, and a run stopped after the first change and resumed ends bit-identical."""
+    import contextlib
+    import io
+    import json
+
+    import jax
+    import numpy as np
+
+    from jaxtrade import checkpoint as ckpt
+    from jaxtrade import train
+
+    path = tmp_path / "s.toml"
+    path.write_text("[[phase]]\nend = 100000\nent_coef = 0.02\nclip = 0.2\n")
+    base = ["--market", "fixed", "--hidden-dim", "8", "--n-envs", "8", "--n-steps", "8",
+            "--n-minibatches", "2", "--critic-epochs", "1", "--ppo-epochs", "1",
+            "--episode-length", "20", "--hyperparams", "n_bars=400,n_assets=2",
+            "--eval-every", "2", "--save-every", "0", "--schedule", str(path),
+            "--adjust", "rules"]
+
+    def run(*extra):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert train.main([*base, *extra]) == 0
+        return out.getvalue()
+
+    straight = tmp_path / "straight"
+    text = run("--iterations", "6", "--run-dir", str(straight))
+    assert "adjust: " in text
+    records = A.read(straight)
+    assert records and records[0]["iteration"] == 2 and records[0]["effect"]["iteration"] == 4
+    rows = {r["iteration"]: r for r in map(json.loads,
+                                           (straight / "metrics.jsonl").read_text().splitlines())}
+    assert len(records) == 3  # at the walks of iterations 2, 4 and 6 (the last without effect)
+    for record in records[:-1]:
+        after = rows[record["iteration"] + 1]
+        for change in record["changes"]:
+            if change["key"] in after:  # a runtime hyperparameter
+                np.testing.assert_allclose(after[change["key"]], change["new"], rtol=1e-5)
+    stopped = tmp_path / "stopped"
+    run("--iterations", "2", "--run-dir", str(stopped))
+    run("--iterations", "6", "--resume", "--run-dir", str(stopped))
+    a = ckpt.read_params(ckpt.select(straight, 6))
+    b = ckpt.read_params(ckpt.select(stopped, 6))
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert (stopped / "hparams.jsonl").read_text() == (straight / "hparams.jsonl").read_text()

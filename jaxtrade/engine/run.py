@@ -274,6 +274,11 @@ class Session:
         self.ending: str | None = None  # why the current phase ends early, once it does
         self.tagged: list[int] = []  # iterations of the checkpoints that end a phase
         self.table = None  # the schedule table the compiled calls get
+        # --adjust rules: factors on scheduled hyperparameters, shape settings changed, the
+        # previous validation's row (`jaxtrade.adjust`)
+        self.factors: dict[str, float] = {}
+        self.reshaped: dict[str, int] = {}
+        self.previous_val: dict | None = None
         if self.cfg.run.schedule is not None:
             from jaxtrade import schedule
 
@@ -309,7 +314,8 @@ class Session:
             return None
         return {"ends": list(self.phase_ends), "phase": self.phase,
                 "plateau": None if self.plateau is None else self.plateau.to_dict(),
-                "ending": self.ending, "tagged": list(self.tagged)}
+                "ending": self.ending, "tagged": list(self.tagged),
+                "factors": dict(self.factors)}
 
     def restore_schedule(self, record: dict | None, saved: cfgmod.Config) -> None:
         """The schedule state (`schedule_record`) of the checkpoint a run starts from: a
@@ -324,15 +330,18 @@ class Session:
         self.phase_ends = [float(e) for e in record["ends"]]
         if self.mode != "resume":
             return
+        self.factors = {k: float(v) for k, v in record.get("factors", {}).items()}
         self.ending = record.get("ending")
         self.tagged = [int(i) for i in record.get("tagged", [])]
         if record.get("plateau") is not None:
             self.plateau = PlateauState.from_dict(record["plateau"])
 
     def update_table(self) -> None:
-        """The table for the next calls: the trainer's, with the run's phase ends."""
+        """The table for the next calls: the trainer's, with the run's phase ends and the
+        adjustment rules' factors."""
         table = self.trainer.schedule
-        self.table = None if table is None else table.with_ends(self.phase_ends)
+        self.table = (None if table is None
+                      else table.with_ends(self.phase_ends).with_factors(self.factors))
 
     def phase_bounds(self, phase: int) -> tuple[float, float]:
         """(start, end) of `phase` in timesteps."""
@@ -364,11 +373,15 @@ class Session:
     def phase_cfg(self, phase: int | None):
         """(config of phase `phase`'s program, the shape settings it applied); the run's own
         config and none without a schedule."""
-        if phase is None:
-            return self.cfg, {}
-        from jaxtrade.schedule import phase_config
+        from jaxtrade.config import with_values
 
-        return phase_config(self.schedule, self.cfg, phase, self.plan.mesh.size)[:2]
+        if phase is None:
+            cfg, applied = self.cfg, {}
+        else:
+            from jaxtrade.schedule import phase_config
+
+            cfg, applied = phase_config(self.schedule, self.cfg, phase, self.plan.mesh.size)[:2]
+        return (with_values(cfg, **self.reshaped) if self.reshaped else cfg), applied
 
     def enter_phase(self) -> None:
         """At a phase boundary: a checkpoint tagged with the phase that ends, a line in
@@ -377,11 +390,8 @@ class Session:
         and when the next phase's shape settings differ, its program, the state carried
         over (a grown transformer's parameters by `jaxtrade.networks.grow`, fresh optimizer
         moments and memory for them), compiled here."""
-        from jaxtrade import checkpoint as ckpt
         from jaxtrade import ppo
-        from jaxtrade.networks import param_shapes
         from jaxtrade.schedule import describe_settings
-        from jaxtrade.trainer import make_train
         from jaxtrade.transitions import start_phase
 
         phase = self.phase_of(self.done_iters)
@@ -402,11 +412,23 @@ class Session:
             self.console.line("optimizer: fresh Adam moments for the next phase "
                               "(--reset-optimizer-on-plateau)")
         new_cfg, applied = self.phase_cfg(phase)
-        if new_cfg == self.train_cfg:
-            return
+        if new_cfg != self.train_cfg:
+            self.rebuild(new_cfg, f"phase {self.schedule.phases[phase].name!r} at iteration "
+                                  f"{self.done_iters + 1}: {describe_settings(applied)}")
+
+    def rebuild(self, new_cfg: cfgmod.Config, what: str) -> None:
+        """The program of `new_cfg` (other shape settings: a schedule's phase, an adjustment
+        rule), the state carried over (a grown transformer's parameters by
+        `jaxtrade.networks.grow`, fresh optimizer moments and memory for them), compiled
+        here; the log says what and how long it took."""
+        from jaxtrade import checkpoint as ckpt
+        from jaxtrade import ppo
+        from jaxtrade.networks import param_shapes
+        from jaxtrade.trainer import make_train
+
         t0 = time.perf_counter()
         old, self.train_cfg = self.trainer, new_cfg
-        with self.watchdog.waiting(f"building phase {self.schedule.phases[phase].name!r}"):
+        with self.watchdog.waiting(f"building the program of {what}"):
             self.trainer = make_train(new_cfg, self.plan.market, self.plan.mesh)
             self.update_table()
             state = self.state
@@ -426,13 +448,70 @@ class Session:
                         hidden=self.trainer.network.initial_state(n_envs)))
             self.state = jax.block_until_ready(self.trainer.place(state))
         self.compiled.clear()
-        self.console.line(f"phase {self.schedule.phases[phase].name!r} at iteration "
-                          f"{self.done_iters + 1}: {describe_settings(applied)}; built in "
-                          f"{time.perf_counter() - t0:.1f}s")
+        self.console.line(f"{what}; built in {time.perf_counter() - t0:.1f}s")
         self.program(self.call_length(min(self.cfg.run.iterations_per_call,
                                            self.plan.total_iters)))
         if self.evaluator is not None:
             self.compile_evaluation()
+
+    # ------------------------------------------------------------ adjustment rules
+    def adjust_record(self) -> dict | None:
+        """--adjust rules' state for a checkpoint's metadata: shape settings it changed and
+        the validation row its next decision compares with (factors on scheduled values
+        are the schedule's, `schedule_record`)."""
+        if self.cfg.run.adjust == "off":
+            return None
+        return {"reshaped": dict(self.reshaped), "previous": self.previous_val}
+
+    def adjust(self, rows: list[dict]) -> None:
+        """--adjust rules, at a validation walk: the rule book (`jaxtrade.adjust.decide`)
+        reads the row; runtime hyperparameters change for the next iteration (on a value a
+        schedule drives, as a factor on the schedule's values from here on), shape settings
+        through a new program; hparams.jsonl records each change and, at the next walk, its
+        effect."""
+        from jaxtrade import adjust
+        from jaxtrade.checkpoint import VAL_SCORE_KEY
+        from jaxtrade.trainer import HPARAM_NAMES, set_hparams
+
+        if self.cfg.run.adjust == "off" or not rows or VAL_SCORE_KEY not in rows[-1]:
+            return
+        row, pc = rows[-1], self.train_cfg.ppo
+        t = self.done_iters * self.plan.steps_per_iter
+        hparams = {k: float(row[k]) for k in HPARAM_NAMES}
+        batch = pc.n_envs * pc.n_steps
+        shapes = {"ppo_epochs": pc.ppo_epochs, "minibatch_size": batch // pc.n_minibatches}
+        decision = adjust.decide(row, hparams, shapes, t, self.cfg.run.schedule_scale,
+                                 previous=self.previous_val)
+        if self.primary:
+            adjust.HparamsLog(self.plan.run_dir).record(self.done_iters, t, self.phase,
+                                                        decision, row, self.previous_val)
+        self.previous_val = {k: v for k, v in row.items() if isinstance(v, int | float)}
+        if not decision.adjustments:
+            return
+        self.console.line("adjust: " + "; ".join(
+            f"{a.rule}: {a.key} {a.old:.4g} -> {a.new:.4g}" for a in decision.adjustments))
+        scheduled = set(self.table.keys) if self.table is not None else set()
+        direct = {}
+        for key, new in decision.hparams().items():
+            if key in scheduled:  # the schedule drives it: scale its values from here on
+                self.factors[key] = self.factors.get(key, 1.0) * new / hparams[key]
+            else:
+                direct[key] = new
+        if direct:
+            self.state = set_hparams(self.state, **direct)
+        if scheduled & set(decision.hparams()):
+            self.update_table()
+        if reshape := decision.shapes():
+            from jaxtrade.schedule import minibatches_for
+
+            if "minibatch_size" in reshape:
+                reshape["n_minibatches"] = minibatches_for(
+                    self.train_cfg, reshape.pop("minibatch_size"), self.plan.mesh.size)
+            self.reshaped.update(reshape)
+            new_cfg, _ = self.phase_cfg(self.phase)
+            if new_cfg != self.train_cfg:
+                self.rebuild(new_cfg, "adjust: " + ", ".join(
+                    f"{k} {v}" for k, v in reshape.items()))
 
     def record_phase(self, ended: int, phase: int, reason: str) -> None:
         """phases.jsonl and the console: phase `ended` ended (`reason`: "end", or why its
@@ -471,6 +550,9 @@ class Session:
         # or for a saved state the phase that made it (`enter_phase` switches from there).
         if restoring:
             self.restore_schedule(source.meta.get("schedule"), source.config)
+            if self.mode == "resume" and (record := source.meta.get("adjust")):
+                self.reshaped = {k: int(v) for k, v in record["reshaped"].items()}
+                self.previous_val = record.get("previous")
         self.phase = self.phase_of(max(source.step - 1, 0) if restoring else 0)
         self.train_cfg, _ = self.phase_cfg(self.phase)
         with self.watchdog.waiting(f"placing the market on {self.devices}"):
@@ -527,6 +609,10 @@ class Session:
         if mode == "resume" and self.primary:
             kept, dropped = ckpt.truncate_metrics(run_dir / "metrics.jsonl", self.start_iters)
             truncate_records(run_dir / PHASES_FILE, self.start_iters)
+            if self.cfg.run.adjust != "off":
+                from jaxtrade.adjust import HparamsLog
+
+                HparamsLog(run_dir).truncate(self.start_iters)
         if self.primary:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.json").write_text(
@@ -744,8 +830,9 @@ class Session:
         return True
 
     def save(self, **kw) -> None:  # phase=NAME tags a phase's last checkpoint
-        if self.checkpoints.save(self.state, self.done_iters, schedule=self.schedule_record(),
-                                 **kw):
+        extra = {"schedule": self.schedule_record(), "adjust": self.adjust_record()}
+        if self.checkpoints.save(self.state, self.done_iters,
+                                 extra={k: v for k, v in extra.items() if v is not None}, **kw):
             self.console.line(f"saving checkpoint at iteration {self.done_iters} -> "
                               f"{self.checkpoints.directory / str(self.done_iters)}")
 
@@ -785,6 +872,7 @@ class Session:
                     if self.status != "completed" or self.stops_early(rows):
                         break
                     self.transition(rows)
+                    self.adjust(rows)
                     self.save_if_due(new_best)
                     self._progress()
             self.console.progress.clear()
