@@ -6,7 +6,13 @@ the same program again (a new `make_train` closure, a CLI run in-process or in a
 subprocess). With the cache every distinct program compiles once per session; the others
 load it (a 16 s compile becomes under 1 s). It lives in a fresh temporary directory, so
 nothing carries over between sessions, and subprocesses inherit it through the
-environment.
+environment. Under pytest-xdist (the README's `-n 2`) the workers inherit the controller's
+directory the same way, and only the process that made it removes it.
+
+Distribution over xdist workers (`--dist loadgroup`, `pytest_collection_modifyitems`):
+a test file runs whole on one worker, so its module fixtures are built once; the files
+that share an expensive session fixture (a trained run) run on the same worker, so it
+is trained once.
 """
 
 import atexit
@@ -16,10 +22,15 @@ import os
 import shutil
 import tempfile
 
-XLA_CACHE = tempfile.mkdtemp(prefix="jaxtrade-test-xla-cache-")
+_CACHE_VAR = "JAXTRADE_TEST_XLA_CACHE"  # the session's cache, for xdist workers to find
+if os.environ.get(_CACHE_VAR) and os.environ.get("PYTEST_XDIST_WORKER"):
+    XLA_CACHE = os.environ[_CACHE_VAR]  # the controller's; it removes it
+else:
+    XLA_CACHE = tempfile.mkdtemp(prefix="jaxtrade-test-xla-cache-")
+    os.environ[_CACHE_VAR] = XLA_CACHE
+    atexit.register(shutil.rmtree, XLA_CACHE, ignore_errors=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = XLA_CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-atexit.register(shutil.rmtree, XLA_CACHE, ignore_errors=True)
 
 import jax  # noqa: E402  (after the cache settings, which JAX reads when it starts)
 import pandas as pd  # noqa: E402
@@ -30,6 +41,27 @@ from jaxtrade.envs import PortfolioEnv  # noqa: E402
 
 jax.config.update("jax_compilation_cache_dir", XLA_CACHE)  # if JAX started before this file
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+# Session fixtures worth building once: every file that uses one runs on one xdist worker.
+SHARED_FIXTURE_GROUPS = {
+    "trained_run": "trained_run", "csv_evaluation": "trained_run", "user_csv": "trained_run",
+    "funding_run": "funding_run",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Puts each test in the xdist group of its file, or of the shared session fixture
+    that a test of its file uses (`--dist loadgroup` keeps a group on one worker)."""
+    groups = {}
+    for item in items:
+        path = str(item.path)
+        for name in item.fixturenames:
+            if name in SHARED_FIXTURE_GROUPS:
+                groups[path] = SHARED_FIXTURE_GROUPS[name]
+        groups.setdefault(path, path)
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(groups[str(item.path)]))
+
 
 SMALL = SyntheticConfig(n_assets=5, n_bars=400, seed=1)
 SMALL_EPISODE = 32
