@@ -286,7 +286,7 @@ def test_no_market_data_is_folded_into_programs(tiny):
         with warnings.catch_warnings():
             warnings.simplefilter("error", UserWarning)
             state = tiny.initial_state(jax.random.key(1))
-            tiny.program.lower(state, tiny.env_params, 1)
+            tiny.program.lower(state, tiny.env_params, 1, tiny.schedule)
     finally:
         for k, v in before.items():
             jax.config.update(k, v)
