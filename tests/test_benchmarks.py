@@ -289,3 +289,28 @@ def test_worlds_rules_factor_payoffs_and_switch():
     rebalance = switch_actions(payoff, 100, window=20, threshold=1e9, every=10,
                                fallback="rebalance")
     assert set(rebalance[::10]) == {Regime.EQUAL_WEIGHT}
+
+
+def test_purejaxrl_baseline_network_and_gae(small_env):
+    """benchmarks/purejaxrl_equivalent.py: the baseline's network has jaxtrade's widths (its
+    count is jaxtrade's less the 2H biases torch's GRU layout has beyond flax's GRUCell), and
+    its GAE is jaxtrade's with every end terminal."""
+    from benchmarks import purejaxrl_equivalent as pj
+    from jaxtrade import ppo
+
+    h, d = 128, small_env.obs_dim
+    net = pj.ActorCriticGRU(h, small_env.num_actions)
+    shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, h)),
+                            jnp.zeros((1, 1, d)), jnp.ones((1, 1), bool))
+    ours = count_params(param_shapes(GRUActorCritic(d, small_env.num_actions, h, 1)))
+    assert count_params(shapes) == ours - 2 * h
+
+    k = jax.random.split(jax.random.key(0), 3)
+    reward, value = jax.random.normal(k[0], (6, 3)), jax.random.normal(k[1], (6, 3))
+    done = jax.random.bernoulli(k[2], 0.3, (6, 3))
+    last = jnp.array([0.5, -1.0, 2.0])
+    tr = pj.BaselineTransition(obs=None, reset=None, action=None, log_prob=None, value=value,
+                               reward=reward, done=done)
+    next_values = jnp.concatenate([value[1:], last[None]])
+    expected, _ = ppo.gae(reward, value, next_values, done, done, 0.9, 0.8)
+    np.testing.assert_allclose(pj.gae(tr, last, 0.9, 0.8), expected, rtol=1e-5, atol=1e-6)
