@@ -451,7 +451,10 @@ class Session:
         self.console.line(f"{what}; built in {time.perf_counter() - t0:.1f}s")
         self.program(self.call_length(min(self.cfg.run.iterations_per_call,
                                            self.plan.total_iters)))
-        if self.evaluator is not None:
+        # The greedy walk never drops out: only another network needs another evaluation.
+        if self.evaluator is not None and (
+                dataclasses.replace(old.config.network, dropout=0.0)
+                != dataclasses.replace(new_cfg.network, dropout=0.0)):
             self.compile_evaluation()
 
     # ------------------------------------------------------------ adjustment rules
@@ -529,7 +532,7 @@ class Session:
         if self.primary:
             with open(self.plan.run_dir / PHASES_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
-        how = "at its end" if reason == "end" else f"early ({reason})"
+        how = "as planned" if reason == "end" else f"early ({reason})"
         self.console.line(f"phase {names[ended]!r} ended {how} after iteration "
                           f"{self.done_iters}; next: {names[phase]!r}")
         if regimes:
