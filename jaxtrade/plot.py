@@ -362,9 +362,14 @@ def hparams_figure(runs: list[Run]) -> Figure:
         for i, run in enumerate(runs):
             xs, ys = series(run, Panel(key, key))
             if xs:
+                # A row's values hold through its iteration, which starts one iteration's
+                # steps before the row's timesteps: steps from there, so that a value that
+                # changes at a phase boundary changes on its line.
+                spi = float(run.rows[0]["timesteps"]) / max(int(run.rows[0]["iteration"]), 1)
+                xs = [x - spi for x in xs] + [xs[-1]]
+                ys = [*ys, ys[-1]]
                 drawn.extend(ys)
-                ax.plot(xs, ys, color=colors(i % 10), lw=1.3,
-                        **(dict(marker="o", ms=3.5) if len(xs) == 1 else {}))
+                ax.plot(xs, ys, color=colors(i % 10), lw=1.3, drawstyle="steps-post")
             for change in (c | {"timestep": r["timestep"]} for r in run.adjustments
                            for c in r["changes"] if c["key"] == key):
                 up = change["new"] > change["old"]
