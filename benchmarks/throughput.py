@@ -342,18 +342,18 @@ def measure_train(trainer: Trainer, iterations: int, profile_dir: Path | None) -
     t0 = time.perf_counter()
     compiled = trainer.compile(state, 1)
     compile_s = time.perf_counter() - t0
-    state, metrics = compiled(state, trainer.env_params)  # warm-up
+    state, metrics = compiled(state, trainer.env_params, trainer.schedule)  # warm-up
     jax.block_until_ready((state, metrics))
     t0 = time.perf_counter()
     for _ in range(iterations):
-        state, metrics = compiled(state, trainer.env_params)
+        state, metrics = compiled(state, trainer.env_params, trainer.schedule)
     jax.block_until_ready((state, metrics))
     s_per_iteration = (time.perf_counter() - t0) / iterations
     peak, from_device = memory.measured_peak(compiled, trainer.mesh.devices.flat[0])
     if profile_dir is not None:  # one more iteration, traced and not timed
         profile_dir.mkdir(parents=True, exist_ok=True)
         with jax.profiler.trace(str(profile_dir)):
-            state, metrics = compiled(state, trainer.env_params)
+            state, metrics = compiled(state, trainer.env_params, trainer.schedule)
             jax.block_until_ready((state, metrics))
     return {
         "s_per_iteration": s_per_iteration,

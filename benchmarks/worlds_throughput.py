@@ -73,7 +73,8 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             compiled = trainer.compile(state, 1)
             compile_s = time.perf_counter() - t0
-            state, _ = jax.block_until_ready(compiled(state, trainer.env_params))  # warm-up
+            state, _ = jax.block_until_ready(  # warm-up
+                compiled(state, trainer.env_params, trainer.schedule))
             runs[name] = {"trainer": trainer, "compiled": compiled, "state": state,
                           "compile_s": compile_s, "times": [],
                           "obs_dim": trainer.env.obs_dim, "n_params": trainer.n_params}

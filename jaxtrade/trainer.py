@@ -155,7 +155,8 @@ class Trainer:
 
     def compile(self, state: TrainState, k: int):
         """The compiled program for k iterations per call:
-        `compiled(state, env_params, schedule)`."""
+        `compiled(state, env_params, schedule)` (`schedule`: this trainer's, or a table of
+        the same shapes; None when it has none)."""
         return self.program.lower(state, self.env_params, k, self.schedule).compile()
 
 

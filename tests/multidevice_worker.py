@@ -55,7 +55,7 @@ def main() -> None:
             }
             out["obs_sharding"] = str(state.carry.obs.sharding.spec)
             out["obs_shards"] = len(state.carry.obs.addressable_shards)
-        state, metrics = compiled(state, trainer.env_params)
+        state, metrics = compiled(state, trainer.env_params, trainer.schedule)
         runs[n] = (jax.device_get(state.params), jax.device_get(metrics))
     (p1, m1), (pn, mn) = runs[1], runs[N]
     leaves1, leavesn = jax.tree.leaves(p1), jax.tree.leaves(pn)
