@@ -1,0 +1,433 @@
+"""Population-based training on device: N members vmapped in one program, exploit/explore
+as a pure function of the population and its validation scores.
+
+A `Population` is N members' `TrainState`s stacked on a leading member axis (every leaf
+`[N, ...]`: parameters, both optimizer states, env states, RNG, `hparams`, counters), the
+PBT RNG key, and per-member bookkeeping arrays. The shapes (n_envs, n_steps, network size,
+minibatches) are the trainer's and common to all members; what differs between members is
+their parameters, their data (each its own envs and RNG) and their runtime hyperparameters
+(`TrainState.hparams`, which never recompile). Three pure functions and one host function:
+
+    init_population(trainer, key, n, hparams=None) -> Population
+    train_population(trainer, k) -> program(pop, env_params) -> (pop, metrics [k, N, ...])
+    exploit_explore(pop, scores, healthy=None, ...) -> Population    (pure, jittable)
+    lineage_records(before, after, scores, steps_per_iteration) -> [dict]   (host)
+
+`train_population` is `jax.vmap` of the trainer's own `iterate` (the one the single run
+scans) over the member axis, with the env params shared (`in_axes=None`: one copy of the
+market for all members), inside a `lax.scan` over k iterations, in one `jit` that donates
+the population. Member i of the population program computes what `trainer.run` computes
+from member i's state alone (a test checks it to float tolerance). On a 1-device mesh the
+trainer's sharding constraints are no-ops (`jaxtrade.parallel.constrain`), so the vmap
+needs nothing from the trainer. Every array of a population is placed replicated on the
+trainer's mesh, by `init_population` and as the output of both programs: jit keys its
+cache on input placements, so a population that came back placed otherwise would trace
+the program again. A 2-D mesh (population x data) is later work.
+
+Between intervals the host scores every member on the validation data (never test) and
+calls `exploit_explore`, jitted once (`make_exploit_explore`); neither program recompiles
+from one interval to the next, since scores, keys and hyperparameters are arrays.
+
+Semantics of `exploit_explore` (the reference's PBT: evaluate, replace the worst with copies
+of the best, mutate their hyperparameters, continue):
+
+* Ranking: by `scores` [N] (higher is better). A member is *unhealthy* when its score is
+  not finite, `healthy[i]` (e.g. `finite_members(metrics)`) is False, or a leaf of its
+  parameters or optimizer states is not finite; it ranks below every healthy member, is
+  replaced whatever the fraction, and is flagged (`Population.nonfinite`). So the members
+  replaced are the worst max(q, unhealthy) ones: broken members fill the bottom first.
+  Ties keep slot order (a stable sort): the result is a function of scores and key alone.
+* Quantiles: q = max(1, floor(fraction x N)) members (0 when N = 1); fraction <= 0.5.
+  The bottom q, and every unhealthy member, take a copy of a parent drawn uniformly from
+  the healthy members among the top q. Parents are never replaced, and the top q are
+  untouched (bit for bit). If no member of the top q is healthy, nothing is replaced.
+* What is copied: the parent's parameters and both optimizer states (Adam moments
+  included: the child continues the parent's optimisation, not a cold start). Not
+  copied: the child's environments (env states, observations, episode returns), its RNG
+  key and its counters stay its own, so a child explores other data than its parent and
+  the two diverge from the first step. The recurrent state is not copied either (it
+  summarises the child's own envs' histories); instead the child's `carry.reset` flags are
+  set, so its new network starts every env's memory fresh, as at an episode start, while
+  the episodes themselves go on. The PPO update replays from the same flags, so the
+  update stays consistent with the rollout.
+* Explore: each hyperparameter named in `bounds` is the parent's times a factor drawn
+  uniformly from `perturb` (x0.8 or x1.2), or, with probability `resample_prob` (per
+  member and hyperparameter), drawn log-uniformly within its bounds; then clamped to
+  them. `gamma` and `gae_lambda` are perturbed and sampled through 1 - x (the horizon),
+  since 0.99 x 1.2 is no discount at all (`COMPLEMENT`). Hyperparameters not named in
+  `bounds` are inherited unchanged.
+* Bookkeeping: a child is a new model: a fresh id (`next_id` counts up), its parent the
+  parent's id, its generation the parent's plus one, `copies` 0; the parent's `copies`
+  counts its children. `replaced`, `source` (the parent's slot, -1) and `nonfinite`
+  describe the latest call, `interval` counts calls.
+* Randomness: the PBT key is `Population.key`, split on every call, so the same
+  population and scores give the same result, and a checkpointed population resumes the
+  same PBT stream.
+
+A run with a schedule (`[run] schedule`) sets the hyperparameters the schedule controls at
+every iteration, which overrides PBT's values for those; PBT and schedules do not combine
+yet.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxtrade import parallel
+from jaxtrade.trainer import HPARAM_NAMES, HParams, Trainer, TrainState
+
+# Where each runtime hyperparameter may go under PBT: (lowest, highest). Perturbations and
+# resamples are clamped to these, the initial log-uniform samples too, and a resample draws
+# log-uniformly between them (through 1 - x for `COMPLEMENT`). Lower bounds are positive
+# because perturbations multiply (an entropy coefficient of 0 would stay 0 for ever).
+BOUNDS: dict[str, tuple[float, float]] = {
+    "actor_lr": (1e-5, 1e-2),
+    "critic_lr": (1e-5, 1e-2),
+    "ent_coef": (1e-5, 0.1),
+    "clip": (0.05, 0.4),
+    "vf_coef": (0.1, 2.0),
+    "gae_lambda": (0.8, 0.99),  # horizon 1 - lambda in [0.01, 0.2]
+    "gamma": (0.9, 0.999),  # horizon 1 / (1 - gamma) from 10 to 1000 steps
+    "max_grad_norm": (0.1, 10.0),
+}
+# Hyperparameters perturbed and sampled as 1 - x: a factor scales the horizon, not x.
+COMPLEMENT = frozenset({"gamma", "gae_lambda"})
+PERTURB = (0.8, 1.2)  # the reference's +-20%
+RESAMPLE_PROB = 0.05  # per member and hyperparameter, instead of a perturbation
+FRACTION = 0.2  # the reference's bottom / top 20%
+INIT_SPREAD = 2.0  # initial samples: the config's value x / exp(U(-log 2, log 2))
+
+
+@struct.dataclass
+class Population:
+    """N members and the PBT state; every per-member array has the member axis first."""
+
+    members: TrainState  # every leaf [N, ...]
+    key: jax.Array  # PBT key: parent draws, perturbations, resamples
+    ids: jax.Array  # int32 [N], the model each slot holds (unique over the run)
+    parents: jax.Array  # int32 [N], the id of the model it was copied from; -1: a founder
+    generation: jax.Array  # int32 [N], 0 for founders, a parent's + 1 for a copy
+    copies: jax.Array  # int32 [N], how many times the slot's model has been copied
+    replaced: jax.Array  # bool [N], replaced by the latest exploit_explore
+    source: jax.Array  # int32 [N], the slot it was copied from then; -1: not replaced
+    nonfinite: jax.Array  # bool [N], flagged unhealthy by the latest exploit_explore
+    next_id: jax.Array  # int32 [], the id the next copy gets
+    interval: jax.Array  # int32 [], exploit_explore calls so far
+
+    @property
+    def size(self) -> int:
+        return self.ids.shape[0]
+
+
+def quantile_size(n: int, fraction: float) -> int:
+    """Members in the bottom (and top) quantile: max(1, floor(fraction x n)), 0 for n = 1.
+
+    Raises:
+      ValueError: fraction is not in (0, 0.5].
+    """
+    if not 0 < fraction <= 0.5:
+        raise ValueError(f"PBT fraction must be in (0, 0.5], got {fraction}")
+    return 0 if n < 2 else max(1, int(math.floor(fraction * n + 1e-9)))
+
+
+def _to_search(name: str, x):
+    """The space factors scale: x, or 1 - x for `COMPLEMENT`."""
+    return 1.0 - x if name in COMPLEMENT else x
+
+
+def _search_bounds(name: str, bounds: Mapping[str, tuple[float, float]]) -> tuple[float, float]:
+    lo, hi = bounds[name]
+    a, b = _to_search(name, lo), _to_search(name, hi)
+    return min(a, b), max(a, b)
+
+
+def _log_uniform(key: jax.Array, lo, hi, shape) -> jax.Array:
+    u = jax.random.uniform(key, shape, jnp.float32)
+    return jnp.exp(jnp.log(lo) + u * (jnp.log(hi) - jnp.log(lo)))
+
+
+def sample_hparams(key: jax.Array, base: HParams, n: int, spread: float = INIT_SPREAD,
+                   bounds: Mapping[str, tuple[float, float]] = BOUNDS) -> HParams:
+    """N members' hyperparameters around `base` (scalars): each one named in `bounds` is
+    base x exp(U(-log spread, log spread)) (through 1 - x for `COMPLEMENT`), clamped to
+    its bounds; member 0 keeps `base` (clamped), so the population contains the single
+    run's settings. Others are `base` for all.
+
+    Returns: HParams with float32 [N] leaves.
+    """
+    values = {}
+    for i, name in enumerate(HPARAM_NAMES):
+        v = jnp.broadcast_to(jnp.asarray(getattr(base, name), jnp.float32), (n,))
+        if name in bounds:
+            lo, hi = bounds[name]
+            t = _to_search(name, v)
+            factor = _log_uniform(jax.random.fold_in(key, i), 1.0 / spread, spread, (n,))
+            v = _to_search(name, t * factor.at[0].set(1.0))
+            v = jnp.clip(v, lo, hi)
+        values[name] = v.astype(jnp.float32)
+    return HParams(**values)
+
+
+def init_population(trainer: Trainer, key: jax.Array, n: int,
+                    hparams: HParams | Mapping[str, Sequence[float]] | None = None,
+                    spread: float = INIT_SPREAD,
+                    bounds: Mapping[str, tuple[float, float]] = BOUNDS) -> Population:
+    """N founders, each `trainer.init` of its own key (own parameters, envs, RNG).
+
+    Args:
+      hparams: the members' hyperparameters: an HParams with [N] leaves, or a mapping from
+        some names to N values each (the others at the config's values); None: sampled
+        around the config's values (`sample_hparams`, with `spread` and `bounds`).
+
+    Returns: the population, every member leaf [N, ...], ids 0..N-1, no parents.
+    """
+    if n < 1:
+        raise ValueError(f"a population needs at least 1 member, got {n}")
+    if hparams is not None and not isinstance(hparams, HParams):
+        unknown = set(hparams) - set(HPARAM_NAMES)
+        if unknown:
+            raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)}; valid: "
+                             f"{HPARAM_NAMES}")
+        hparams = {k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}
+        for k, v in hparams.items():
+            if v.shape != (n,):
+                raise ValueError(f"hyperparameter {k!r}: {v.size} values for {n} members")
+    key_members, key_hparams, key_pbt = jax.random.split(key, 3)
+    members = _init_members(trainer.init, jax.random.split(key_members, n), trainer.env_params)
+    base = members.hparams  # the config's values, [N]
+    if hparams is None:
+        hp = sample_hparams(key_hparams, jax.tree.map(lambda x: x[0], base), n, spread, bounds)
+    elif isinstance(hparams, HParams):
+        hp = jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.float32), (n,)), hparams)
+    else:
+        hp = base.replace(**hparams)
+
+    # Each array its own buffer (numpy -> device): the population program donates them all,
+    # and XLA refuses to donate one buffer twice (jnp.zeros may hand out a shared constant).
+    def fresh(x):
+        return jax.device_put(np.array(x))
+
+    pop = Population(
+        members=members.replace(hparams=jax.tree.map(lambda x: fresh(x), hp)),
+        key=key_pbt,
+        ids=fresh(np.arange(n, dtype=np.int32)),
+        parents=fresh(np.full((n,), -1, np.int32)),
+        generation=fresh(np.zeros((n,), np.int32)),
+        copies=fresh(np.zeros((n,), np.int32)),
+        replaced=fresh(np.zeros((n,), bool)),
+        source=fresh(np.full((n,), -1, np.int32)),
+        nonfinite=fresh(np.zeros((n,), bool)),
+        next_id=fresh(np.int32(n)),
+        interval=fresh(np.int32(0)),
+    )
+    return jax.device_put(pop, parallel.replicated(trainer.mesh))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_members(init: Callable, keys: jax.Array, env_params) -> TrainState:
+    """`init` of each key, stacked (one compile per trainer and population size)."""
+    return jax.vmap(init, in_axes=(0, None))(keys, env_params)
+
+
+def member(pop: Population, i: int) -> TrainState:
+    """Member i's `TrainState` alone (leaves without the member axis)."""
+    return jax.tree.map(lambda x: x[i], pop.members)
+
+
+def train_population(trainer: Trainer, k: int) -> Callable[[Population, Any],
+                                                           tuple[Population, dict]]:
+    """The population program: k PPO iterations of every member, one `jit`.
+
+    Returns: `program(pop, env_params) -> (pop, metrics)`, metrics leaves [k, N, ...]
+    (the trainer's per-iteration metrics, per member); `pop` is donated. The env params
+    are shared by all members. Build it once per k: each call of this function is a new
+    program (and a new trace).
+    """
+    step = jax.vmap(trainer.iterate, in_axes=(0, None))
+
+    def program(pop: Population, env_params) -> tuple[Population, dict]:
+        members, metrics = jax.lax.scan(lambda s, _: step(s, env_params), pop.members, None,
+                                        length=k)
+        return pop.replace(members=members), metrics
+
+    return jax.jit(program, donate_argnums=0,
+                   out_shardings=parallel.replicated(trainer.mesh))
+
+
+def finite_members(metrics: dict) -> jax.Array:
+    """Members whose metrics [k, N, ...] are all finite and whose `params_finite` flags are
+    all set, over the k iterations: bool [N]."""
+    ok = None
+    for x in jax.tree.leaves(metrics):
+        x = jnp.asarray(x)
+        if x.dtype == jnp.bool_:
+            good = x
+        elif jnp.issubdtype(x.dtype, jnp.floating):
+            good = jnp.isfinite(x)
+        else:
+            continue
+        good = jnp.moveaxis(good, 1, 0).reshape(good.shape[1], -1).all(axis=1)
+        ok = good if ok is None else ok & good
+    return ok
+
+
+def _members_finite(members: TrainState) -> jax.Array:
+    """bool [N]: every leaf of a member's parameters and optimizer states is finite."""
+    n = members.iteration.shape[0]
+    ok = jnp.ones((n,), bool)
+    for x in jax.tree.leaves((members.params, members.actor_opt, members.critic_opt)):
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            ok = ok & jnp.isfinite(x).reshape(n, -1).all(axis=1)
+    return ok
+
+
+def exploit_explore(pop: Population, scores: jax.Array, healthy: jax.Array | None = None, *,
+                    fraction: float = FRACTION, perturb: Sequence[float] = PERTURB,
+                    resample_prob: float = RESAMPLE_PROB,
+                    bounds: Mapping[str, tuple[float, float]] = BOUNDS) -> Population:
+    """One PBT step (module docstring): the bottom `fraction` and every unhealthy member
+    become perturbed copies of top-`fraction` members. Pure; jit it with
+    `make_exploit_explore`.
+
+    Args:
+      scores: float [N], validation scores, higher is better.
+      healthy: bool [N] or None, False for a member known to be broken (e.g.
+        `finite_members` of its training metrics).
+
+    Returns: the population after the step (its PBT key advanced).
+    """
+    n = pop.size
+    q = quantile_size(n, fraction)
+    slots = jnp.arange(n, dtype=jnp.int32)
+    key, key_parent, key_factor, key_resample, key_value = jax.random.split(pop.key, 5)
+
+    ok = jnp.isfinite(scores) & _members_finite(pop.members)
+    if healthy is not None:
+        ok = ok & healthy
+    ranked = jnp.where(ok, scores.astype(jnp.float32), -jnp.inf)
+    order = jnp.argsort(ranked, stable=True)  # worst first
+    rank = jnp.zeros((n,), jnp.int32).at[order].set(slots)
+    top = order[::-1][:q]  # best first; the healthy ones come first
+    n_good = ok[top].sum()
+    pick = jnp.floor(jax.random.uniform(key_parent, (n,)) * n_good).astype(jnp.int32)
+    parent = top[jnp.minimum(pick, max(q - 1, 0))] if q else slots
+    replace = ((rank < q) | ~ok) & (n_good > 0)
+    src = jnp.where(replace, parent, slots)
+
+    def take(x):
+        return x[src]
+
+    m = pop.members
+    hp_parent = jax.tree.map(take, m.hparams)
+    perturb = jnp.asarray(perturb, jnp.float32)
+    new_hp = {}
+    for i, name in enumerate(HPARAM_NAMES):
+        own, inherited = getattr(m.hparams, name), getattr(hp_parent, name)
+        if name in bounds:
+            lo, hi = bounds[name]
+            slo, shi = _search_bounds(name, bounds)
+            factor = jax.random.choice(jax.random.fold_in(key_factor, i), perturb, (n,))
+            resample = jax.random.bernoulli(jax.random.fold_in(key_resample, i),
+                                            resample_prob, (n,))
+            fresh = _log_uniform(jax.random.fold_in(key_value, i), slo, shi, (n,))
+            t = jnp.where(resample, fresh, _to_search(name, inherited) * factor)
+            inherited = jnp.clip(_to_search(name, t), lo, hi)
+        new_hp[name] = jnp.where(replace, inherited, own).astype(jnp.float32)
+
+    carry = m.carry.replace(reset=m.carry.reset | replace[:, None])
+    members = m.replace(
+        params=jax.tree.map(take, m.params),
+        actor_opt=jax.tree.map(take, m.actor_opt),
+        critic_opt=jax.tree.map(take, m.critic_opt),
+        carry=carry,
+        hparams=HParams(**new_hp),
+    )
+    new_ids = pop.next_id + jnp.cumsum(replace).astype(jnp.int32) - 1
+    children = jnp.zeros((n,), jnp.int32).at[src].add(replace.astype(jnp.int32))
+    return pop.replace(
+        members=members,
+        key=key,
+        ids=jnp.where(replace, new_ids, pop.ids),
+        parents=jnp.where(replace, pop.ids[src], pop.parents),
+        generation=jnp.where(replace, pop.generation[src] + 1, pop.generation),
+        copies=jnp.where(replace, 0, pop.copies) + children,
+        replaced=replace,
+        source=jnp.where(replace, src, -1),
+        nonfinite=~ok,
+        next_id=pop.next_id + replace.sum().astype(jnp.int32),
+        interval=pop.interval + 1,
+    )
+
+
+def make_exploit_explore(fraction: float = FRACTION, perturb: Sequence[float] = PERTURB,
+                         resample_prob: float = RESAMPLE_PROB,
+                         bounds: Mapping[str, tuple[float, float]] = BOUNDS,
+                         mesh: jax.sharding.Mesh | None = None) -> Callable:
+    """`exploit_explore` with these settings, jitted: `fn(pop, scores, healthy=None)`.
+    Build it once per run; it compiles once for a population size. Pass the trainer's
+    mesh so that its output is placed as `train_population`'s (whose next call would
+    otherwise trace again for the other placement)."""
+    return jax.jit(functools.partial(exploit_explore, fraction=fraction,
+                                     perturb=tuple(perturb), resample_prob=resample_prob,
+                                     bounds=dict(bounds)),
+                   out_shardings=None if mesh is None else parallel.replicated(mesh))
+
+
+def _number(x: float) -> float | None:
+    """A float for JSON, None where it is not finite (JSON has no NaN)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def lineage_records(before: Population, after: Population, scores, steps_per_iteration: int
+                    ) -> list[dict]:
+    """Host-only: one JSON-able record per slot for the interval that `before` was scored
+    on (`scores` [N]) and `after = exploit_explore(before, scores, ...)` acted on, for
+    `population.jsonl`.
+
+    Each record describes the model that was scored: `interval` (1-based), `slot`, `id`,
+    `parent` (None for a founder), `generation`, `timesteps` (its slot's iterations x
+    `steps_per_iteration`), `score` (None when not finite), `hparams` (what it trained
+    with), `nonfinite`, and `replaced_by`: None, or the copy that took its slot (`id`,
+    `parent`, `source_slot`, `generation`, `hparams`). A model's history is the records
+    with its id; a copy's first record names its parent.
+    """
+    b = jax.device_get((before.ids, before.parents, before.generation,
+                        before.members.iteration, before.members.hparams))
+    a = jax.device_get((after.ids, after.parents, after.generation, after.replaced,
+                        after.source, after.nonfinite, after.interval, after.members.hparams))
+    ids, parents, generation, iteration, hp = b
+    new_ids, new_parents, new_generation, replaced, source, nonfinite, interval, new_hp = a
+    scores = np.asarray(jax.device_get(scores))
+
+    def hparams(tree, i):
+        return {k: float(getattr(tree, k)[i]) for k in HPARAM_NAMES}
+
+    records = []
+    for i in range(len(ids)):
+        copy = None
+        if replaced[i]:
+            copy = {"id": int(new_ids[i]), "parent": int(new_parents[i]),
+                    "source_slot": int(source[i]), "generation": int(new_generation[i]),
+                    "hparams": hparams(new_hp, i)}
+        records.append({
+            "interval": int(interval),
+            "slot": i,
+            "id": int(ids[i]),
+            "parent": None if parents[i] < 0 else int(parents[i]),
+            "generation": int(generation[i]),
+            "timesteps": int(iteration[i]) * int(steps_per_iteration),
+            "score": _number(scores[i]),
+            "hparams": hparams(hp, i),
+            "nonfinite": bool(nonfinite[i]),
+            "replaced_by": copy,
+        })
+    return records
