@@ -236,29 +236,20 @@ def test_a_run_applies_the_rules_and_resumes_bit_exact(tmp_path):
     hparams.jsonl records are the values the next iteration uses (a scheduled value through
     its factor, a shape setting through a new program), their effects are recorded at the
     next walk, and a run stopped after the first change and resumed ends bit-identical."""
-    import contextlib
-    import io
     import json
 
     import jax
     import numpy as np
 
     from jaxtrade import checkpoint as ckpt
-    from jaxtrade import train
+    from tests.test_schedule import TINY_RUN, train_main
 
     path = tmp_path / "s.toml"
     path.write_text("[[phase]]\nend = 100000\nent_coef = 0.02\nclip = 0.2\n")
-    base = ["--market", "fixed", "--hidden-dim", "8", "--n-envs", "8", "--n-steps", "8",
-            "--n-minibatches", "2", "--critic-epochs", "1", "--ppo-epochs", "1",
-            "--episode-length", "20", "--hyperparams", "n_bars=400,n_assets=2",
-            "--eval-every", "2", "--save-every", "0", "--schedule", str(path),
-            "--adjust", "rules"]
 
     def run(*extra):
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            assert train.main([*base, *extra]) == 0
-        return out.getvalue()
+        return train_main(*TINY_RUN, "--eval-every", 2, "--schedule", path, "--adjust", "rules",
+                          *extra)
 
     straight = tmp_path / "straight"
     text = run("--iterations", "6", "--run-dir", str(straight))

@@ -272,33 +272,45 @@ ent_coef = 0.005
 """
 
 
+# A tiny GRU run on the embedded market: 8 envs x 8 steps = 64 timesteps per iteration.
+TINY_RUN = ("--market", "fixed", "--hidden-dim", "8", "--n-envs", "8", "--n-steps", "8",
+            "--n-minibatches", "2", "--critic-epochs", "1", "--ppo-epochs", "1",
+            "--episode-length", "20", "--hyperparams", "n_bars=400,n_assets=2",
+            "--save-every", "0")
+TINY_RUN_STEPS = 8 * 8
+
+
+def train_main(*argv, code: int = 0) -> str:
+    """`python -m jaxtrade.train ARGV` in this process: its stdout and stderr, after checking
+    its exit code."""
+    import contextlib
+    import io
+
+    from jaxtrade import train
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        assert train.main([str(a) for a in argv]) == code
+    return out.getvalue()
+
+
 def test_phases_end_early_on_their_plateau_rule_and_resume_is_bit_exact(tmp_path):
     """A rule that no score can satisfy after the first (threshold 1e9) and a patience of one
     iteration: each phase ends at its second validation walk, the next starts at the
     following iteration with its ramp running to its own planned end, the ends are logged
     (phases.jsonl, the console with the validation by regime), the optimizer is reset, and
     a run stopped mid-phase (plateau state half way) and resumed ends bit-identical."""
-    import contextlib
-    import io
     import json
 
     from jaxtrade import checkpoint as ckpt
-    from jaxtrade import train
 
-    steps = 8 * 8
+    steps = TINY_RUN_STEPS
     path = tmp_path / "s.toml"
     path.write_text(PLATEAU.format(patience=steps, a=5 * steps, b=8 * steps, c=20 * steps))
-    base = ["--market", "fixed", "--hidden-dim", "8", "--n-envs", "8", "--n-steps", "8",
-            "--n-minibatches", "2", "--critic-epochs", "1", "--ppo-epochs", "1",
-            "--episode-length", "20", "--hyperparams", "n_bars=400,n_assets=2",
-            "--eval-every", "1", "--save-every", "0", "--schedule", str(path),
-            "--reset-optimizer-on-plateau"]
 
     def run(*extra):
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            assert train.main([*base, *extra]) == 0
-        return out.getvalue()
+        return train_main(*TINY_RUN, "--eval-every", 1, "--schedule", path,
+                          "--reset-optimizer-on-plateau", *extra)
 
     straight = tmp_path / "straight"
     text = run("--iterations", "6", "--run-dir", str(straight))
@@ -351,25 +363,13 @@ def test_use_recommendations_trains_the_next_phase(tmp_path):
     --use-recommendations trains b (its hyperparameters, to its end; --hyperparams win for
     that phase) and recommends c; a run that followed no schedule continues the reference's
     phase it is in; durations and a missing --checkpoint are refused."""
-    import contextlib
-    import io
     import json
 
-    from jaxtrade import train
-
-    steps = 8 * 8
+    steps = TINY_RUN_STEPS
     path = tmp_path / "s.toml"
     path.write_text(PLATEAU.format(patience=steps, a=2 * steps, b=4 * steps, c=6 * steps))
-    base = ["--market", "fixed", "--hidden-dim", "8", "--n-envs", "8", "--n-steps", "8",
-            "--n-minibatches", "2", "--critic-epochs", "1", "--ppo-epochs", "1",
-            "--episode-length", "20", "--hyperparams", "n_bars=400,n_assets=2",
-            "--eval-every", "0", "--save-every", "0"]
-
-    def run(*extra, code=0):
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            assert train.main([*extra]) == code
-        return out.getvalue() + err.getvalue()
+    base = [*TINY_RUN, "--eval-every", "0"]
+    run = train_main
 
     first, second = tmp_path / "first", tmp_path / "second"
     run(*base, "--schedule", str(path), "--iterations", "2", "--run-dir", str(first))
