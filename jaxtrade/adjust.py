@@ -362,7 +362,7 @@ def decide(
                 overridden.append(adjustment)
                 continue
             taken.add(change.key)
-            if new != old:
+            if not math.isclose(new, old, rel_tol=1e-6):  # a float32 copy of the same value
                 adjustments.append(adjustment)
     return Decision(tuple(adjustments), tuple(fired), tuple(skipped), tuple(overridden))
 

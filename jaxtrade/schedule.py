@@ -125,10 +125,18 @@ class Schedule:
         keys = tuple(k for k in self.keys if k not in set(fixed or ()))
         lo = [[p.values[k][0] for k in keys] for p in self.phases]
         hi = [[p.values[k][1] for k in keys] for p in self.phases]
+        from jaxtrade.adjust import SANE
+
+        inf = float("inf")
         return ScheduleTable(ends=jnp.asarray(ends, jnp.float32),
                              lo=jnp.asarray(lo, jnp.float32).reshape(len(ends), len(keys)),
                              hi=jnp.asarray(hi, jnp.float32).reshape(len(ends), len(keys)),
-                             factors=jnp.ones(len(keys), jnp.float32), keys=keys)
+                             factors=jnp.ones(len(keys), jnp.float32),
+                             floor=jnp.asarray([SANE.get(k, (-inf, inf))[0] for k in keys],
+                                               jnp.float32),
+                             ceiling=jnp.asarray([SANE.get(k, (-inf, inf))[1] for k in keys],
+                                                 jnp.float32),
+                             keys=keys)
 
     def phase_at(self, timestep: float, scale: float, total_timesteps: int,
                  ends: list[float] | None = None) -> int:
@@ -318,14 +326,17 @@ def phase_config(schedule: Schedule, cfg, index: int, n_devices: int):
 class ScheduleTable:
     """The schedule as arrays: phase ends [P] (timesteps: a phase that ended early ends
     there), each controlled hyperparameter's value at each phase's start and end [P, K],
-    and a factor on each [K] (1 unless an adjustment rule scaled it, `jaxtrade.adjust`).
-    An argument of the compiled program: new values of the same shapes recompile
-    nothing."""
+    and a factor on each [K] (1 unless an adjustment rule scaled it, `jaxtrade.adjust`); a
+    scaled value stays within [floor, ceiling] [K] (`jaxtrade.adjust.SANE`: a factor set
+    where the schedule was low must not push gae_lambda past 0.99 where it rises). An
+    argument of the compiled program: new values of the same shapes recompile nothing."""
 
     ends: jax.Array
     lo: jax.Array
     hi: jax.Array
     factors: jax.Array
+    floor: jax.Array
+    ceiling: jax.Array
     keys: tuple[str, ...] = struct.field(pytree_node=False)
 
     def with_ends(self, ends) -> ScheduleTable:
@@ -345,7 +356,8 @@ class ScheduleTable:
         p = jnp.minimum(jnp.searchsorted(self.ends, t, side="right"), n - 1)
         starts = jnp.concatenate([jnp.zeros(1, jnp.float32), self.ends[:-1]])
         frac = jnp.clip((t - starts[p]) / (self.ends[p] - starts[p]), 0.0, 1.0)
-        v = (self.lo[p] + frac * (self.hi[p] - self.lo[p])) * self.factors
+        v = self.lo[p] + frac * (self.hi[p] - self.lo[p])
+        v = jnp.where(self.factors != 1, jnp.clip(v * self.factors, self.floor, self.ceiling), v)
         return {k: v[i] for i, k in enumerate(self.keys)}
 
 

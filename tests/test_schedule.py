@@ -397,3 +397,19 @@ def test_use_recommendations_trains_the_next_phase(tmp_path):
     assert "needs --checkpoint" in run("--use-recommendations", code=2)
     assert "drop --iterations" in run("--checkpoint", str(first), "--use-recommendations",
                                       "--iterations", "9", code=2)
+
+
+def test_factors_scale_the_schedule_within_sane_bounds(tmp_path):
+    """An adjustment's factor scales a scheduled value from then on, clamped to
+    `jaxtrade.adjust.SANE` (a factor set where gae_lambda was 0.935 must not push the 0.97 of
+    a later phase past 0.99); unscaled values are the schedule's, whatever their range."""
+    path = tmp_path / "s.toml"
+    path.write_text("[[phase]]\nend = 100\ngae_lambda = 0.935\nent_coef = 0.3\n"
+                    "[[phase]]\nend = 200\ngae_lambda = 0.97\nent_coef = 0.3\n")
+    table = schedule.load(path).table(1.0, 200)
+    assert table.values_at(jnp.float32(150))["ent_coef"] == pytest.approx(0.3)  # above SANE
+    scaled = table.with_factors({"gae_lambda": 0.99 / 0.935, "ent_coef": 0.5})
+    early, late = scaled.values_at(jnp.float32(50)), scaled.values_at(jnp.float32(150))
+    assert early["gae_lambda"] == pytest.approx(0.99)
+    assert late["gae_lambda"] == pytest.approx(0.99)  # 0.97 x 1.059 clamped
+    assert late["ent_coef"] == pytest.approx(0.15)
