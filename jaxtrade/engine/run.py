@@ -466,6 +466,22 @@ class Session:
             return None
         return {"reshaped": dict(self.reshaped), "previous": self.previous_val}
 
+    def applicable(self, decision):
+        """`decision` with its minibatch size as the run can have it: the size of the
+        n_minibatches that splits the envs over the devices nearest to the rule's (dropped
+        when that is the current one), so that hparams.jsonl records what was applied."""
+        from jaxtrade.schedule import minibatches_for
+
+        pc, out = self.train_cfg.ppo, []
+        for a in decision.adjustments:
+            if a.key == "minibatch_size":
+                m = minibatches_for(self.train_cfg, a.new, self.plan.mesh.size)
+                if m == pc.n_minibatches:
+                    continue
+                a = dataclasses.replace(a, new=float(pc.n_envs * pc.n_steps // m))
+            out.append(a)
+        return dataclasses.replace(decision, adjustments=tuple(out))
+
     def adjust(self, rows: list[dict]) -> None:
         """--adjust rules, at a validation walk: the rule book (`jaxtrade.adjust.decide`)
         reads the row; runtime hyperparameters change for the next iteration (on a value a
@@ -485,6 +501,7 @@ class Session:
         shapes = {"ppo_epochs": pc.ppo_epochs, "minibatch_size": batch // pc.n_minibatches}
         decision = adjust.decide(row, hparams, shapes, t, self.cfg.run.schedule_scale,
                                  previous=self.previous_val)
+        decision = self.applicable(decision)
         if self.primary:
             adjust.HparamsLog(self.plan.run_dir).record(self.done_iters, t, self.phase,
                                                         decision, row, self.previous_val)
@@ -505,11 +522,9 @@ class Session:
         if scheduled & set(decision.hparams()):
             self.update_table()
         if reshape := decision.shapes():
-            from jaxtrade.schedule import minibatches_for
-
-            if "minibatch_size" in reshape:
-                reshape["n_minibatches"] = minibatches_for(
-                    self.train_cfg, reshape.pop("minibatch_size"), self.plan.mesh.size)
+            if "minibatch_size" in reshape:  # a size `applicable` made exact
+                reshape["n_minibatches"] = (pc.n_envs * pc.n_steps
+                                            // reshape.pop("minibatch_size"))
             self.reshaped.update(reshape)
             new_cfg, _ = self.phase_cfg(self.phase)
             if new_cfg != self.train_cfg:
