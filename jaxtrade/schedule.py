@@ -168,12 +168,7 @@ class Schedule:
         spi = cfg.ppo.n_envs * cfg.ppo.n_steps
         ends = self.ends(scale, total_iterations * spi) if ends is None else ends
         out, current = [], phase_index(ends, 0)
-        for p in range(current + 1, len(ends)):
-            i = math.ceil(ends[p - 1] / spi)  # the first iteration that starts in phase p
-            if i >= total_iterations:
-                break
-            if phase_index(ends, i * spi) != p:  # shorter than an iteration: skipped
-                continue
+        for i, p in phase_starts(ends, spi, total_iterations):
             if (phase_config(self, cfg, p, n_devices)[0]
                     != phase_config(self, cfg, current, n_devices)[0]):
                 out.append((i, p))
@@ -270,6 +265,21 @@ def recommendation(schedule: Schedule, ends: list[float], timesteps: int, scale:
     if run_dir is not None:
         out["command"] = (f"python -m jaxtrade.train --checkpoint {run_dir} "
                           f"--use-recommendations --run-dir NEW_DIR")
+    return out
+
+
+def phase_starts(ends: list[float], steps_per_iteration: int, total_iterations: int
+                 ) -> list[tuple[int, int]]:
+    """(iteration, phase): the first iteration that starts in each phase after the first,
+    within the run; a phase shorter than an iteration, which no iteration starts in, is
+    skipped."""
+    out = []
+    for p in range(1, len(ends)):
+        i = math.ceil(ends[p - 1] / steps_per_iteration)
+        if i >= total_iterations:
+            break
+        if phase_index(ends, i * steps_per_iteration) == p:
+            out.append((i, p))
     return out
 
 

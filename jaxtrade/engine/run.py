@@ -297,14 +297,10 @@ class Session:
 
     def phase_starts(self) -> list[int]:
         """The first iteration of each phase after the first that starts within the run."""
-        from jaxtrade.schedule import phase_index
+        from jaxtrade.schedule import phase_starts
 
-        spi, out = self.plan.steps_per_iter, []
-        for p in range(1, len(self.phase_ends)):
-            i = math.ceil(self.phase_ends[p - 1] / spi)
-            if i < self.plan.total_iters and phase_index(self.phase_ends, i * spi) == p:
-                out.append(i)
-        return out
+        return [i for i, _ in phase_starts(self.phase_ends, self.plan.steps_per_iter,
+                                           self.plan.total_iters)]
 
     def schedule_record(self) -> dict | None:
         """The schedule's state for a checkpoint's metadata: phase ends (as they came to
@@ -626,7 +622,9 @@ class Session:
         kept, dropped = self.start_iters, 0
         if mode == "resume" and self.primary:
             kept, dropped = ckpt.truncate_metrics(run_dir / "metrics.jsonl", self.start_iters)
-            truncate_records(run_dir / PHASES_FILE, self.start_iters)
+            # A phase's record is written as the next phase starts, after the checkpoint
+            # that ends it: the resumed run writes the checkpoint's own again.
+            ckpt.truncate_metrics(run_dir / PHASES_FILE, self.start_iters - 1)
             if self.cfg.run.adjust != "off":
                 from jaxtrade.adjust import HparamsLog
 
@@ -983,13 +981,3 @@ class Session:
             },
             "final_metrics": self.last_row,
         }
-
-
-def truncate_records(path: Path, iteration: int) -> None:
-    """Drops the records of a JSON-lines file (phases.jsonl) at or after `iteration`: a
-    resumed run writes them again."""
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines()
-             if line.strip() and json.loads(line)["iteration"] < iteration]
-    path.write_text("".join(line + "\n" for line in lines))
