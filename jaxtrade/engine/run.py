@@ -138,6 +138,25 @@ def reads_asset_flags(run_dir: Path) -> bool:
     return record is not None and record[2] is not None and record[2].mask_token is not None
 
 
+def first_phase(plan: Plan):
+    """(config, network, note) of the program the run starts with: the run's own, or with a
+    schedule its first phase's shape settings (epochs, minibatches, transformer size), which
+    the banner's model and ppo lines show, the note naming the phase."""
+    cfg = plan.cfg
+    if cfg.run.schedule is None:
+        return cfg, plan.network, ""
+    from jaxtrade import schedule
+    from jaxtrade.trainer import build_network
+
+    sched = schedule.load(cfg.run.schedule)
+    first = sched.phase_of_iteration(0, plan.steps_per_iter, cfg.run.schedule_scale,
+                                     plan.total_iters * plan.steps_per_iter)
+    shown, applied, _ = schedule.phase_config(sched, cfg, first, plan.mesh.size)
+    if not applied:
+        return cfg, plan.network, ""
+    return shown, build_network(shown, plan.env), f" (phase {sched.phases[first].name!r})"
+
+
 def print_banner(plan: Plan, console: Console) -> None:
     """Devices, market, env, model, batch, memory, run, evaluation and test range: printed
     and flushed before anything is placed on a device or compiled."""
@@ -166,11 +185,12 @@ def print_banner(plan: Plan, console: Console) -> None:
     say(f"env: {env.name}, episodes of {cfg.env.episode_length} steps")
     for line in env.notes():
         say(f"  {line}")
-    say(f"model: {plan.network.describe()}, {count_network_params(cfg, env):,} parameters "
-        f"(obs {env.obs_dim}, {env.num_actions} actions)")
+    shown, network, phase_note = first_phase(plan)
+    say(f"model: {network.describe()}, {count_network_params(shown, env):,} parameters "
+        f"(obs {env.obs_dim}, {env.num_actions} actions){phase_note}")
     say(f"ppo: {pc.n_envs:,} envs x {pc.n_steps} steps = {plan.steps_per_iter:,} "
-        f"steps/iteration, {pc.n_minibatches} minibatches, {pc.ppo_epochs} joint + "
-        f"{pc.critic_epochs} critic epochs")
+        f"steps/iteration, {shown.ppo.n_minibatches} minibatches, {shown.ppo.ppo_epochs} "
+        f"joint + {shown.ppo.critic_epochs} critic epochs{phase_note}")
     say(f"memory: estimated {memory.format_bytes(sizing.estimate.per_device_bytes)} per device "
         f"({pc.n_envs // n_devices:,} envs each) of a {memory.format_bytes(sizing.budget)} "
         f"budget ({sizing.budget_source})")
