@@ -64,6 +64,9 @@ of the best, mutate their hyperparameters, continue):
   population and scores give the same result, and a checkpointed population resumes the
   same PBT stream.
 
+`python -m jaxtrade.population` (`jaxtrade.population_run`) is the command: the host loop
+of intervals, population.jsonl, checkpoints of the whole population and --resume.
+
 A run with a schedule (`[run] schedule`) sets the hyperparameters the schedule controls at
 every iteration, which overrides PBT's values for those; PBT and schedules do not combine
 yet.
@@ -431,3 +434,15 @@ def lineage_records(before: Population, after: Population, scores, steps_per_ite
             "replaced_by": copy,
         })
     return records
+
+
+if __name__ == "__main__":  # python -m jaxtrade.population: the command (host-only)
+    import os
+    import sys
+
+    from jaxtrade.population_run import main
+    from jaxtrade.watchdog import enable_stack_dumps
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    enable_stack_dumps()
+    sys.exit(main())

@@ -1,0 +1,624 @@
+"""`python -m jaxtrade.population`: a population-based training run from the command line.
+
+Host-only. The flags are `python -m jaxtrade.train`'s (the same parser and config
+building) plus `--population N`, `--pbt-interval T` and `--pbt-fraction F`. The run is
+planned as a single run is (`jaxtrade.engine.prepare`: market, env, network, n_envs per
+member) and the banner is the single run's with the population's lines after it. Then
+`jaxtrade.population`'s programs do the work, one interval at a time:
+
+    train every member for the interval's iterations (one compiled call, all members)
+    score every member on the validation data (the single run's evaluator, one member
+        at a time; a worlds run: the median over the validation worlds)
+    exploit/explore (jitted once) -> population.jsonl, a checkpoint, a progress line
+
+A run directory holds, besides config.json, market.json and env.json:
+
+    population.json              the PBT settings (members, interval, fraction)
+    population.jsonl             per interval, one record per member: id, parent,
+                                 generation, hyperparameters, validation score and
+                                 metrics, timesteps, and the copy that replaced it
+    population_checkpoints/<I>/  the whole population after interval I (Orbax): every
+                                 member's TrainState, the PBT key and bookkeeping
+    summary.json                 how the run ended and its best member
+
+`--resume` continues from the latest checkpoint bit for bit (population.jsonl is cut back
+to it), with the flags changing its duration only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtrade import config as cfgmod
+from jaxtrade import parallel, train
+from jaxtrade.data import DataError
+from jaxtrade.errors import UsageError
+
+POPULATION_FILE = "population.jsonl"  # lineage records, per interval and member
+SETTINGS_FILE = "population.json"  # the run's PBT settings
+CHECKPOINT_DIR = "population_checkpoints"  # under the run directory
+FORMAT = 1  # layout of a population checkpoint
+DEFAULT_MEMBERS = 8
+DEFAULT_INTERVAL = 500_000  # timesteps per member between exploit/explore steps (reference)
+# Metrics of a member's last training iteration kept in its population.jsonl record.
+TRAIN_KEYS = ("episode_return_mean", "explained_variance", "entropy", "approx_kl")
+
+
+@dataclasses.dataclass(frozen=True)
+class PbtSettings:
+    """The population's settings beyond the config (`population.json`)."""
+
+    members: int  # N, trained in one program
+    interval: int  # iterations per member between exploit/explore steps
+    fraction: float  # bottom (and top) quantile of exploit/explore
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`jaxtrade.train`'s parser with the population's flags."""
+    from jaxtrade.population import FRACTION
+
+    p = train.build_parser()
+    p.prog = "python -m jaxtrade.population"
+    p.description = ("Train a population of PPO trading agents in one compiled program with "
+                     "population-based training: every interval, members are scored on the "
+                     "validation data, the worst take perturbed copies of the best.")
+    g = p.add_argument_group("population-based training")
+    g.add_argument("--population", type=int, metavar="N",
+                   help=f"members, each with its own weights, envs and hyperparameters "
+                        f"[{DEFAULT_MEMBERS}]")
+    g.add_argument("--pbt-interval", type=int, metavar="T",
+                   help=f"timesteps per member between exploit/explore steps, rounded to whole "
+                        f"iterations [{DEFAULT_INTERVAL:,}]")
+    g.add_argument("--pbt-fraction", type=float, metavar="F",
+                   help=f"the bottom F of members take copies of the top F, in (0, 0.5] "
+                        f"[{FRACTION}]")
+    return p
+
+
+# Flags of the single run that a population run does not take, and why.
+_REFUSED = {
+    "checkpoint": "--checkpoint (starting from a single run's checkpoint)",
+    "weights_only": "--weights-only",
+    "use_recommendations": "--use-recommendations",
+    "on_mismatch": "--on-mismatch",
+    "lr_multiplier": "--lr-multiplier",
+    "reset_on_plateau": "--reset-optimizer-on-plateau",
+    "coordinator": "--coordinator (several processes)",
+    "num_processes": "--num-processes",
+    "process_id": "--process-id",
+}
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuses flags a population run cannot honour, each in one line."""
+    for name, flag in _REFUSED.items():
+        if getattr(args, name, None):
+            raise UsageError(f"{flag} is not supported by python -m jaxtrade.population")
+    if args.devices is not None and args.devices != 1:
+        raise UsageError(f"--devices {args.devices}: a population runs on one device for now "
+                         f"(its members share it)")
+    if args.population is not None and args.population < 1:
+        raise UsageError(f"--population must be at least 1, got {args.population}")
+    if args.pbt_interval is not None and args.pbt_interval < 1:
+        raise UsageError(f"--pbt-interval must be at least 1 timestep, got {args.pbt_interval}")
+    if args.pbt_fraction is not None and not 0 < args.pbt_fraction <= 0.5:
+        raise UsageError(f"--pbt-fraction must be in (0, 0.5], got {args.pbt_fraction}")
+    if args.resume and not args.run_dir:
+        raise UsageError("--resume needs --run-dir DIR (the population run to continue)")
+
+
+def check_config(cfg: cfgmod.Config) -> None:
+    """Refuses settings that would fight PBT or that a population does not run yet."""
+    run = cfg.run
+    if run.schedule is not None:
+        raise UsageError("--schedule sets hyperparameters at every iteration, which would "
+                         "override PBT's; a population run takes no schedule")
+    if run.adjust != "off":
+        raise UsageError("--adjust rules change hyperparameters that PBT owns in a population "
+                         "run; drop --adjust")
+    if run.early_stop:
+        raise UsageError("--early-stop is not supported by a population run")
+    if cfg.data.worlds.refresh_every:
+        raise UsageError("--refresh-every is not supported by a population run yet")
+
+
+def read_settings(run_dir: Path) -> PbtSettings | None:
+    path = run_dir / SETTINGS_FILE
+    if not path.exists():
+        return None
+    try:
+        return PbtSettings(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{path}: not a population settings file ({e})") from None
+
+
+def pbt_settings(args: argparse.Namespace, steps_per_iter: int,
+                 saved: PbtSettings | None) -> PbtSettings:
+    """The settings from the flags, else the saved ones (a resume), else the defaults; a
+    resume may not change the member count."""
+    from jaxtrade.population import FRACTION
+
+    if saved is not None and args.population is not None and args.population != saved.members:
+        raise UsageError(f"--population {args.population}: the run was saved with "
+                         f"{saved.members} members; a resume keeps them")
+    members = (args.population if args.population is not None
+               else saved.members if saved else DEFAULT_MEMBERS)
+    if args.pbt_interval is not None:
+        interval = max(1, round(args.pbt_interval / steps_per_iter))
+    elif saved is not None:
+        interval = saved.interval
+    else:
+        interval = max(1, round(DEFAULT_INTERVAL / steps_per_iter))
+    fraction = (args.pbt_fraction if args.pbt_fraction is not None
+                else saved.fraction if saved else FRACTION)
+    return PbtSettings(members, interval, fraction)
+
+
+def plan(args: argparse.Namespace):
+    """(engine Plan, PBT settings, resumed: the latest population checkpoint's step or None),
+    before anything is placed on a device."""
+    from jaxtrade import checkpoint as ckpt
+    from jaxtrade import engine
+    from jaxtrade.engine.start import read_config_json
+
+    check_flags(args)
+    saved_cfg, saved_pbt = None, None
+    if args.resume:
+        run_dir = Path(args.run_dir)
+        saved_pbt = read_settings(run_dir)
+        saved_cfg = read_config_json(run_dir / "config.json")
+        if saved_pbt is None or saved_cfg is None:
+            raise UsageError(f"--resume: {run_dir} holds no population run ({SETTINGS_FILE} "
+                             f"and config.json)")
+        with contextlib.closing(PopulationCheckpoints(run_dir, 1)) as saved:
+            latest = saved.latest_step()
+        if latest is None:
+            raise UsageError(f"--resume: {run_dir / CHECKPOINT_DIR} holds no complete "
+                             f"checkpoint")
+        new_config = lambda: train.checkpoint_config(args, saved_cfg, keep_run_dir=True)
+    else:
+        new_config = lambda: train.config_from_args(args)
+    request = engine.StartRequest(
+        resume=False, run_dir=args.run_dir, checkpoint=None, weights_only=False,
+        name=Path(args.config).stem if args.config else (args.preset or None),
+        new_config=new_config, from_saved=lambda base, keep: base, flag_of=train.FLAG_OF)
+    options = engine.RunOptions(devices=1, max_vram_gb=args.max_vram, preset=args.preset)
+    p = engine.prepare(request, options)
+    check_config(p.cfg)
+    if (reason := p.env.validation_unavailable()) is not None:
+        raise UsageError(f"PBT scores members on the validation data, but {reason}; give it "
+                         f"one with --val-fraction or --split-dates")
+    if saved_cfg is not None:
+        changes = ckpt.resume_changes(saved_cfg, p.cfg, train.FLAG_OF, what="--resume")
+        from jaxtrade.trainer import HPARAM_NAMES
+
+        if owned := [c for c in changes if c.key in HPARAM_NAMES]:
+            raise UsageError(f"--resume: {owned[0].key} is each member's own under PBT; a "
+                             f"resume keeps the members' hyperparameters")
+    else:
+        held = [n for n in (POPULATION_FILE, CHECKPOINT_DIR) if (p.run_dir / n).exists()]
+        if held:
+            raise UsageError(f"{p.run_dir} already holds a run ({', '.join(held)}); choose "
+                             f"another --run-dir, or continue it with --resume")
+    pbt = pbt_settings(args, p.steps_per_iter, saved_pbt)
+    from jaxtrade.population import quantile_size
+
+    quantile_size(pbt.members, pbt.fraction)  # refuses a bad fraction in one line
+    return p, pbt, args.resume
+
+
+# ------------------------------------------------------------------------- checkpoints
+def _saveable(pop):
+    """`pop` with its typed PRNG keys as raw uint32 key data (Orbax stores plain arrays)."""
+    return pop.replace(key=jax.random.key_data(pop.key),
+                       members=pop.members.replace(rng=jax.random.key_data(pop.members.rng)))
+
+
+def abstract_population(trainer, n: int):
+    """Shapes, dtypes and placement (replicated on the trainer's mesh) of an n-member
+    population in saved form: the restore target."""
+    from jaxtrade.population import Population
+
+    def build(key):
+        members = jax.vmap(trainer.init, in_axes=(0, None))(jax.random.split(key, n),
+                                                            trainer.env_params)
+        z = jnp.zeros((n,), jnp.int32)
+        return _saveable(Population(
+            members=members, key=key, ids=z, parents=z, generation=z, copies=z,
+            replaced=jnp.zeros((n,), bool), source=z, nonfinite=jnp.zeros((n,), bool),
+            next_id=jnp.int32(0), interval=jnp.int32(0)))
+
+    shapes = jax.eval_shape(build, jax.random.key(0))
+    whole = parallel.replicated(trainer.mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=whole),
+                        shapes)
+
+
+class PopulationCheckpoints:
+    """`RUN_DIR/population_checkpoints/<interval>/`: the whole population (Orbax `state`)
+    and JSON `meta` (interval, iteration, config, key implementation). Saves are
+    asynchronous and atomic, as a single run's (`jaxtrade.checkpoint`). Host-only."""
+
+    def __init__(self, run_dir: Path, keep: int):
+        import orbax.checkpoint as ocp
+
+        self.directory = Path(run_dir) / CHECKPOINT_DIR
+        self._ocp = ocp
+        self._options = ocp.CheckpointManagerOptions(create=False, max_to_keep=keep,
+                                                     cleanup_tmp_directories=True)
+        self._manager = None
+
+    def _open(self):
+        if self._manager is None:
+            ocp = self._ocp
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._manager = ocp.CheckpointManager(
+                self.directory.absolute(), options=self._options,
+                item_handlers={"state": ocp.StandardCheckpointHandler(),
+                               "meta": ocp.JsonCheckpointHandler()})
+        return self._manager
+
+    def latest_step(self) -> int | None:
+        if not self.directory.exists():
+            return None
+        return self._open().latest_step()
+
+    def save(self, pop, interval: int, meta: dict) -> None:
+        ocp = self._ocp
+        # A copy: the next call donates the population's buffers while Orbax reads these.
+        snapshot = jax.tree.map(jnp.copy, _saveable(pop))
+        self._open().save(interval, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(snapshot), meta=ocp.args.JsonSave(meta)), force=True)
+
+    def restore(self, trainer, n: int, step: int):
+        """(population placed on the trainer's mesh, meta) of checkpoint `step`."""
+        ocp = self._ocp
+        target = abstract_population(trainer, n)
+        out = self._open().restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        meta, pop = out.meta, out.state
+        impl = meta.get("rng_impl", "threefry2x32")
+        pop = pop.replace(key=jax.random.wrap_key_data(pop.key, impl=impl),
+                          members=pop.members.replace(
+                              rng=jax.random.wrap_key_data(pop.members.rng, impl=impl)))
+        return jax.device_put(pop, parallel.replicated(trainer.mesh)), meta
+
+    def close(self) -> None:
+        if self._manager is not None:
+            self._manager.wait_until_finished()
+            self._manager.close()
+
+
+def truncate_records(path: Path, interval: int) -> int:
+    """Keeps the records of `path` up to `interval` (a resume re-runs the later ones);
+    returns how many were dropped. The file is replaced atomically."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            ok = json.loads(line)["interval"] <= interval
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if ok:
+            kept.append(line)
+        else:
+            dropped += 1
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+    return dropped
+
+
+def read_records(path: Path) -> list[list[dict]]:
+    """population.jsonl's records grouped by interval, in order (host-only)."""
+    by_interval: dict[int, list[dict]] = {}
+    if Path(path).exists():
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                by_interval.setdefault(rec["interval"], []).append(rec)
+    return [by_interval[i] for i in sorted(by_interval)]
+
+
+# ---------------------------------------------------------------------------- the run
+def _number(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+class PopulationRun:
+    """One population run's state between compiled calls (host-only)."""
+
+    def __init__(self, p, pbt: PbtSettings, resume: bool, console):
+        self.plan, self.pbt, self.resume, self.console = p, pbt, resume, console
+        self.cfg = p.cfg
+        self.total = p.total_iters  # per member
+        self.steps = p.steps_per_iter  # per member
+        self.compiled: dict[int, Any] = {}
+        self.compile_s = self.train_s = self.eval_s = 0.0
+        self.status = "completed"
+        self.best: dict | None = None
+
+    # ------------------------------------------------------------------ start
+    def build(self) -> None:
+        """Trainer, evaluator and the population: restored, or N founders."""
+        from jaxtrade.population import init_population, make_exploit_explore
+        from jaxtrade.trainer import make_train
+
+        p, say = self.plan, self.console.say
+        self.t_start = time.perf_counter()
+        self.trainer = make_train(self.cfg, p.market, p.mesh)
+        self.checkpoints = PopulationCheckpoints(p.run_dir, self.cfg.run.keep_checkpoints)
+        if self.resume:
+            step = self.checkpoints.latest_step()
+            self.pop, meta = self.checkpoints.restore(self.trainer, self.pbt.members, step)
+            self.done = int(meta["iteration"])
+            if self.done >= self.total:
+                raise UsageError(f"{self.checkpoints.directory / str(step)} is at iteration "
+                                 f"{self.done} and this run asks for {self.total}; train "
+                                 f"longer, e.g. --iterations {self.done + self.total}")
+            dropped = truncate_records(p.run_dir / POPULATION_FILE, step)
+            for records in read_records(p.run_dir / POPULATION_FILE):
+                self.note_best(records)
+            say(f"start: resumed from {self.checkpoints.directory / str(step)}; interval "
+                f"{step}, iteration {self.done} per member"
+                + (f"; {POPULATION_FILE}: dropped {dropped} record(s) after it" if dropped
+                   else ""))
+        else:
+            self.pop = init_population(self.trainer, jax.random.key(self.cfg.run.seed),
+                                       self.pbt.members)
+            self.done = 0
+        self.exploit_explore = make_exploit_explore(self.pbt.fraction, mesh=p.mesh)
+        whole = parallel.replicated(p.mesh)
+        self.take = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree),
+                            out_shardings=whole)
+        self.init_s = time.perf_counter() - self.t_start
+
+    def record_start(self) -> None:
+        """config.json, market.json, env.json and population.json written."""
+        from jaxtrade.data.market import MARKET_FILE, market_record
+        from jaxtrade.rows import ENV_FILE
+
+        run_dir, env = self.plan.run_dir, self.plan.env
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfgmod.to_dict(self.cfg), indent=2)
+                                             + "\n")
+        (run_dir / MARKET_FILE).write_text(
+            json.dumps(market_record(self.plan.market), indent=2) + "\n")
+        layout = env.obs_layout
+        (run_dir / ENV_FILE).write_text(json.dumps({
+            "name": env.name, "action_names": list(env.action_names),
+            "num_actions": env.num_actions, "obs_dim": env.obs_dim,
+            "obs_layout": None if layout is None else dataclasses.asdict(layout),
+        }, indent=2) + "\n")
+        (run_dir / SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(self.pbt), indent=2)
+                                             + "\n")
+
+    def program(self, k: int):
+        """The population program of k iterations, compiled on first use."""
+        from jaxtrade.population import train_population
+
+        if k not in self.compiled:
+            say = self.console.say
+            say(f"compiling {k} iteration(s) x {self.pbt.members} members per call...", end=" ",
+                flush=True)
+            t0 = time.perf_counter()
+            fn = train_population(self.trainer, k)
+            self.compiled[k] = fn.lower(self.pop, self.trainer.env_params).compile()
+            self.compile_s += time.perf_counter() - t0
+            say(f"done in {time.perf_counter() - t0:.1f}s")
+        return self.compiled[k]
+
+    def compile_evaluation(self) -> None:
+        say = self.console.say
+        say("compiling evaluation...", end=" ", flush=True)
+        t0 = time.perf_counter()
+        like = self.take(self.pop.members.params, jnp.int32(0))
+        self.evaluator = self.trainer.env.make_evaluator(
+            self.trainer.network, self.cfg.env, self.cfg.run.seed, like)
+        self.compile_s += time.perf_counter() - t0
+        say(f"done in {time.perf_counter() - t0:.1f}s")
+
+    # ------------------------------------------------------------------ one interval
+    def evaluate(self, metrics) -> tuple[np.ndarray, list[dict], list[dict]]:
+        """Every member's validation walk of its parameters (the single run's evaluator,
+        one member at a time) -> (scores float32 [N], val metrics per member, the last
+        training row per member)."""
+        from jaxtrade.engine.run import metrics_row
+
+        n, k = self.pbt.members, jax.tree.leaves(metrics)[0].shape[0]
+        scores, vals, rows = np.full((n,), np.nan, np.float32), [], []
+        for i in range(n):
+            row = metrics_row(jax.tree.map(lambda v, i=i: v[:, i], metrics), k - 1)
+            out = jax.device_get(self.evaluator(self.take(self.pop.members.params,
+                                                          jnp.int32(i)), row))
+            val = {key: np.asarray(v).tolist() for key, v in out.items()}
+            scores[i] = float(val["score"]) if np.ndim(val["score"]) == 0 else np.nan
+            vals.append(val)
+            rows.append(row)
+        return scores, vals, rows
+
+    def interval(self, log) -> list[dict]:
+        """Train, score, exploit/explore, log and save one interval; its records."""
+        from jaxtrade.population import finite_members, lineage_records
+
+        k = min(self.pbt.interval, self.total - self.done)
+        fn = self.program(k)
+        t0 = time.perf_counter()
+        self.pop, metrics = fn(self.pop, self.trainer.env_params)
+        metrics = jax.device_get(metrics)
+        dt_s = time.perf_counter() - t0
+        self.train_s += dt_s
+        self.done += k
+        t1 = time.perf_counter()
+        scores, vals, rows = self.evaluate(metrics)
+        self.eval_s += time.perf_counter() - t1
+        healthy = finite_members(metrics)
+        before = self.pop
+        self.pop = self.exploit_explore(before, jnp.asarray(scores), healthy)
+        records = lineage_records(before, self.pop, scores, self.steps)
+        for rec, val, row in zip(records, vals, rows, strict=True):
+            rec["val"] = {key: (_number(v) if isinstance(v, float) else v)
+                          for key, v in val.items()}
+            rec["train"] = {key: _number(row[key]) for key in TRAIN_KEYS if key in row}
+        for rec in records:
+            log.write(json.dumps(rec) + "\n")
+        log.flush()
+        self.report(records, k * self.pbt.members * self.steps / dt_s)
+        self.checkpoints.save(self.pop, int(records[0]["interval"]), {
+            "format": FORMAT, "interval": int(records[0]["interval"]),
+            "iteration": self.done, "members": self.pbt.members,
+            "rng_impl": str(jax.random.key_impl(self.pop.key)),
+            "config": cfgmod.to_dict(self.cfg), "pbt": dataclasses.asdict(self.pbt)})
+        return records
+
+    def note_best(self, records: list[dict]) -> dict | None:
+        """The interval's best-scored record (None: none scored); the run's best updated."""
+        scored = [r for r in records if r["score"] is not None]
+        best = max(scored, key=lambda r: r["score"]) if scored else None
+        if best is not None and (self.best is None or best["score"] > self.best["score"]):
+            self.best = {"id": best["id"], "slot": best["slot"], "score": best["score"],
+                         "interval": best["interval"], "timesteps": best["timesteps"],
+                         "hparams": best["hparams"]}
+        return best
+
+    def report(self, records: list[dict], sps: float) -> None:
+        """The interval's progress line, and one line per copy."""
+        line = self.console.line
+        interval = records[0]["interval"]
+        n_intervals = math.ceil(self.total / self.pbt.interval)
+        scored = [r for r in records if r["score"] is not None]
+        best = self.note_best(records)
+        med = float(np.median([r["score"] for r in scored])) if scored else float("nan")
+        rets = [r["train"].get("episode_return_mean") for r in records]
+        rets = [x for x in rets if x is not None]
+        line(f"interval {interval:>3}/{n_intervals} | it {self.done:>5}/{self.total} | steps "
+             f"{self.done * self.steps:>11,}/member | sps {sps:>9,.0f} | val best "
+             + (f"{best['score']:+.2f} (id {best['id']})" if best else "n/a")
+             + f" median {med:+.2f} | ret best {max(rets, default=float('nan')):+.4f}")
+        for r in records:
+            if (copy := r["replaced_by"]) is not None:
+                why = " (non-finite)" if r["nonfinite"] else ""
+                changed = ", ".join(
+                    f"{k} {records[copy['source_slot']]['hparams'][k]:.3g}->{v:.3g}"
+                    for k, v in copy["hparams"].items()
+                    if v != records[copy["source_slot"]]["hparams"][k])
+                score = "n/a" if r["score"] is None else f"{r['score']:+.2f}"
+                line(f"  pbt: slot {r['slot']} id {r['id']} (score {score}){why} <- id "
+                     f"{copy['id']}, a copy of id {copy['parent']}" + (f": {changed}"
+                                                                       if changed else ""))
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        from jaxtrade.engine.signals import Interrupts
+
+        interrupted = None
+        with Interrupts("stopping after the current interval; press Ctrl+C again to exit "
+                        "now") as interrupts, contextlib.closing(self.checkpoints):
+            self.program(min(self.pbt.interval, self.total - self.done))
+            self.compile_evaluation()
+            with open(self.plan.run_dir / POPULATION_FILE, "a") as log:
+                while self.done < self.total and not interrupts.requested:
+                    self.interval(log)
+            if self.done < self.total:
+                self.status, interrupted = "interrupted", interrupts.signal_name
+        summary = self.summary()
+        summary["signal"] = interrupted
+        (self.plan.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def summary(self) -> dict:
+        trained = self.train_s and self.done * self.steps
+        return {
+            "status": self.status,
+            "members": self.pbt.members,
+            "interval_iterations": self.pbt.interval,
+            "fraction": self.pbt.fraction,
+            "iterations": self.done,
+            "timesteps_per_member": self.done * self.steps,
+            "timesteps": self.done * self.steps * self.pbt.members,
+            "intervals": int(jax.device_get(self.pop.interval)),
+            "best": self.best,  # the best validation score of any member at any interval
+            "compile_s": self.compile_s,
+            "init_s": self.init_s,
+            "train_s": self.train_s,
+            "eval_s": self.eval_s,
+            "wall_s": time.perf_counter() - self.t_start,
+            "sps": trained * self.pbt.members / self.train_s if self.train_s else 0.0,
+            "device": parallel.describe(self.plan.mesh),
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "checkpoint": str(self.checkpoints.directory / str(int(jax.device_get(
+                self.pop.interval)))),
+        }
+
+
+def print_population_banner(p, pbt: PbtSettings, console) -> None:
+    """The population's lines after the single run's banner."""
+    from jaxtrade import memory
+    from jaxtrade.population import BOUNDS, quantile_size
+
+    say, pc = console.say, p.cfg.ppo
+    q = quantile_size(pbt.members, pbt.fraction)
+    n_intervals = math.ceil(p.total_iters / pbt.interval)
+    say(f"population: {pbt.members} members x {pc.n_envs:,} envs = "
+        f"{pbt.members * pc.n_envs:,} envs in one program on {parallel.describe(p.mesh)}; "
+        f"memory about {memory.format_bytes(pbt.members * p.sizing.estimate.per_device_bytes)}"
+        f" ({pbt.members} x the estimate above)")
+    say(f"pbt: every {pbt.interval} iterations ({pbt.interval * p.steps_per_iter:,} timesteps "
+        f"per member), {n_intervals} intervals; members scored on the validation data, the "
+        f"bottom {q} take perturbed copies of the top {q}"
+        + ("" if q else " (one member: nothing to exploit)"))
+    say(f"  perturbed: {', '.join(BOUNDS)} (x0.8 or x1.2 within bounds)")
+    say(f"in all: {p.total_iters:,} iterations x {pbt.members} members = "
+        f"{p.total_iters * p.steps_per_iter * pbt.members:,} timesteps in all -> "
+        f"{p.run_dir}")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jaxtrade import checkpoint as ckpt
+    from jaxtrade.engine.console import Console
+    from jaxtrade.engine.run import print_banner
+
+    args = build_parser().parse_args(argv)
+    try:
+        p, pbt, resume = plan(args)
+        # The validation walk happens at every interval: the banner's eval line says so.
+        p = dataclasses.replace(p, eval_every=pbt.interval)
+        console = Console(p.cfg.run.verbosity, True)
+        print_banner(p, console)
+        print_population_banner(p, pbt, console)
+        run = PopulationRun(p, pbt, resume, console)
+        run.build()
+        run.record_start()
+        summary = run.run()
+    except (cfgmod.ConfigError, DataError, UsageError, ckpt.CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    best = summary["best"]
+    if summary["status"] == "interrupted":
+        print(f"interrupted after {summary['iterations']:,} of {p.total_iters:,} iterations; "
+              f"checkpoint {summary['checkpoint']}")
+        print(f"resume with: python -m jaxtrade.population --run-dir {p.run_dir} --resume")
+        return 0
+    if best is not None:
+        print(f"best: id {best['id']} (slot {best['slot']}) by val_score {best['score']:+.2f} "
+              f"at interval {best['interval']}")
+    print(f"done: {summary['iterations']:,} iterations x {pbt.members} members, "
+          f"{summary['timesteps']:,} timesteps in {summary['wall_s']:.1f}s (compile "
+          f"{summary['compile_s']:.1f}s, {summary['sps']:,.0f} steps/s); run dir {p.run_dir}")
+    return 0

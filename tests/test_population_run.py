@@ -1,0 +1,182 @@
+"""`python -m jaxtrade.population`: a tiny population run (in-process) writes its banner,
+progress lines, population.jsonl with lineage that adds up, and checkpoints of the whole
+population; 1 interval + --resume + 1 interval equals 2 intervals bit for bit; bad flags
+are one-line errors."""
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxtrade import population_run
+from jaxtrade.population import BOUNDS
+from tests.cli import REPO
+from tests.test_train import TINY
+
+MEMBERS = 3
+STEPS = 64  # TINY's 8 envs x 8 steps per iteration
+INTERVAL = 2  # iterations
+POP = [*TINY, "--population", str(MEMBERS), "--pbt-interval", str(INTERVAL * STEPS),
+       "--seed", "1"]
+
+
+def run_cli(argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = population_run.main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """2 intervals in one invocation: (run dir, stdout)."""
+    run_dir = tmp_path_factory.mktemp("pop") / "whole"
+    code, out, err = run_cli([*POP, "--iterations", 2 * INTERVAL, "--run-dir", run_dir])
+    assert code == 0, err
+    return run_dir, out
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """1 interval, then --resume for a second: (run dir, stdout of the resume)."""
+    run_dir = tmp_path_factory.mktemp("pop") / "split"
+    code, _, err = run_cli([*POP, "--iterations", INTERVAL, "--run-dir", run_dir, "-q"])
+    assert code == 0, err
+    code, out, err = run_cli(["--run-dir", run_dir, "--resume", "--iterations", 2 * INTERVAL])
+    assert code == 0, err
+    return run_dir, out
+
+
+def records(run_dir):
+    lines = (run_dir / population_run.POPULATION_FILE).read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_banner_and_progress_lines(whole):
+    _, out = whole
+    assert f"population: {MEMBERS} members x 8 envs = {3 * 8} envs in one program" in out
+    assert (f"pbt: every {INTERVAL} iterations ({INTERVAL * STEPS} timesteps per member), "
+            f"2 intervals") in out
+    assert f"in all: {2 * INTERVAL} iterations x {MEMBERS} members = " \
+           f"{2 * INTERVAL * STEPS * MEMBERS:,} timesteps" in out
+    assert "interval   1/2 | it     2/4 |" in out and "interval   2/2 | it     4/4 |" in out
+    # one copy per interval (bottom 1 of 3), each with a pbt line
+    assert out.count("  pbt: slot ") == 2
+    assert out.splitlines()[-1].startswith(f"done: {2 * INTERVAL} iterations x {MEMBERS} "
+                                           f"members, {2 * INTERVAL * STEPS * MEMBERS:,} "
+                                           f"timesteps")
+
+
+def test_lineage_records_add_up(whole):
+    run_dir, _ = whole
+    recs = records(run_dir)
+    assert [r["interval"] for r in recs] == [1] * MEMBERS + [2] * MEMBERS
+    assert [r["slot"] for r in recs] == list(range(MEMBERS)) * 2
+    first, second = recs[:MEMBERS], recs[MEMBERS:]
+    assert [r["id"] for r in first] == [0, 1, 2]
+    assert all(r["parent"] is None and r["generation"] == 0 for r in first)
+    assert {r["timesteps"] for r in first} == {INTERVAL * STEPS}
+    assert {r["timesteps"] for r in second} == {2 * INTERVAL * STEPS}
+    for r in recs:
+        assert r["score"] is not None and r["score"] == pytest.approx(r["val"]["score"])
+        assert not r["nonfinite"]
+        for name, (lo, hi) in BOUNDS.items():
+            assert np.float32(lo) <= r["hparams"][name] <= np.float32(hi), name
+    # interval 1: the worst is replaced by a copy of the best; interval 2 holds that copy
+    worst = min(first, key=lambda r: r["score"])
+    best = max(first, key=lambda r: r["score"])
+    copy = worst["replaced_by"]
+    assert [r["slot"] for r in first if r["replaced_by"]] == [worst["slot"]]
+    assert copy["id"] == MEMBERS and copy["parent"] == best["id"]
+    assert copy["source_slot"] == best["slot"] and copy["generation"] == 1
+    child = second[worst["slot"]]
+    assert (child["id"], child["parent"], child["generation"]) == (MEMBERS, best["id"], 1)
+    assert child["hparams"] == copy["hparams"] != best["hparams"]
+    for r in first:  # the others keep their model and hyperparameters
+        if r is not worst:
+            assert second[r["slot"]]["id"] == r["id"]
+            assert second[r["slot"]]["hparams"] == r["hparams"]
+
+
+def test_summary_and_checkpoints(whole):
+    run_dir, _ = whole
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["members"] == MEMBERS
+    assert summary["timesteps"] == 2 * INTERVAL * STEPS * MEMBERS
+    best = max(records(run_dir), key=lambda r: r["score"])
+    assert (summary["best"]["id"], summary["best"]["score"]) == (best["id"], best["score"])
+    steps = sorted(int(p.name) for p in (run_dir / population_run.CHECKPOINT_DIR).iterdir()
+                   if p.name.isdigit())
+    assert steps == [1, 2]
+    assert json.loads((run_dir / population_run.SETTINGS_FILE).read_text()) == {
+        "members": MEMBERS, "interval": INTERVAL, "fraction": 0.2}
+
+
+def restored(run_dir, step):
+    """Checkpoint `step`'s population (saved form: key data, not typed keys)."""
+    from jaxtrade.config import from_saved
+    from jaxtrade.engine.start import load_run_market
+    from jaxtrade.trainer import make_train
+
+    cfg = from_saved(json.loads((run_dir / "config.json").read_text()))
+    trainer = make_train(cfg, load_run_market(cfg))
+    cps = population_run.PopulationCheckpoints(run_dir, 3)
+    try:
+        pop, meta = cps.restore(trainer, MEMBERS, step)
+    finally:
+        cps.close()
+    return population_run._saveable(pop), meta
+
+
+def test_resume_is_bit_exact(whole, resumed):
+    (a, _), (b, out) = whole, resumed
+    assert "start: resumed from " in out and "interval 1, iteration 2 per member" in out
+    assert (a / population_run.POPULATION_FILE).read_bytes() == \
+           (b / population_run.POPULATION_FILE).read_bytes()
+    pa, meta_a = restored(a, 2)
+    pb, meta_b = restored(b, 2)
+    assert meta_a["iteration"] == meta_b["iteration"] == 2 * INTERVAL
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--population", "0"], "--population must be at least 1, got 0"),
+    (["--pbt-fraction", "0.7"], "--pbt-fraction must be in (0, 0.5], got 0.7"),
+    (["--pbt-interval", "0"], "--pbt-interval must be at least 1 timestep"),
+    (["--devices", "2"], "--devices 2: a population runs on one device"),
+    (["--schedule", "configs/schedules/reference.toml"], "a population run takes no schedule"),
+    (["--checkpoint", "x"], "--checkpoint (starting from a single run's checkpoint) is not "
+                            "supported"),
+    (["--resume"], "--resume needs --run-dir DIR"),
+])
+def test_bad_flags_are_one_line_errors(extra, message):
+    code, out, err = run_cli([*POP, "--iterations", "2", *extra])
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+
+
+def test_resume_and_new_run_refusals(whole, tmp_path):
+    run_dir, _ = whole
+    code, _, err = run_cli([*POP, "--iterations", "2", "--run-dir", run_dir])
+    assert code == 2 and "already holds a run (population.jsonl, population_checkpoints)" in err
+    code, _, err = run_cli(["--run-dir", tmp_path, "--resume"])
+    assert code == 2 and "holds no population run" in err
+    code, _, err = run_cli(["--run-dir", run_dir, "--resume", "--iterations", 2 * INTERVAL])
+    assert code == 2 and "is at iteration 4 and this run asks for 4" in err
+    code, _, err = run_cli(["--run-dir", run_dir, "--resume", "--iterations", "6",
+                            "--population", "4"])
+    assert code == 2 and "--population 4: the run was saved with 3 members" in err
+
+
+def test_module_runs_as_a_command():
+    proc = subprocess.run([sys.executable, "-m", "jaxtrade.population", "--help"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: python -m jaxtrade.population" in proc.stdout
+    assert "--pbt-interval T" in proc.stdout and "--population N" in proc.stdout
