@@ -193,6 +193,9 @@ def test_shapes_switch_at_a_phase_boundary_and_resume_is_bit_exact(tmp_path):
         return out.getvalue()
 
     text = run("--iterations", "4", "--run-dir", str(tmp_path / "straight"))
+    # the banner shows the program the run starts with: phase 'small''s, not the config's
+    assert "hidden 8 x 1 layers x 2 heads" in text and "1 joint + 1 critic epochs (phase " \
+           "'small')" in text
     assert "phase 'grown' at iteration 3: ppo_epochs 2, n_heads 4, head_dim 2, n_layers 2, " \
            "dropout 0" in text
     tagged = ckpt.select(tmp_path / "straight", 2)
