@@ -152,6 +152,13 @@ def walk_key(seed: int) -> jax.Array:
     return jax.random.key(seed)
 
 
+def _opaque(actions: np.ndarray) -> jax.Array:
+    """The baselines' actions as a value XLA does not constant-fold: folded, their trade
+    segments (a cumulative sum over [baselines, steps]) took a second or more of every
+    evaluation program's compile."""
+    return jax.lax.optimization_barrier(jnp.asarray(actions))
+
+
 def baseline_actions(n_steps: int) -> np.ndarray:
     """int32 [len(BASELINES), n_steps], the action sequence of each baseline."""
     steps = np.arange(n_steps)
@@ -226,7 +233,7 @@ def make_strategy_walk(network: Network, env: PortfolioEnv, n_steps: int, *,
 
     def walk(params, env_params: EnvParams, key: jax.Array, bars_per_year) -> tuple[Walk, dict]:
         _, traj = policy(params, env_params, key)
-        fixed = baselines(jnp.asarray(actions), env_params, key)
+        fixed = baselines(_opaque(actions), env_params, key)
         both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), policy_walk(traj), fixed)
         return both, walk_metrics(both, env_params, bars_per_year)
 
@@ -240,7 +247,7 @@ def make_baseline_evaluation(env: PortfolioEnv, n_steps: int) -> Callable:
     actions = baseline_actions(n_steps)
 
     def run(env_params: EnvParams, key: jax.Array, bars_per_year) -> dict:
-        return walk_metrics(walk(jnp.asarray(actions), env_params, key), env_params,
+        return walk_metrics(walk(_opaque(actions), env_params, key), env_params,
                             bars_per_year)
 
     return jax.jit(run)
