@@ -20,7 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def cpu_env(n_devices: int) -> dict[str, str]:
     """The environment of a child process with `n_devices` simulated CPU devices."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    # JAX settings of this process stay out, but for the session's compilation cache
+    # (tests/conftest.py): a program a child compiled loads in the next child.
+    keep = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") or k in keep}
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(REPO)
