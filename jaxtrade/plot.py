@@ -5,7 +5,9 @@ Reads each run's metrics.jsonl and writes `training.png` (return, validation, lo
 health, costs; one colour per run), `actions.png` (the regime mix over training, one
 stacked panel per run) and `hparams.png` (each hyperparameter over training, one panel
 each, with the schedule's phase boundaries from the rows' `phase` column or, named,
-from RUN_DIR/phases.jsonl, and the adjustments of RUN_DIR/hparams.jsonl marked).
+from RUN_DIR/phases.jsonl, and the adjustments of RUN_DIR/hparams.jsonl marked). A
+population run (RUN_DIR/population.jsonl) gets `population.png` instead
+(`jaxtrade.population_plot`).
 Matplotlib is driven through `Figure` and the Agg canvas, never pyplot.
 """
 
@@ -443,12 +445,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plot(run_dirs: list[Path], out: Path | None) -> list[Path]:
-    runs = _labels([read_run(d) for d in run_dirs], run_dirs)
+    from jaxtrade import population_plot
+
+    # A population run (population.jsonl, `python -m jaxtrade.population`) has no
+    # metrics.jsonl: its figure is population.png (one per population run).
+    pops = [d for d in run_dirs if (d / population_plot.POPULATION_FILE).is_file()]
+    singles = [d for d in run_dirs if d not in pops or (d / METRICS_FILE).is_file()]
+    runs = _labels([read_run(d) for d in singles], singles)
     out = out if out is not None else run_dirs[0] / "plots"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise PlotError(f"{out}: cannot create the output directory ({e.strerror or e})") from None
+    written = []
+    for d in pops:
+        name = "population.png" if len(pops) == 1 else f"population-{d.resolve().name}.png"
+        try:
+            written.append(population_plot.plot(d, out / name))
+        except population_plot.PopulationPlotError as e:
+            raise PlotError(str(e)) from None
+        except OSError as e:
+            raise PlotError(f"{out / name}: cannot write ({e.strerror or e})") from None
+    if not runs:
+        return written
     figures = [(out / "training.png", training_figure)]
     if any(action_mix(run)[0] for run in runs):
         figures.append((out / "actions.png", actions_figure))
@@ -459,7 +478,7 @@ def _plot(run_dirs: list[Path], out: Path | None) -> list[Path]:
             figure(runs).savefig(path, dpi=DPI)
         except OSError as e:
             raise PlotError(f"{path}: cannot write ({e.strerror or e})") from None
-    return [path for path, _ in figures]
+    return written + [path for path, _ in figures]
 
 
 if __name__ == "__main__":

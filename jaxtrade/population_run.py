@@ -46,8 +46,8 @@ from jaxtrade import config as cfgmod
 from jaxtrade import parallel, train
 from jaxtrade.data import DataError
 from jaxtrade.errors import UsageError
+from jaxtrade.population_plot import POPULATION_FILE, read_records
 
-POPULATION_FILE = "population.jsonl"  # lineage records, per interval and member
 SETTINGS_FILE = "population.json"  # the run's PBT settings
 CHECKPOINT_DIR = "population_checkpoints"  # under the run directory
 FORMAT = 1  # layout of a population checkpoint
@@ -323,17 +323,6 @@ def truncate_records(path: Path, interval: int) -> int:
     return dropped
 
 
-def read_records(path: Path) -> list[list[dict]]:
-    """population.jsonl's records grouped by interval, in order (host-only)."""
-    by_interval: dict[int, list[dict]] = {}
-    if Path(path).exists():
-        for line in Path(path).read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                by_interval.setdefault(rec["interval"], []).append(rec)
-    return [by_interval[i] for i in sorted(by_interval)]
-
-
 # ---------------------------------------------------------------------------- the run
 def _number(x) -> float | None:
     x = float(x)
@@ -372,7 +361,8 @@ class PopulationRun:
                                  f"{self.done} and this run asks for {self.total}; train "
                                  f"longer, e.g. --iterations {self.done + self.total}")
             dropped = truncate_records(p.run_dir / POPULATION_FILE, step)
-            for records in read_records(p.run_dir / POPULATION_FILE):
+            log = p.run_dir / POPULATION_FILE
+            for records in read_records(log) if log.exists() and log.stat().st_size else ():
                 self.note_best(records)
             say(f"start: resumed from {self.checkpoints.directory / str(step)}; interval "
                 f"{step}, iteration {self.done} per member"

@@ -138,6 +138,8 @@ def test_resume_is_bit_exact(whole, resumed):
     assert "start: resumed from " in out and "interval 1, iteration 2 per member" in out
     assert (a / population_run.POPULATION_FILE).read_bytes() == \
            (b / population_run.POPULATION_FILE).read_bytes()
+    best = [json.loads((d / "summary.json").read_text())["best"] for d in (a, b)]
+    assert best[0] == best[1] is not None  # the resume read the first interval's records
     pa, meta_a = restored(a, 2)
     pb, meta_b = restored(b, 2)
     assert meta_a["iteration"] == meta_b["iteration"] == 2 * INTERVAL
@@ -180,3 +182,32 @@ def test_module_runs_as_a_command():
     assert proc.returncode == 0, proc.stderr
     assert "usage: python -m jaxtrade.population" in proc.stdout
     assert "--pbt-interval T" in proc.stdout and "--population N" in proc.stdout
+
+
+def test_plot_draws_population_png(whole, tmp_path, capsys):
+    from jaxtrade import plot
+    from jaxtrade.population_plot import perturbed_keys, population_figure, read_records
+
+    run_dir, _ = whole
+    assert plot.main([str(run_dir), "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.split() == [str(tmp_path / "population.png")]
+    assert (tmp_path / "population.png").stat().st_size > 10_000
+    intervals = read_records(run_dir / population_run.POPULATION_FILE)
+    keys = perturbed_keys(intervals)
+    assert set(keys) == set(BOUNDS)  # founders are sampled around the config: all differ
+    fig = population_figure(intervals)
+    score_ax, *hp_axes = fig.axes
+    assert [ax.get_title() for ax in hp_axes] == keys
+    triangles = lambda ax: sum(line.get_marker() == "^" for line in ax.get_lines())  # noqa: E731
+    # one copy per interval: the first is scored in interval 2, the last is not trained yet
+    assert triangles(score_ax) == 1
+    assert all(triangles(ax) == 2 for ax in hp_axes)
+
+
+def test_plot_of_a_broken_population_file_is_one_line(tmp_path, capsys):
+    from jaxtrade import plot
+
+    (tmp_path / population_run.POPULATION_FILE).write_text('{"interval": 1}\n')
+    assert plot.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "population.jsonl:1: not a population record" in err
