@@ -219,6 +219,30 @@ class Source:
         return cfgmod.from_saved(self.meta["config"], source=self.path / "meta")
 
     @property
+    def model_config(self) -> cfgmod.Config:
+        """The config with the network that wrote the checkpoint, to evaluate or deploy it:
+        the run's, with the network settings a schedule phase gave the program (a grown
+        transformer's heads and layers), as the checkpoint records them (`network`), or
+        for a checkpoint saved before it did, as its schedule record's phase implies."""
+        saved = self.meta["config"]
+        if self.meta.get("network"):
+            return cfgmod.from_saved({**saved, "network": self.meta["network"]},
+                                     source=self.path / "meta")
+        cfg = self.config
+        record = self.meta.get("schedule") or {}
+        if record.get("phase") is None or cfg.run.schedule is None:
+            return cfg
+        from jaxtrade import schedule
+
+        try:
+            plan = schedule.load(cfg.run.schedule)
+        except schedule.ScheduleError:  # the file moved: the run's network is the best guess
+            return cfg
+        phased = schedule.phase_config(plan, cfg, int(record["phase"]), self.meta.get(
+            "n_devices", 1))[0]
+        return dataclasses.replace(cfg, network=phased.network)
+
+    @property
     def lineage(self) -> Lineage:
         return Lineage.from_dict(self.meta.get("lineage", {}))
 

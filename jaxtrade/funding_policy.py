@@ -179,7 +179,7 @@ class FundingPolicy:
                  seed: int | None = None):
         self.run_dir = Path(run_dir)
         self.checkpoint = source  # the checkpoint the weights come from
-        self.config: Config = source.config  # the run's config (fees, margin rules, network)
+        self.config: Config = source.model_config  # the run's (fees, margin rules, network)
         self.params = params
         self.seed = self.config.run.seed if seed is None else seed
         if self.config.env.name != FundingEnv.name:

@@ -340,7 +340,7 @@ def assess(request, source) -> FundingAssessment:
     from jaxtrade.evaluation import make_policy_walk, walk_key
     from jaxtrade.trainer import build_network
 
-    cfg = source.config
+    cfg = source.model_config
     if request.start is not None or request.end is not None:
         raise UsageError("--start and --end choose bars of a trading report; a funding run is "
                          "reported on whole days of --range (or of --data's table)")

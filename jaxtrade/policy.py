@@ -110,7 +110,7 @@ def check_params_fit(source: ckpt.Source, params: Any, network, obs_dim: int,
         where, saved, built = ("absent" if x is None else x for x in mismatch)
         raise ckpt.CheckpointError(
             f"{source.path}: the saved parameters do not fit the run's "
-            f"{source.config.network.kind} network for obs {obs_dim} and {n_actions} "
+            f"{source.model_config.network.kind} network for obs {obs_dim} and {n_actions} "
             f"actions: params/{where} is {saved} saved but {built} built"
         )
 
@@ -156,7 +156,7 @@ class Policy:
                  record: Mapping[str, Any], seed: int | None = None):
         self.run_dir = Path(run_dir)
         self.checkpoint = source  # the checkpoint the weights come from
-        self.config: Config = source.config  # the run's config (frictions, network)
+        self.config: Config = source.model_config  # the run's (frictions, network)
         self.params = params
         self.record = dict(record)  # RUN_DIR/market.json
         self.symbols: tuple[str, ...] = tuple(record["symbols"])  # trained on, in column order

@@ -207,6 +207,16 @@ def test_shapes_switch_at_a_phase_boundary_and_resume_is_bit_exact(tmp_path):
     b = ckpt.read_params(ckpt.select(tmp_path / "stopped", 4))
     assert "blocks_1" in a  # grown: a second block
     jax.tree.map(np.testing.assert_array_equal, a, b)
+    # evaluation and deployment build the network of the checkpoint's phase, not the config's
+    small = tagged.model_config.network
+    assert (tagged.config.network.n_layers, small.n_heads, small.n_layers) == (2, 2, 1)
+    older = ckpt.Source(tagged.directory, tagged.step,  # saved before checkpoints said it
+                        {k: v for k, v in tagged.meta.items() if k != "network"})
+    assert older.model_config.network == small
+    from jaxtrade.policy import load_policy
+
+    assert load_policy(tmp_path / "straight", 2).config.network.n_layers == 1
+    assert load_policy(tmp_path / "straight", 4).config.network.n_layers == 2
 
 
 def test_phase_config_maps_the_reference_shapes_onto_a_run(reference):

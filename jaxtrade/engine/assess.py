@@ -343,7 +343,7 @@ def assess_episodes(request: AssessRequest, source, env) -> EpisodeAssessment:
     from jaxtrade.evaluation import EPISODE_ENVS, POLICY
     from jaxtrade.trainer import build_network
 
-    cfg, name = source.config, source.config.env.name
+    cfg, name = source.model_config, source.config.env.name
     seed = cfg.run.seed if request.seed is None else request.seed
     if request.data or request.start is not None or request.end is not None:
         raise UsageError(f"--data, --start and --end choose the bars of a trading report; the "

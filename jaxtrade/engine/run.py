@@ -866,7 +866,11 @@ class Session:
         return True
 
     def save(self, **kw) -> None:  # phase=NAME tags a phase's last checkpoint
-        extra = {"schedule": self.schedule_record(), "adjust": self.adjust_record()}
+        extra = {"schedule": self.schedule_record(), "adjust": self.adjust_record(),
+                 # the network of the program that trained it, where a phase changed it
+                 # (`checkpoint.Source.model_config`: evaluate and load_policy build it)
+                 "network": (cfgmod.to_dict(self.train_cfg)["network"]
+                             if self.train_cfg.network != self.cfg.network else None)}
         if self.checkpoints.save(self.state, self.done_iters,
                                  extra={k: v for k, v in extra.items() if v is not None}, **kw):
             self.console.line(f"saving checkpoint at iteration {self.done_iters} -> "
