@@ -127,6 +127,7 @@ def population_figure(intervals: list[list[dict]], title: str = "") -> Figure:
     score_ax.set_title("validation score of each member (copies: triangles, dashed from "
                        "the parent)", fontsize=10)
     score_ax.set_ylabel("val score")
+    score_ax.margins(y=0.12)  # room for the copies' labels at the extremes
 
     # Hyperparameters: each model's value over the intervals it trained with it.
     for ax, key in zip(hp_axes, keys, strict=True):

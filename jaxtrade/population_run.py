@@ -556,6 +556,23 @@ class PopulationRun:
         }
 
 
+class _BannerConsole:
+    """The single run's banner as a population run says it: its members, not checkpoints,
+    are ranked by the validation score (host-only; wraps a `Console`)."""
+
+    def __init__(self, console):
+        self.console = console
+
+    def say(self, *parts, **kw) -> None:
+        parts = tuple(str(x).replace("; checkpoints ranked by val_score",
+                                     "; members ranked by val_score for exploit/explore")
+                      for x in parts)
+        self.console.say(*parts, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.console, name)
+
+
 def print_population_banner(p, pbt: PbtSettings, console) -> None:
     """The population's lines after the single run's banner."""
     from jaxtrade import memory
@@ -574,7 +591,7 @@ def print_population_banner(p, pbt: PbtSettings, console) -> None:
         + ("" if q else " (one member: nothing to exploit)"))
     say(f"  perturbed: {', '.join(BOUNDS)} (x0.8 or x1.2 within bounds)")
     say(f"in all: {p.total_iters:,} iterations x {pbt.members} members = "
-        f"{p.total_iters * p.steps_per_iter * pbt.members:,} timesteps in all -> "
+        f"{p.total_iters * p.steps_per_iter * pbt.members:,} timesteps -> "
         f"{p.run_dir}")
     sys.stdout.flush()
 
@@ -590,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         # The validation walk happens at every interval: the banner's eval line says so.
         p = dataclasses.replace(p, eval_every=pbt.interval)
         console = Console(p.cfg.run.verbosity, True)
-        print_banner(p, console)
+        print_banner(p, _BannerConsole(console))
         print_population_banner(p, pbt, console)
         run = PopulationRun(p, pbt, resume, console)
         run.build()

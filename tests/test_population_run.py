@@ -64,6 +64,8 @@ def test_banner_and_progress_lines(whole):
             f"2 intervals") in out
     assert f"in all: {2 * INTERVAL} iterations x {MEMBERS} members = " \
            f"{2 * INTERVAL * STEPS * MEMBERS:,} timesteps" in out
+    assert "every 2 iterations and at the end; members ranked by val_score for " \
+           "exploit/explore" in out
     assert "interval   1/2 | it     2/4 |" in out and "interval   2/2 | it     4/4 |" in out
     # one copy per interval (bottom 1 of 3), each with a pbt line
     assert out.count("  pbt: slot ") == 2
