@@ -376,15 +376,21 @@ def load_policy(run_dir: str | os.PathLike, checkpoint: str | int = "best",
     opportunity table, your positions, account and trading config in).
 
     Args:
-      run_dir: the run directory (`python -m jaxtrade.train --run-dir`).
+      run_dir: the run directory (`python -m jaxtrade.train --run-dir`), or an archived
+        model: "archive:ID" (in ckpt/archive) or "archive:DIR:ID" (`jaxtrade.archive`;
+        its one checkpoint, whatever `checkpoint` says).
       checkpoint: "best" (by val_score when the run walked its validation range, else
         by episode return), "latest", or an iteration number.
       seed: key of the pass's slippage draws; default the run's seed, as evaluation.
 
     Raises:
       CheckpointError: no such run or checkpoint; EvaluationError: no RUN_DIR/market.json
-        (a portfolio run).
+        (a portfolio run); ArchiveError: no such archive or archived model.
     """
+    if str(run_dir).startswith("archive:"):
+        from jaxtrade import archive
+
+        return archive.load_policy(str(run_dir), seed=seed)
     run_dir = Path(run_dir)
     source = ckpt.select(run_dir, checkpoint)
     if source.config.env.name == FundingEnv.name:
