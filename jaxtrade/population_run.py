@@ -339,7 +339,8 @@ class PopulationRun:
         self.steps = p.steps_per_iter  # per member
         self.compiled: dict[int, Any] = {}
         self.compile_s = self.train_s = self.eval_s = 0.0
-        self.status = "completed"
+        self.status = "completed"  # | interrupted | diverged
+        self.message: str | None = None  # why it diverged
         self.best: dict | None = None
 
     # ------------------------------------------------------------------ start
@@ -469,6 +470,12 @@ class PopulationRun:
             log.write(json.dumps(rec) + "\n")
         log.flush()
         self.report(records, k * self.pbt.members * self.steps / dt_s)
+        if all(r["nonfinite"] for r in records):  # no member left to copy from
+            self.status = "diverged"
+            self.message = (f"interval {records[0]['interval']}: every member's score, "
+                            f"metrics or parameters became non-finite; stopped before saving "
+                            f"it (try lower learning rates or --max-grad-norm)")
+            return records
         self.checkpoints.save(self.pop, int(records[0]["interval"]), {
             "format": FORMAT, "interval": int(records[0]["interval"]),
             "iteration": self.done, "members": self.pbt.members,
@@ -522,9 +529,10 @@ class PopulationRun:
             self.program(min(self.pbt.interval, self.total - self.done))
             self.compile_evaluation()
             with open(self.plan.run_dir / POPULATION_FILE, "a") as log:
-                while self.done < self.total and not interrupts.requested:
+                while (self.done < self.total and not interrupts.requested
+                       and self.status == "completed"):
                     self.interval(log)
-            if self.done < self.total:
+            if self.status == "completed" and self.done < self.total:
                 self.status, interrupted = "interrupted", interrupts.signal_name
         summary = self.summary()
         summary["signal"] = interrupted
@@ -535,6 +543,7 @@ class PopulationRun:
         trained = self.train_s and self.done * self.steps
         return {
             "status": self.status,
+            "message": self.message,
             "members": self.pbt.members,
             "interval_iterations": self.pbt.interval,
             "fraction": self.pbt.fraction,
@@ -617,6 +626,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     best = summary["best"]
+    if summary["status"] == "diverged":
+        print(f"error: {summary['message']}", file=sys.stderr)
+        return 1
     if summary["status"] == "interrupted":
         print(f"interrupted after {summary['iterations']:,} of {p.total_iters:,} iterations; "
               f"checkpoint {summary['checkpoint']}")

@@ -213,3 +213,21 @@ def test_plot_of_a_broken_population_file_is_one_line(tmp_path, capsys):
     assert plot.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "population.jsonl:1: not a population record" in err
+
+
+def test_a_population_with_no_finite_member_stops(tmp_path, monkeypatch):
+    """Every member flagged broken (as `finite_members` says of NaN metrics): nothing is
+    left to copy from, so the run stops with exit 1 and saves nothing of that interval."""
+    import jaxtrade.population as population
+
+    monkeypatch.setattr(population, "finite_members",
+                        lambda metrics: np.zeros((MEMBERS,), bool))
+    run_dir = tmp_path / "broken"
+    code, _, err = run_cli([*POP, "--iterations", 2 * INTERVAL, "--run-dir", run_dir, "-q"])
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("error: interval 1: every member's score, "
+                                                   "metrics or parameters became non-finite")
+    assert [r["nonfinite"] for r in records(run_dir)] == [True] * MEMBERS
+    assert not any(r["replaced_by"] for r in records(run_dir))
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
+    assert not list((run_dir / population_run.CHECKPOINT_DIR).glob("[0-9]*"))
