@@ -26,12 +26,13 @@ EXTRA_HEIGHT = 0.8  # inches: the legend
 LABELLED = 8  # copies are labelled with their new id up to this many members
 
 
-class PopulationPlotError(Exception):
+class PopulationPlotError(ValueError):
     """population.jsonl cannot be read; one line."""
 
 
 def read_records(path: Path) -> list[list[dict[str, Any]]]:
-    """population.jsonl's records grouped by interval, in interval order, each by slot."""
+    """population.jsonl's records grouped by interval, in interval order, each by slot
+    (an empty file: none)."""
     by_interval: dict[int, dict[int, dict]] = {}
     try:
         lines = Path(path).read_text().splitlines()
@@ -45,8 +46,6 @@ def read_records(path: Path) -> list[list[dict[str, Any]]]:
             by_interval.setdefault(int(rec["interval"]), {})[int(rec["slot"])] = rec
         except (ValueError, KeyError, TypeError) as e:
             raise PopulationPlotError(f"{path}:{n}: not a population record ({e})") from None
-    if not by_interval:
-        raise PopulationPlotError(f"{path}: no records")
     return [[recs[s] for s in sorted(recs)] for _, recs in sorted(by_interval.items())]
 
 
@@ -170,5 +169,7 @@ def population_figure(intervals: list[list[dict]], title: str = "") -> Figure:
 def plot(run_dir: Path, path: Path) -> Path:
     """population.png of `run_dir` written to `path`."""
     intervals = read_records(Path(run_dir) / POPULATION_FILE)
+    if not intervals:
+        raise PopulationPlotError(f"{Path(run_dir) / POPULATION_FILE}: no records")
     population_figure(intervals, title=Path(run_dir).name).savefig(path, dpi=100)
     return path

@@ -363,7 +363,7 @@ class PopulationRun:
                                  f"longer, e.g. --iterations {self.done + self.total}")
             dropped = truncate_records(p.run_dir / POPULATION_FILE, step)
             log = p.run_dir / POPULATION_FILE
-            for records in read_records(log) if log.exists() and log.stat().st_size else ():
+            for records in read_records(log) if log.exists() else ():
                 self.note_best(records)
             say(f"start: resumed from {self.checkpoints.directory / str(step)}; interval "
                 f"{step}, iteration {self.done} per member"
