@@ -12,14 +12,18 @@
 # 3. a --high-vram training smoke run of a few iterations (65,536 envs x 512 steps, bf16)
 #    whose summary (throughput, compile time, measured peak memory beside the estimate)
 #    goes to benchmarks/results/train_smoke_<device>_<date>.json;
-# 4. a population sweep, once population training exists (not yet: skipped, said so).
+# 4. the population sweep (python -m benchmarks.population_sweep --gpu): 1, 4, 16, 64
+#    members x 64 envs, reference network, bf16, each against one run of the same env
+#    count, into benchmarks/results/population_sweep_<device>_<date>.json (the 64-member
+#    row first, so a time limit keeps it).
 #
 # Each step has its own time limit, so one that fails or runs long leaves the others'
 # figures. Logs go to $OUT (the device tool's folder) when set, else /tmp/gpu_check.
 # Settings (environment variables): PYTHON (python3), SWEEP_ENVS ("4096 16384 65536"),
 # SWEEP_ARGS (more benchmark flags), SMOKE_ARGS ("--high-vram --iterations 2"),
-# SWEEP_TIMEOUT (270 s), SMOKE_TIMEOUT (180 s), RESULTS (benchmarks/results), STEPS
-# ("sweep smoke": the checks to run, e.g. "smoke" to rerun one), SKIP_INSTALL
+# POP_ARGS (more population-sweep flags), SWEEP_TIMEOUT (210 s), SMOKE_TIMEOUT (150 s),
+# POP_TIMEOUT (90 s), RESULTS (benchmarks/results), STEPS ("sweep smoke population": the
+# checks to run, e.g. "smoke" to rerun one), SKIP_INSTALL
 # (non-empty: no install step; for trying the script on a CPU).
 set -u
 cd "$(dirname "$0")/.."
@@ -29,9 +33,11 @@ RESULTS=${RESULTS:-benchmarks/results}
 SWEEP_ENVS=${SWEEP_ENVS:-"4096 16384 65536"}
 SWEEP_ARGS=${SWEEP_ARGS:-}
 SMOKE_ARGS=${SMOKE_ARGS:-"--high-vram --iterations 2"}
-SWEEP_TIMEOUT=${SWEEP_TIMEOUT:-270}
-SMOKE_TIMEOUT=${SMOKE_TIMEOUT:-180}
-STEPS=${STEPS:-"sweep smoke"}
+POP_ARGS=${POP_ARGS:-}
+SWEEP_TIMEOUT=${SWEEP_TIMEOUT:-210}
+SMOKE_TIMEOUT=${SMOKE_TIMEOUT:-150}
+POP_TIMEOUT=${POP_TIMEOUT:-90}
+STEPS=${STEPS:-"sweep smoke population"}
 export PYTHONUNBUFFERED=1
 mkdir -p "$LOGS" "$RESULTS"
 status=0
@@ -97,7 +103,14 @@ else
 fi
 fi
 
-stamp "population sweep: skipped (population training does not exist yet)"
+if [[ " $STEPS " == *" population "* ]]; then
+stamp "population sweep: --gpu (members 1 4 16 64 x 64 envs, reference network, bf16) $POP_ARGS"
+# shellcheck disable=SC2086
+timeout "$POP_TIMEOUT" "$PY" -m benchmarks.population_sweep --gpu --out "$RESULTS" $POP_ARGS \
+    2>&1 | tee "$LOGS/population.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "population sweep FAILED or timed out (rows measured so far are saved)"; status=1; }
+fi
+
 stamp "done, status $status"
 find "$RESULTS" -name '*.json' -newer "$LOGS/device.txt" -exec cp {} "$LOGS"/ \;
 exit $status

@@ -314,3 +314,81 @@ def test_purejaxrl_baseline_network_and_gae(small_env):
     next_values = jnp.concatenate([value[1:], last[None]])
     expected, _ = ppo.gae(reward, value, next_values, done, done, 0.9, 0.8)
     np.testing.assert_allclose(pj.gae(tr, last, 0.9, 0.8), expected, rtol=1e-5, atol=1e-6)
+
+
+POP_TOML = """
+[data]
+market = "fixed"
+[network]
+hidden_dim = 8
+n_gru_layers = 1
+precision = "fp32"
+[ppo]
+n_steps = 4
+n_minibatches = 1
+ppo_epochs = 1
+critic_epochs = 0
+"""
+POP_FIELDS = {
+    "members", "envs_per_member", "total_envs", "n_steps", "iterations_per_call",
+    "steps_per_call", "population_s_per_call", "single_s_per_call", "population_steps_per_s",
+    "single_steps_per_s", "ratio", "ratio_to_one_member", "population_compile_s",
+    "single_compile_s", "population_times", "single_times", "load_average",
+}
+
+
+def test_population_sweep_records_every_member_count(tmp_path):
+    """benchmarks/population_sweep.py at tiny shapes (members 1 and 2 x 2 envs, one
+    iteration per call, one repeat): one row per member count with both sides' rates, the
+    ratio of their wall times, compile times and the load average; the goal's row (8
+    members) is absent, so its verdict says not measured."""
+    from benchmarks import population_sweep
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(POP_TOML)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert population_sweep.main([
+            "--config", str(config), "--members", "1,2", "--envs-per-member", "2",
+            "--iterations-per-call", "1", "--repeats", "1", "--out", str(tmp_path / "res"),
+        ]) == 0
+    stdout = out.getvalue()
+    path = result_path("population_sweep", device_info(), tmp_path / "res")
+    assert f"saved {path}" in stdout and "not measured" in stdout
+    record = json.loads(path.read_text())
+    assert record["benchmark"] == "population_sweep"
+    s = record["settings"]
+    assert (s["preset"], s["market"], s["hidden_dim"], s["n_steps"]) == ("cpu", "fixed", 8, 4)
+    assert s["members"] == [1, 2] and s["envs_per_member"] == 2
+    assert s["goal"] == {"members": 8, "envs_per_member": 2, "total_envs": 16,
+                         "max_ratio": 1.3, "ratio": None, "met": None}
+    assert s["load_average_start"] is None or len(s["load_average_start"]) == 3
+    rows = record["results"]
+    assert [r["members"] for r in rows] == [1, 2]
+    for r in rows:
+        assert POP_FIELDS <= set(r)
+        n = r["members"]
+        assert (r["envs_per_member"], r["total_envs"]) == (2, 2 * n)
+        assert r["steps_per_call"] == 2 * n * 4
+        assert len(r["population_times"]) == len(r["single_times"]) == 1
+        assert r["population_steps_per_s"] == pytest.approx(
+            r["steps_per_call"] / r["population_s_per_call"])
+        assert r["ratio"] == pytest.approx(r["population_s_per_call"] / r["single_s_per_call"])
+        assert r["population_compile_s"] > 0 and r["single_compile_s"] > 0
+    assert rows[0]["ratio_to_one_member"] == pytest.approx(1.0)
+    assert rows[1]["ratio_to_one_member"] == pytest.approx(
+        rows[1]["population_s_per_call"] / rows[0]["population_s_per_call"])
+
+
+def test_population_sweep_presets():
+    """The CPU default (cpu-small, 1..16 members, goal 8 members) and --gpu (the reference
+    network in bf16, 1..64 members, goal 64), flags overriding a preset."""
+    from benchmarks.population_sweep import parse_args
+
+    cpu = parse_args([])
+    assert (cpu.config, cpu.members, cpu.envs_per_member) == (
+        "configs/cpu-small.toml", [1, 2, 4, 8, 16], 64)
+    gpu = parse_args(["--gpu"])
+    assert (gpu.config, gpu.members[-1], gpu.hidden_dim, gpu.n_gru_layers, gpu.precision) == (
+        None, 64, 256, 2, "bf16")
+    assert parse_args(["--gpu", "--members", "2,8"]).members == [2, 8]
