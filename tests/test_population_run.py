@@ -231,3 +231,30 @@ def test_a_population_with_no_finite_member_stops(tmp_path, monkeypatch):
     assert not any(r["replaced_by"] for r in records(run_dir))
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
     assert not list((run_dir / population_run.CHECKPOINT_DIR).glob("[0-9]*"))
+
+
+def test_an_interrupt_stops_after_the_interval_with_its_checkpoint(tmp_path, xla_cache):
+    """SIGINT (the CLI as users run it): the interval in progress ends, is logged and saved;
+    the run exits 0 and says how to resume."""
+    import signal
+
+    from tests.cli import Cli
+
+    cli = Cli(xla_cache, module="jaxtrade.population")
+    run_dir = tmp_path / "interrupted"
+    proc = cli.start(*POP, "--iterations", 2000, "--run-dir", run_dir)
+    cli.wait_for(proc, r"^interval +1/1000 ")
+    proc.send_signal(signal.SIGINT)
+    out = cli.finish(proc)
+    assert proc.returncode == 0, out
+    done = out.count("\ninterval ")
+    assert f"interrupted after {done * INTERVAL:,} of 2,000 iterations" in out
+    assert f"resume with: python -m jaxtrade.population --run-dir {run_dir} --resume" in out
+    assert len(records(run_dir)) == done * MEMBERS
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGINT"
+    cps = population_run.PopulationCheckpoints(run_dir, 3)
+    try:
+        assert cps.latest_step() == done
+    finally:
+        cps.close()
