@@ -107,6 +107,12 @@ def check_flags(args: argparse.Namespace) -> None:
     for name, flag in _REFUSED.items():
         if getattr(args, name, None):
             raise UsageError(f"{flag} is not supported by python -m jaxtrade.population")
+    for name, why in (("eval_every", "members are validated at every --pbt-interval"),
+                      ("save_every", "the population is saved at every --pbt-interval"),
+                      ("iterations_per_call", "an interval is one call"),
+                      ("early_stop", "not supported by a population run")):
+        if getattr(args, name, None) is not None:
+            raise UsageError(f"--{name.replace('_', '-')}: {why}")
     if args.devices is not None and args.devices != 1:
         raise UsageError(f"--devices {args.devices}: a population runs on one device for now "
                          f"(its members share it)")

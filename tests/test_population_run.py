@@ -158,6 +158,7 @@ def test_resume_is_bit_exact(whole, resumed):
     (["--checkpoint", "x"], "--checkpoint (starting from a single run's checkpoint) is not "
                             "supported"),
     (["--resume"], "--resume needs --run-dir DIR"),
+    (["--eval-every", "5"], "--eval-every: members are validated at every --pbt-interval"),
 ])
 def test_bad_flags_are_one_line_errors(extra, message):
     code, out, err = run_cli([*POP, "--iterations", "2", *extra])
