@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import device_info, save, table
+from benchmarks.common import device_info, result_path, save, table
 
 VARIANTS = {
     "constant": [],
@@ -76,6 +76,18 @@ def figures(run_dir: Path) -> dict:
     }
 
 
+def earlier_rows(path: Path, settings: dict, rows: list[dict]) -> list[dict]:
+    """The rows of today's result file, measured with the same settings, of the (network,
+    variant) pairs `rows` does not have: a run of one network keeps the other's figures."""
+    if not path.exists():
+        return []
+    record = json.loads(path.read_text())
+    if {k: record["settings"].get(k) for k in settings} != settings:
+        return []
+    done = {(r["network"], r["variant"]) for r in rows}
+    return [r for r in record["results"] if (r["network"], r["variant"]) not in done]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--timesteps", type=int, default=204_800)
@@ -112,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             rows.append({"network": network, "variant": variant, "run_dir": str(run_dir),
                          "train_s": train_s, "eval_s": eval_s, **figures(run_dir)})
+    settings = {"timesteps": args.timesteps, "scale": args.scale, "eval_every": args.eval_every,
+                "seed": args.seed, "config": "configs/cpu-small.toml"}
+    rows = earlier_rows(result_path("schedule_comparison", device_info()), settings, rows) + rows
     for f in failed:
         print(f"failed: {f['network']} {f['variant']}: {f['error']}")
     print(table(rows, [("network", "network", "s"), ("variant", "variant", "s"),
@@ -122,9 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                        ("test_share_won", "won", ".2f"),
                        ("test_dsr_median", "DSR", ".2f")]))
     path = save("schedule_comparison", device_info(), rows,
-                settings={"timesteps": args.timesteps, "scale": args.scale,
-                          "eval_every": args.eval_every, "seed": args.seed,
-                          "config": "configs/cpu-small.toml", "failed": failed})
+                settings={**settings, "failed": failed})
     print(f"saved {path}")
     return 1 if failed else 0
 
