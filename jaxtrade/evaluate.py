@@ -130,6 +130,15 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from jaxtrade.engine.assess import AssessRequest, EpisodeAssessment, assess
     from jaxtrade.engine.worlds_report import WorldsAssessment
+    from jaxtrade.population_run import SETTINGS_FILE
+
+    run_dir = Path(args.run_dir)  # an archived member keeps population.json beside its checkpoint
+    if (run_dir / SETTINGS_FILE).exists() and not (run_dir / "checkpoints").exists():
+        raise UsageError(
+            f"{args.run_dir} is a population run: archive its members (python -m "
+            f"jaxtrade.archive add {args.run_dir}) and evaluate one of them (python -m "
+            f"jaxtrade.evaluate --run-dir ckpt/archive/models/<id>), whose deflated Sharpe "
+            f"counts every member's every validation")
 
     result = assess(AssessRequest(
         run_dir=args.run_dir, checkpoint=args.checkpoint, data=args.data, range=args.range,

@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pbt-fraction", type=float, metavar="F",
                    help=f"the bottom F of members take copies of the top F, in (0, 0.5] "
                         f"[{FRACTION}]")
+    g.add_argument("--archive", nargs="?", const="ckpt/archive", metavar="DIR",
+                   help="when the run completes, add its final members to the model archive "
+                        "DIR (`python -m jaxtrade.archive`; the best 20 by validation score "
+                        "stay) [off; ckpt/archive when given without DIR]")
     return p
 
 
@@ -611,6 +615,26 @@ def print_population_banner(p, pbt: PbtSettings, console) -> None:
     sys.stdout.flush()
 
 
+def archive_members(directory: str, run_dir: Path, members) -> None:
+    """--archive: the final members into the archive (`jaxtrade.archive.add_population`),
+    a line each; a failure is a warning (the run itself completed)."""
+    from jaxtrade import archive
+
+    try:
+        entries = archive.add_population(archive.Archive(directory, capacity=archive.DEFAULT_TOP),
+                                         run_dir, states=members)
+    except archive.ArchiveError as e:
+        print(f"warning: nothing archived: {e}", file=sys.stderr)
+        return
+    for e in entries:
+        print(f"archived {e['id']} in {directory}: member {e['source']['member']}, val score "
+              f"{e['val_score']:+.2f}" + ("" if e.get("kept", True) else " (pruned: not in the "
+                                             "best 20)"))
+    print(f"evaluate one on the test data: python -m jaxtrade.evaluate --run-dir "
+          f"{directory}/models/<id> (its deflated Sharpe counts every member's every "
+          f"validation as a trial)")
+
+
 def main(argv: list[str] | None = None) -> int:
     from jaxtrade import checkpoint as ckpt
     from jaxtrade.engine.console import Console
@@ -643,6 +667,8 @@ def main(argv: list[str] | None = None) -> int:
     if best is not None:
         print(f"best: id {best['id']} (slot {best['slot']}) by val_score {best['score']:+.2f} "
               f"at interval {best['interval']}")
+    if args.archive:
+        archive_members(args.archive, p.run_dir, run.pop.members)
     print(f"done: {summary['iterations']:,} iterations x {pbt.members} members, "
           f"{summary['timesteps']:,} timesteps in {summary['wall_s']:.1f}s (compile "
           f"{summary['compile_s']:.1f}s, {summary['sps']:,.0f} steps/s); run dir {p.run_dir}")

@@ -47,7 +47,8 @@ def resumed(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("pop") / "split"
     code, _, err = run_cli([*POP, "--iterations", INTERVAL, "--run-dir", run_dir, "-q"])
     assert code == 0, err
-    code, out, err = run_cli(["--run-dir", run_dir, "--resume", "--iterations", 2 * INTERVAL])
+    code, out, err = run_cli(["--run-dir", run_dir, "--resume", "--iterations", 2 * INTERVAL,
+                              "--archive", run_dir.parent / "archive"])
     assert code == 0, err
     return run_dir, out
 
@@ -259,3 +260,27 @@ def test_an_interrupt_stops_after_the_interval_with_its_checkpoint(tmp_path, xla
         assert cps.latest_step() == done
     finally:
         cps.close()
+
+
+def test_archive_takes_the_final_members(resumed):
+    """--archive DIR: the members of the last interval go into the model archive, each a
+    single run's checkpoint whose deflated Sharpe counts every member's every validation."""
+    from jaxtrade import archive
+    from jaxtrade import checkpoint as ckpt
+
+    run_dir, out = resumed
+    entries = archive.Archive(run_dir.parent / "archive").entries()
+    final = {r["id"] for r in records(run_dir) if r["interval"] == 2}
+    assert entries and {e["source"]["member"] for e in entries} <= final
+    assert all(e["source"]["run"] == str(run_dir.absolute()) for e in entries)
+    assert f"archived {entries[0]['id']} in " in out
+    best = ckpt.select(run_dir.parent / "archive" / "models" / entries[0]["id"], "best")
+    assert best.meta["selection"]["validations"] == 2 * MEMBERS  # members x walks
+
+
+def test_evaluate_points_a_population_run_to_the_archive(whole, capsys):
+    from jaxtrade import evaluate
+
+    run_dir, _ = whole
+    assert evaluate.main(["--run-dir", str(run_dir)]) == 2
+    assert "is a population run: archive its members" in capsys.readouterr().err
