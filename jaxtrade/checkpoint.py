@@ -42,10 +42,10 @@ from jaxtrade import config as cfgmod
 from jaxtrade.trainer import HPARAM_NAMES, HParams, Trainer, TrainState
 
 CHECKPOINT_DIR = "checkpoints"  # under the run directory
-FORMAT = 3  # layout version, bumped when it changes incompatibly (`_legacy_layout` reads
-# the older ones). 3: max_grad_norm is a runtime hyperparameter (in HParams and injected in
-# both optimizer chains); 2: the recurrent state is env-first ([B, L, H]); 1: the GRU state
-# was [L, B, H]
+FORMAT = 4  # layout version, bumped when it changes incompatibly (`_legacy_layout` reads
+# the older ones). 4: dropout is a runtime hyperparameter (in HParams); 3: max_grad_norm is
+# one (in HParams and injected in both optimizer chains); 2: the recurrent state is
+# env-first ([B, L, H]); 1: the GRU state was [L, B, H]
 SCORE_KEY = "episode_return_mean"  # ranks checkpoints until a validation score exists
 VAL_SCORE_KEY = "val_score"  # the validation score, preferred when a metrics row has it
 # Rank of a checkpoint without a validation score in a run that evaluates: below every
@@ -440,13 +440,14 @@ def _mismatch(source: Source, what: str, on_mismatch: str, saved: Any, new: Any)
 
 def _legacy_layout(source: Source, target: TrainState, trainer: Trainer):
     """(restore target, upgrade) for `source`: the state of an older format is read in its
-    own layout, and `upgrade` turns it into today's.
+    own layout (`_legacy_target`), and `upgrade` turns it into today's.
 
     * format 1 held the GRU state as [L, B, H] (env axis second): read in that shape and
       transposed to [B, L, H];
-    * formats 1 and 2 had no `max_grad_norm` hyperparameter (in `HParams` or injected in
-      the optimizer chains, where the clip was a constant): read without it, then set to
-      the saved config's value, which the old program clipped with.
+    * a runtime hyperparameter added since (`ADDED_HPARAMS`: max_grad_norm in format 3,
+      in `HParams` and injected in the optimizer chains, where the clip was a constant;
+      dropout in format 4, where the rate was a constant of the network) is set to the
+      saved config's value, which the old program used.
     """
     fmt = source.meta.get("format", 1)
     upgrades = []
@@ -458,9 +459,9 @@ def _legacy_layout(source: Source, target: TrainState, trainer: Trainer):
         target = target.replace(carry=target.carry.replace(hidden=old))
         upgrades.append(lambda state: state.replace(carry=state.carry.replace(
             hidden=jnp.transpose(state.carry.hidden, (1, 0, 2)))))
-    if fmt < 3:
-        upgrades.append(_clip_norm_upgrade(source, trainer))
-        target = _without_clip_norm(target)
+    if _missing_hparams(fmt):
+        upgrades.append(_hparams_upgrade(source, trainer, fmt))
+    target = _legacy_target(target, fmt)
 
     def upgrade(state: TrainState) -> TrainState:
         for step in upgrades:
@@ -470,35 +471,60 @@ def _legacy_layout(source: Source, target: TrainState, trainer: Trainer):
     return target, upgrade
 
 
-def _without_clip_norm(target: TrainState) -> TrainState:
-    """The restore target of a state saved without `max_grad_norm`: its hyperparameters as
-    a dict of the others (the saved tree has their names, and no leaf for the new one), and
-    the optimizer states' injected hyperparameters without it."""
+# Runtime hyperparameters by the format that added them (appended to `HParams`); older
+# checkpoints restore them with their saved config's values.
+ADDED_HPARAMS = {3: ("max_grad_norm",), 4: ("dropout",)}
+
+
+def _missing_hparams(fmt: int) -> tuple[str, ...]:
+    """The runtime hyperparameters a format-`fmt` state lacks."""
+    return tuple(k for added, names in ADDED_HPARAMS.items() if fmt < added for k in names)
+
+
+def _legacy_target(target: TrainState, fmt: int) -> TrainState:
+    """`target` (a state, or its restore target) in the hyperparameter layout of format
+    `fmt`: without the hyperparameters added since, its `HParams` as a dict of the others
+    (the saved tree has their names, and no leaf for the new ones), and before format 3
+    the optimizer states' injected hyperparameters without `max_grad_norm`."""
+    missing = _missing_hparams(fmt)
+    if not missing:
+        return target
 
     def drop(items):
-        return {k: v for k, v in items.items() if k != "max_grad_norm"}
+        return {k: v for k, v in items.items() if k not in missing}
 
     hp = target.hparams
-    return target.replace(
-        hparams=drop({f.name: getattr(hp, f.name) for f in dataclasses.fields(hp)}),
-        actor_opt=target.actor_opt._replace(hyperparams=drop(target.actor_opt.hyperparams)),
-        critic_opt=target.critic_opt._replace(hyperparams=drop(target.critic_opt.hyperparams)))
+    target = target.replace(hparams=drop({f.name: getattr(hp, f.name)
+                                          for f in dataclasses.fields(hp)}))
+    if "max_grad_norm" in missing:
+        target = target.replace(
+            actor_opt=target.actor_opt._replace(hyperparams=drop(target.actor_opt.hyperparams)),
+            critic_opt=target.critic_opt._replace(
+                hyperparams=drop(target.critic_opt.hyperparams)))
+    return target
 
 
-def _clip_norm_upgrade(source: Source, trainer: Trainer) -> Callable[[TrainState], TrainState]:
-    """Completes a state read by `_without_clip_norm`'s target with the saved config's
-    `max_grad_norm`, placed as `trainer` places the hyperparameters."""
-    where = trainer.state_shardings.hparams.max_grad_norm
-    saved = source.config.ppo.max_grad_norm
+def _hparams_upgrade(source: Source, trainer: Trainer, fmt: int
+                     ) -> Callable[[TrainState], TrainState]:
+    """Completes a state read by `_legacy_target`'s target with the saved config's values
+    of the hyperparameters format `fmt` lacks, placed as `trainer` places them (and
+    `max_grad_norm` in both optimizer chains, where format 3 put it)."""
+    missing = _missing_hparams(fmt)
+    where = trainer.state_shardings.hparams
 
-    def value() -> jax.Array:  # a buffer of its own per leaf: the program donates each
-        return jax.device_put(jnp.float32(saved), where)
+    def value(key: str) -> jax.Array:  # a buffer of its own per leaf: the program donates each
+        return jax.device_put(jnp.float32(cfgmod.value_of(source.config, key)),
+                              getattr(where, key))
 
     def upgrade(state: TrainState) -> TrainState:
-        return state.replace(
-            hparams=HParams(**state.hparams, max_grad_norm=value()),
-            actor_opt=ppo.set_hyperparams(state.actor_opt, max_grad_norm=value()),
-            critic_opt=ppo.set_hyperparams(state.critic_opt, max_grad_norm=value()))
+        state = state.replace(hparams=HParams(**state.hparams, **{k: value(k) for k in missing}))
+        if "max_grad_norm" in missing:
+            state = state.replace(
+                actor_opt=ppo.set_hyperparams(state.actor_opt, max_grad_norm=value(
+                    "max_grad_norm")),
+                critic_opt=ppo.set_hyperparams(state.critic_opt, max_grad_norm=value(
+                    "max_grad_norm")))
+        return state
 
     return upgrade
 

@@ -442,8 +442,8 @@ class NetworkConfig:
     context: int = setting(  # transformer only: the memory is K steps of every block's input
         16, "steps before the current one a transformer attends to", metavar="K",
         rule=AtLeast(1), shape=True)
-    dropout: float = setting(  # after the encoder and between GRU layers
-        0.0, "dropout rate", rule=Between(0, 1))
+    dropout: float = setting(  # in updates only; > 0 (or in a schedule) compiles the sites
+        0.0, "dropout rate", rule=Between(0, 1), runtime=True)
     precision: str = setting(  # the matmul dtype
         "auto", "matmul precision: auto = bf16 on GPU, fp32 on CPU", rule=OneOf(PRECISIONS),
         shape=True)
@@ -613,6 +613,11 @@ def values_of(cfg: Config) -> dict[str, Any]:
     return {k: _plain(getattr(section_of(cfg, path), k)) for k, path in _FIELD_SECTION.items()}
 
 
+def value_of(cfg: Config, key: str) -> Any:
+    """The value of the field named `key` (bare) in `cfg`."""
+    return getattr(section_of(cfg, _FIELD_SECTION[key]), key)
+
+
 def _array_item(tp: Any) -> type | None:
     """The dataclass of an array-of-tables field (`tuple[Item, ...]`, TOML `[[...]]`), else
     None."""
@@ -649,7 +654,9 @@ def _settings() -> dict[str, Setting]:
 SETTINGS: dict[str, Setting] = _settings()
 # Runtime hyperparameters (`trainer.HParams`): they may change between iterations, and on
 # resume, without recompiling.
-RUNTIME_FIELDS: tuple[str, ...] = tuple(k for k, s in SETTINGS.items() if s.runtime)
+# In the order of `trainer.HParams`' fields (the saved state's): [ppo]'s, then dropout.
+RUNTIME_FIELDS: tuple[str, ...] = tuple(sorted(
+    (k for k, s in SETTINGS.items() if s.runtime), key=lambda k: _FIELD_SECTION[k] != "ppo"))
 # Settings a resumed run may not change: they fix array shapes, the market, or the compiled
 # program's numerics (precision), so the saved state would not fit or would mean something
 # else (`checkpoint.resume_changes`).

@@ -2,9 +2,9 @@
 
 Everything here is a pure ``jnp`` function of arrays. Hyperparameters that a
 schedule or a population may change (``gamma``, ``gae_lambda``, ``clip_eps``,
-``vf_coef``, ``ent_coef``, learning rates, the gradient-norm cap) may be traced
-arrays, so changing them never recompiles. Advantages, losses and metrics are float32 whatever
-the network's compute dtype.
+``vf_coef``, ``ent_coef``, learning rates, the gradient-norm cap, the dropout rate) may be
+traced arrays, so changing them never recompiles. Advantages, losses and metrics are
+float32 whatever the network's compute dtype.
 
 The parameter tree is split by its top-level ``value_head`` key: the critic
 chain owns the value head, the actor chain owns the rest (for the GRU network:
@@ -388,8 +388,9 @@ class LearningRule:
     Minibatches keep whole sequences: the network re-runs each from its stored initial
     recurrent state. `shard(tree, axes)` pins a tree's env axes to their devices
     (`jaxtrade.parallel.constrain`); the default leaves placement to XLA.
-    Hyperparameters come in `hp` (any object with float32 `clip`, `vf_coef`, `ent_coef`),
-    so changing them never recompiles.
+    Hyperparameters come in `hp` (any object with float32 `clip`, `vf_coef`, `ent_coef`,
+    and `dropout`, the rate of the network's dropout sites when it has them), so changing
+    them never recompiles.
     """
 
     network: Any
@@ -399,7 +400,7 @@ class LearningRule:
     n_minibatches: int
     ppo_epochs: int
     critic_epochs: int
-    dropout: bool  # the network has dropout: the update trains with it on
+    dropout: bool  # the network has dropout sites: the update trains with them on
     clip_value: bool
     shard: Callable = _no_shard
 
@@ -410,26 +411,29 @@ class LearningRule:
     def assignment(self, key: jax.Array) -> jax.Array:
         return self.shard(minibatch_assignment(key, self.n_envs, self.n_minibatches), 0)
 
-    def unroll_train(self, params, mb: Batch, key: jax.Array):
-        """Logits and values of a minibatch with dropout on (mask fixed by `key`)."""
+    def unroll_train(self, params, mb: Batch, hp, key: jax.Array):
+        """Logits and values of a minibatch with dropout on at rate `hp.dropout` (mask
+        fixed by `key`)."""
         tr = mb.transition
+        # A network without dropout sites is called as before the rate was an argument.
+        rate = {"dropout_rate": hp.dropout} if self.dropout else {}
         out = self.network.apply(
             {"params": params}, mb.hidden, tr.obs, tr.reset, deterministic=False,
-            rngs={"dropout": key}, method="unroll",
+            rngs={"dropout": key}, method="unroll", **rate,
         )
         return out.logits, out.value
 
     def loss(self, params, old_params, mb: Batch, hp, key: jax.Array):
         """`ppo_loss` of minibatch `mb` -> (loss, metrics)."""
         tr = mb.transition
-        logits, values = self.unroll_train(params, mb, key)
+        logits, values = self.unroll_train(params, mb, hp, key)
         old_log_probs = tr.log_prob
         if self.dropout:
             # Rollouts act without dropout, updates train with it. Comparing a dropped-out
             # new policy with the dropout-free old one would make the ratio noisy before
             # any update (clip fractions near 0.5); instead the old policy is re-evaluated
             # under the same dropout mask, so the ratio measures parameter change only.
-            old_logits, _ = self.unroll_train(old_params, mb, key)
+            old_logits, _ = self.unroll_train(old_params, mb, hp, key)
             old_logits = masked_logits(jax.lax.stop_gradient(old_logits), tr.mask)
             old_log_probs = jnp.take_along_axis(
                 jax.nn.log_softmax(old_logits), tr.action[..., None], -1

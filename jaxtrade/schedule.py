@@ -11,6 +11,7 @@ A schedule is a TOML file (`configs/schedules/`):
     end = 500_000                 # timesteps (x --schedule-scale); or end_fraction = 0.05
     actor_lr = [1.2e-4, 8e-5]     # linear from the phase's start to its end
     clip = 0.25                   # constant through the phase
+    dropout = 0.088               # the rate too (the network has dropout sites if any is > 0)
     [phase.shapes]                # settings that change shapes (recorded, see below)
     ppo_epochs = 10
 
@@ -25,7 +26,7 @@ run's config values; those it names follow it, unless the user set them with
 wins for the whole run.
 
 `[phase.shapes]` holds the phase's settings that change array shapes or the program
-(minibatch size, epochs, dropout, transformer heads and layers in the reference table;
+(minibatch size, epochs, transformer heads and layers in the reference table;
 `phase_config` maps them onto a run's config). A run switches them at phase boundaries:
 it saves a checkpoint tagged with the phase that ends, compiles the next phase's program
 and carries the state over (a transformer grows function-preservingly,
@@ -69,8 +70,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-SHAPE_KEYS = ("minibatch_size", "n_minibatches", "ppo_epochs", "critic_epochs", "dropout",
-              "n_heads", "n_layers")
+SHAPE_KEYS = ("minibatch_size", "n_minibatches", "ppo_epochs", "critic_epochs", "n_heads",
+              "n_layers")
 # The plateau rule's settings (`jaxtrade.transitions.PlateauRule`); those counted in
 # timesteps are scaled like the phase ends.
 TRANSITION_KEYS = ("patience", "threshold", "threshold_mode", "mode", "cooldown", "minimum",
@@ -289,7 +290,7 @@ def phase_index(ends: list[float], timestep: float) -> int:
 
 
 def describe_settings(applied: dict[str, float]) -> str:
-    """A phase's applied shape settings in words ("ppo_epochs 8, dropout 0.066")."""
+    """A phase's applied shape settings in words ("n_minibatches 2, ppo_epochs 8")."""
     return ", ".join(f"{k} {v:g}" for k, v in applied.items()) or "no shape settings"
 
 
@@ -325,8 +326,6 @@ def phase_config(schedule: Schedule, cfg, index: int, n_devices: int):
             else:
                 skipped.append(f"{key} (a transformer's; this run's network is "
                                f"{cfg.network.kind})")
-        elif key == "dropout":
-            applied[key] = float(value)
         else:
             applied[key] = int(value)
     return with_values(cfg, **applied), applied, sorted(set(skipped))
@@ -430,6 +429,10 @@ def load(path: str | Path) -> Schedule:
                 if not isinstance(value, dict):
                     raise ScheduleError(f"{where}: shapes must be a table")
                 bad = set(value) - set(SHAPE_KEYS)
+                if "dropout" in bad:
+                    raise ScheduleError(f"{where}: dropout is a runtime hyperparameter: "
+                                        f"write it beside the others (dropout = "
+                                        f"{value['dropout']!r}), not under [phase.shapes]")
                 if bad:
                     raise ScheduleError(f"{where}: unknown shape setting(s) "
                                         f"{', '.join(sorted(bad))}; expected "

@@ -28,7 +28,8 @@ program. Inside `iterate`:
    and never need envs from another device.
 
 Hyperparameters a schedule may change live in `TrainState.hparams` as float32
-arrays; changing them never recompiles.
+arrays; changing them never recompiles. The dropout rate among them: whether the network
+has dropout sites is fixed by the program (`dropout_ceiling`), their rate is not.
 
 Devices: the program runs on a 1-D mesh (`jaxtrade.parallel`): per-env arrays are
 split over it along their env axis, everything else is replicated, and XLA turns the
@@ -73,6 +74,7 @@ class HParams:
     gae_lambda: jax.Array
     gamma: jax.Array
     max_grad_norm: jax.Array  # both chains' global-norm clip (appended: checkpoint format 3)
+    dropout: jax.Array  # the network's dropout rate in updates (appended: format 4)
 
     @classmethod
     def create(cls, **values) -> HParams:
@@ -165,9 +167,24 @@ def _all_finite(tree) -> jax.Array:
 
 
 def build_network(config: Config, env: Environment, platform: str | None = None) -> Network:
-    """The network `config.network` describes, sized for `env`."""
-    return make_network(config.network, env.obs_dim, env.num_actions, platform,
-                        layout=env.obs_layout)
+    """The network `config.network` describes, sized for `env`, with dropout sites when the
+    run uses dropout at all (`dropout_ceiling`)."""
+    nc = dataclasses.replace(config.network, dropout=dropout_ceiling(config))
+    return make_network(nc, env.obs_dim, env.num_actions, platform, layout=env.obs_layout)
+
+
+def dropout_ceiling(config: Config) -> float:
+    """The largest dropout rate `config`'s run trains with: its `dropout`, or where its
+    schedule drives dropout, the largest a phase names. Above 0, the network has dropout
+    sites, whose rate is the runtime hyperparameter (`HParams.dropout`); at 0 it has none,
+    and the programs are those of a network without dropout."""
+    rate = config.network.dropout
+    if config.run.schedule is None or "dropout" in (config.run.schedule_fixed or ()):
+        return rate
+    from jaxtrade import schedule
+
+    phases = schedule.load(config.run.schedule).phases
+    return max([rate, *(x for p in phases for x in p.values.get("dropout", ()))])
 
 
 def count_network_params(config: Config, env: Environment) -> int:
@@ -317,7 +334,7 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
     rule = LearningRule(
         network=network, actor_tx=actor_tx, critic_tx=critic_tx, n_envs=n_envs,
         n_minibatches=pc.n_minibatches, ppo_epochs=pc.ppo_epochs,
-        critic_epochs=pc.critic_epochs, dropout=config.network.dropout > 0,
+        critic_epochs=pc.critic_epochs, dropout=network.dropout > 0,
         clip_value=pc.clip_value, shard=shard,
     )
     rollout = make_rollout(
@@ -336,7 +353,7 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
             critic_opt=critic_tx.init(critic),
             carry=initial_carry(network, env, env_params, key_env, n_envs, stagger=True),
             rng=key_rng,
-            hparams=HParams.create(**{k: getattr(pc, k) for k in HPARAM_NAMES}),
+            hparams=HParams.create(**hparam_values(config)),
             iteration=jnp.zeros((), jnp.int32),
             last_episode_return=jnp.zeros((), jnp.float32),
         )
@@ -378,6 +395,13 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
         state_shardings=state_shardings,
         schedule=table,
     )
+
+
+def hparam_values(config: Config) -> dict[str, float]:
+    """`config`'s runtime hyperparameters (`HPARAM_NAMES`), by name."""
+    from jaxtrade.config import value_of
+
+    return {k: value_of(config, k) for k in HPARAM_NAMES}
 
 
 def set_hparams(state: TrainState, **values) -> TrainState:

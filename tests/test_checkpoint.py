@@ -115,12 +115,13 @@ def test_permuted_asset_orders_train_and_resume_bit_identical(small_market, tmp_
 def test_format_1_checkpoints_with_the_old_gru_layout_resume(trainer, cfg, fresh, tmp_path,
                                                               monkeypatch):
     """Checkpoints written before the recurrent state went env-first (format 1, GRU state
-    [L, B, H], and no max_grad_norm) restore into today's [B, L, H] state exactly."""
+    [L, B, H], and no max_grad_norm or dropout hyperparameter) restore into today's
+    [B, L, H] state exactly."""
     state = advance(trainer, fresh(), 1)
     hidden = state.carry.hidden  # [B, L, H]
     assert hidden.shape[0] != hidden.shape[1]
-    old = ckpt._without_clip_norm(
-        state.replace(carry=state.carry.replace(hidden=jnp.transpose(hidden, (1, 0, 2)))))
+    old = ckpt._legacy_target(
+        state.replace(carry=state.carry.replace(hidden=jnp.transpose(hidden, (1, 0, 2)))), 1)
     with monkeypatch.context() as m:
         m.setattr(ckpt, "FORMAT", 1)
         store = ckpt.RunCheckpoints(tmp_path, cfg)
@@ -184,6 +185,32 @@ def test_format_2_run_resumes_from_the_cli_as_the_old_code_continued(xla_cache, 
     assert ckpt.latest(run_dir).meta["format"] == ckpt.FORMAT
 
 
+# A run saved by the code before dropout was a runtime hyperparameter (format 3, commit
+# c25c211): `python -m jaxtrade.train` with tests.test_train.TINY's flags, its --hyperparams
+# ending in ",dropout=0.1", `--iterations 1 --save-every 0` (run/, without tb/); and
+# straight_metrics.jsonl, the metrics of the same command with `--iterations 2`.
+FORMAT_3 = Path(__file__).parent / "fixtures" / "format3"
+
+
+def test_format_3_checkpoints_restore_with_the_saved_dropout(tmp_path):
+    """A checkpoint without the dropout hyperparameter restores with the saved config's
+    rate, and its next iteration trains with it: the old program's numbers (its masks are
+    flax's nn.Dropout masks, so another rate, or none, differs)."""
+    source = ckpt.latest(Path(shutil.copytree(FORMAT_3 / "run", tmp_path / "run")))
+    assert source.meta["format"] == 3 and source.config.network.dropout == 0.1
+    trainer = make_train(source.config, load_run_market(source.config))
+    assert trainer.rule.dropout  # the network has dropout sites
+    state = ckpt.restore_state(source, trainer)
+    assert float(state.hparams.dropout) == pytest.approx(0.1)
+    assert float(state.hparams.max_grad_norm) == pytest.approx(source.config.ppo.max_grad_norm)
+    state, metrics = trainer.run(trainer.place(state), 1)
+    expected = json.loads((FORMAT_3 / "straight_metrics.jsonl").read_text().splitlines()[1])
+    for k in ("policy_loss", "value_loss", "approx_kl", "actor_grad_norm", "critic_loss_after",
+              "explained_variance"):
+        assert float(metrics[k][0]) == pytest.approx(expected[k], rel=1e-4, abs=1e-7), k
+    assert float(metrics["dropout"][0]) == pytest.approx(0.1)
+
+
 def test_keeps_the_latest_the_best_and_the_final(cfg, fresh, tmp_path):
     state = fresh()
     store = save_run(tmp_path, cfg, state, [1.0, 5.0, 2.0, 3.0])  # keep_checkpoints=2
@@ -204,7 +231,7 @@ def test_metadata_records_config_metrics_best_and_lineage(cfg, fresh, tmp_path):
     lineage = ckpt.Lineage("ckpt/parent", 40, generation=2, base_timesteps=1000, start="weights")
     save_run(tmp_path, cfg, fresh(), [0.5, 0.25], lineage=lineage)
     meta = ckpt.latest(tmp_path).meta
-    assert meta["iteration"] == 2 and meta["timesteps"] == 2 * 64 and meta["format"] == 3
+    assert meta["iteration"] == 2 and meta["timesteps"] == 2 * 64 and meta["format"] == 4
     assert ckpt.latest(tmp_path).config == cfg
     assert meta["metrics"] == row(2, 0.25)
     assert meta["history"]["iteration"] == [1, 2]

@@ -561,7 +561,10 @@ def test_runtime_hyperparameters_are_the_fields_of_hparams():
     assert HPARAM_NAMES == C.RUNTIME_FIELDS
     assert set(C.RUNTIME_FIELDS) == {
         "actor_lr", "critic_lr", "ent_coef", "clip", "vf_coef", "gae_lambda", "gamma",
-        "max_grad_norm"}
+        "max_grad_norm", "dropout"}
+    # HParams' field order is the saved state's: a new hyperparameter comes last.
+    assert [f.name for f in dataclasses.fields(HParams)][-2:] == ["max_grad_norm", "dropout"]
+    assert C.RUNTIME_FIELDS[-1] == "dropout"
     assert not set(C.RUNTIME_FIELDS) & set(C.SHAPE_FIELDS)
 
 

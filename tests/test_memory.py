@@ -177,3 +177,18 @@ def test_compiled_bytes_adds_arguments_outputs_temporaries_less_aliases():
 )
 def test_format_bytes(n, text):
     assert memory.format_bytes(n) == text
+
+
+def test_dropout_masks_are_counted_where_the_sites_exist(small_env, tmp_path):
+    """A mask per dropout site is counted with dropout on, and with dropout 0 under a
+    schedule whose phases name a rate (the network has the sites for the whole run), but
+    not without either."""
+    path = tmp_path / "s.toml"
+    path.write_text("[[phase]]\nend = 1_000_000\ndropout = [0.1, 0.0]\n")
+
+    def per_env(**fields) -> int:
+        return memory.estimate(make_config(n_envs=32, **fields), small_env).per_env_bytes
+
+    plain = per_env()
+    assert per_env(dropout=0.1) > plain
+    assert per_env(schedule=str(path)) == per_env(dropout=0.1)

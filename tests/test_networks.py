@@ -1,6 +1,7 @@
 """Tests for jaxtrade/networks/: GRU layout, dtypes, resets, unroll parity, dropout; the
 MLP network; building a network from its config."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 
 from jaxtrade.config import NetworkConfig
 from jaxtrade.networks import (
+    Dropout,
     GRUActorCritic,
     MLPActorCritic,
     ObsLayout,
@@ -307,6 +309,65 @@ def test_unroll_dropout_masks_differ_across_time(net_dropout):
         deterministic=False,
     ).logits
     assert not np.allclose(logits[0], logits[1])
+
+
+def test_dropout_keeps_one_minus_the_rate_it_is_given():
+    """`Dropout`'s rate is an array: one compiled function masks at 0.5 and 0.1, keeping
+    about 1 - rate of 262,144 values (the count's std is ~0.001) scaled by 1 / (1 - rate) in
+    the input's dtype; rate 0 is the identity; at a fixed rate it draws flax's
+    `nn.Dropout` mask (runs saved before the rate was an array continue with the same
+    masks)."""
+    x = jnp.ones((512, 512), jnp.bfloat16)
+
+    @jax.jit
+    def drop(x, rate):
+        return Dropout().apply({}, x, rate, False, rngs={"dropout": _key(11)})
+
+    for rate in (0.5, 0.1):
+        y = drop(x, jnp.float32(rate))
+        kept = np.asarray(y != 0)
+        assert y.dtype == jnp.bfloat16
+        assert abs(kept.mean() - (1 - rate)) < 0.005, rate
+        np.testing.assert_allclose(np.asarray(y, np.float32)[kept], 1 / (1 - rate), rtol=4e-3)
+    np.testing.assert_array_equal(drop(x, jnp.float32(0.0)), x)
+    assert drop._cache_size() == 1  # three rates, one program
+    x32 = jax.random.normal(_key(12), (64, 64))
+    flax = nn.Dropout(0.1).apply({}, x32, False, rngs={"dropout": _key(11)})
+    ours = drop(x32, jnp.float32(0.1))
+    np.testing.assert_array_equal(ours == 0, flax == 0)
+    np.testing.assert_allclose(ours, flax, rtol=1e-6)  # x / 0.9: at most an ulp apart
+
+
+def test_the_rate_given_at_apply_time_drives_the_dropout_sites(params):
+    """`dropout_rate` overrides the network's field (a network built with 0.1 run at 0.5 is
+    one built with 0.5); rate 0 through the sites is the deterministic network, exactly;
+    and a network without dropout (field 0) has no sites: its training forward draws no
+    random numbers whatever the rate."""
+    obs, hidden = _inputs(7)
+    reset = jnp.zeros((T, B), bool)
+
+    def unroll(model, rate=None, deterministic=False):
+        return jax.jit(lambda r: model.apply(
+            params, hidden, obs, reset, deterministic, dropout_rate=r, method="unroll",
+            rngs={"dropout": KEY}).logits)(rate)
+
+    # Equal up to float32 rounding: the programs differ (XLA fuses them otherwise).
+    close = dict(rtol=1e-5, atol=1e-6)
+    det = unroll(_model(dropout=0.1), deterministic=True)
+    np.testing.assert_allclose(unroll(_model(dropout=0.1), jnp.float32(0.0)), det, **close)
+    np.testing.assert_allclose(unroll(_model(dropout=0.1), jnp.float32(0.5)),
+                               unroll(_model(dropout=0.5)), **close)
+    assert not np.allclose(unroll(_model(dropout=0.1), jnp.float32(0.5)), det, atol=1e-3)
+    none = _model(dropout=0.0)
+    np.testing.assert_allclose(unroll(none, jnp.float32(0.5)), det, **close)
+
+    def draws(model) -> bool:
+        jaxpr = str(jax.make_jaxpr(lambda r: model.apply(
+            params, hidden, obs, reset, False, dropout_rate=r, method="unroll",
+            rngs={"dropout": KEY}))(jnp.float32(0.5)))
+        return "random_bits" in jaxpr
+
+    assert draws(_model(dropout=0.1)) and not draws(none)
 
 
 # ------------------------------------------------------------------ building by kind

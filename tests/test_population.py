@@ -71,7 +71,7 @@ def test_init_population(tiny):
     assert not leaves_equal(member(pop, 0).params, member(pop, 1).params)
     assert not leaves_equal(member(pop, 0).carry.obs, member(pop, 1).carry.obs)
     cfg = tiny.config.ppo
-    for name in HPARAM_NAMES:
+    for name in BOUNDS:  # dropout is not sampled: every member has the config's
         v = np.asarray(getattr(pop.members.hparams, name))
         lo, hi = BOUNDS[name]
         assert v.dtype == np.float32 and v.shape == (4,)
@@ -80,6 +80,8 @@ def test_init_population(tiny):
         t = 1 - v if name in COMPLEMENT else v
         t0 = 1 - v[0] if name in COMPLEMENT else v[0]
         assert np.all((t >= t0 / 2 * (1 - 1e-5)) & (t <= t0 * 2 * (1 + 1e-5))), name
+    assert set(BOUNDS) == set(HPARAM_NAMES) - {"dropout"}
+    np.testing.assert_allclose(pop.members.hparams.dropout, tiny.config.network.dropout)
     assert len(set(np.asarray(pop.members.hparams.actor_lr).tolist())) == 4
     given = init_population(tiny, jax.random.key(0), 2, {"actor_lr": [1e-4, 1e-3]})
     np.testing.assert_allclose(given.members.hparams.actor_lr, [1e-4, 1e-3], rtol=1e-6)
@@ -155,7 +157,8 @@ def test_bottom_copy_top_exactly_and_top_untouched(big):
         assert leaves_equal(child.carry.env_state, old.carry.env_state)
         assert leaves_equal(child.rng, old.rng)
         assert bool(child.carry.reset.all())
-        for name in HPARAM_NAMES:  # the parent's x0.8 or x1.2 (of 1 - x for gamma, lambda)
+        assert child.hparams.dropout == parent.hparams.dropout  # not perturbed: inherited
+        for name in BOUNDS:  # the parent's x0.8 or x1.2 (of 1 - x for gamma, lambda)
             new, was = float(getattr(child.hparams, name)), float(getattr(parent.hparams, name))
             lo, hi = BOUNDS[name]
             if name in COMPLEMENT:
@@ -185,7 +188,7 @@ def test_perturbations_are_clamped_and_resamples_stay_in_bounds(big):
             v = float(getattr(after.members.hparams, k)[i])
             assert v in (pytest.approx(BOUNDS[k][1]), pytest.approx(BOUNDS[k][1] * 0.8)), k
     fresh = exploit_explore(big, scores, resample_prob=1.0)
-    for name in HPARAM_NAMES:
+    for name in BOUNDS:
         v = np.asarray(getattr(fresh.members.hparams, name))[:2]
         lo, hi = BOUNDS[name]
         assert np.all((v >= np.float32(lo)) & (v <= np.float32(hi))), name

@@ -2,6 +2,8 @@
 tables, the in-program table against the host's arithmetic, a trainer that follows it
 iteration by iteration, and one-line errors for files that cannot be followed."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +38,8 @@ TABLE = [
     (7_000_000, "clip", 0.1),
     (500_000, "vf_coef", 1.0), (1_000_000, "vf_coef", 0.8), (2_500_000, "vf_coef", 0.7),
     (4_000_000, "vf_coef", 0.6), (5_500_000, "vf_coef", 0.5), (9_000_000, "vf_coef", 0.4),
+    (0, "dropout", 0.088), (999_999, "dropout", 0.088), (1_000_000, "dropout", 0.066),
+    (4_000_000, "dropout", 0.044), (9_999_999, "dropout", 0.022),
 ]
 
 
@@ -49,11 +53,11 @@ def test_reference_phases_and_shapes(reference):
     assert reference.ends(1.0, TOTAL)[-1] == TOTAL
     assert reference.ends(0.1, TOTAL)[:2] == [50_000, 100_000]
     assert reference.keys == ("actor_lr", "critic_lr", "gae_lambda", "clip", "ent_coef",
-                              "vf_coef")
-    shapes = [(p.shapes["n_heads"], p.shapes["n_layers"], p.shapes["dropout"])
+                              "vf_coef", "dropout")
+    shapes = [(p.shapes["n_heads"], p.shapes["n_layers"], p.values["dropout"])
               for p in reference.phases]
-    assert shapes[:5] == [(4, 2, 0.088)] * 2 + [(4, 2, 0.066)] * 3
-    assert shapes[5:] == [(8, 3, 0.044)] * 2 + [(8, 3, 0.022)] * 2
+    assert shapes[:5] == [(4, 2, (0.088, 0.088))] * 2 + [(4, 2, (0.066, 0.066))] * 3
+    assert shapes[5:] == [(8, 3, (0.044, 0.044))] * 2 + [(8, 3, (0.022, 0.022))] * 2
 
 
 def test_the_program_table_is_the_host_arithmetic(reference):
@@ -116,6 +120,8 @@ BAD = [
     ("[[phase]]\nend = 10\nclip = 0.2\n[phase.shapes]\nbatch = 3\n",
      "unknown shape setting(s) batch"),
     ("[[phase]\nend = 10\n", "not a readable TOML file"),
+    ("[[phase]]\nend = 10\nclip = 0.2\n[phase.shapes]\ndropout = 0.1\n",
+     "dropout is a runtime hyperparameter: write it beside the others (dropout = 0.1)"),
 ]
 
 
@@ -150,20 +156,20 @@ PHASES = """
 name = "small"
 end = {end}
 ent_coef = [0.05, 0.02]
+dropout = 0.1
 [phase.shapes]
 ppo_epochs = 1
 n_heads = 2
 n_layers = 1
-dropout = 0.1
 [[phase]]
 name = "grown"
 end = {last}
 ent_coef = 0.01
+dropout = 0.0
 [phase.shapes]
 ppo_epochs = 2
 n_heads = 4
 n_layers = 2
-dropout = 0.0
 """
 
 
@@ -196,8 +202,8 @@ def test_shapes_switch_at_a_phase_boundary_and_resume_is_bit_exact(tmp_path):
     # the banner shows the program the run starts with: phase 'small''s, not the config's
     assert "hidden 8 x 1 layers x 2 heads" in text and "1 joint + 1 critic epochs (phase " \
            "'small')" in text
-    assert "phase 'grown' at iteration 3: ppo_epochs 2, n_heads 4, head_dim 2, n_layers 2, " \
-           "dropout 0" in text
+    assert "phase 'grown' at iteration 3: ppo_epochs 2, n_heads 4, head_dim 2, n_layers 2; " \
+           "built in" in text
     tagged = ckpt.select(tmp_path / "straight", 2)
     assert tagged.meta["phase"] == "small"
     assert sorted(ckpt.RunCheckpoints(tmp_path / "straight", tagged.config).all_steps()) == [2, 4]
@@ -225,8 +231,8 @@ def test_phase_config_maps_the_reference_shapes_onto_a_run(reference):
     the banner lists the phases whose program differs."""
     cfg = resolve(with_values(Config(), n_envs=64, n_steps=128, market="fixed"), "cpu")
     gru, applied, skipped = schedule.phase_config(reference, cfg, 0, n_devices=1)
-    assert applied == {"n_minibatches": 16, "ppo_epochs": 10, "dropout": 0.088}  # 8192/512
-    assert gru.ppo.n_minibatches == 16 and gru.network.dropout == 0.088
+    assert applied == {"n_minibatches": 16, "ppo_epochs": 10}  # 8192/512
+    assert gru.ppo.n_minibatches == 16 and gru.network.dropout == cfg.network.dropout
     assert [s.split(" ")[0] for s in skipped] == ["n_heads", "n_layers"]
     _, applied, _ = schedule.phase_config(reference, cfg, 8, n_devices=4)
     assert applied["n_minibatches"] == 4  # 8192 / 1536 = 5.3: 4 (x 4 devices divides 64)
@@ -305,6 +311,25 @@ def train_main(*argv, code: int = 0) -> str:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         assert train.main([str(a) for a in argv]) == code
     return out.getvalue()
+
+
+def test_a_schedule_of_dropout_alone_runs_one_program(tmp_path):
+    """Dropout is a runtime hyperparameter: a schedule that ramps it in one phase and turns
+    it off in the next compiles one training program (no phase has a program of its own,
+    nothing is rebuilt at the boundary), and each iteration logs the rate it trained with."""
+    steps = TINY_RUN_STEPS
+    path = tmp_path / "s.toml"
+    path.write_text(f"[[phase]]\nend = {2 * steps}\ndropout = [0.2, 0.1]\n"
+                    f"[[phase]]\nend = {4 * steps}\ndropout = 0.0\n")
+    run_dir = tmp_path / "run"
+    text = train_main(*TINY_RUN, "--eval-every", 0, "--schedule", path, "--iterations", 4,
+                      "--iterations-per-call", 4, "--run-dir", run_dir, "-v")
+    assert "dropout follow it inside the program" in text
+    assert "a program of its own" not in text and "built in" not in text
+    assert text.count("compiling") == 1, text
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in rows] == [0, 0, 1, 1]
+    np.testing.assert_allclose([r["dropout"] for r in rows], [0.2, 0.15, 0.0, 0.0], rtol=1e-6)
 
 
 def test_phases_end_early_on_their_plateau_rule_and_resume_is_bit_exact(tmp_path):

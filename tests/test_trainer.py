@@ -173,7 +173,8 @@ def test_every_runtime_hyperparameter_reaches_the_fused_update(tiny, tiny_state,
     np.testing.assert_equal(jax.device_get(iterate(tiny_state)[0].params),
                             jax.device_get(base))  # deterministic
     changed = {"actor_lr": 3e-3, "critic_lr": 9e-3, "ent_coef": 0.5, "clip": 1e-3,
-               "vf_coef": 5.0, "gae_lambda": 0.5, "gamma": 0.5, "max_grad_norm": 1e-3}
+               "vf_coef": 5.0, "gae_lambda": 0.5, "gamma": 0.5, "max_grad_norm": 1e-3,
+               "dropout": 0.5}
     assert set(changed) == set(HPARAM_NAMES)
     for name, value in changed.items():
         params = iterate(set_hparams(tiny_state, **{name: value}))[0].params

@@ -177,6 +177,20 @@ def test_dropout_only_when_not_deterministic(params):
                            det.logits)
 
 
+def test_the_dropout_rate_is_an_argument_of_the_unroll(params):
+    """The unroll's dropout rate is an array (one compile for all rates): 0 through the sites
+    is the deterministic unroll, 0.5 is not."""
+    model = _model(dropout=0.1)
+    state, obs, reset = model.initial_state(B), _obs(13), jnp.zeros((T, B), bool)
+    unroll = jax.jit(lambda rate: model.apply(
+        {"params": params}, state, obs, reset, False, dropout_rate=rate, method="unroll",
+        rngs={"dropout": jax.random.key(3)}).logits)
+    det = Net(model, params).unroll(params, state, obs, reset).logits
+    np.testing.assert_allclose(unroll(jnp.float32(0.0)), det, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(unroll(jnp.float32(0.5)), det, atol=1e-3)
+    assert unroll._cache_size() == 1
+
+
 # ------------------------------------------------------------------ growth
 
 

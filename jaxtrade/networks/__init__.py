@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxtrade.networks.base import ENCODERS, ObsLayout, Step, Unroll
+from jaxtrade.networks.base import ENCODERS, Dropout, ObsLayout, Step, Unroll
 from jaxtrade.networks.gru import GRUActorCritic, orthonormal
 from jaxtrade.networks.mlp import MLPActorCritic
 from jaxtrade.networks.transformer import TransformerActorCritic, TransformerState, grow
@@ -103,7 +103,7 @@ def count_params(params: Any) -> int:
 
 
 __all__ = [
-    "ENCODERS", "KINDS", "NETWORKS", "GRUActorCritic", "MLPActorCritic", "Network",
+    "ENCODERS", "KINDS", "NETWORKS", "Dropout", "GRUActorCritic", "MLPActorCritic", "Network",
     "ObsLayout", "Step", "TransformerActorCritic", "TransformerState", "Unroll",
     "count_params", "dummy_inputs", "grow", "init_params", "make_network", "orthonormal",
     "param_shapes",

@@ -2,9 +2,10 @@
 
 A jaxtrade network is a Flax Linen module with
 
-* ``__call__(state, obs [B, D], reset [B], deterministic=True) -> Step``: one step;
-* ``unroll(state, obs [T, B, D], reset [T, B], deterministic=True) -> Unroll``: a
-  time-major sequence, equal to ``T`` calls of ``__call__``;
+* ``__call__(state, obs [B, D], reset [B], deterministic=True, dropout_rate=None) ->
+  Step``: one step;
+* ``unroll(state, obs [T, B, D], reset [T, B], deterministic=True, dropout_rate=None) ->
+  Unroll``: a time-major sequence, equal to ``T`` calls of ``__call__``;
 * ``value_from_trunk(trunk) -> value``: the value head alone, on cached trunk features
   (the critic-only epochs);
 * ``initial_state(n)`` (``nn.nowrap``): the zero recurrent state of ``n`` envs, a pytree
@@ -16,6 +17,11 @@ A jaxtrade network is a Flax Linen module with
 
 ``reset[b]`` means "env b starts a new episode at this step": a recurrent network zeroes
 its state there. Logits and values are float32 whatever the compute dtype.
+
+Dropout: a network whose field ``dropout`` is > 0 has dropout sites (`Dropout`), active
+when ``deterministic=False`` (with a ``'dropout'`` rng) at the rate ``dropout_rate``
+(float32 [], the run's runtime hyperparameter; None: ``dropout``), so a new rate compiles
+nothing; with ``dropout = 0`` there are none.
 """
 
 from __future__ import annotations
@@ -105,6 +111,28 @@ class ObsLayout:
         return dataclasses.replace(self, n_assets=n_assets)
 
 
+class Dropout(nn.Module):
+    """Inverted dropout whose rate is an array (float32 [], traced or not): a mask drawn
+    from the ``'dropout'`` rng keeps each value with probability 1 - rate and scales it by
+    1 / (1 - rate), in the input's dtype, so a rate that changes between calls compiles
+    once. ``deterministic=True`` returns the input. flax's `nn.Dropout` needs a Python
+    rate; this one draws the same mask for the same key, rate and shape."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, rate: jax.Array | float, deterministic: bool) -> jax.Array:
+        if deterministic:
+            return x
+        keep = 1.0 - jnp.asarray(rate, jnp.float32)
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+        return jax.lax.select(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
+
+
+def dropout_rate(default: float, rate: jax.Array | float | None) -> jax.Array | float:
+    """The rate a network's dropout sites use: `rate` given at apply time (the run's
+    runtime hyperparameter), else the network's own `default`."""
+    return default if rate is None else rate
+
+
 ENCODERS = ("flat", "set")  # NetworkConfig.encoder: how the trunk reads an observation
 
 
@@ -115,12 +143,13 @@ class SetEncoder(nn.Module):
     (DeepSets): the parameters do not depend on ``layout.n_assets``."""
 
     hidden_dim: int
-    dropout: float
+    dropout: float  # > 0: the dropout site exists (its rate when none is passed)
     layout: ObsLayout
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, obs: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, obs: jax.Array, deterministic: bool,
+                 rate: jax.Array | float | None = None) -> jax.Array:
         tokens, globals_ = self.layout.split(obs)
         x = tokens
         for i in range(2):
@@ -137,7 +166,9 @@ class SetEncoder(nn.Module):
         pooled = jnp.concatenate([mean, top, globals_.astype(x.dtype)], axis=-1)
         x = nn.Dense(self.hidden_dim, dtype=self.dtype, name="pool_dense")(pooled)
         x = nn.LayerNorm(dtype=self.dtype, name="pool_norm")(nn.relu(x))
-        return nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        if self.dropout > 0:
+            x = Dropout()(x, dropout_rate(self.dropout, rate), deterministic)
+        return x
 
 
 def make_encoder(kind: str, hidden_dim: int, dropout: float, layout: ObsLayout | None,
@@ -172,16 +203,19 @@ class Encoder(nn.Module):
     """Two Dense-ReLU-LayerNorm blocks, then dropout. ``[..., D] -> [..., H]``."""
 
     hidden_dim: int
-    dropout: float
+    dropout: float  # > 0: the dropout site exists (its rate when none is passed)
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, obs: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, obs: jax.Array, deterministic: bool,
+                 rate: jax.Array | float | None = None) -> jax.Array:
         x = obs
         for i in range(2):
             x = nn.Dense(self.hidden_dim, dtype=self.dtype, name=f"dense_{i}")(x)
             x = nn.LayerNorm(dtype=self.dtype, name=f"norm_{i}")(nn.relu(x))
-        return nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        if self.dropout > 0:
+            x = Dropout()(x, dropout_rate(self.dropout, rate), deterministic)
+        return x
 
 
 class Head(nn.Module):

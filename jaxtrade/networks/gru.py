@@ -26,11 +26,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxtrade.networks.base import (
+    Dropout,
     Dtype,
     Head,
     ObsLayout,
     Step,
     Unroll,
+    dropout_rate,
     encoder_and_heads_bytes,
     encoder_bytes,
     loss_bytes,
@@ -130,12 +132,13 @@ class StackedGRU(nn.Module):
 
     hidden_dim: int
     n_layers: int
-    dropout: float
+    dropout: float  # > 0: dropout sites between the layers
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(
-        self, hidden: jax.Array, x: jax.Array, reset: jax.Array, deterministic: bool
+        self, hidden: jax.Array, x: jax.Array, reset: jax.Array, deterministic: bool,
+        rate: jax.Array | float | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """One step.
 
@@ -144,6 +147,7 @@ class StackedGRU(nn.Module):
             x: [B, H] encoded observation.
             reset: [B] bool, True where the state must start from zeros.
             deterministic: disables the between-layer dropout.
+            rate: the dropout rate (float32 []); None: ``dropout``.
 
         Returns:
             new_hidden [B, L, H] float32, output [B, H] in the compute dtype.
@@ -151,8 +155,8 @@ class StackedGRU(nn.Module):
         hidden = jnp.where(reset[:, None, None], 0.0, hidden.astype(jnp.float32))
         new_hidden = []
         for i in range(self.n_layers):
-            if i > 0:
-                x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+            if i > 0 and self.dropout > 0:
+                x = Dropout()(x, dropout_rate(self.dropout, rate), deterministic)
             h = GRUCell(self.hidden_dim, dtype=self.dtype, name=f"layer_{i}")(hidden[:, i], x)
             new_hidden.append(h)
             x = h.astype(self.dtype)
@@ -167,8 +171,9 @@ class GRUActorCritic(nn.Module):
         n_actions: number of discrete actions.
         hidden_dim: width ``H`` of the encoder and the GRU (heads use ``H/2``).
         n_gru_layers: number of stacked GRU layers ``L``.
-        dropout: dropout rate after the encoder and between GRU layers; active
-            only when ``deterministic=False`` (needs the ``'dropout'`` rng).
+        dropout: > 0: dropout after the encoder and between GRU layers, at this rate
+            unless ``dropout_rate`` is passed; active only when ``deterministic=False``
+            (needs the ``'dropout'`` rng). 0: no dropout sites.
         dtype: compute dtype of the matmuls; parameters stay float32 and
             logits/values are returned in float32 whatever it is.
         encoder_kind: "flat" (the encoder of the layout above) or "set" (the same blocks
@@ -228,6 +233,7 @@ class GRUActorCritic(nn.Module):
         obs: jax.Array,
         reset: jax.Array,
         deterministic: bool = True,
+        dropout_rate: jax.Array | float | None = None,
     ) -> Step:
         """One time step.
 
@@ -237,12 +243,13 @@ class GRUActorCritic(nn.Module):
             reset: [B] bool; True zeroes the state before the step (the previous
                 step ended an episode, or this is the first step).
             deterministic: False enables dropout.
+            dropout_rate: its rate (float32 []); None: the field ``dropout``.
 
         Returns:
             `Step`: state [B, L, H] float32, logits [B, n_actions] float32, value [B] float32.
         """
-        x = self.encoder(obs, deterministic)
-        new_hidden, trunk = self.gru(hidden, x, reset, deterministic)
+        x = self.encoder(obs, deterministic, dropout_rate)
+        new_hidden, trunk = self.gru(hidden, x, reset, deterministic, dropout_rate)
         return Step(new_hidden, self.policy_head(trunk), self.value_from_trunk(trunk))
 
     def unroll(
@@ -251,6 +258,7 @@ class GRUActorCritic(nn.Module):
         obs: jax.Array,
         reset: jax.Array,
         deterministic: bool = True,
+        dropout_rate: jax.Array | float | None = None,
     ) -> Unroll:
         """A whole time-major sequence; equal to ``T`` calls of ``__call__``.
 
@@ -262,17 +270,18 @@ class GRUActorCritic(nn.Module):
             obs: [T, B, D] observations.
             reset: [T, B] bool; ``reset[t]`` zeroes the state before step t.
             deterministic: False enables dropout (fresh masks at every step).
+            dropout_rate: its rate (float32 []); None: the field ``dropout``.
 
         Returns:
             `Unroll`: final state [B, L, H] float32, logits [T, B, n_actions] float32,
             value [T, B] float32, trunk [T, B, H] in the compute dtype (the GRU output
             both heads read; cached for critic-only epochs).
         """
-        x = self.encoder(obs, deterministic)
+        x = self.encoder(obs, deterministic, dropout_rate)
 
         def step(gru: StackedGRU, h: jax.Array, xs: tuple[jax.Array, jax.Array]):
             x_t, reset_t = xs
-            return gru(h, x_t, reset_t, deterministic)
+            return gru(h, x_t, reset_t, deterministic, dropout_rate)
 
         scan = nn.scan(
             step,

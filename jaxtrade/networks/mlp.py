@@ -65,13 +65,15 @@ class MLPActorCritic(nn.Module):
         return self.hidden_dim
 
     def __call__(self, state: tuple, obs: jax.Array, reset: jax.Array,
-                 deterministic: bool = True) -> Step:
-        trunk = self.encoder(obs, deterministic)
+                 deterministic: bool = True,
+                 dropout_rate: jax.Array | float | None = None) -> Step:
+        trunk = self.encoder(obs, deterministic, dropout_rate)
         return Step(state, self.policy_head(trunk), self.value_from_trunk(trunk))
 
     def unroll(self, state: tuple, obs: jax.Array, reset: jax.Array,
-               deterministic: bool = True) -> Unroll:
-        trunk = self.encoder(obs, deterministic)
+               deterministic: bool = True,
+               dropout_rate: jax.Array | float | None = None) -> Unroll:
+        trunk = self.encoder(obs, deterministic, dropout_rate)
         return Unroll(state, self.policy_head(trunk), self.value_from_trunk(trunk), trunk)
 
     def value_from_trunk(self, trunk: jax.Array) -> jax.Array:

@@ -49,11 +49,13 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxtrade.networks.base import (
+    Dropout,
     Dtype,
     Head,
     ObsLayout,
     Step,
     Unroll,
+    dropout_rate,
     encoder_and_heads_bytes,
     encoder_bytes,
     loss_bytes,
@@ -114,23 +116,30 @@ class Block(nn.Module):
     n_heads: int
     head_dim: int
     context: int
-    dropout: float
+    dropout: float  # > 0: dropout sites on the two residual branches
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, tokens: jax.Array, allowed: jax.Array, distance: jax.Array,
-                 deterministic: bool) -> jax.Array:
+                 deterministic: bool, rate: jax.Array | float | None = None) -> jax.Array:
         """tokens [N, S, H] float32 block inputs -> the last Q tokens' outputs [N, Q, H]
-        float32 (Q = allowed.shape[-2]; see `Attention`)."""
+        float32 (Q = allowed.shape[-2]; see `Attention`); `rate`: the dropout rate
+        (float32 []; None: ``dropout``)."""
+
+        def drop(h: jax.Array) -> jax.Array:
+            if self.dropout > 0:
+                h = Dropout()(h, dropout_rate(self.dropout, rate), deterministic)
+            return h.astype(jnp.float32)
+
         x = tokens[:, -allowed.shape[-2]:]
         h = nn.LayerNorm(dtype=self.dtype, name="attention_norm")(tokens)
         h = Attention(self.n_heads, self.head_dim, self.hidden_dim, self.context,
                       dtype=self.dtype, name="attention")(h, allowed, distance)
-        x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic).astype(jnp.float32)
+        x = x + drop(h)
         h = nn.LayerNorm(dtype=self.dtype, name="mlp_norm")(x)
         h = nn.gelu(nn.Dense(MLP_RATIO * self.hidden_dim, dtype=self.dtype, name="mlp_in")(h))
         h = nn.Dense(self.hidden_dim, dtype=self.dtype, name="mlp_out")(h)
-        return x + nn.Dropout(self.dropout)(h, deterministic=deterministic).astype(jnp.float32)
+        return x + drop(h)
 
 
 def _valid_slots(count: jax.Array, context: int) -> jax.Array:
@@ -227,7 +236,8 @@ class TransformerActorCritic(nn.Module):
         return self.hidden_dim
 
     def __call__(self, state: TransformerState, obs: jax.Array, reset: jax.Array,
-                 deterministic: bool = True) -> Step:
+                 deterministic: bool = True,
+                 dropout_rate: jax.Array | float | None = None) -> Step:
         """One time step.
 
         Args:
@@ -235,13 +245,14 @@ class TransformerActorCritic(nn.Module):
             obs: [B, D] observations.
             reset: [B] bool; True empties the memory before the step.
             deterministic: False enables dropout.
+            dropout_rate: its rate (float32 []); None: the field ``dropout``.
 
         Returns:
             `Step`: the memory with this step's block inputs added, logits [B, n_actions]
             float32, value [B] float32.
         """
         k = self.context
-        x = self.encoder(obs, deterministic).astype(jnp.float32)  # [B, H]
+        x = self.encoder(obs, deterministic, dropout_rate).astype(jnp.float32)  # [B, H]
         count = jnp.where(reset, 0, state.count)
         memory = jnp.where(_valid_slots(count, k)[:, None, :, None], state.memory, 0.0)
         allowed = jnp.concatenate([_valid_slots(count, k), jnp.ones_like(reset)[:, None]],
@@ -251,7 +262,7 @@ class TransformerActorCritic(nn.Module):
         for i, block in enumerate(self.blocks):
             tokens = jnp.concatenate([memory[:, i], x[:, None]], axis=1)  # [B, K + 1, H]
             inputs.append(tokens[:, 1:])
-            x = block(tokens, allowed, distance, deterministic)[:, 0]
+            x = block(tokens, allowed, distance, deterministic, dropout_rate)[:, 0]
         count = jnp.minimum(count + 1, k)
         new_memory = jnp.where(_valid_slots(count, k)[:, None, :, None],
                                jnp.stack(inputs, axis=1), 0.0)
@@ -260,7 +271,8 @@ class TransformerActorCritic(nn.Module):
                     self.value_from_trunk(trunk))
 
     def unroll(self, state: TransformerState, obs: jax.Array, reset: jax.Array,
-               deterministic: bool = True) -> Unroll:
+               deterministic: bool = True,
+               dropout_rate: jax.Array | float | None = None) -> Unroll:
         """A whole time-major sequence; equal to ``T`` calls of ``__call__``.
 
         Each block reads its memory and the sequence's inputs as one stream of ``K + T``
@@ -272,6 +284,7 @@ class TransformerActorCritic(nn.Module):
             obs: [T, B, D] observations.
             reset: [T, B] bool; ``reset[t]`` empties the memory before step t.
             deterministic: False enables dropout (fresh masks at every step).
+            dropout_rate: its rate (float32 []); None: the field ``dropout``.
 
         Returns:
             `Unroll`: the memory after the last step, logits [T, B, n_actions] float32,
@@ -281,7 +294,7 @@ class TransformerActorCritic(nn.Module):
         t_len, b = reset.shape
         n_blocks = -(-t_len // k)
         pad = n_blocks * k - t_len
-        x = self.encoder(obs, deterministic).astype(jnp.float32).swapaxes(0, 1)  # [B, T, H]
+        x = self.encoder(obs, deterministic, dropout_rate).astype(jnp.float32).swapaxes(0, 1)
         x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
         starts = jnp.pad(reset.T, ((0, 0), (0, pad)), constant_values=True)  # [B, T + pad]
         # Episode of every token of the stream: the memory's is 0, a reset starts the next.
@@ -308,7 +321,8 @@ class TransformerActorCritic(nn.Module):
             stream = jnp.concatenate([state.memory[:, i], x], axis=1)  # [B, K + P, H]
             memory.append(stream[:, t_len:t_len + k])  # the last K steps' inputs
             tokens = windows(stream).reshape(b * n_blocks, 2 * k, -1)
-            x = block(tokens, allowed, distance, deterministic).reshape(b, n_blocks * k, -1)
+            x = block(tokens, allowed, distance, deterministic, dropout_rate)
+            x = x.reshape(b, n_blocks * k, -1)
 
         count = state.count
         last = jnp.max(jnp.where(reset, jnp.arange(t_len)[:, None], -1), axis=0)  # [B]
