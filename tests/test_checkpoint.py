@@ -134,6 +134,13 @@ def test_format_1_checkpoints_with_the_old_gru_layout_resume(trainer, cfg, fresh
     chex.assert_trees_all_equal(raw(restored), raw(state))
 
 
+# The old programs' numbers are matched to REL: XLA's CPU kernels sum in an order that
+# depends on the machine's vector units, and the policy loss, a difference of nearly equal
+# terms, moved by 5e-5 relative between the x86 machine that recorded format 2 and another
+# (approx_kl and the gradient norm not at all). A clip norm 1.4% off (0.69 for 0.7) moves
+# the policy loss and approx_kl by about 1e-3, so REL still tells the right one.
+REL = 2e-4
+
 # A run saved by the code before max_grad_norm was a runtime hyperparameter (format 2, commit
 # cbf7b0e): `python -m jaxtrade.train` with tests.test_train.TINY's flags, its --hyperparams
 # ending in ",max_grad_norm=0.7", `--iterations 1 --save-every 0` (run/, without tb/); and
@@ -167,7 +174,7 @@ def test_format_2_checkpoints_restore_with_the_saved_clip_norm(tmp_path):
     assert expected["actor_grad_norm"] > 0.7
     for k in ("policy_loss", "value_loss", "approx_kl", "actor_grad_norm", "critic_loss_after",
               "explained_variance"):
-        assert float(metrics[k][0]) == pytest.approx(expected[k], rel=1e-5, abs=1e-8), k
+        assert float(metrics[k][0]) == pytest.approx(expected[k], rel=REL, abs=1e-8), k
     assert float(metrics["max_grad_norm"][0]) == pytest.approx(0.7)
 
 
@@ -180,8 +187,13 @@ def test_format_2_run_resumes_from_the_cli_as_the_old_code_continued(xla_cache, 
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     expected = format_2_straight_row(2)
     assert last["iteration"] == 2 and last["max_grad_norm"] == pytest.approx(0.7)
-    assert ({k: v for k, v in last.items() if k in expected and k not in ("sps", "wall_s")}
-            == {k: v for k, v in expected.items() if k not in ("sps", "wall_s")})
+    same = {k: v for k, v in expected.items() if k not in ("sps", "wall_s")}
+    assert set(same) <= set(last)
+    for k, v in same.items():
+        if isinstance(v, bool | str) or v is None:
+            assert last[k] == v, k
+        else:  # a number or a list of them (action_freq)
+            assert last[k] == pytest.approx(v, rel=REL, abs=1e-8), k
     assert ckpt.latest(run_dir).meta["format"] == ckpt.FORMAT
 
 
@@ -207,7 +219,7 @@ def test_format_3_checkpoints_restore_with_the_saved_dropout(tmp_path):
     expected = json.loads((FORMAT_3 / "straight_metrics.jsonl").read_text().splitlines()[1])
     for k in ("policy_loss", "value_loss", "approx_kl", "actor_grad_norm", "critic_loss_after",
               "explained_variance"):
-        assert float(metrics[k][0]) == pytest.approx(expected[k], rel=1e-4, abs=1e-7), k
+        assert float(metrics[k][0]) == pytest.approx(expected[k], rel=REL, abs=1e-7), k
     assert float(metrics["dropout"][0]) == pytest.approx(0.1)
 
 
