@@ -203,7 +203,7 @@ class Schedule:
         _, applied, skipped = phase_config(self, cfg, first, n_devices)
         if applied:
             lines.append(f"  phase {self.phases[first].name!r} from iteration 1: "
-                         f"{describe_settings(applied)} (in place of the settings above)")
+                         f"{describe_settings(applied)} (in place of the config's)")
         for i, p in self.switches(cfg, n_devices, scale, total_iterations):
             _, applied, _ = phase_config(self, cfg, p, n_devices)
             lines.append(f"  phase {self.phases[p].name!r} from iteration {i + 1}: "
