@@ -384,6 +384,7 @@ def measure_row(cfg: cfgmod.Config, market, mesh, args) -> dict:
         "n_steps": cfg.ppo.n_steps,
         "hidden_dim": cfg.network.hidden_dim,
         "n_gru_layers": cfg.network.n_gru_layers,
+        "remat": cfg.network.remat,
         "precision": jnp.dtype(dtype).name,
         "n_params": trainer.n_params,
         "iterations": args.iterations,
@@ -472,6 +473,9 @@ def main(argv=None) -> int:
     parser.add_argument("--hidden-dim", type=int, default=256)
     parser.add_argument("--n-gru-layers", type=int, default=2)
     parser.add_argument("--precision", default="auto", choices=cfgmod.PRECISIONS)
+    parser.add_argument("--remat", action="store_true",
+                        help="recompute the GRU's gates in the backward pass (--remat of "
+                             "training): less memory per env, more compute")
     parser.add_argument("--iterations", type=int, default=3,
                         help="timed training iterations (and env-only runs) per row")
     parser.add_argument("--env-steps", type=int, default=256, help="env-only scan length")
@@ -488,8 +492,9 @@ def main(argv=None) -> int:
     base = cfgmod.resolve(cfgmod.with_values(
         cfgmod.Config(), name=args.env, market="fixed", n_steps=args.n_steps,
         hidden_dim=args.hidden_dim, n_gru_layers=args.n_gru_layers, precision=args.precision,
+        remat=args.remat,
     ), info["platform"])
-    name = result_name(args.env)
+    name = result_name(args.env) + ("_remat" if args.remat else "")
     n_mb = base.ppo.n_minibatches
     device_counts = args.devices or default_device_counts(jax.device_count())
     cases = []

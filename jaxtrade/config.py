@@ -447,6 +447,9 @@ class NetworkConfig:
     precision: str = setting(  # the matmul dtype
         "auto", "matmul precision: auto = bf16 on GPU, fp32 on CPU", rule=OneOf(PRECISIONS),
         shape=True)
+    remat: bool = setting(  # gru only: the CLI's --remat; jax.checkpoint of each unroll step
+        False, "recompute the GRU's gates in the backward pass instead of keeping them: less "
+        "memory per env and step, more compute", flag=False, shape=True)
 
     def compute_dtype(self, platform: str) -> jnp.dtype:
         """The matmul dtype on `platform`; see the module function `compute_dtype`."""
@@ -455,10 +458,13 @@ class NetworkConfig:
     def problems(self) -> list[str]:
         """What breaks the rules across this section's fields (one item of `validate`'s
         message each)."""
+        out = []
         if self.kind == "transformer" and self.head_dim is None and self.hidden_dim % self.n_heads:
-            return [f"hidden_dim={self.hidden_dim!r} must be a multiple of "
-                    f"n_heads={self.n_heads!r} for the transformer (or set head_dim)"]
-        return []
+            out.append(f"hidden_dim={self.hidden_dim!r} must be a multiple of "
+                       f"n_heads={self.n_heads!r} for the transformer (or set head_dim)")
+        if self.remat and self.kind != "gru":
+            out.append(f"remat recomputes the GRU's gates; the {self.kind} network has none")
+        return out
 
 
 @dataclasses.dataclass(frozen=True)

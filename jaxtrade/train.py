@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("network")
     cfgmod.add_flags(g, ("kind", "encoder", "hidden_dim", "n_gru_layers", "n_layers", "n_heads",
                          "head_dim", "context", "dropout", "precision"))
+    g.add_argument("--remat", dest="recompute", action="store_true",
+                   help="recompute the GRU's gates in the backward pass instead of keeping "
+                        "them: less memory per env and step (more envs fit), more compute")
     g = p.add_argument_group("PPO")
     cfgmod.add_flags(g, ("actor_lr", "critic_lr", "ppo_epochs", "critic_epochs", "gamma",
                          "gae_lambda", "clip", "ent_coef", "vf_coef", "max_grad_norm"))
@@ -139,6 +142,8 @@ def config_from_args(
         values["verbosity"] = 2 if args.verbose else 0
     if getattr(args, "reset_on_plateau", False):
         values["reset_optimizer_on_plateau"] = True
+    if getattr(args, "recompute", False):
+        values["remat"] = True
     if values.get("path") is not None and values.get("market") is None:
         values["market"] = "fixed"  # --data is a fixed market (e.g. fine-tuning a worlds run)
     cfg = cfgmod.with_values(cfg, **values)

@@ -148,7 +148,7 @@ def test_load_rejects_unknown_key_listing_the_section_keys(tmp_path):
     assert str(e.value) == (
         f"{path}: unknown key 'hiden_dim' in [network] (did you mean 'hidden_dim'?); "
         "valid keys: kind, encoder, hidden_dim, n_gru_layers, n_layers, n_heads, head_dim, "
-        "context, dropout, precision"
+        "context, dropout, precision, remat"
     )
 
 

@@ -16,14 +16,17 @@ BASE = dict(
     hidden_dim=16, n_gru_layers=1, n_steps=16, n_minibatches=2, ppo_epochs=1, critic_epochs=1,
     episode_length=SMALL_EPISODE, precision="fp32",
 )
-# Four programs, compiled once for the module: SMALL and LARGE differ in n_envs only
+# Five programs, compiled once for the module: SMALL and LARGE differ in n_envs only
 # (LARGE is dominated by per-env memory), WIDE varies width, depth, n_steps, minibatches,
-# MLP is the feed-forward network (no recurrent state; its own `saved_bytes_per_step`).
+# MLP is the feed-forward network (no recurrent state; its own `saved_bytes_per_step`),
+# REMAT is WIDE recomputing the GRU's gates in the backward pass.
 PROGRAMS = {
     "small": dict(n_envs=32),
     "large": dict(n_envs=512),
     "wide": dict(n_envs=64, hidden_dim=64, n_gru_layers=2, n_steps=32, n_minibatches=4),
     "mlp": dict(n_envs=64, kind="mlp", hidden_dim=64),
+    "remat": dict(n_envs=64, hidden_dim=64, n_gru_layers=2, n_steps=32, n_minibatches=4,
+                  remat=True),  # WIDE with the GRU's gates recomputed in the backward pass
 }
 
 
@@ -49,6 +52,13 @@ def test_estimate_within_2x_of_xla(compiled, small_env, name):
     est = memory.estimate(cfg, small_env)
     assert sum(est.breakdown.values()) == est.per_device_bytes
     assert 0.5 <= est.per_device_bytes / measured <= 2.0, (name, est.per_device_bytes, measured)
+
+
+def test_remat_keeps_less_and_the_estimate_says_so(compiled, small_env):
+    (wide_cfg, wide), (remat_cfg, remat) = compiled["wide"], compiled["remat"]
+    assert remat < wide
+    assert (memory.estimate(remat_cfg, small_env).per_env_bytes
+            < memory.estimate(wide_cfg, small_env).per_env_bytes)
 
 
 def test_large_program_is_dominated_by_per_env_memory(compiled, small_env):

@@ -1,6 +1,9 @@
 """Tests for jaxtrade/networks/: GRU layout, dtypes, resets, unroll parity, dropout; the
 MLP network; building a network from its config."""
 
+import dataclasses
+
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -548,3 +551,35 @@ def test_set_encoder_pools_only_the_assets_that_exist():
     run = lambda n, o: n.apply({"params": params}, n.initial_state(B), o,  # noqa: E731
                                jnp.ones(B, bool)).logits
     np.testing.assert_allclose(run(net, padded), run(_set_net(small), real), atol=2e-5)
+
+
+def test_remat_recomputes_the_gru_gates_for_the_same_gradients_in_less_memory():
+    """--remat: the unroll's gradients are the plain unroll's (the same arithmetic, done
+    again in the backward pass), XLA's plan keeps fewer temporaries, and the memory
+    estimate counts the recurrent state alone."""
+    from jaxtrade import train
+
+    t, b, d = 16, 32, 8
+    obs = jax.random.normal(jax.random.key(1), (t, b, d))
+    reset = jnp.zeros((t, b), bool).at[5, :4].set(True)
+    grads, temp, saved = {}, {}, {}
+    for remat in (False, True):
+        net = GRUActorCritic(obs_dim=d, n_actions=5, hidden_dim=32, n_gru_layers=2,
+                             remat=remat)
+        h = net.initial_state(b)
+        params = net.init(jax.random.key(0), h, obs[0], reset[0])
+
+        def loss(p, net=net, h=h):
+            u = net.apply(p, h, obs, reset, method="unroll")
+            return jnp.sum(u.logits ** 2) + jnp.sum(u.value ** 2)
+
+        fn = jax.jit(jax.grad(loss))
+        temp[remat] = fn.lower(params).compile().memory_analysis().temp_size_in_bytes
+        grads[remat], saved[remat] = fn(params), net.saved_bytes_per_step()
+    chex.assert_trees_all_close(grads[True], grads[False], rtol=1e-6, atol=1e-6)
+    assert temp[True] < temp[False] and saved[True] == saved[False] - 2 * 3 * 32 * 4
+    cfg = train.config_from_args(train.build_parser().parse_args(["--remat"]))
+    assert cfg.network.remat and not train.config_from_args(
+        train.build_parser().parse_args([])).network.remat
+    assert "the mlp network has none" in "; ".join(
+        dataclasses.replace(cfg.network, kind="mlp").problems())

@@ -29,7 +29,8 @@ Network = nn.Module
 def _gru(nc, obs_dim: int, n_actions: int, dtype, layout) -> GRUActorCritic:
     return GRUActorCritic(obs_dim=obs_dim, n_actions=n_actions, hidden_dim=nc.hidden_dim,
                           n_gru_layers=nc.n_gru_layers, dropout=nc.dropout, dtype=dtype,
-                          encoder_kind=nc.encoder, layout=layout)
+                          encoder_kind=nc.encoder, layout=layout,
+                          remat=getattr(nc, "remat", False))
 
 
 def _mlp(nc, obs_dim: int, n_actions: int, dtype, layout) -> MLPActorCritic:
