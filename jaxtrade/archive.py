@@ -552,7 +552,8 @@ def add_population(archive: Archive, run_dir: str | os.PathLike,
     scored = [r for interval in records for r in interval if r["score"] is not None]
     sharpes = [(r.get("val") or {}).get("sharpe") for r in scored]
     added = []
-    for m in members:
+    # parents first (a copy's generation is its parent's + 1), so every link can be found
+    for m in sorted(members, key=lambda m: m["generation"]):
         state = jax.tree.map(lambda x, s=m["slot"]: np.asarray(x)[s], states)
         iteration = int(np.asarray(state["iteration"] if isinstance(state, Mapping)
                                    else state.iteration))
@@ -603,7 +604,8 @@ def add_population(archive: Archive, run_dir: str | os.PathLike,
             _write_checkpoint(model_dir, iteration, state, meta)
 
         added.append(archive.add(fill, entry))
-    return added
+    order = {m["id"]: i for i, m in enumerate(members)}
+    return sorted(added, key=lambda e: order[e["source"]["member"]])
 
 
 def _version() -> str:
@@ -825,6 +827,8 @@ def main(argv: list[str] | None = None) -> int:
                                                         else "")
                   + f"; {len(archive.entries())} kept in {archive.path}")
         else:
+            if args.keep is not None and args.keep < 1:
+                raise ArchiveError(f"--keep must be at least 1, got {args.keep}")
             archive.capacity = args.keep
             for e in add_any(archive, args.run_dir, args.checkpoint, args.parent,
                              args.generation):

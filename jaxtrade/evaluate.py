@@ -119,10 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     from jaxtrade.checkpoint import CheckpointError
     from jaxtrade.config import ConfigError
     from jaxtrade.evaluation import EvaluationError
+    from jaxtrade.schedule import ScheduleError
 
     try:
         return _evaluate(args)
-    except (CheckpointError, ConfigError, DataError, EvaluationError, UsageError) as e:
+    except (CheckpointError, ConfigError, DataError, EvaluationError, ScheduleError,
+            UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"[{FRACTION}]")
     g.add_argument("--archive", nargs="?", const="ckpt/archive", metavar="DIR",
                    help="when the run completes, add its final members to the model archive "
-                        "DIR (`python -m jaxtrade.archive`; the best 20 by validation score "
-                        "stay) [off; ckpt/archive when given without DIR]")
+                        "DIR (`python -m jaxtrade.archive`; its prune command keeps the best) "
+                        "[off; ckpt/archive when given without DIR]")
     return p
 
 
@@ -219,7 +219,9 @@ def plan(args: argparse.Namespace):
             raise UsageError(f"--resume: {owned[0].key} is each member's own under PBT; a "
                              f"resume keeps the members' hyperparameters")
     else:
-        held = [n for n in (POPULATION_FILE, CHECKPOINT_DIR) if (p.run_dir / n).exists()]
+        # an empty population.jsonl is a run stopped before its first interval: no run
+        held = [n for n in (POPULATION_FILE, CHECKPOINT_DIR) if (p.run_dir / n).exists()
+                and (n != POPULATION_FILE or (p.run_dir / n).stat().st_size)]
         if held:
             raise UsageError(f"{p.run_dir} already holds a run ({', '.join(held)}); choose "
                              f"another --run-dir, or continue it with --resume")
@@ -570,9 +572,14 @@ class PopulationRun:
             "sps": trained * self.pbt.members / self.train_s if self.train_s else 0.0,
             "device": parallel.describe(self.plan.mesh),
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "checkpoint": str(self.checkpoints.directory / str(int(jax.device_get(
-                self.pop.interval)))),
+            "checkpoint": self.last_checkpoint(),
         }
+
+    def last_checkpoint(self) -> str | None:
+        """The population checkpoint of the last interval, if it was saved (a run stopped
+        before its first interval, or one whose last interval diverged, saved none)."""
+        path = self.checkpoints.directory / str(int(jax.device_get(self.pop.interval)))
+        return str(path) if path.exists() else None
 
 
 class _BannerConsole:
@@ -621,15 +628,13 @@ def archive_members(directory: str, run_dir: Path, members) -> None:
     from jaxtrade import archive
 
     try:
-        entries = archive.add_population(archive.Archive(directory, capacity=archive.DEFAULT_TOP),
-                                         run_dir, states=members)
+        entries = archive.add_population(archive.Archive(directory), run_dir, states=members)
     except archive.ArchiveError as e:
         print(f"warning: nothing archived: {e}", file=sys.stderr)
         return
     for e in entries:
         print(f"archived {e['id']} in {directory}: member {e['source']['member']}, val score "
-              f"{e['val_score']:+.2f}" + ("" if e.get("kept", True) else " (pruned: not in the "
-                                             "best 20)"))
+              f"{e['val_score']:+.2f}")
     print(f"evaluate one on the test data: python -m jaxtrade.evaluate --run-dir "
           f"{directory}/models/<id> (its deflated Sharpe counts every member's every "
           f"validation as a trial)")
@@ -660,6 +665,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {summary['message']}", file=sys.stderr)
         return 1
     if summary["status"] == "interrupted":
+        if summary["checkpoint"] is None:
+            print(f"interrupted before the first interval ended: nothing was saved; start "
+                  f"again with the same flags (--run-dir {p.run_dir} is free)")
+            return 0
         print(f"interrupted after {summary['iterations']:,} of {p.total_iters:,} iterations; "
               f"checkpoint {summary['checkpoint']}")
         print(f"resume with: python -m jaxtrade.population --run-dir {p.run_dir} --resume")

@@ -428,11 +428,16 @@ def load(path: str | Path) -> Schedule:
             if key == "shapes":
                 if not isinstance(value, dict):
                     raise ScheduleError(f"{where}: shapes must be a table")
+                if "dropout" in value:  # where schedules put it before it was a runtime value
+                    if "dropout" in entry:
+                        raise ScheduleError(f"{where}: dropout is given twice (beside the "
+                                            f"others and under [phase.shapes])")
+                    value = dict(value)
+                    rate = _number(f"{where} shapes.dropout", value.pop("dropout"))
+                    if (rule := broken_rule("dropout", rate)) is not None:
+                        raise ScheduleError(f"{where}: dropout must be {rule}, got {rate}")
+                    values["dropout"] = (rate, rate)  # the phase's constant rate
                 bad = set(value) - set(SHAPE_KEYS)
-                if "dropout" in bad:
-                    raise ScheduleError(f"{where}: dropout is a runtime hyperparameter: "
-                                        f"write it beside the others (dropout = "
-                                        f"{value['dropout']!r}), not under [phase.shapes]")
                 if bad:
                     raise ScheduleError(f"{where}: unknown shape setting(s) "
                                         f"{', '.join(sorted(bad))}; expected "

@@ -262,6 +262,10 @@ def test_errors_are_one_line(archived, tmp_path):
     with pytest.raises(ArchiveError, match="no model 'm0042'"):
         jaxtrade.load_policy(f"archive:{a.path}:m0042")
     assert archive.split_reference("archive:m0007") == ("ckpt/archive", "m0007")
+    before = [e["id"] for e in a.entries()]
+    code, _, err = cli("--archive", a.path, "add", a.models / "m0001", "--keep", "-1")
+    assert code == 2 and "--keep must be at least 1" in err
+    assert [e["id"] for e in a.entries()] == before  # nothing added, nothing pruned
 
 
 def test_a_run_started_from_an_archived_model_is_linked_to_it(archived, trained_run, tmp_path):
@@ -301,3 +305,15 @@ def test_a_live_population_state_is_archived_as_the_checkpoint_would_be(populati
     assert all(jax.tree.leaves(same))
     saved = ckpt._saved_tree_metadata(ckpt.select(a.models / "m0001"))
     assert saved["rng"].shape == (2,)  # stored as key data, as a run's checkpoint
+
+
+def test_a_copy_is_linked_to_its_parent_whatever_their_slots(population, tmp_path):
+    """Members are archived parents first, so a copy listed (or slotted) before its parent
+    still gets the parent's archived id; the entries come back in the order given."""
+    pop, _, _ = population
+    records = [json.loads(line) for line in (pop / POPULATION_FILE).read_text().splitlines()]
+    final = [r for r in records if r["interval"] == 2]
+    a = Archive(tmp_path / "a")
+    copy, founder = archive.add_population(a, pop, members=list(reversed(final)))
+    assert (copy["source"]["member"], founder["source"]["member"]) == (3, 0)
+    assert copy["parent"] == founder["id"] and founder["parent"] is None

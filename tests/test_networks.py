@@ -339,6 +339,9 @@ def test_dropout_keeps_one_minus_the_rate_it_is_given():
     ours = drop(x32, jnp.float32(0.1))
     np.testing.assert_array_equal(ours == 0, flax == 0)
     np.testing.assert_allclose(ours, flax, rtol=1e-6)  # x / 0.9: at most an ulp apart
+    # rate 1 drops everything, with a finite (zero) gradient
+    grad = jax.grad(lambda x: jnp.sum(drop(x, jnp.float32(1.0))))(x32)
+    assert not np.asarray(drop(x32, jnp.float32(1.0))).any() and not np.asarray(grad).any()
 
 
 def test_the_rate_given_at_apply_time_drives_the_dropout_sites(params):

@@ -284,3 +284,18 @@ def test_evaluate_points_a_population_run_to_the_archive(whole, capsys):
     run_dir, _ = whole
     assert evaluate.main(["--run-dir", str(run_dir)]) == 2
     assert "is a population run: archive its members" in capsys.readouterr().err
+
+
+def test_a_run_stopped_before_its_first_interval_leaves_the_directory_free(tmp_path):
+    """Stopped while compiling, a run has written an empty population.jsonl and no
+    checkpoint: a new run may start there (it is not a run to resume)."""
+    run_dir = tmp_path / "early"
+    run_dir.mkdir()
+    (run_dir / population_run.POPULATION_FILE).write_text("")
+    code, _, err = run_cli([*POP, "--iterations", INTERVAL, "--run-dir", run_dir, "-q"])
+    assert code == 0, err
+    assert len(records(run_dir)) == MEMBERS
+    (run_dir.parent / "held").mkdir()
+    (run_dir.parent / "held" / population_run.POPULATION_FILE).write_text("{}\n")
+    code, _, err = run_cli([*POP, "--iterations", INTERVAL, "--run-dir", run_dir.parent / "held"])
+    assert code == 2 and "already holds a run (population.jsonl)" in err

@@ -120,8 +120,8 @@ BAD = [
     ("[[phase]]\nend = 10\nclip = 0.2\n[phase.shapes]\nbatch = 3\n",
      "unknown shape setting(s) batch"),
     ("[[phase]\nend = 10\n", "not a readable TOML file"),
-    ("[[phase]]\nend = 10\nclip = 0.2\n[phase.shapes]\ndropout = 0.1\n",
-     "dropout is a runtime hyperparameter: write it beside the others (dropout = 0.1)"),
+    ("[[phase]]\nend = 10\nclip = 0.2\ndropout = 0.1\n[phase.shapes]\ndropout = 0.1\n",
+     "dropout is given twice"),
 ]
 
 
@@ -134,6 +134,16 @@ def test_bad_schedules_are_one_line_errors(tmp_path, text, message):
     assert message in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="invalid config: schedule"):
         validate(with_values(Config(), schedule=str(path)))
+
+
+def test_dropout_under_shapes_reads_as_the_phases_constant_rate(tmp_path):
+    """Schedules written when dropout was a shape setting still load: the rate is the
+    phase's constant runtime value."""
+    path = tmp_path / "s.toml"
+    path.write_text("[[phase]]\nend = 10\nclip = 0.2\n[phase.shapes]\ndropout = 0.1\n"
+                    "ppo_epochs = 2\n")
+    phase = schedule.load(path).phases[0]
+    assert phase.values["dropout"] == (0.1, 0.1) and phase.shapes == {"ppo_epochs": 2.0}
 
 
 def test_fraction_ends_are_checked_against_the_runs_length(tmp_path):

@@ -124,7 +124,9 @@ class Dropout(nn.Module):
             return x
         keep = 1.0 - jnp.asarray(rate, jnp.float32)
         mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
-        return jax.lax.select(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
+        # rate 1 masks everything; dividing by 1 then keeps x / 0 (and a NaN gradient) out
+        safe = jnp.where(keep > 0, keep, 1.0).astype(x.dtype)
+        return jax.lax.select(mask, x / safe, jnp.zeros_like(x))
 
 
 def dropout_rate(default: float, rate: jax.Array | float | None) -> jax.Array | float:
