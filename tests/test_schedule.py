@@ -218,7 +218,8 @@ def test_shapes_switch_at_a_phase_boundary_and_resume_is_bit_exact(tmp_path):
     assert tagged.meta["phase"] == "small"
     assert sorted(ckpt.RunCheckpoints(tmp_path / "straight", tagged.config).all_steps()) == [2, 4]
     run("--iterations", "2", "--run-dir", str(tmp_path / "stopped"))
-    run("--iterations", "4", "--resume", "--run-dir", str(tmp_path / "stopped"))
+    resumed = run("--iterations", "4", "--resume", "--run-dir", str(tmp_path / "stopped"))
+    assert "hidden 8 x 2 layers x 4 heads" in resumed and "(phase 'grown')" in resumed
     a = ckpt.read_params(ckpt.select(tmp_path / "straight", 4))
     b = ckpt.read_params(ckpt.select(tmp_path / "stopped", 4))
     assert "blocks_1" in a  # grown: a second block

@@ -140,8 +140,9 @@ def reads_asset_flags(run_dir: Path) -> bool:
 
 def first_phase(plan: Plan):
     """(config, network, note) of the program the run starts with: the run's own, or with a
-    schedule its first phase's shape settings (epochs, minibatches, transformer size), which
-    the banner's model and ppo lines show, the note naming the phase."""
+    schedule its first phase's shape settings (epochs, minibatches, transformer size; a
+    resumed run's, the phase it goes on in), which the banner's model and ppo lines show,
+    the note naming the phase."""
     cfg = plan.cfg
     if cfg.run.schedule is None:
         return cfg, plan.network, ""
@@ -151,6 +152,10 @@ def first_phase(plan: Plan):
     sched = schedule.load(cfg.run.schedule)
     first = sched.phase_of_iteration(0, plan.steps_per_iter, cfg.run.schedule_scale,
                                      plan.total_iters * plan.steps_per_iter)
+    source = plan.start.source
+    record = (source.meta.get("schedule") or {}) if source is not None else {}
+    if plan.start.mode == "resume" and record.get("ends"):  # where the resumed run goes on
+        first = schedule.phase_index(record["ends"], source.step * plan.steps_per_iter)
     shown, applied, _ = schedule.phase_config(sched, cfg, first, plan.mesh.size)
     if not applied:
         return cfg, plan.network, ""
