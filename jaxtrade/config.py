@@ -660,7 +660,8 @@ def _settings() -> dict[str, Setting]:
 SETTINGS: dict[str, Setting] = _settings()
 # Runtime hyperparameters (`trainer.HParams`): they may change between iterations, and on
 # resume, without recompiling.
-# In the order of `trainer.HParams`' fields (the saved state's): [ppo]'s, then dropout.
+# [ppo]'s in their section's order, then dropout; `trainer.HParams` is built by keyword
+# and keeps its own field order (the saved state's), which need not be this one.
 RUNTIME_FIELDS: tuple[str, ...] = tuple(sorted(
     (k for k, s in SETTINGS.items() if s.runtime), key=lambda k: _FIELD_SECTION[k] != "ppo"))
 # Settings a resumed run may not change: they fix array shapes, the market, or the compiled
