@@ -493,9 +493,30 @@ def final_members(records: Sequence[Sequence[dict]]) -> list[dict]:
     return [r for r in records[-1] if r["replaced_by"] is None and r["score"] is not None]
 
 
+def _founder_of(records: Sequence[Sequence[dict]]):
+    """`founder(id)`: the founder a population member descends from (its id if a founder),
+    by the parents its records and copies name."""
+    links: dict[int, int | None] = {}
+    for interval in records:
+        for r in interval:
+            links.setdefault(r["id"], r.get("parent"))
+            if (c := r.get("replaced_by")) is not None and "id" in c:
+                links.setdefault(c["id"], c.get("parent"))
+
+    def founder(i: int) -> int:
+        seen = set()
+        while links.get(i) is not None and i not in seen:
+            seen.add(i)
+            i = links[i]
+        return i
+
+    return founder
+
+
 def add_population(archive: Archive, run_dir: str | os.PathLike,
                    members: Sequence[Mapping[str, Any]] | None = None,
-                   states: Any = None) -> list[dict]:
+                   states: Any = None, founders: Mapping[int, Mapping[str, Any]] | None = None,
+                   extra: Mapping[str, Any] | None = None) -> list[dict]:
     """Archives members of the population run in `run_dir` (`python -m
     jaxtrade.population`), each as a single run's checkpoint that `load_policy` and
     `--checkpoint` read.
@@ -512,9 +533,16 @@ def add_population(archive: Archive, run_dir: str | os.PathLike,
         the member axis, as after the last interval's exploit/explore); default: read
         from the run's latest population checkpoint.
 
+      founders: founder member id -> the archived entry that founder continued (a
+        population started from archived models, `population.continue_population`): a
+        member descended from such a founder links to that model when no closer
+        ancestor of this run is archived, its generation counts on from the model's
+        (+ 1, + its copies in this run) and its total timesteps include the model's.
+      extra: fields added to every entry (e.g. the league's round and category).
+
     Returns: the entries added, in the order of `members`. A member's parent is the
-    archived model of its parent member in this run, if there is one; its validation
-    history is its records' scores.
+    archived model of its parent member in this run, if there is one (else, see
+    `founders`); its validation history is its records' scores.
 
     Raises:
       ArchiveError: no population.jsonl or population checkpoint, or members that the
@@ -552,6 +580,7 @@ def add_population(archive: Archive, run_dir: str | os.PathLike,
     scored = [r for interval in records for r in interval if r["score"] is not None]
     sharpes = [(r.get("val") or {}).get("sharpe") for r in scored]
     added = []
+    founder = _founder_of(records)
     # parents first (a copy's generation is its parent's + 1), so every link can be found
     for m in sorted(members, key=lambda m: m["generation"]):
         state = jax.tree.map(lambda x, s=m["slot"]: np.asarray(x)[s], states)
@@ -562,11 +591,22 @@ def add_population(archive: Archive, run_dir: str | os.PathLike,
                     "score": r["score"], "sharpe": _finite((r.get("val") or {}).get("sharpe"))}
                    for r in own]
         parent = None if m["parent"] is None else archive.find_source(run_dir, member=m["parent"])
+        continued = (founders or {}).get(founder(m["id"]))
+        generation, base = int(m["generation"]), 0
+        if continued is not None:
+            parent = parent or continued
+            generation += int(continued["generation"]) + 1
+            base = int(continued["total_timesteps"])
         val = {f"val_{k}": v for k, v in (m.get("val") or {}).items() if k != "score"}
         row = {"iteration": iteration, "timesteps": m["timesteps"], **m["hparams"], **val,
                ckpt.VAL_SCORE_KEY: m["score"]}
-        lineage = ckpt.Lineage(parent_run=None, generation=int(m["generation"]),
-                               start="new")
+        if continued is None:
+            lineage = ckpt.Lineage(parent_run=None, generation=generation, start="new")
+        else:  # its weights and optimizer states, fresh envs and counters
+            lineage = ckpt.Lineage(parent_run=str((archive.models / continued["id"]).absolute()),
+                                   parent_checkpoint=int(continued["iteration"]),
+                                   generation=generation, base_timesteps=base,
+                                   start="weights")
         meta = {
             "format": ckpt.FORMAT, "iteration": iteration, "timesteps": m["timesteps"],
             "interrupted": False, "final": True, "saved_at": _now(),
@@ -584,10 +624,10 @@ def add_population(archive: Archive, run_dir: str | os.PathLike,
         }
         entry = {
             "parent": parent["id"] if parent else None,
-            "generation": int(m["generation"]),
+            "generation": generation,
             "iteration": iteration,
             "timesteps": int(m["timesteps"]),
-            "total_timesteps": int(m["timesteps"]),
+            "total_timesteps": base + int(m["timesteps"]),
             "val_score": _finite(m["score"]),
             "validation": history,
             "window": data_window(run_dir, config),
@@ -597,6 +637,7 @@ def add_population(archive: Archive, run_dir: str | os.PathLike,
             "source": {"kind": "population", "run": str(run_dir.absolute()),
                        "iteration": iteration, "interval": m["interval"], "slot": m["slot"],
                        "member": m["id"], "parent_member": m["parent"]},
+            **(extra or {}),
         }
 
         def fill(model_dir: Path, state=state, iteration=iteration, meta=meta) -> None:
@@ -606,6 +647,55 @@ def add_population(archive: Archive, run_dir: str | os.PathLike,
         added.append(archive.add(fill, entry))
     order = {m["id"]: i for i, m in enumerate(members)}
     return sorted(added, key=lambda e: order[e["source"]["member"]])
+
+
+def read_learned(archive: Archive, model_id: str, like: Any) -> dict:
+    """What training learned in archived model `model_id`: its parameters, optimizer states
+    and runtime hyperparameters, as trees typed like `like` (one member's `TrainState`,
+    e.g. a fresh one of the trainer that is to continue it), numpy arrays. Its envs, RNG
+    and counters are not read into it (a continuation starts them afresh).
+
+    Returns: {"params", "actor_opt", "critic_opt", "hparams"}; a hyperparameter that the
+    checkpoint predates takes `like`'s value.
+
+    Raises:
+      ArchiveError: unknown id, unreadable checkpoint, or a leaf whose shape differs from
+        `like`'s (one line naming the first: the model was trained with other shapes).
+    """
+    import jax
+    import orbax.checkpoint as ocp
+
+    entry = archive.entry(model_id)
+    try:
+        source = ckpt.select(archive.models / entry["id"], entry["iteration"])
+        saved = ckpt._read(source, lambda m: m.restore(source.step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore())).state)
+    except ckpt.CheckpointError as e:
+        raise ArchiveError(f"{model_id}: {e}") from None
+    flat = {ckpt._path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    out = {}
+    for part in ("params", "actor_opt", "critic_opt", "hparams"):
+        paths, treedef = jax.tree_util.tree_flatten_with_path(getattr(like, part))
+        leaves = []
+        for path, want in paths:
+            name = f"{part}/{ckpt._path_str(path)}"
+            got = flat.get(name)
+            if got is None and part == "hparams":
+                got = want
+            if got is None or tuple(np.shape(got)) != tuple(np.shape(want)):
+                have = "absent" if got is None else str(tuple(np.shape(got)))
+                raise ArchiveError(
+                    f"archived model {entry['id']} does not fit this config: {name} is "
+                    f"{have} in it but {tuple(np.shape(want))} here (trained with other "
+                    f"shapes: network {_network_text(entry)})")
+            leaves.append(np.asarray(got, dtype=np.asarray(want).dtype))
+        out[part] = jax.tree.unflatten(treedef, leaves)
+    return out
+
+
+def _network_text(entry: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in (entry.get("network") or {}).items()
+                     if v is not None) or "unknown"
 
 
 def _version() -> str:

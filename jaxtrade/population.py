@@ -370,6 +370,52 @@ def exploit_explore(pop: Population, scores: jax.Array, healthy: jax.Array | Non
     )
 
 
+def continue_population(trainer: Trainer, key: jax.Array, learned: Mapping[str, Any],
+                        hparams: HParams | Mapping[str, Sequence[float]]) -> Population:
+    """N founders that continue trained models: `init_population`'s members (own envs, RNG
+    and counters from `key`) with `learned`'s parameters and optimizer states in place of
+    the fresh ones (Adam moments included: the optimisation goes on where it stopped).
+
+    Args:
+      learned: {"params", "actor_opt", "critic_opt"}, each a tree like the trainer's
+        state's with a leading member axis [N, ...] (e.g. `jaxtrade.archive.read_learned`
+        of N archived models, stacked).
+      hparams: the members' hyperparameters, as `init_population` takes them.
+
+    Returns: the population, ids 0..N-1, no parents (the caller links them to the models
+    they continue).
+    """
+    parts = ("params", "actor_opt", "critic_opt")
+    n = jax.tree.leaves(learned["params"])[0].shape[0]
+    pop = init_population(trainer, key, n, hparams=hparams)
+    whole = parallel.replicated(trainer.mesh)
+    members = pop.members
+    for part in parts:
+        fresh = getattr(members, part)
+        given = jax.tree.unflatten(jax.tree.structure(fresh), jax.tree.leaves(learned[part]))
+        for g, f in zip(jax.tree.leaves(given), jax.tree.leaves(fresh), strict=True):
+            if tuple(np.shape(g)) != tuple(f.shape):
+                raise ValueError(f"{part}: a leaf of shape {tuple(np.shape(g))} where the "
+                                 f"population has {tuple(f.shape)}")
+        # own buffers (numpy -> device): the population program donates them
+        members = members.replace(**{part: jax.tree.map(
+            lambda g, f: jax.device_put(np.array(g, dtype=f.dtype), whole), given, fresh)})
+    return pop.replace(members=members)
+
+
+def close_interval(pop: Population, scores: jax.Array, healthy: jax.Array | None = None
+                   ) -> Population:
+    """An interval's bookkeeping without exploit/explore (the last interval of a run whose
+    every final member is kept, e.g. a league's): nothing replaced, unhealthy members
+    flagged as `exploit_explore` flags them, `interval` counted."""
+    n = pop.size
+    ok = jnp.isfinite(scores) & _members_finite(pop.members)
+    if healthy is not None:
+        ok = ok & healthy
+    return pop.replace(replaced=jnp.zeros((n,), bool), source=jnp.full((n,), -1, jnp.int32),
+                       nonfinite=~ok, interval=pop.interval + 1)
+
+
 def make_exploit_explore(fraction: float = FRACTION, perturb: Sequence[float] = PERTURB,
                          resample_prob: float = RESAMPLE_PROB,
                          bounds: Mapping[str, tuple[float, float]] = BOUNDS,

@@ -342,10 +342,21 @@ def _number(x) -> float | None:
 
 
 class PopulationRun:
-    """One population run's state between compiled calls (host-only)."""
+    """One population run's state between compiled calls (host-only).
 
-    def __init__(self, p, pbt: PbtSettings, resume: bool, console):
+    Besides `python -m jaxtrade.population`'s run, a caller (the league, `jaxtrade.league`)
+    may give `founders(trainer) -> Population` (e.g. `population.continue_population` of
+    archived models) instead of N fresh founders, `segments(trainer, k) -> [(k_i,
+    env_params_i)]` to train an interval's k iterations as consecutive calls on other
+    training data (sum of k_i = k; default one call on the trainer's), and
+    `exploit_last=False` to keep every member of the last interval (no exploit/explore
+    after it, so each final member can be archived).
+    """
+
+    def __init__(self, p, pbt: PbtSettings, resume: bool, console, *, founders=None,
+                 segments=None, exploit_last: bool = True):
         self.plan, self.pbt, self.resume, self.console = p, pbt, resume, console
+        self.founders, self.segments, self.exploit_last = founders, segments, exploit_last
         self.cfg = p.cfg
         self.total = p.total_iters  # per member
         self.steps = p.steps_per_iter  # per member
@@ -381,6 +392,9 @@ class PopulationRun:
                 f"{step}, iteration {self.done} per member"
                 + (f"; {POPULATION_FILE}: dropped {dropped} record(s) after it" if dropped
                    else ""))
+        elif self.founders is not None:
+            self.pop = self.founders(self.trainer)
+            self.done = 0
         else:
             self.pop = init_population(self.trainer, jax.random.key(self.cfg.run.seed),
                                        self.pbt.members)
@@ -457,13 +471,21 @@ class PopulationRun:
 
     def interval(self, log) -> list[dict]:
         """Train, score, exploit/explore, log and save one interval; its records."""
-        from jaxtrade.population import finite_members, lineage_records
+        from jaxtrade.population import close_interval, finite_members, lineage_records
 
         k = min(self.pbt.interval, self.total - self.done)
-        fn = self.program(k)
+        parts = (self.segments(self.trainer, k) if self.segments is not None
+                 else [(k, self.trainer.env_params)])
+        for k_i, _ in parts:
+            if k_i:
+                self.program(k_i)  # compiled before the clock starts
         t0 = time.perf_counter()
-        self.pop, metrics = fn(self.pop, self.trainer.env_params)
-        metrics = jax.device_get(metrics)
+        metrics = []
+        for k_i, env_params in parts:
+            if k_i:
+                self.pop, m = self.program(k_i)(self.pop, env_params)
+                metrics.append(jax.device_get(m))
+        metrics = jax.tree.map(lambda *xs: np.concatenate(xs), *metrics)
         dt_s = time.perf_counter() - t0
         self.train_s += dt_s
         self.done += k
@@ -472,7 +494,11 @@ class PopulationRun:
         self.eval_s += time.perf_counter() - t1
         healthy = finite_members(metrics)
         before = self.pop
-        self.pop = self.exploit_explore(before, jnp.asarray(scores), healthy)
+        if self.exploit_last or self.done < self.total:
+            self.pop = self.exploit_explore(before, jnp.asarray(scores), healthy)
+        else:
+            self.pop = jax.device_put(close_interval(before, jnp.asarray(scores), healthy),
+                                      parallel.replicated(self.plan.mesh))
         records = lineage_records(before, self.pop, scores, self.steps)
         for rec, val, row in zip(records, vals, rows, strict=True):
             rec["val"] = {key: (_number(v) if isinstance(v, float) else v)
@@ -532,13 +558,17 @@ class PopulationRun:
                                                                        if changed else ""))
 
     # ------------------------------------------------------------------ the loop
-    def run(self) -> dict:
+    def run(self, interrupts=None) -> dict:
+        """The intervals to the end (or a signal); summary.json. `interrupts`: an entered
+        `Interrupts` of the caller's (default: one of this run's own)."""
         from jaxtrade.engine.signals import Interrupts
 
         interrupted = None
-        with Interrupts("stopping after the current interval; press Ctrl+C again to exit "
-                        "now") as interrupts, contextlib.closing(self.checkpoints):
-            self.program(min(self.pbt.interval, self.total - self.done))
+        own = Interrupts("stopping after the current interval; press Ctrl+C again to exit "
+                         "now") if interrupts is None else contextlib.nullcontext(interrupts)
+        with own as interrupts, contextlib.closing(self.checkpoints):
+            if self.segments is None:  # (segments compile their own lengths when met)
+                self.program(min(self.pbt.interval, self.total - self.done))
             self.compile_evaluation()
             with open(self.plan.run_dir / POPULATION_FILE, "a") as log:
                 while (self.done < self.total and not interrupts.requested

@@ -1,0 +1,863 @@
+"""`python -m jaxtrade.league`: one round of the weekly plan of explorers, refiners and a
+champion, each category trained as a population, and the model archive updated (host-only).
+
+The reference's plan (budgets in timesteps per member, all flags):
+
+    explorers  15 new models, hyperparameters sampled around the config's   x 1.5M
+    refiners    5 best archived models, continued at learning rate x 0.5    x 2M more
+    champion    1 best archived model, continued at learning rate x 0.3     x 3M more
+
+so 22.5M / 10M / 3M timesteps: the 64 / 28 / 8 % split, which the banner and the summary
+report. Refiners and the champion are chosen from the archive as it stands when the
+round starts (a first round, on an empty archive, has explorers only). Each category is a
+`python -m jaxtrade.population` run (`jaxtrade.population_run`: one compiled program for
+its members, PBT every --pbt-interval, validation scores) in the round's directory; a
+continued category starts from the archived models' parameters and optimizer states
+(`archive.read_learned`, `population.continue_population`; a model trained with other
+shapes is a one-line error before anything trains), with fresh envs.
+
+When a category completes, its final members are archived (`archive.add_population`),
+the continued ones linked to the models they continue (generation + 1, timesteps
+added). A continuation whose validation score falls more than --rollback (10%) below
+its parent's archived score, `score < parent - 0.1 x |parent|`, is rolled back: not
+archived, so the parent stays the entry; a line says so.
+
+Data each round (`RoundData`):
+
+* a market with dates (`--market fixed`, `--data`): `--window BARS` trains on a window
+  of BARS bars of the training range: its last BARS bars (the latest data, which move on
+  when the data file grows), or with `--window-step S` the window of round r ends
+  BARS + S x (r - 1) bars into the range (history replayed round by round). Explorers
+  train on the window; continued models spend --recent-mix (70%) of their iterations on
+  it (counted over the run: intervals of one iteration alternate) and the rest on the
+  training bars before it, both as ranges of episode starts (an episode started in the
+  older bars may run on into the window). Without --window every category trains on
+  the whole training range.
+* procedural worlds: no time axis, so --window is refused. Round r trains on training
+  pool generation r - 1 (fresh worlds: the round's "new data"; the validation and test
+  worlds stay the run's); continued models spend --recent-mix of their iterations on it
+  and the rest on the previous round's pool.
+
+The validation range (worlds) is the same every round, so scores compare across rounds
+as long as the data flags stay the same (the rollback and the trend assume it).
+
+A league directory (--league-dir, default ckpt/league) holds
+
+    league.jsonl             one record per round: settings, data window, per category
+                             members, timesteps, wall seconds, archived ids, rollbacks,
+                             parent -> child scores; the champion and the best scores
+    league.png               best validation score by round, compute by category
+    round-<R>/<category>/    the category's population run directory
+
+and after each round the league prints generation over generation (do continued models
+beat their parents, this round and all rounds), champion longevity (rounds the archive's
+best model has held, and its lineage), the round-over-round best validation score and
+its trend, and the compute spent per category (timesteps, share, wall seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxtrade import config as cfgmod
+from jaxtrade import population_run, train
+from jaxtrade.data import DataError
+from jaxtrade.errors import UsageError
+
+DEFAULT_DIR = "ckpt/league"
+DEFAULT_ARCHIVE = "ckpt/archive"
+RECORDS_FILE = "league.jsonl"
+PLOT_FILE = "league.png"
+DEFAULT_MIX = 0.7  # share of a continued model's iterations on the recent data
+DEFAULT_ROLLBACK = 0.1  # a continuation more than 10% below its parent's score is dropped
+
+
+@dataclasses.dataclass(frozen=True)
+class Category:
+    """One category of a round: how many members, their budget and learning rate."""
+
+    name: str  # explorers | refiners | champion
+    members: int  # explorers: new models; the others: the best archived models, at most
+    timesteps: int  # per member, rounded to whole iterations
+    lr_scale: float  # both learning rates of a continued model x this; 1 for explorers
+
+    @property
+    def continued(self) -> bool:
+        return self.name != "explorers"
+
+
+DEFAULTS = (Category("explorers", 15, 1_500_000, 1.0),
+            Category("refiners", 5, 2_000_000, 0.5),
+            Category("champion", 1, 3_000_000, 0.3))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`jaxtrade.train`'s flags (the config of every category) with the PBT and league
+    flags."""
+    from jaxtrade.population import FRACTION
+
+    p = train.build_parser()
+    p.prog = "python -m jaxtrade.league"
+    p.description = ("One round of the league: explorers (new models), refiners (the best "
+                     "archived models, continued) and a champion (the best, continued more "
+                     "gently), each trained as a population; the archive is updated and the "
+                     "round summarised.")
+    g = p.add_argument_group("population-based training (within each category)")
+    g.add_argument("--pbt-interval", type=int, metavar="T",
+                   help=f"timesteps per member between exploit/explore steps "
+                        f"[{population_run.DEFAULT_INTERVAL:,}]")
+    g.add_argument("--pbt-fraction", type=float, metavar="F",
+                   help=f"the bottom F of a category's members take copies of the top F "
+                        f"[{FRACTION}]")
+    g = p.add_argument_group("the league")
+    g.add_argument("--league-dir", metavar="DIR", default=DEFAULT_DIR,
+                   help=f"the league's records and round directories [{DEFAULT_DIR}]")
+    g.add_argument("--archive", metavar="DIR", default=DEFAULT_ARCHIVE,
+                   help=f"the model archive the round reads and updates [{DEFAULT_ARCHIVE}]")
+    for c in DEFAULTS:
+        one = c.name[:-1] if c.name.endswith("s") else c.name
+        flag = "champions" if c.name == "champion" else c.name
+        g.add_argument(f"--{flag}", type=int, metavar="N", dest=c.name,
+                       help=f"{c.name}: members [{c.members}]" + (
+                           "; the best N archived models" if c.continued else ""))
+        g.add_argument(f"--{one}-timesteps", type=int, metavar="T", dest=f"{c.name}_timesteps",
+                       help=f"timesteps per {one} [{c.timesteps:,}]")
+        if c.continued:
+            g.add_argument(f"--{one}-lr", type=float, metavar="X", dest=f"{c.name}_lr",
+                           help=f"learning rates of a {one} x X [{c.lr_scale}]")
+    g.add_argument("--window", type=int, metavar="BARS",
+                   help="train on the last BARS bars of the training range (markets with "
+                        "dates; not worlds, whose rounds take fresh worlds) [the whole range]")
+    g.add_argument("--window-step", type=int, metavar="BARS", default=0,
+                   help="with --window: round r's window ends BARS x (r - 1) bars after the "
+                        "first window (history replayed round by round) [0: at the training "
+                        "range's end]")
+    g.add_argument("--recent-mix", type=float, metavar="F", default=DEFAULT_MIX,
+                   help=f"share of a continued model's iterations on the recent data, the "
+                        f"rest on older data [{DEFAULT_MIX}]")
+    g.add_argument("--rollback", type=float, metavar="F", default=DEFAULT_ROLLBACK,
+                   help=f"a continued model scoring below parent - F x |parent| on "
+                        f"validation is not archived (its parent stays) [{DEFAULT_ROLLBACK}]")
+    g.add_argument("--keep", type=int, metavar="K",
+                   help="after the round, keep the K best models of the archive [all]")
+    return p
+
+
+# Flags of `python -m jaxtrade.train` a league round does not take, and why.
+_REFUSED = {
+    "run_dir": "--run-dir: a round's runs go under --league-dir",
+    "resume": "--resume: a league round is not resumed; an interrupted round keeps what "
+              "it archived, and the next round starts afresh",
+    "timesteps": "--timesteps: each category has its budget (--explorer-timesteps, "
+                 "--refiner-timesteps, --champion-timesteps)",
+    "episodes": "--episodes: each category has its budget in timesteps",
+    "iterations": "--iterations: each category has its budget in timesteps",
+    "checkpoint": "--checkpoint: refiners and the champion start from the archive",
+    "weights_only": "--weights-only is not supported by python -m jaxtrade.league",
+    "use_recommendations": "--use-recommendations is not supported by a league round",
+    "on_mismatch": "--on-mismatch: an archived model of other shapes is an error",
+    "lr_multiplier": "--lr-multiplier: use --refiner-lr and --champion-lr",
+    "reset_on_plateau": "--reset-optimizer-on-plateau is not supported by a league round",
+    "coordinator": "--coordinator: a league round runs in one process",
+    "num_processes": "--num-processes: a league round runs in one process",
+    "process_id": "--process-id: a league round runs in one process",
+    "eval_every": "--eval-every: members are validated at every --pbt-interval",
+    "save_every": "--save-every: populations are saved at every --pbt-interval",
+    "iterations_per_call": "--iterations-per-call: an interval is one call",
+    "early_stop": "--early-stop is not supported by a league round",
+}
+
+
+def categories(args: argparse.Namespace) -> list[Category]:
+    """The round's categories from the flags (refusing bad values in one line)."""
+    out = []
+    for c in DEFAULTS:
+        one = c.name[:-1] if c.name.endswith("s") else c.name
+        flag = "champions" if c.name == "champion" else c.name
+        n = getattr(args, c.name)
+        n = c.members if n is None else n
+        if n < 0:
+            raise UsageError(f"--{flag} must be at least 0, got {n}")
+        t = getattr(args, f"{c.name}_timesteps")
+        t = c.timesteps if t is None else t
+        if t < 1:
+            raise UsageError(f"--{one}-timesteps must be at least 1, got {t}")
+        lr = getattr(args, f"{c.name}_lr", None) if c.continued else None
+        lr = c.lr_scale if lr is None else lr
+        if not lr > 0:
+            raise UsageError(f"--{one}-lr must be > 0, got {lr}")
+        out.append(Category(c.name, n, t, lr))
+    if not any(c.members for c in out):
+        raise UsageError("--explorers, --refiners and --champions are all 0: nothing to train")
+    return out
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuses flags a league round cannot honour, each in one line."""
+    for name, why in _REFUSED.items():
+        if getattr(args, name, None):
+            raise UsageError(why)
+    if args.devices is not None and args.devices != 1:
+        raise UsageError(f"--devices {args.devices}: a league round runs on one device for "
+                         f"now")
+    if args.pbt_interval is not None and args.pbt_interval < 1:
+        raise UsageError(f"--pbt-interval must be at least 1 timestep, got {args.pbt_interval}")
+    if args.pbt_fraction is not None and not 0 < args.pbt_fraction <= 0.5:
+        raise UsageError(f"--pbt-fraction must be in (0, 0.5], got {args.pbt_fraction}")
+    if args.window is not None and args.window < 2:
+        raise UsageError(f"--window must be at least 2 bars, got {args.window}")
+    if args.window_step < 0:
+        raise UsageError(f"--window-step must be at least 0, got {args.window_step}")
+    if args.window_step and args.window is None:
+        raise UsageError("--window-step needs --window BARS")
+    if not 0 < args.recent_mix <= 1:
+        raise UsageError(f"--recent-mix must be in (0, 1], got {args.recent_mix}")
+    if not 0 <= args.rollback < 1:
+        raise UsageError(f"--rollback must be in [0, 1), got {args.rollback}")
+    if args.keep is not None and args.keep < 1:
+        raise UsageError(f"--keep must be at least 1, got {args.keep}")
+
+
+def split(cats: Sequence[Category]) -> dict[str, float]:
+    """Each category's share of the round's planned timesteps (all categories run)."""
+    total = sum(c.members * c.timesteps for c in cats)
+    return {c.name: c.members * c.timesteps / total for c in cats}
+
+
+# -------------------------------------------------------------------------- records
+def read_records(league_dir: Path) -> list[dict]:
+    """league.jsonl's rounds, oldest first.
+
+    Raises:
+      UsageError: a line that is not a round record (named with its line number).
+    """
+    path = league_dir / RECORDS_FILE
+    if not path.exists():
+        return []
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            int(rec["round"])
+        except (ValueError, KeyError, TypeError):
+            raise UsageError(f"{path}:{i}: not a league round record") from None
+        out.append(rec)
+    return out
+
+
+def _number(x) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def rolled_back(child: float | None, parent: float | None, tolerance: float) -> bool:
+    """Whether a continuation scoring `child` falls more than `tolerance` below its
+    parent's `parent` (relative to |parent|): child < parent - tolerance x |parent|. A
+    child without a score is rolled back; a parent without one never rolls back a child
+    that has one."""
+    if child is None:
+        return True
+    if parent is None:
+        return False
+    return child < parent - tolerance * abs(parent)
+
+
+# ------------------------------------------------------------------------------ data
+class RoundData:
+    """The training data of one round's categories (host-only): episode start ranges of
+    a market with dates, or training pools of worlds; see the module docstring.
+
+    `segments(continued)` is `PopulationRun`'s hook: `fn(trainer, k) -> [(k_i,
+    env_params_i)]`; `iterations` counts what each category spent on recent and older
+    data.
+    """
+
+    def __init__(self, p, round_no: int, window: int | None, step: int, mix: float):
+        self.plan, self.round, self.mix = p, round_no, mix
+        self.worlds = p.market.worlds
+        self.window = None
+        self.iterations: dict[str, dict[str, int]] = {}
+        self._pools: dict[int, Any] = {}
+        if self.worlds is not None:
+            if window is not None:
+                raise UsageError("--window: procedural worlds have no time axis; each round "
+                                 "trains on fresh worlds instead (training pool generation "
+                                 "round - 1), so drop --window")
+            self.recent, self.older = round_no - 1, (round_no - 2 if round_no > 1 else None)
+            return
+        params = p.env.make_params("train", **p.cfg.env.params_kwargs())
+        if not hasattr(params, "start_min"):
+            if window is not None:
+                raise UsageError(f"--window: the {p.cfg.env.name} env has no episode start "
+                                 f"range to restrict")
+            self.recent = self.older = None
+            return
+        lo, latest = int(params.start_min), int(params.start_max)
+        length = latest - lo  # bars an episode may start in
+        episode = p.cfg.env.steps_per_episode()
+        end = latest + episode  # the last bar an episode may reach
+        if window is None:  # the trainer's own start range, for every category
+            self.recent, self.older = None, None
+            return
+        if window <= episode:
+            raise UsageError(f"--window {window} must be longer than an episode "
+                             f"({episode} steps)")
+        if window > length + episode:
+            raise UsageError(f"--window {window}: the training range has {length + episode} "
+                             f"bars an episode may read")
+        w_end = min(lo + window + step * (round_no - 1), end) if step else end
+        w_lo = w_end - window
+        self.recent = (max(lo, w_lo), w_end - episode)
+        self.older = (lo, w_lo - 1) if w_lo - 1 >= lo else None
+        self.window = (w_lo, w_end)
+
+    def describe(self) -> dict:
+        """The round's data, for league.jsonl and the banner."""
+        if self.worlds is not None:
+            w = self.worlds
+            gen = lambda g: None if g is None else {  # noqa: E731
+                "generation": g, "train_worlds": [int(g * w.n_worlds),
+                                                  int((g + 1) * w.n_worlds - 1)]}
+            return {"kind": "worlds", "seed": w.seed, "recent": gen(self.recent),
+                    "older": gen(self.older), "mix": self.mix}
+        if self.recent is None:
+            return {"kind": "whole training range", "mix": None}
+        dates = self.plan.market.dates
+
+        def span(r):
+            if r is None:
+                return None
+            a, b = r
+            return {"first_start": int(a), "last_start": int(b),
+                    "start": str(dates[a].date()), "end": str(dates[b].date())}
+
+        out = {"kind": "window" if self.window else "whole training range",
+               "recent": span(self.recent), "older": span(self.older), "mix": self.mix}
+        if self.window:
+            a, b = self.window
+            out["window"] = {"first": int(a), "end": int(b), "bars": int(b - a),
+                             "start": str(dates[a].date()), "last": str(dates[b - 1].date())}
+        return out
+
+    def line(self) -> str:
+        d = self.describe()
+        if d["kind"] == "worlds":
+            r, o = d["recent"], d["older"]
+            text = (f"data: worlds, training pool {r['generation']} (train worlds "
+                    f"{r['train_worlds'][0]}..{r['train_worlds'][1]}) for this round")
+            return text + (f"; continued models {self.mix:.0%} on it, {1 - self.mix:.0%} on "
+                           f"pool {o['generation']}" if o else "; no older pool yet")
+        if d["kind"] != "window":
+            return "data: the whole training range for every category"
+        w, o = d["window"], d["older"]
+        return (f"data: window of {w['bars']} bars ({w['start']} .. {w['last']}); continued "
+                f"models {self.mix:.0%} on it" + (
+                    f", {1 - self.mix:.0%} on the older bars ({o['start']} .. {o['end']} "
+                    f"as episode starts)" if o else " (no older bars before it: 100%)"))
+
+    def _pool(self, generation: int):
+        """Training pool `generation`'s env params, placed (cached for the round)."""
+        if generation not in self._pools:
+            from jaxtrade import parallel
+            from jaxtrade.envs import make_env
+
+            p = self.plan
+            pool, _ = self.worlds.pool("train", generation, stats=p.market.stats)
+            params = make_env(p.cfg.env.name, pool).make_params(
+                "train", **p.cfg.env.params_kwargs())
+            self._pools[generation] = parallel.put_replicated(params, p.mesh)
+        return self._pools[generation]
+
+    def _params(self, trainer, which):
+        """The trainer's env params for start range (or pool) `which`."""
+        import jax
+
+        if self.worlds is not None:
+            return trainer.env_params if which == 0 else self._pool(which)
+        base = trainer.env_params
+        lo, hi = which
+        return base.replace(start_min=jax.device_put(np.int32(lo), base.start_min.sharding),
+                            start_max=jax.device_put(np.int32(hi), base.start_max.sharding))
+
+    def segments(self, name: str, continued: bool) -> Callable | None:
+        """The `PopulationRun` hook of category `name`, or None (the trainer's data)."""
+        if self.recent is None:
+            return None
+        spent = self.iterations.setdefault(name, {"recent": 0, "older": 0})
+        recent_params = older_params = None
+
+        def fn(trainer, k: int):
+            nonlocal recent_params, older_params
+            if recent_params is None:
+                recent_params = self._params(trainer, self.recent)
+                if continued and self.older is not None:
+                    older_params = self._params(trainer, self.older)
+            if older_params is None:
+                spent["recent"] += k
+                return [(k, recent_params)]
+            # the mix over the run so far (an interval of 1 iteration alternates)
+            done = spent["recent"] + spent["older"]
+            k_recent = min(k, max(0, math.floor(self.mix * (done + k) + 0.5) - spent["recent"]))
+            spent["recent"] += k_recent
+            spent["older"] += k - k_recent
+            return [(k_recent, recent_params), (k - k_recent, older_params)]
+
+        return fn
+
+
+# ----------------------------------------------------------------------------- round
+def _category_args(args: argparse.Namespace, cat: Category, members: int,
+                   run_dir: Path) -> argparse.Namespace:
+    ns = argparse.Namespace(**vars(args))
+    ns.population, ns.timesteps, ns.iterations, ns.episodes = members, cat.timesteps, None, None
+    ns.run_dir, ns.resume, ns.archive = str(run_dir), False, None
+    return ns
+
+
+def _learned_founders(learned: Sequence[Mapping], lr_scale: float, seed: int) -> Callable:
+    """`PopulationRun`'s founders hook: the archived models' learned state, learning rates
+    x `lr_scale`."""
+
+    def build(trainer):
+        import jax
+
+        from jaxtrade.population import continue_population
+        from jaxtrade.trainer import HPARAM_NAMES
+
+        stack = lambda *xs: np.stack(xs)  # noqa: E731
+        parts = {part: jax.tree.map(stack, *[m[part] for m in learned])
+                 for part in ("params", "actor_opt", "critic_opt")}
+        hp = {k: np.array([float(getattr(m["hparams"], k)) for m in learned], np.float32)
+              for k in HPARAM_NAMES}
+        for k in ("actor_lr", "critic_lr"):
+            hp[k] = (hp[k] * np.float32(lr_scale)).astype(np.float32)
+        return continue_population(trainer, jax.random.key(seed), parts, hp)
+
+    return build
+
+
+class Round:
+    """One league round (host-only): plans, trains and archives each category in turn."""
+
+    def __init__(self, args: argparse.Namespace, cats: list[Category]):
+        from jaxtrade import archive
+
+        self.args, self.cats = args, cats
+        self.league_dir = Path(args.league_dir)
+        self.previous = read_records(self.league_dir)
+        self.round = (self.previous[-1]["round"] + 1) if self.previous else 1
+        self.dir = self.league_dir / f"round-{self.round:03d}"
+        if self.dir.exists():
+            raise UsageError(f"{self.dir} exists but {self.league_dir / RECORDS_FILE} has no "
+                             f"record of round {self.round} (a round that crashed?); remove "
+                             f"it, or choose another --league-dir")
+        self.archive = archive.Archive(args.archive)
+        self.archive._index()  # refuses a directory that is not an archive, in one line
+        ranked = [e for e in self.archive.entries() if e.get("val_score") is not None]
+        self.chosen = {c.name: ranked[:c.members] if c.continued else [] for c in cats}
+        self.results: dict[str, dict] = {}
+        self.status = "completed"
+        self.t0 = time.perf_counter()
+        self.started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+    # ------------------------------------------------------------------ start
+    def prepare(self) -> None:
+        """Plans the first category (the market, env and shapes every category shares),
+        the round's data, and reads every chosen archived model: one that does not fit
+        is an error before anything trains."""
+        import jax
+
+        from jaxtrade import archive
+        from jaxtrade.trainer import make_train
+
+        if not any(self._members(c) for c in self.cats):
+            raise UsageError(f"nothing to train in round {self.round}: no explorers, and "
+                             f"{self.archive.path} holds no scored model to continue")
+        first = self._first()
+        p, pbt, _ = population_run.plan(_category_args(self.args, first, self._members(first),
+                                                     self.dir / first.name))
+        self.first_plan = (p, pbt)
+        self.data = RoundData(p, self.round, self.args.window, self.args.window_step,
+                              self.args.recent_mix)
+        self.learned: dict[str, dict] = {}
+        ids = {e["id"] for chosen in self.chosen.values() for e in chosen}
+        if ids:
+            trainer = make_train(p.cfg, p.market, p.mesh)
+            like = trainer.initial_state(jax.random.key(0))
+            for i in sorted(ids):
+                self.learned[i] = archive.read_learned(self.archive, i, like)
+            del trainer, like
+
+    def _members(self, cat: Category) -> int:
+        return len(self.chosen[cat.name]) if cat.continued else cat.members
+
+    def banner(self) -> None:
+        shares = split(self.cats)
+        print(f"league round {self.round} -> {self.dir}; archive {self.archive.path} "
+              f"({len(self.archive.entries())} models)")
+        for c in self.cats:
+            chosen = self.chosen[c.name]
+            what = (f"{c.members} new models" if not c.continued else
+                    f"{len(chosen)} of the best {c.members} archived, lr x{c.lr_scale:g}"
+                    + (": " + ", ".join(f"{e['id']} {e['val_score']:+.2f}" for e in chosen)
+                       if chosen else " (none archived yet: skipped)"))
+            print(f"  {c.name:<9} {what}; {c.timesteps:,} timesteps each "
+                  f"({shares[c.name]:.0%} of the planned round)")
+        print(f"  {self.data.line()}")
+        sys.stdout.flush()
+
+    # ------------------------------------------------------------------ a category
+    def train(self, cat: Category, interrupts) -> dict | None:
+        """Trains category `cat` as a population and archives it; its record (None: it
+        has no members this round)."""
+        import dataclasses as dc
+
+        from jaxtrade.engine.console import Console
+        from jaxtrade.engine.run import print_banner
+
+        n = self._members(cat)
+        if n == 0:
+            return None
+        run_dir = self.dir / cat.name
+        t0 = time.perf_counter()
+        if cat is self._first():
+            p, pbt = self.first_plan
+        else:
+            p, pbt, _ = population_run.plan(_category_args(self.args, cat, n, run_dir))
+        p = dc.replace(p, eval_every=pbt.interval)
+        console = Console(p.cfg.run.verbosity, True)
+        print(f"== round {self.round}: {cat.name} ({n} member{'s' if n > 1 else ''}, "
+              f"{p.total_iters * p.steps_per_iter:,} timesteps each"
+              + (f", lr x{cat.lr_scale:g}" if cat.continued else "") + ")", flush=True)
+        if cat is self._first():
+            print_banner(p, population_run._BannerConsole(console))
+        population_run.print_population_banner(p, pbt, console)
+        chosen = self.chosen[cat.name]
+        founders = (_learned_founders([self.learned[e["id"]] for e in chosen], cat.lr_scale,
+                                      p.cfg.run.seed) if cat.continued else None)
+        run = population_run.PopulationRun(
+            p, pbt, False, console, founders=founders,
+            segments=self.data.segments(cat.name, cat.continued), exploit_last=False)
+        run.build()
+        run.record_start()
+        summary = run.run(interrupts)
+        result = {"members": n, "run_dir": str(run_dir), "status": summary["status"],
+                  "timesteps_per_member": summary["timesteps_per_member"],
+                  "timesteps": summary["timesteps"], "wall_s": time.perf_counter() - t0,
+                  "train_s": summary["train_s"], "compile_s": summary["compile_s"],
+                  "lr_scale": cat.lr_scale, "archived": [], "rolled_back": [],
+                  "continued": [], "from": [e["id"] for e in chosen],
+                  "iterations": self.data.iterations.get(cat.name)}
+        if summary["status"] == "completed":
+            self.archive_category(cat, run, result)
+        elif summary["status"] == "interrupted":
+            print(f"{cat.name}: interrupted after {summary['iterations']:,} of "
+                  f"{p.total_iters:,} iterations; nothing of it archived (its population "
+                  f"checkpoint: {summary['checkpoint']})")
+        else:
+            print(f"{cat.name}: {summary['message']}; nothing of it archived", file=sys.stderr)
+        result["wall_s"] = time.perf_counter() - t0
+        return result
+
+    def _first(self) -> Category:
+        return next(c for c in self.cats if self._members(c))
+
+    def archive_category(self, cat: Category, run, result: dict) -> None:
+        """The category's final members into the archive; continued ones below their
+        parent's score by more than --rollback are rolled back (not archived)."""
+        from jaxtrade import archive as arc
+        from jaxtrade.population_plot import read_records as population_records
+
+        run_dir = Path(result["run_dir"])
+        records = population_records(run_dir / population_run.POPULATION_FILE)
+        final = arc.final_members(records)
+        founder = arc._founder_of(records)
+        chosen = self.chosen[cat.name]
+        founders = {i: e for i, e in enumerate(chosen)}  # continue_population's ids 0..N-1
+        kept = []
+        for m in final:
+            parent = founders.get(founder(m["id"])) if cat.continued else None
+            if parent is None:
+                kept.append(m)
+                continue
+            back = rolled_back(m["score"], parent["val_score"], self.args.rollback)
+            change = {"parent": parent["id"], "parent_score": parent["val_score"],
+                      "member": m["id"], "score": m["score"], "rolled_back": back,
+                      "beat": m["score"] is not None and m["score"] > parent["val_score"]}
+            result["continued"].append(change)
+            if back:
+                result["rolled_back"].append(change)
+                score = "n/a" if m["score"] is None else f"{m['score']:+.2f}"
+                print(f"rollback: {cat.name} member {m['id']} continuing {parent['id']} "
+                      f"scored {score} on validation, more than {self.args.rollback:.0%} "
+                      f"below {parent['id']}'s {parent['val_score']:+.2f}: not archived, "
+                      f"{parent['id']} stays")
+            else:
+                kept.append(m)
+        if not kept:
+            return
+        extra = {"league": {"round": self.round, "category": cat.name,
+                            "lr_scale": cat.lr_scale, "data": self.data.describe()}}
+        try:
+            entries = arc.add_population(self.archive, run_dir, members=kept,
+                                         states=run.pop.members, founders=founders,
+                                         extra=extra)
+        except arc.ArchiveError as e:
+            print(f"warning: {cat.name}: nothing archived: {e}", file=sys.stderr)
+            return
+        by_member = {e["source"]["member"]: e["id"] for e in entries}
+        for change in result["continued"]:
+            change["child"] = by_member.get(change["member"])
+        result["archived"] = [e["id"] for e in entries]
+        for e in entries:
+            print(f"archived {e['id']}: {cat.name} member {e['source']['member']}, val score "
+                  f"{e['val_score']:+.2f}"
+                  + (f", parent {e['parent']} (generation {e['generation']})"
+                     if e["parent"] else ""))
+
+    # ------------------------------------------------------------------ the record
+    def record(self) -> dict:
+        """The round's league.jsonl record (after the archive's update)."""
+        entries = self.archive.entries()
+        ranked = [e for e in entries if e.get("val_score") is not None]
+        champion = ranked[0] if ranked else None
+        mine = [e for e in entries if (e.get("league") or {}).get("round") == self.round
+                and e.get("val_score") is not None
+                and Path(e["source"]["run"]).resolve().is_relative_to(self.dir.resolve())]
+        best = max(mine, key=lambda e: e["val_score"]) if mine else None
+        return {
+            "round": self.round,
+            "status": self.status,
+            "started": self.started,
+            "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "wall_s": time.perf_counter() - self.t0,
+            "archive": str(self.archive.path),
+            "data": self.data.describe(),
+            "planned_split": split(self.cats),
+            "rollback": self.args.rollback,
+            "categories": self.results,
+            "champion": None if champion is None else {
+                "id": champion["id"], "score": champion["val_score"],
+                "lineage": _ancestors(self.archive, champion["id"])},
+            "round_best": None if best is None else {"id": best["id"],
+                                                     "score": best["val_score"]},
+        }
+
+
+def _ancestors(archive, model_id: str) -> list[str]:
+    """`model_id` and its ancestors, itself first (pruned ones included)."""
+    chain = [model_id]
+    while (p := archive.parent_of(chain[-1])) is not None and p not in chain:
+        chain.append(p)
+    return chain
+
+
+# --------------------------------------------------------------------------- summary
+def longevity(records: Sequence[Mapping]) -> tuple[int, int]:
+    """(rounds the last record's champion has held, by id; rounds it or an ancestor has
+    held), counted back from the last round."""
+    if not records or records[-1].get("champion") is None:
+        return 0, 0
+    last = records[-1]["champion"]
+    same = lineage = 0
+    for r in reversed(records):
+        c = r.get("champion")
+        if c is None:
+            break
+        if c["id"] == last["id"] and same == lineage:
+            same += 1
+        if c["id"] in last["lineage"]:
+            lineage += 1
+        else:
+            break
+    return same, lineage
+
+
+def trend(values: Sequence[float]) -> float | None:
+    """Least-squares slope per round of `values` (None for fewer than 2)."""
+    if len(values) < 2:
+        return None
+    x = np.arange(len(values), dtype=np.float64)
+    return float(np.polyfit(x, np.asarray(values, np.float64), 1)[0])
+
+
+def summary_lines(records: Sequence[Mapping]) -> list[str]:
+    """What the league prints after a round, from league.jsonl's records (this round last)."""
+    rec = records[-1]
+    lines = [f"league round {rec['round']} {rec['status']} in {rec['wall_s']:.1f}s; archive "
+             f"{rec['archive']}"]
+
+    def beats(rs):
+        changes = [c for r in rs for cat in r["categories"].values()
+                   for c in cat.get("continued", ())]
+        won = [c for c in changes if c["beat"]]
+        deltas = [c["score"] - c["parent_score"] for c in changes if c["score"] is not None]
+        return changes, won, deltas
+
+    changes, won, deltas = beats([rec])
+    all_changes, all_won, _ = beats(records)
+    if changes:
+        back = sum(c["rolled_back"] for c in changes)
+        lines.append(f"generations: {len(won)} of {len(changes)} continued models beat their "
+                     f"parent this round (mean change {np.mean(deltas):+.2f}; {back} rolled "
+                     f"back); all rounds: {len(all_won)} of {len(all_changes)}")
+        for c in changes:
+            score = "n/a" if c["score"] is None else f"{c['score']:+.2f}"
+            lines.append(f"  {c['parent']} {c['parent_score']:+.2f} -> "
+                         + (f"{c.get('child')} " if c.get("child") else "")
+                         + f"{score}" + (" (rolled back)" if c["rolled_back"]
+                                         else " (beat it)" if c["beat"] else ""))
+    else:
+        lines.append("generations: no continued model this round (nothing archived before "
+                     "it)" + (f"; all rounds: {len(all_won)} of {len(all_changes)} beat "
+                              f"their parent" if all_changes else ""))
+    champ = rec.get("champion")
+    if champ is not None:
+        held, by_lineage = longevity(records)
+        chain = " <- ".join(champ["lineage"])
+        lines.append(f"champion: {champ['id']} (val {champ['score']:+.2f}), held {held} "
+                     f"round{'s' if held != 1 else ''}; its lineage ({chain}) "
+                     f"{by_lineage} round{'s' if by_lineage != 1 else ''}")
+    bests = [(r["round"], r["round_best"]) for r in records if r.get("round_best")]
+    if bests:
+        slope = trend([b["score"] for _, b in bests])
+        lines.append("best validation score by round: " + ", ".join(
+            f"{n}: {b['score']:+.2f} ({b['id']})" for n, b in bests)
+            + ("" if slope is None else f"; trend {slope:+.2f} per round"))
+    cats = rec["categories"]
+    total = sum(c["timesteps"] for c in cats.values()) or 1
+    planned = rec["planned_split"]
+    lines.append("compute: " + "; ".join(
+        f"{name} {c['members']} x {c['timesteps_per_member']:,} = {c['timesteps']:,} "
+        f"timesteps ({c['timesteps'] / total:.0%}), {c['wall_s']:.1f}s"
+        for name, c in cats.items()) + " (planned split "
+        + " / ".join(f"{100 * v:.1f}" for v in planned.values()) + " %)")
+    return lines
+
+
+def plot(records: Sequence[Mapping], path: Path) -> None:
+    """league.png: the best validation score by round (the round's best and the
+    champion's) and the timesteps by category per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    rounds = [r["round"] for r in records]
+    for key, label, marker in (("round_best", "best of the round", "o"),
+                               ("champion", "champion (archive's best)", "s")):
+        pts = [(r["round"], r[key]["score"]) for r in records if r.get(key)]
+        if pts:
+            a.plot(*zip(*pts, strict=True), marker=marker, label=label)
+    a.set_xlabel("round")
+    a.set_ylabel("validation score")
+    if a.get_lines():
+        a.legend(fontsize=8)
+    bottom = np.zeros(len(rounds))
+    for name in ("explorers", "refiners", "champion"):
+        vals = np.array([(r["categories"].get(name) or {}).get("timesteps", 0)
+                         for r in records], np.float64)
+        b.bar(rounds, vals, bottom=bottom, label=name)
+        bottom += vals
+    b.set_xlabel("round")
+    b.set_ylabel("timesteps")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- command
+def main(argv: list[str] | None = None) -> int:
+    from jaxtrade import archive
+    from jaxtrade import checkpoint as ckpt
+    from jaxtrade.engine.signals import Interrupts
+
+    args = build_parser().parse_args(argv)
+    try:
+        check_flags(args)
+        cats = categories(args)
+        rnd = Round(args, cats)
+        rnd.prepare()
+    except (cfgmod.ConfigError, DataError, UsageError, ckpt.CheckpointError,
+            archive.ArchiveError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rnd.banner()
+    rnd.league_dir.mkdir(parents=True, exist_ok=True)
+    interrupted = None
+    try:
+        with Interrupts("stopping after the current interval; what completed stays "
+                        "archived; press Ctrl+C again to exit now") as interrupts:
+            for cat in cats:
+                if interrupts.requested:
+                    break
+                result = rnd.train(cat, interrupts)
+                if result is None:
+                    continue
+                rnd.results[cat.name] = result
+                if result["status"] != "completed":
+                    rnd.status = result["status"]
+                    break
+            interrupted = interrupts.signal_name
+            if interrupted and rnd.status == "completed" and len(rnd.results) < sum(
+                    1 for c in cats if rnd._members(c)):
+                rnd.status = "interrupted"
+    except (cfgmod.ConfigError, DataError, UsageError, ckpt.CheckpointError,
+            archive.ArchiveError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        rnd.status = "failed"
+        if not rnd.results:
+            return 2
+    if args.keep is not None:
+        removed = rnd.archive.prune(args.keep)
+        if removed:
+            print(f"pruned {len(removed)} model(s) from {rnd.archive.path}: "
+                  f"{', '.join(removed)}")
+    rec = rnd.record()
+    with open(rnd.league_dir / RECORDS_FILE, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    records = [*rnd.previous, rec]
+    print("\n".join(summary_lines(records)))
+    try:
+        plot(records, rnd.league_dir / PLOT_FILE)
+        print(f"plot: {rnd.league_dir / PLOT_FILE}")
+    except Exception as e:  # noqa: BLE001 - a plot is a courtesy; the round is recorded
+        print(f"warning: no plot: {e}", file=sys.stderr)
+    champ = rec.get("champion")
+    if champ is not None:
+        where = "" if os.path.normpath(str(args.archive)) == DEFAULT_ARCHIVE else \
+            f"{args.archive}:"
+        print(f"load the champion: jaxtrade.load_policy(\"archive:{where}{champ['id']}\"); "
+              f"test it: python -m jaxtrade.evaluate --run-dir "
+              f"{rnd.archive.path / 'models' / champ['id']}")
+    if rnd.status == "interrupted":
+        print(f"interrupted ({interrupted}): round {rnd.round} recorded with what completed; "
+              f"the next run of this command starts round {rnd.round + 1}")
+    return 1 if rnd.status == "failed" else 0
+
+
+if __name__ == "__main__":
+    from jaxtrade.watchdog import enable_stack_dumps
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    enable_stack_dumps()
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""`python -m jaxtrade.league`: two tiny rounds (in-process). Round 1, on an empty archive,
+trains and archives explorers only; round 2 continues the best archived models from their
+archived parameters (refiners at lr x 0.5, the champion at x 0.3) on a rolling window
+mixed with older bars, archives the continuations linked to their parents, and rolls back
+one that scores more than 10% below its parent; league.jsonl and the printed summary
+follow. Bad flags and an archived model of other shapes are one-line errors."""
+
+import contextlib
+import io
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import jaxtrade
+from jaxtrade import archive, league, population_run
+from jaxtrade import checkpoint as ckpt
+from tests.cli import REPO
+from tests.test_train import TINY
+
+STEPS = 64  # TINY's 8 envs x 8 steps per iteration
+LEAGUE = [*TINY, "--seed", "1", "--pbt-interval", STEPS, "--explorers", 2,
+          "--explorer-timesteps", 2 * STEPS, "--refiners", 2, "--refiner-timesteps", 2 * STEPS,
+          "--champions", 2, "--champion-timesteps", 2 * STEPS, "--window", 120,
+          "--window-step", 20, "--recent-mix", 0.5, "-q"]
+# (2 champions, not the reference's 1: the same program as the refiners', compiled once.)
+# Validation scores are forced in round 2 so that both outcomes happen: every refiner
+# beats its parent, the champions' continuations fall far below their parents.
+SHIFT = {"refiners": 100.0, "champion": -100.0}
+
+
+def run_cli(argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = league.main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def rounds(tmp_path_factory):
+    """Two rounds in one league: (league dir, archive, stdout of each round, the populations
+    that round 2's continued categories started from)."""
+    import jaxtrade.population as population
+
+    base = tmp_path_factory.mktemp("league")
+    flags = [*LEAGUE, "--league-dir", base / "league", "--archive", base / "archive"]
+    code, first, err = run_cli(flags)
+    assert code == 0, err
+    started = []
+    original_continue = population.continue_population
+    original_evaluate = population_run.PopulationRun.evaluate
+
+    def spy(trainer, key, learned, hparams):
+        pop = original_continue(trainer, key, learned, hparams)
+        started.append(jax.device_get((pop.members.params, pop.members.hparams)))
+        return pop
+
+    def shifted(self, metrics):
+        scores, vals, rows = original_evaluate(self, metrics)
+        return scores + np.float32(SHIFT.get(self.plan.run_dir.name, 0.0)), vals, rows
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(population, "continue_population", spy)
+        mp.setattr(population_run.PopulationRun, "evaluate", shifted)
+        code, second, err = run_cli(flags)
+    assert code == 0, err
+    return base / "league", archive.Archive(base / "archive"), first, second, started
+
+
+def entries_of(a, round_no, category):
+    return [e for e in a.entries() if e.get("league", {}).get("round") == round_no
+            and e["league"]["category"] == category]
+
+
+def test_a_first_round_trains_and_archives_explorers_only(rounds):
+    league_dir, a, first, _, _ = rounds
+    assert "refiners  0 of the best 2 archived, lr x0.5 (none archived yet: skipped)" in first
+    assert "== round 1: explorers (2 members, 128 timesteps each)" in first
+    assert "== round 1: refiners" not in first
+    explorers = entries_of(a, 1, "explorers")
+    assert len(explorers) == 2 and all(e["val_score"] is not None for e in explorers)
+    assert {e["source"]["run"] for e in explorers} == {
+        str((league_dir / "round-001" / "explorers").absolute())}
+    rec = league.read_records(league_dir)[0]
+    assert rec["round"] == 1 and rec["status"] == "completed"
+    assert list(rec["categories"]) == ["explorers"]
+    c = rec["categories"]["explorers"]
+    assert (c["members"], c["timesteps_per_member"], c["timesteps"]) == (2, 128, 256)
+    assert sorted(c["archived"]) == sorted(e["id"] for e in explorers)
+    best = max(explorers, key=lambda e: e["val_score"])
+    assert rec["champion"]["id"] == best["id"] == rec["round_best"]["id"]
+    # the first window: bars 1 .. 120 of the training range, no older bars before it
+    assert rec["data"]["kind"] == "window" and rec["data"]["older"] is None
+    assert rec["data"]["window"]["bars"] == 120
+    assert c["iterations"] == {"recent": 2, "older": 0}
+
+
+def test_continued_models_start_from_their_archived_parameters(rounds):
+    league_dir, a, _, second, started = rounds
+    rec = league.read_records(league_dir)[1]
+    refiners, champion = rec["categories"]["refiners"], rec["categories"]["champion"]
+    before = sorted(entries_of(a, 1, "explorers"), key=lambda e: -e["val_score"])
+    assert refiners["from"] == [e["id"] for e in before]  # the archive's best first
+    assert champion["from"] == [e["id"] for e in before]
+    assert len(started) == 2  # refiners, then the champions
+    for (params, hparams), chosen, scale in ((started[0], refiners["from"], 0.5),
+                                             (started[1], champion["from"], 0.3)):
+        for slot, model_id in enumerate(chosen):
+            source = ckpt.select(a.models / model_id, a.entry(model_id)["iteration"])
+            saved = ckpt.read_params(source)
+            same = jax.tree.map(lambda x, y, s=slot: np.array_equal(np.asarray(x)[s],
+                                                                    np.asarray(y)),
+                                params, saved)
+            assert all(jax.tree.leaves(same)), model_id
+            lr = a.entry(model_id)["hparams"]["actor_lr"]
+            assert float(hparams.actor_lr[slot]) == pytest.approx(lr * scale, rel=1e-6)
+            assert float(hparams.critic_lr[slot]) == pytest.approx(
+                a.entry(model_id)["hparams"]["critic_lr"] * scale, rel=1e-6)
+    assert f"refiners  2 of the best 2 archived, lr x0.5: {before[0]['id']} " in second
+
+
+def test_refiners_are_archived_as_children_of_their_parents(rounds):
+    league_dir, a, _, second, _ = rounds
+    rec = league.read_records(league_dir)[1]
+    children = entries_of(a, 2, "refiners")
+    assert sorted(e["id"] for e in children) == sorted(rec["categories"]["refiners"]["archived"])
+    assert len(children) == 2
+    continued = rec["categories"]["refiners"]["from"]
+    for child in children:
+        # the model it continues, or (a PBT copy within the round) the continuation it
+        # was copied from, which continues one of them
+        parent = a.entry(child["parent"])
+        assert child["generation"] == parent["generation"] + 1
+        origin = parent
+        if parent["league"]["round"] == 2:
+            assert parent["league"]["category"] == "refiners"
+            origin = a.entry(parent["parent"])
+        assert origin["league"] == {**origin["league"], "round": 1, "category": "explorers"}
+        assert origin["id"] in continued
+        assert child["total_timesteps"] == origin["total_timesteps"] + 2 * STEPS
+        assert child["league"]["lr_scale"] == 0.5
+        assert f"archived {child['id']}: refiners member " in second
+        lineage = ckpt.select(a.models / child["id"], "best").lineage
+        assert lineage.parent_run == str((a.models / origin["id"]).absolute())
+        assert lineage.base_timesteps == origin["total_timesteps"]
+    changes = rec["categories"]["refiners"]["continued"]
+    assert all(c["beat"] and not c["rolled_back"] for c in changes)
+    assert {c["child"] for c in changes} == {e["id"] for e in children}
+
+
+def test_a_continuation_far_below_its_parent_is_rolled_back(rounds):
+    league_dir, a, _, second, _ = rounds
+    rec = league.read_records(league_dir)[1]
+    champion = rec["categories"]["champion"]
+    assert champion["archived"] == [] and not entries_of(a, 2, "champion")
+    assert len(champion["rolled_back"]) == 2
+    for back in champion["rolled_back"]:
+        parent = back["parent"]
+        assert parent in champion["from"]
+        assert back["score"] < back["parent_score"] - 100 + 1e-3
+        assert (f"rollback: champion member {back['member']} continuing {parent} scored "
+                f"{back['score']:+.2f} on validation, more than 10% below {parent}'s") in second
+        assert a.entry(parent)["val_score"] == back["parent_score"]  # the parent stays
+
+
+def test_the_window_rolls_and_continued_models_mix_older_bars(rounds):
+    league_dir, _, _, _, _ = rounds
+    first, second = league.read_records(league_dir)
+    w1, w2 = first["data"]["window"], second["data"]["window"]
+    assert w2["first"] == w1["first"] + 20 and w2["bars"] == w1["bars"] == 120
+    assert second["data"]["older"]["first_start"] == 1  # the bars before the window
+    assert second["data"]["older"]["last_start"] == w2["first"] - 1
+    cats = second["categories"]
+    assert cats["explorers"]["iterations"] == {"recent": 2, "older": 0}
+    assert cats["refiners"]["iterations"] == {"recent": 1, "older": 1}  # --recent-mix 0.5
+    assert cats["champion"]["iterations"] == {"recent": 1, "older": 1}
+
+
+def test_the_summary_after_a_round(rounds):
+    league_dir, a, _, second, _ = rounds
+    first_rec, rec = league.read_records(league_dir)
+    lines = second.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("league round 2 completed"))
+    summary = lines[at:]
+    assert summary[1] == ("generations: 2 of 4 continued models beat their parent this "
+                          "round (mean change " + summary[1].split("change ")[1].split(";")[0]
+                          + "; 2 rolled back); all rounds: 2 of 4")
+    champ = rec["champion"]
+    assert champ["id"] == a.entries()[0]["id"]
+    held = 2 if champ["id"] == first_rec["champion"]["id"] else 1
+    assert any(line.startswith(f"champion: {champ['id']} (val {champ['score']:+.2f}), held "
+                               f"{held} round") for line in summary)
+    trend_line = next(line for line in summary if line.startswith("best validation score"))
+    assert trend_line.startswith(f"best validation score by round: 1: "
+                                 f"{first_rec['round_best']['score']:+.2f}")
+    assert f"2: {rec['round_best']['score']:+.2f}" in trend_line and "per round" in trend_line
+    compute = next(line for line in summary if line.startswith("compute: "))
+    for name in ("explorers", "refiners", "champion"):
+        assert f"{name} 2 x 128 = 256 timesteps (33%)" in compute
+    assert compute.endswith("(planned split 33.3 / 33.3 / 33.3 %)")
+    assert (league_dir / league.PLOT_FILE).stat().st_size > 5_000
+    policy = jaxtrade.load_policy(f"archive:{a.path}:{champ['id']}")
+    assert policy.checkpoint.step == a.entry(champ["id"])["iteration"]
+
+
+def test_longevity_counts_rounds_by_id_and_by_lineage():
+    def rec(champion, lineage):
+        return {"champion": {"id": champion, "score": 1.0, "lineage": lineage}}
+
+    records = [rec("m1", ["m1"]), rec("m2", ["m2"]), rec("m2", ["m2"]), rec("m5", ["m5", "m2"])]
+    assert league.longevity(records) == (1, 3)
+    assert league.longevity(records[:3]) == (2, 2)
+    assert league.longevity([]) == (0, 0)
+    assert league.rolled_back(8.9, 10.0, 0.1) and not league.rolled_back(9.0, 10.0, 0.1)
+    assert league.rolled_back(-1.2, -1.0, 0.1) and not league.rolled_back(-1.1, -1.0, 0.1)
+    assert league.rolled_back(None, 1.0, 0.1) and not league.rolled_back(0.0, None, 0.1)
+    assert league.trend([1.0, 2.0, 3.0]) == pytest.approx(1.0) and league.trend([1.0]) is None
+
+
+def test_an_archived_model_of_other_shapes_is_refused_before_training(rounds, tmp_path):
+    _, a, _, _, _ = rounds
+    flags = [*LEAGUE, "--hidden-dim", 16, "--explorers", 0, "--league-dir", tmp_path / "l",
+             "--archive", a.path]
+    code, out, err = run_cli(flags)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: archived model m")
+    assert "does not fit this config: params/" in err and "(8,)" in err and "(16,)" in err
+    assert not (tmp_path / "l").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--run-dir", "x"], "--run-dir: a round's runs go under --league-dir"),
+    (["--timesteps", "100"], "--timesteps: each category has its budget"),
+    (["--refiner-lr", "0"], "--refiner-lr must be > 0, got 0.0"),
+    (["--recent-mix", "0"], "--recent-mix must be in (0, 1], got 0.0"),
+    (["--rollback", "1"], "--rollback must be in [0, 1), got 1.0"),
+    (["--explorers", "-1"], "--explorers must be at least 0, got -1"),
+    (["--explorers", "0", "--refiners", "0", "--champions", "0"], "nothing to train"),
+    (["--explorers", "0"], "nothing to train in round 1: no explorers, and"),
+    (["--window", "1000"], "--window 1000: the training range has"),
+    (["--window", "20"], "--window 20 must be longer than an episode (32 steps)"),
+    (["--pbt-fraction", "0.7"], "--pbt-fraction must be in (0, 0.5], got 0.7"),
+    (["--checkpoint", "x"], "--checkpoint: refiners and the champion start from the archive"),
+])
+def test_bad_flags_are_one_line_errors(extra, message, tmp_path):
+    flags = [*LEAGUE, "--league-dir", tmp_path / "l", "--archive", tmp_path / "a", *extra]
+    code, out, err = run_cli(flags)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+
+
+def test_a_broken_league_file_and_a_foreign_archive_are_one_line_errors(tmp_path):
+    (tmp_path / "l").mkdir()
+    (tmp_path / "l" / league.RECORDS_FILE).write_text('{"round": 1}\nnot json\n')
+    code, _, err = run_cli([*LEAGUE, "--league-dir", tmp_path / "l", "--archive", tmp_path])
+    assert code == 2 and err.strip().endswith("league.jsonl:2: not a league round record")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    code, _, err = run_cli([*LEAGUE, "--league-dir", tmp_path / "l2", "--archive",
+                            tmp_path / "other"])
+    assert code == 2 and "not a model archive" in err and err.count("\n") == 1
+
+
+def test_module_runs_as_a_command():
+    proc = subprocess.run([sys.executable, "-m", "jaxtrade.league", "--help"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: python -m jaxtrade.league" in proc.stdout
+    for flag in ("--explorers N", "--refiner-lr X", "--champion-timesteps T", "--window BARS",
+                 "--recent-mix F", "--rollback F"):
+        assert flag in proc.stdout, flag
+
+
+def test_an_interrupt_stops_the_round_and_keeps_what_completed(tmp_path, monkeypatch):
+    """A signal during the explorers' first interval (a stand-in for SIGINT's handler,
+    which the CLI test of `python -m jaxtrade.population` drives for real): the interval
+    ends and is saved, nothing of the category is archived, the later categories do not
+    run, and the round is recorded as interrupted."""
+    from jaxtrade.engine import signals
+
+    class Requested(signals.Interrupts):
+        checks = 0
+
+        @property
+        def requested(self):
+            Requested.checks += 1
+            # the round's check before the explorers, the run's before its first
+            # interval, then the signal
+            if Requested.checks > 2:
+                self.signal_name = "SIGINT"
+            return self.signal_name is not None
+
+    monkeypatch.setattr(signals, "Interrupts", Requested)
+    flags = [*LEAGUE, "--league-dir", tmp_path / "l", "--archive", tmp_path / "a"]
+    code, out, err = run_cli(flags)
+    assert code == 0, err
+    assert "explorers: interrupted after 1 of 2 iterations; nothing of it archived" in out
+    assert "interrupted (SIGINT): round 1 recorded with what completed" in out
+    [rec] = league.read_records(tmp_path / "l")
+    assert rec["status"] == "interrupted" and rec["champion"] is None
+    assert rec["categories"]["explorers"]["status"] == "interrupted"
+    assert not archive.Archive(tmp_path / "a").entries()
+    assert (tmp_path / "l" / "round-001" / "explorers" / "population_checkpoints" / "1").is_dir()
