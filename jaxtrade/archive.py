@@ -651,8 +651,9 @@ def add_population(archive: Archive, run_dir: str | os.PathLike,
 
 def read_learned(archive: Archive, model_id: str, like: Any) -> dict:
     """What training learned in archived model `model_id`: its parameters, optimizer states
-    and runtime hyperparameters, as trees typed like `like` (one member's `TrainState`,
-    e.g. a fresh one of the trainer that is to continue it), numpy arrays. Its envs, RNG
+    and runtime hyperparameters, as trees typed like `like` (one member's `TrainState`, or
+    its shapes, e.g. `jax.eval_shape` of the trainer's `init`, with concrete `hparams`),
+    numpy arrays. Its envs, RNG
     and counters are not read into it (a continuation starts them afresh).
 
     Returns: {"params", "actor_opt", "critic_opt", "hparams"}; a hyperparameter that the
@@ -682,13 +683,13 @@ def read_learned(archive: Archive, model_id: str, like: Any) -> dict:
             got = flat.get(name)
             if got is None and part == "hparams":
                 got = want
-            if got is None or tuple(np.shape(got)) != tuple(np.shape(want)):
+            if got is None or tuple(np.shape(got)) != tuple(want.shape):
                 have = "absent" if got is None else str(tuple(np.shape(got)))
                 raise ArchiveError(
                     f"archived model {entry['id']} does not fit this config: {name} is "
-                    f"{have} in it but {tuple(np.shape(want))} here (trained with other "
+                    f"{have} in it but {tuple(want.shape)} here (trained with other "
                     f"shapes: network {_network_text(entry)})")
-            leaves.append(np.asarray(got, dtype=np.asarray(want).dtype))
+            leaves.append(np.asarray(got, dtype=want.dtype))
         out[part] = jax.tree.unflatten(treedef, leaves)
     return out
 

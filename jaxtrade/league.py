@@ -499,8 +499,11 @@ class Round:
         self.learned: dict[str, dict] = {}
         ids = {e["id"] for chosen in self.chosen.values() for e in chosen}
         if ids:
+            from jaxtrade.trainer import HParams, hparam_values
+
             trainer = make_train(p.cfg, p.market, p.mesh)
-            like = trainer.initial_state(jax.random.key(0))
+            like = jax.eval_shape(trainer.init, jax.random.key(0), trainer.env_params)
+            like = like.replace(hparams=HParams.create(**hparam_values(p.cfg)))
             for i in sorted(ids):
                 self.learned[i] = archive.read_learned(self.archive, i, like)
             del trainer, like
@@ -519,7 +522,7 @@ class Round:
                     + (": " + ", ".join(f"{e['id']} {e['val_score']:+.2f}" for e in chosen)
                        if chosen else " (none archived yet: skipped)"))
             print(f"  {c.name:<9} {what}; {c.timesteps:,} timesteps each "
-                  f"({shares[c.name]:.0%} of the planned round)")
+                  f"({shares[c.name]:.1%} of the planned round)")
         print(f"  {self.data.line()}")
         sys.stdout.flush()
 
@@ -537,10 +540,15 @@ class Round:
             return None
         run_dir = self.dir / cat.name
         t0 = time.perf_counter()
-        if cat is self._first():
-            p, pbt = self.first_plan
-        else:
-            p, pbt, _ = population_run.plan(_category_args(self.args, cat, n, run_dir))
+        p, pbt = self.first_plan
+        if cat is not self._first():  # the same market, env and shapes: another budget
+            from jaxtrade.population import quantile_size
+
+            cfg = cfgmod.with_values(p.cfg, timesteps=cat.timesteps, run_dir=str(run_dir))
+            p = dc.replace(p, cfg=cfg, run_dir=run_dir)
+            pbt = population_run.pbt_settings(_category_args(self.args, cat, n, run_dir),
+                                              p.steps_per_iter, None)
+            quantile_size(pbt.members, pbt.fraction)
         p = dc.replace(p, eval_every=pbt.interval)
         console = Console(p.cfg.run.verbosity, True)
         print(f"== round {self.round}: {cat.name} ({n} member{'s' if n > 1 else ''}, "
@@ -591,6 +599,14 @@ class Round:
         founder = arc._founder_of(records)
         chosen = self.chosen[cat.name]
         founders = {i: e for i, e in enumerate(chosen)}  # continue_population's ids 0..N-1
+        here = validation_data(arc.data_window(run_dir, json.loads(
+            (run_dir / "config.json").read_text())))
+        for e in chosen:
+            if validation_data(e.get("window") or {}) != here:
+                print(f"warning: {e['id']} was validated on other data than this round's "
+                      f"(market, source, symbols or validation range/worlds differ): its "
+                      f"score and its continuation's are compared as they are",
+                      file=sys.stderr)
         kept = []
         for m in final:
             parent = founders.get(founder(m["id"])) if cat.continued else None
@@ -659,6 +675,13 @@ class Round:
             "round_best": None if best is None else {"id": best["id"],
                                                      "score": best["val_score"]},
         }
+
+
+def validation_data(window: Mapping[str, Any]) -> dict:
+    """What a model's validation score was measured on, from its archived data window
+    (`archive.data_window`): scores compare when these are equal."""
+    keys = ("market", "path", "source", "symbols", "validation", "worlds", "synthetic_seed")
+    return {k: window.get(k) for k in keys}
 
 
 def _ancestors(archive, model_id: str) -> list[str]:

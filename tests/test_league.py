@@ -66,6 +66,7 @@ def rounds(tmp_path_factory):
         mp.setattr(population_run.PopulationRun, "evaluate", shifted)
         code, second, err = run_cli(flags)
     assert code == 0, err
+    assert "validated on other data" not in err  # the same validation range both rounds
     return base / "league", archive.Archive(base / "archive"), first, second, started
 
 
