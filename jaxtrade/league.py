@@ -473,6 +473,7 @@ class Round:
         ranked = [e for e in self.archive.entries() if e.get("val_score") is not None]
         self.chosen = {c.name: ranked[:c.members] if c.continued else [] for c in cats}
         self.results: dict[str, dict] = {}
+        self.evaluator = None  # the first category's, compiled once for the round
         self.status = "completed"
         self.t0 = time.perf_counter()
         self.started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -564,8 +565,10 @@ class Round:
             p, pbt, False, console, founders=founders,
             segments=self.data.segments(cat.name, cat.continued), exploit_last=False)
         run.build()
+        run.evaluator = self.evaluator  # the round's categories share the validation data
         run.record_start()
         summary = run.run(interrupts)
+        self.evaluator = run.evaluator
         result = {"members": n, "run_dir": str(run_dir), "status": summary["status"],
                   "timesteps_per_member": summary["timesteps_per_member"],
                   "timesteps": summary["timesteps"], "wall_s": time.perf_counter() - t0,
@@ -850,7 +853,7 @@ def main(argv: list[str] | None = None) -> int:
         rnd.status = "failed"
         if not rnd.results:
             return 2
-    if args.keep is not None:
+    if args.keep is not None and rnd.archive.exists():
         removed = rnd.archive.prune(args.keep)
         if removed:
             print(f"pruned {len(removed)} model(s) from {rnd.archive.path}: "

@@ -350,7 +350,8 @@ class PopulationRun:
     env_params_i)]` to train an interval's k iterations as consecutive calls on other
     training data (sum of k_i = k; default one call on the trainer's), and
     `exploit_last=False` to keep every member of the last interval (no exploit/explore
-    after it, so each final member can be archived).
+    after it, so each final member can be archived), and set `evaluator` before `run`
+    to one compiled by another run on the same market and shapes.
     """
 
     def __init__(self, p, pbt: PbtSettings, resume: bool, console, *, founders=None,
@@ -361,6 +362,7 @@ class PopulationRun:
         self.total = p.total_iters  # per member
         self.steps = p.steps_per_iter  # per member
         self.compiled: dict[int, Any] = {}
+        self.evaluator = None  # compiled by `run` unless given (same market and shapes)
         self.compile_s = self.train_s = self.eval_s = 0.0
         self.status = "completed"  # | interrupted | diverged
         self.message: str | None = None  # why it diverged
@@ -569,7 +571,8 @@ class PopulationRun:
         with own as interrupts, contextlib.closing(self.checkpoints):
             if self.segments is None:  # (segments compile their own lengths when met)
                 self.program(min(self.pbt.interval, self.total - self.done))
-            self.compile_evaluation()
+            if self.evaluator is None:
+                self.compile_evaluation()
             with open(self.plan.run_dir / POPULATION_FILE, "a") as log:
                 while (self.done < self.total and not interrupts.requested
                        and self.status == "completed"):
