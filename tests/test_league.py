@@ -304,3 +304,24 @@ def test_an_interrupt_stops_the_round_and_keeps_what_completed(tmp_path, monkeyp
     assert rec["categories"]["explorers"]["status"] == "interrupted"
     assert not archive.Archive(tmp_path / "a").entries()
     assert (tmp_path / "l" / "round-001" / "explorers" / "population_checkpoints" / "1").is_dir()
+
+
+def test_on_worlds_rounds_take_fresh_training_pools_and_window_is_refused():
+    """Procedural worlds have no time axis: round r trains on pool generation r - 1, its
+    continued models mix in the previous round's; --window is a one-line error. (A plan
+    that holds only the run's worlds: generating them is not what this tests.)"""
+    from types import SimpleNamespace
+
+    from jaxtrade.worlds import RunWorlds
+
+    worlds = RunWorlds(seed=3, n_worlds=2, n_bars=120, val_worlds=2, test_worlds=2)
+    p = SimpleNamespace(market=SimpleNamespace(worlds=worlds))
+    second = league.RoundData(p, 2, None, 0, 0.7)
+    assert second.describe() == {"kind": "worlds", "seed": 3, "mix": 0.7,
+                                 "recent": {"generation": 1, "train_worlds": [2, 3]},
+                                 "older": {"generation": 0, "train_worlds": [0, 1]}}
+    assert second.line() == ("data: worlds, training pool 1 (train worlds 2..3) for this "
+                             "round; continued models 70% on it, 30% on pool 0")
+    assert league.RoundData(p, 1, None, 0, 0.7).describe()["older"] is None
+    with pytest.raises(league.UsageError, match="--window: procedural worlds have no time"):
+        league.RoundData(p, 1, 60, 0, 0.7)
