@@ -806,6 +806,10 @@ def plot(records: Sequence[Mapping], path: Path) -> None:
     b.set_xlabel("round")
     b.set_ylabel("timesteps")
     b.legend(fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

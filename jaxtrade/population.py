@@ -6,11 +6,13 @@ A `Population` is N members' `TrainState`s stacked on a leading member axis (eve
 PBT RNG key, and per-member bookkeeping arrays. The shapes (n_envs, n_steps, network size,
 minibatches) are the trainer's and common to all members; what differs between members is
 their parameters, their data (each its own envs and RNG) and their runtime hyperparameters
-(`TrainState.hparams`, which never recompile). Three pure functions and one host function:
+(`TrainState.hparams`, which never recompile). The functions:
 
     init_population(trainer, key, n, hparams=None) -> Population
+    continue_population(trainer, key, learned, hparams) -> Population   (trained models')
     train_population(trainer, k) -> program(pop, env_params) -> (pop, metrics [k, N, ...])
     exploit_explore(pop, scores, healthy=None, ...) -> Population    (pure, jittable)
+    close_interval(pop, scores, healthy=None) -> Population   (the bookkeeping alone)
     lineage_records(before, after, scores, steps_per_iteration) -> [dict]   (host)
 
 `train_population` is `jax.vmap` of the trainer's own `iterate` (the one the single run
