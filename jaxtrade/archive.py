@@ -516,7 +516,8 @@ def _founder_of(records: Sequence[Sequence[dict]]):
 def add_population(archive: Archive, run_dir: str | os.PathLike,
                    members: Sequence[Mapping[str, Any]] | None = None,
                    states: Any = None, founders: Mapping[int, Mapping[str, Any]] | None = None,
-                   extra: Mapping[str, Any] | None = None) -> list[dict]:
+                   extra: Mapping[str, Any] | None = None,
+                   earlier_trials: Sequence[float | None] = ()) -> list[dict]:
     """Archives members of the population run in `run_dir` (`python -m
     jaxtrade.population`), each as a single run's checkpoint that `load_policy` and
     `--checkpoint` read.
@@ -539,6 +540,9 @@ def add_population(archive: Archive, run_dir: str | os.PathLike,
         ancestor of this run is archived, its generation counts on from the model's
         (+ 1, + its copies in this run) and its total timesteps include the model's.
       extra: fields added to every entry (e.g. the league's round and category).
+      earlier_trials: validation Sharpe ratios of candidates compared before this run
+        (a league's earlier populations): trials of every member's deflated Sharpe, as
+        this run's validations are.
 
     Returns: the entries added, in the order of `members`. A member's parent is the
     archived model of its parent member in this run, if there is one (else, see
@@ -578,7 +582,7 @@ def add_population(archive: Archive, run_dir: str | os.PathLike,
 
     config = json.loads((run_dir / "config.json").read_text())
     scored = [r for interval in records for r in interval if r["score"] is not None]
-    sharpes = [(r.get("val") or {}).get("sharpe") for r in scored]
+    sharpes = [*earlier_trials, *((r.get("val") or {}).get("sharpe") for r in scored)]
     added = []
     founder = _founder_of(records)
     # parents first (a copy's generation is its parent's + 1), so every link can be found
@@ -615,7 +619,7 @@ def add_population(archive: Archive, run_dir: str | os.PathLike,
             "best": {"iteration": iteration, "score": m["score"],
                      "metric": ckpt.VAL_SCORE_KEY},
             # Every member's every validation walk was a candidate (honest statistics).
-            "selection": {"metric": ckpt.VAL_SCORE_KEY, "validations": len(scored),
+            "selection": {"metric": ckpt.VAL_SCORE_KEY, "validations": len(sharpes),
                           "since_best": 0, "best_iteration": iteration,
                           "best_score": m["score"], "sharpes": sharpes},
             "lineage": lineage.to_dict(m["timesteps"]),

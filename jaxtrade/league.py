@@ -637,7 +637,7 @@ class Round:
         try:
             entries = arc.add_population(self.archive, run_dir, members=kept,
                                          states=run.pop.members, founders=founders,
-                                         extra=extra)
+                                         extra=extra, earlier_trials=self.earlier_trials())
         except arc.ArchiveError as e:
             print(f"warning: {cat.name}: nothing archived: {e}", file=sys.stderr)
             return
@@ -650,6 +650,16 @@ class Round:
                   f"{e['val_score']:+.2f}"
                   + (f", parent {e['parent']} (generation {e['generation']})"
                      if e["parent"] else ""))
+
+    def earlier_trials(self) -> list[float | None]:
+        """The validation Sharpe ratios of every member validation of the league before
+        the category being archived (earlier rounds, and this round's earlier
+        categories): the champion is chosen among all of them, so an archived model's
+        deflated Sharpe counts them as trials."""
+        dirs = [self.league_dir / f"round-{r['round']:03d}" / name for r in self.previous
+                for name in r["categories"]]
+        dirs += [self.dir / name for name in self.results]
+        return [x for d in dirs for x in validation_sharpes(d)]
 
     # ------------------------------------------------------------------ the record
     def record(self) -> dict:
@@ -678,6 +688,18 @@ class Round:
             "round_best": None if best is None else {"id": best["id"],
                                                      "score": best["val_score"]},
         }
+
+
+def validation_sharpes(run_dir: Path) -> list[float | None]:
+    """The validation Sharpe ratio of every scored member of every interval of the
+    population run in `run_dir` (none if it has no records)."""
+    from jaxtrade.population_plot import read_records as population_records
+
+    path = Path(run_dir) / population_run.POPULATION_FILE
+    if not path.exists():
+        return []
+    return [(r.get("val") or {}).get("sharpe") for interval in population_records(path)
+            for r in interval if r["score"] is not None]
 
 
 def validation_data(window: Mapping[str, Any]) -> dict:

@@ -146,6 +146,12 @@ def test_refiners_are_archived_as_children_of_their_parents(rounds):
         lineage = ckpt.select(a.models / child["id"], "best").lineage
         assert lineage.parent_run == str((a.models / origin["id"]).absolute())
         assert lineage.base_timesteps == origin["total_timesteps"]
+    # deflated Sharpe trials: every validation of the league before (round 1: 2 explorers
+    # x 2 intervals; round 2's explorers: as many) and the refiners' own
+    for e in children:
+        assert ckpt.select(a.models / e["id"]).meta["selection"]["validations"] == 12
+    for e, trials in ((entries_of(a, 1, "explorers")[0], 4), (entries_of(a, 2, "explorers")[0], 8)):
+        assert ckpt.select(a.models / e["id"]).meta["selection"]["validations"] == trials
     changes = rec["categories"]["refiners"]["continued"]
     assert all(c["beat"] and not c["rolled_back"] for c in changes)
     assert {c["child"] for c in changes} == {e["id"] for e in children}
