@@ -792,10 +792,10 @@ def summary_lines(records: Sequence[Mapping]) -> list[str]:
     cats = rec["categories"]
     total = sum(c["timesteps"] for c in cats.values()) or 1
     planned = rec["planned_split"]
-    lines.append("compute: " + "; ".join(
+    lines.append("compute: " + ("; ".join(
         f"{name} {c['members']} x {c['timesteps_per_member']:,} = {c['timesteps']:,} "
         f"timesteps ({c['timesteps'] / total:.0%}), {c['wall_s']:.1f}s"
-        for name, c in cats.items()) + " (planned split "
+        for name, c in cats.items()) or "nothing trained") + " (planned split "
         + " / ".join(f"{100 * v:.1f}" for v in planned.values()) + " %)")
     return lines
 
