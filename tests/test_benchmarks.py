@@ -392,3 +392,33 @@ def test_population_sweep_presets():
     assert (gpu.config, gpu.members[-1], gpu.hidden_dim, gpu.n_gru_layers, gpu.precision) == (
         None, 64, 256, 2, "bf16")
     assert parse_args(["--gpu", "--members", "2,8"]).members == [2, 8]
+
+
+def test_pbt_comparison_chooses_on_validation_and_compares_world_by_world(tmp_path):
+    """benchmarks/pbt_comparison.py's host helpers: each arm's interval, the member chosen by
+    its validation score alone, the hyperparameters each slot started with, and the paired
+    PBT - independent comparison over the same test worlds (hand-computed)."""
+    from benchmarks.pbt_comparison import best_entry, head_to_head, initial_hparams, pbt_intervals
+
+    assert pbt_intervals(40, 4, 4096) == {"pbt": 40_960, "independent": 163_840}
+    with pytest.raises(SystemExit):
+        pbt_intervals(41, 4, 4096)
+    # a test figure planted in an entry does not sway the choice; an unscored one is skipped
+    entries = [{"id": "m0001", "val_score": 3.0, "test_sharpe": 9.0},
+               {"id": "m0002", "val_score": 5.0, "test_sharpe": -9.0},
+               {"id": "m0003", "val_score": None}]
+    assert best_entry(entries)["id"] == "m0002"
+    log = tmp_path / "population.jsonl"
+    log.write_text("\n".join(json.dumps(r) for r in [
+        {"interval": 1, "slot": 1, "hparams": {"actor_lr": 2e-4}},
+        {"interval": 1, "slot": 0, "hparams": {"actor_lr": 3e-4}},
+        {"interval": 2, "slot": 0, "hparams": {"actor_lr": 9e-4}}]) + "\n")
+    assert initial_hparams(log) == [{"actor_lr": 3e-4}, {"actor_lr": 2e-4}]
+    pbt = [{"world": w, "sharpe_policy": s} for w, s in enumerate([1.0, 0.0, 2.0, 0.5, 0.3])]
+    ind = [{"world": w, "sharpe_policy": s} for w, s in enumerate([0.0, 1.0, 0.0, 0.0, 0.3])]
+    h = head_to_head(pbt, ind, seed=0)  # differences 1, -1, 2, 0.5, 0
+    assert h["median_difference"]["estimate"] == pytest.approx(0.5)
+    assert (h["worlds"], h["pbt_wins"], h["pbt_losses"], h["ties"]) == (5, 3, 1, 1)
+    assert h["sign_test_p"] == pytest.approx(5 / 16)  # 3 or more wins of 4 flips
+    with pytest.raises(SystemExit):
+        head_to_head(pbt, ind[:4], seed=0)
