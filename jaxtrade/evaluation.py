@@ -324,17 +324,20 @@ def make_evaluator(network: Network, env: PortfolioEnv, env_config: EnvConfig,
 
 def compile_with_health(evaluate: Callable, params_like, env_params, num_actions: int):
     """`evaluate(params, env_params, health)` compiled ahead of time for parameters like
-    `params_like` and these `env_params`, as `run(params, health) -> metrics`: `health`
+    `params_like` and these `env_params`, as `run(params, health, other_params=None) ->
+    metrics`: `health`
     (a training row) gives the `HEALTH_KEYS` and the valid actions."""
     health_shape = {k: jax.ShapeDtypeStruct((), jnp.float32)
                     for k in (*HEALTH_KEYS, "valid_actions")}
     compiled = jax.jit(evaluate).lower(params_like, env_params, health_shape).compile()
 
-    def run(params, health: Mapping[str, float]) -> dict:
+    def run(params, health: Mapping[str, float], other_params=None) -> dict:
+        """`other_params`: env params shaped as the compiled ones (a pass of as many steps
+        from another bar: a walk-forward fold's validation slice), else the compiled ones."""
         h = {k: np.float32(health[k]) for k in HEALTH_KEYS}
         # The entropy's ceiling: log of the valid actions (rows before it was logged: all).
         h["valid_actions"] = np.float32(health.get("valid_actions", num_actions))
-        return compiled(params, env_params, h)
+        return compiled(params, env_params if other_params is None else other_params, h)
 
     return run
 

@@ -184,13 +184,18 @@ def sample_hparams(key: jax.Array, base: HParams, n: int, spread: float = INIT_S
 def init_population(trainer: Trainer, key: jax.Array, n: int,
                     hparams: HParams | Mapping[str, Sequence[float]] | None = None,
                     spread: float = INIT_SPREAD,
-                    bounds: Mapping[str, tuple[float, float]] = BOUNDS) -> Population:
+                    bounds: Mapping[str, tuple[float, float]] = BOUNDS,
+                    env_params=None, env_axes=None) -> Population:
     """N founders, each `trainer.init` of its own key (own parameters, envs, RNG).
 
     Args:
       hparams: the members' hyperparameters: an HParams with [N] leaves, or a mapping from
-        some names to N values each (the others at the config's values); None: sampled
-        around the config's values (`sample_hparams`, with `spread` and `bounds`).
+        some names to N values each (the others at the config's values; `{}`: every member
+        at the config's values); None: sampled around the config's values
+        (`sample_hparams`, with `spread` and `bounds`).
+      env_params, env_axes: the members' env params and their `vmap` axes (e.g. a
+        walk-forward run's, whose start bounds differ per member, `jaxtrade.walk_forward`);
+        default the trainer's, shared.
 
     Returns: the population, every member leaf [N, ...], ids 0..N-1, no parents.
     """
@@ -206,7 +211,8 @@ def init_population(trainer: Trainer, key: jax.Array, n: int,
             if v.shape != (n,):
                 raise ValueError(f"hyperparameter {k!r}: {v.size} values for {n} members")
     key_members, key_hparams, key_pbt = jax.random.split(key, 3)
-    members = _init_members(trainer.init, jax.random.split(key_members, n), trainer.env_params)
+    members = _init_members(trainer.init, jax.random.split(key_members, n),
+                            trainer.env_params if env_params is None else env_params, env_axes)
     base = members.hparams  # the config's values, [N]
     if hparams is None:
         hp = sample_hparams(key_hparams, jax.tree.map(lambda x: x[0], base), n, spread, bounds)
@@ -236,10 +242,10 @@ def init_population(trainer: Trainer, key: jax.Array, n: int,
     return jax.device_put(pop, parallel.replicated(trainer.mesh))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _init_members(init: Callable, keys: jax.Array, env_params) -> TrainState:
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _init_members(init: Callable, keys: jax.Array, env_params, env_axes=None) -> TrainState:
     """`init` of each key, stacked (one compile per trainer and population size)."""
-    return jax.vmap(init, in_axes=(0, None))(keys, env_params)
+    return jax.vmap(init, in_axes=(0, env_axes))(keys, env_params)
 
 
 def member(pop: Population, i: int) -> TrainState:
@@ -247,16 +253,20 @@ def member(pop: Population, i: int) -> TrainState:
     return jax.tree.map(lambda x: x[i], pop.members)
 
 
-def train_population(trainer: Trainer, k: int) -> Callable[[Population, Any],
-                                                           tuple[Population, dict]]:
+def train_population(trainer: Trainer, k: int, env_axes=None
+                     ) -> Callable[[Population, Any], tuple[Population, dict]]:
     """The population program: k PPO iterations of every member, one `jit`.
 
+    Args:
+      env_axes: `vmap` in_axes of the env params: None (default), shared by all members;
+        or a tree like them with 0 where a leaf has a member axis (a walk-forward run's
+        per-member start bounds, `jaxtrade.walk_forward.member_axes`).
+
     Returns: `program(pop, env_params) -> (pop, metrics)`, metrics leaves [k, N, ...]
-    (the trainer's per-iteration metrics, per member); `pop` is donated. The env params
-    are shared by all members. Build it once per k: each call of this function is a new
-    program (and a new trace).
+    (the trainer's per-iteration metrics, per member); `pop` is donated. Build it once
+    per k: each call of this function is a new program (and a new trace).
     """
-    step = jax.vmap(trainer.iterate, in_axes=(0, None))
+    step = jax.vmap(trainer.iterate, in_axes=(0, env_axes))
 
     def program(pop: Population, env_params) -> tuple[Population, dict]:
         members, metrics = jax.lax.scan(lambda s, _: step(s, env_params), pop.members, None,
