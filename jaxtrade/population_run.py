@@ -64,6 +64,16 @@ class PbtSettings:
     members: int  # N, trained in one program
     interval: int  # iterations per member between exploit/explore steps
     fraction: float  # bottom (and top) quantile of exploit/explore
+    walk_forward: int = 0  # K folds, one member each (`jaxtrade.walk_forward`); 0: off
+    # The folds of a walk-forward run and their record (`walk_forward.record`), planned from
+    # the market; not part of population.json.
+    folds: tuple = dataclasses.field(default=(), compare=False)
+    fold_record: dict | None = dataclasses.field(default=None, compare=False)
+
+    def record(self) -> dict:
+        """population.json's settings (walk_forward only when on)."""
+        out = {"members": self.members, "interval": self.interval, "fraction": self.fraction}
+        return {**out, "walk_forward": self.walk_forward} if self.walk_forward else out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pbt-fraction", type=float, metavar="F",
                    help=f"the bottom F of members take copies of the top F, in (0, 0.5] "
                         f"[{FRACTION}]")
+    g.add_argument("--walk-forward", type=int, metavar="K",
+                   help="K time folds as K members: member k trains and validates on the bars "
+                        "before fold k (the k-th of K blocks of the test range) and never "
+                        "reads a later bar; no exploit/explore. python -m jaxtrade.evaluate "
+                        "reports the concatenated out-of-sample folds [off]")
     g.add_argument("--archive", nargs="?", const="ckpt/archive", metavar="DIR",
                    help="when the run completes, add its final members to the model archive "
                         "DIR (`python -m jaxtrade.archive`; its prune command keeps the best) "
@@ -128,6 +143,17 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UsageError(f"--pbt-fraction must be in (0, 0.5], got {args.pbt_fraction}")
     if args.resume and not args.run_dir:
         raise UsageError("--resume needs --run-dir DIR (the population run to continue)")
+    k = getattr(args, "walk_forward", None)
+    if k is not None:
+        if k < 2:
+            raise UsageError(f"--walk-forward K needs K >= 2 folds, got {k}")
+        if args.population is not None and args.population != k:
+            raise UsageError(f"--walk-forward {k} trains {k} members, one per fold; drop "
+                             f"--population {args.population}")
+        for name, flag in (("pbt_fraction", "--pbt-fraction"), ("archive", "--archive")):
+            if getattr(args, name, None) is not None:
+                raise UsageError(f"{flag} does not combine with --walk-forward (its members "
+                                 f"train on different data: none is copied or archived)")
 
 
 def check_config(cfg: cfgmod.Config) -> None:
@@ -164,8 +190,14 @@ def pbt_settings(args: argparse.Namespace, steps_per_iter: int,
     if saved is not None and args.population is not None and args.population != saved.members:
         raise UsageError(f"--population {args.population}: the run was saved with "
                          f"{saved.members} members; a resume keeps them")
-    members = (args.population if args.population is not None
-               else saved.members if saved else DEFAULT_MEMBERS)
+    k = getattr(args, "walk_forward", None)
+    if saved is not None and k is not None and k != saved.walk_forward:
+        raise UsageError(f"--walk-forward {k}: the run was saved with "
+                         + (f"{saved.walk_forward} folds" if saved.walk_forward else
+                            "no walk-forward folds") + "; a resume keeps them")
+    walk_forward = k if k is not None else saved.walk_forward if saved else 0
+    members = (walk_forward or (args.population if args.population is not None
+                                else saved.members if saved else DEFAULT_MEMBERS))
     if args.pbt_interval is not None:
         interval = max(1, round(args.pbt_interval / steps_per_iter))
     elif saved is not None:
@@ -174,7 +206,7 @@ def pbt_settings(args: argparse.Namespace, steps_per_iter: int,
         interval = max(1, round(DEFAULT_INTERVAL / steps_per_iter))
     fraction = (args.pbt_fraction if args.pbt_fraction is not None
                 else saved.fraction if saved else FRACTION)
-    return PbtSettings(members, interval, fraction)
+    return PbtSettings(members, interval, fraction, walk_forward)
 
 
 def plan(args: argparse.Namespace):
@@ -201,6 +233,9 @@ def plan(args: argparse.Namespace):
         new_config = lambda: train.checkpoint_config(args, saved_cfg, keep_run_dir=True)
     else:
         new_config = lambda: train.config_from_args(args)
+    if (getattr(args, "walk_forward", None) or (saved_pbt and saved_pbt.walk_forward)) \
+            and new_config().data.market == "worlds":  # refused before worlds are generated
+        raise UsageError(WORLDS_REFUSED)
     request = engine.StartRequest(
         resume=False, run_dir=args.run_dir, checkpoint=None, weights_only=False,
         name=Path(args.config).stem if args.config else (args.preset or None),
@@ -226,10 +261,37 @@ def plan(args: argparse.Namespace):
             raise UsageError(f"{p.run_dir} already holds a run ({', '.join(held)}); choose "
                              f"another --run-dir, or continue it with --resume")
     pbt = pbt_settings(args, p.steps_per_iter, saved_pbt)
+    if pbt.walk_forward:
+        p, pbt = plan_walk_forward(p, pbt)
     from jaxtrade.population import quantile_size
 
     quantile_size(pbt.members, pbt.fraction)  # refuses a bad fraction in one line
     return p, pbt, args.resume
+
+
+WORLDS_REFUSED = ("--walk-forward needs a time axis: procedural worlds have none (each is "
+                  "drawn apart); train on --market fixed or your --data")
+
+
+def plan_walk_forward(p, pbt: PbtSettings):
+    """(plan holding the bars before the last fold, settings with the folds) of a
+    `--walk-forward` run (`jaxtrade.walk_forward`)."""
+    from jaxtrade import walk_forward as wf
+    from jaxtrade.data.market import Market
+    from jaxtrade.engine.start import load_run_market
+    from jaxtrade.envs import make_env
+
+    cfg = p.cfg
+    if cfg.data.market == "worlds":
+        raise UsageError(WORLDS_REFUSED)
+    full = load_run_market(cfg, test=True)
+    if not isinstance(full, Market) or cfg.env.name != "portfolio":
+        raise UsageError(f"--walk-forward trains the portfolio env on a market's bars; this "
+                         f"run's env is {cfg.env.name}")
+    folds = wf.folds_of_market(full, pbt.walk_forward, cfg.env.episode_length)
+    held = wf.held_market(full, folds)
+    p = dataclasses.replace(p, market=held, env=make_env(cfg.env.name, held))
+    return p, dataclasses.replace(pbt, folds=folds, fold_record=wf.record(folds, full))
 
 
 # ------------------------------------------------------------------------- checkpoints
@@ -377,6 +439,14 @@ class PopulationRun:
         p, say = self.plan, self.console.say
         self.t_start = time.perf_counter()
         self.trainer = make_train(self.cfg, p.market, p.mesh)
+        # The members' training env params: shared, or a walk-forward run's per member.
+        self.env_params, self.env_axes = self.trainer.env_params, None
+        if self.pbt.folds:
+            from jaxtrade import walk_forward as wf
+
+            params = wf.member_params(self.trainer.env, self.cfg.env, self.pbt.folds)
+            self.env_params = parallel.put_replicated(params, p.mesh)
+            self.env_axes = wf.member_axes(params)
         self.checkpoints = PopulationCheckpoints(p.run_dir, self.cfg.run.keep_checkpoints)
         if self.resume:
             step = self.checkpoints.latest_step()
@@ -397,9 +467,11 @@ class PopulationRun:
         elif self.founders is not None:
             self.pop = self.founders(self.trainer)
             self.done = 0
-        else:
+        else:  # walk-forward members: every one at the config's hyperparameters
             self.pop = init_population(self.trainer, jax.random.key(self.cfg.run.seed),
-                                       self.pbt.members)
+                                       self.pbt.members,
+                                       hparams={} if self.pbt.folds else None,
+                                       env_params=self.env_params, env_axes=self.env_axes)
             self.done = 0
         self.exploit_explore = make_exploit_explore(self.pbt.fraction, mesh=p.mesh)
         whole = parallel.replicated(p.mesh)
@@ -416,16 +488,23 @@ class PopulationRun:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(cfgmod.to_dict(self.cfg), indent=2)
                                              + "\n")
-        (run_dir / MARKET_FILE).write_text(
-            json.dumps(market_record(self.plan.market), indent=2) + "\n")
+        # A walk-forward run's: the whole market's (its split is fold 1's, its test range
+        # every fold's), though its devices hold the bars before the last fold only.
+        market = (self.pbt.fold_record["market"] if self.pbt.fold_record is not None
+                  else market_record(self.plan.market))
+        (run_dir / MARKET_FILE).write_text(json.dumps(market, indent=2) + "\n")
         layout = env.obs_layout
         (run_dir / ENV_FILE).write_text(json.dumps({
             "name": env.name, "action_names": list(env.action_names),
             "num_actions": env.num_actions, "obs_dim": env.obs_dim,
             "obs_layout": None if layout is None else dataclasses.asdict(layout),
         }, indent=2) + "\n")
-        (run_dir / SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(self.pbt), indent=2)
-                                             + "\n")
+        (run_dir / SETTINGS_FILE).write_text(json.dumps(self.pbt.record(), indent=2) + "\n")
+        if self.pbt.fold_record is not None:
+            from jaxtrade.walk_forward import WALK_FORWARD_FILE
+
+            folds = {k: v for k, v in self.pbt.fold_record.items() if k != "market"}
+            (run_dir / WALK_FORWARD_FILE).write_text(json.dumps(folds, indent=2) + "\n")
 
     def program(self, k: int):
         """The population program of k iterations, compiled on first use."""
@@ -436,8 +515,8 @@ class PopulationRun:
             say(f"compiling {k} iteration(s) x {self.pbt.members} members per call...", end=" ",
                 flush=True)
             t0 = time.perf_counter()
-            fn = train_population(self.trainer, k)
-            self.compiled[k] = fn.lower(self.pop, self.trainer.env_params).compile()
+            fn = train_population(self.trainer, k, self.env_axes)
+            self.compiled[k] = fn.lower(self.pop, self.env_params).compile()
             self.compile_s += time.perf_counter() - t0
             say(f"done in {time.perf_counter() - t0:.1f}s")
         return self.compiled[k]
@@ -447,8 +526,15 @@ class PopulationRun:
         say("compiling evaluation...", end=" ", flush=True)
         t0 = time.perf_counter()
         like = self.take(self.pop.members.params, jnp.int32(0))
-        self.evaluator = self.trainer.env.make_evaluator(
-            self.trainer.network, self.cfg.env, self.cfg.run.seed, like)
+        if self.pbt.folds:  # each member's on its fold's validation slice
+            from jaxtrade.walk_forward import make_fold_evaluators
+
+            self.evaluator = make_fold_evaluators(
+                self.trainer.network, self.trainer.env, self.cfg.env, self.pbt.folds,
+                self.plan.market.bars_per_year, self.cfg.run.seed, like)
+        else:
+            self.evaluator = self.trainer.env.make_evaluator(
+                self.trainer.network, self.cfg.env, self.cfg.run.seed, like)
         self.compile_s += time.perf_counter() - t0
         say(f"done in {time.perf_counter() - t0:.1f}s")
 
@@ -463,8 +549,9 @@ class PopulationRun:
         scores, vals, rows = np.full((n,), np.nan, np.float32), [], []
         for i in range(n):
             row = metrics_row(jax.tree.map(lambda v, i=i: v[:, i], metrics), k - 1)
-            out = jax.device_get(self.evaluator(self.take(self.pop.members.params,
-                                                          jnp.int32(i)), row))
+            evaluator = self.evaluator[i] if self.pbt.folds else self.evaluator
+            out = jax.device_get(evaluator(self.take(self.pop.members.params, jnp.int32(i)),
+                                           row))
             val = {key: np.asarray(v).tolist() for key, v in out.items()}
             scores[i] = float(val["score"]) if np.ndim(val["score"]) == 0 else np.nan
             vals.append(val)
@@ -477,7 +564,7 @@ class PopulationRun:
 
         k = min(self.pbt.interval, self.total - self.done)
         parts = (self.segments(self.trainer, k) if self.segments is not None
-                 else [(k, self.trainer.env_params)])
+                 else [(k, self.env_params)])
         for k_i, _ in parts:
             if k_i:
                 self.program(k_i)  # compiled before the clock starts
@@ -496,7 +583,8 @@ class PopulationRun:
         self.eval_s += time.perf_counter() - t1
         healthy = finite_members(metrics)
         before = self.pop
-        if self.exploit_last or self.done < self.total:
+        # Walk-forward members never exploit one another (their data differ).
+        if not self.pbt.folds and (self.exploit_last or self.done < self.total):
             self.pop = self.exploit_explore(before, jnp.asarray(scores), healthy)
         else:
             self.pop = jax.device_put(close_interval(before, jnp.asarray(scores), healthy),
@@ -520,7 +608,7 @@ class PopulationRun:
             "format": FORMAT, "interval": int(records[0]["interval"]),
             "iteration": self.done, "members": self.pbt.members,
             "rng_impl": str(jax.random.key_impl(self.pop.key)),
-            "config": cfgmod.to_dict(self.cfg), "pbt": dataclasses.asdict(self.pbt)})
+            "config": cfgmod.to_dict(self.cfg), "pbt": self.pbt.record()})
         return records
 
     def note_best(self, records: list[dict]) -> dict | None:
@@ -619,13 +707,18 @@ class _BannerConsole:
     """The single run's banner as a population run says it: its members, not checkpoints,
     are ranked by the validation score (host-only; wraps a `Console`)."""
 
-    def __init__(self, console):
-        self.console = console
+    def __init__(self, console, fold_record: dict | None = None):
+        self.console, self.fold_record = console, fold_record
 
     def say(self, *parts, **kw) -> None:
         parts = tuple(str(x).replace("; checkpoints ranked by val_score",
                                      "; members ranked by val_score for exploit/explore")
                       for x in parts)
+        if self.fold_record is not None and parts:  # the folds' lines say these instead
+            if parts[0].startswith(("eval: ", "test: ")):
+                return
+            if parts[0].startswith("market: "):
+                parts = (f"market: {self.fold_record['market_line']}", *parts[1:])
         self.console.say(*parts, **kw)
 
     def __getattr__(self, name):
@@ -644,11 +737,20 @@ def print_population_banner(p, pbt: PbtSettings, console) -> None:
         f"{pbt.members * pc.n_envs:,} envs in one program on {parallel.describe(p.mesh)}; "
         f"memory about {memory.format_bytes(pbt.members * p.sizing.estimate.per_device_bytes)}"
         f" ({pbt.members} x the estimate above)")
-    say(f"pbt: every {pbt.interval} iterations ({pbt.interval * p.steps_per_iter:,} timesteps "
-        f"per member), {n_intervals} intervals; members scored on the validation data, the "
-        f"bottom {q} take perturbed copies of the top {q}"
-        + ("" if q else " (one member: nothing to exploit)"))
-    say(f"  perturbed: {', '.join(BOUNDS)} (x0.8 or x1.2 within bounds)")
+    if pbt.fold_record is not None:
+        from jaxtrade.walk_forward import banner_lines
+
+        say(f"validation: every {pbt.interval} iterations ({pbt.interval * p.steps_per_iter:,} "
+            f"timesteps per member), {n_intervals} intervals; each member on its fold's "
+            f"validation slice")
+        for line in banner_lines(pbt.fold_record):
+            say(line)
+    else:
+        say(f"pbt: every {pbt.interval} iterations ({pbt.interval * p.steps_per_iter:,} "
+            f"timesteps per member), {n_intervals} intervals; members scored on the validation "
+            f"data, the bottom {q} take perturbed copies of the top {q}"
+            + ("" if q else " (one member: nothing to exploit)"))
+        say(f"  perturbed: {', '.join(BOUNDS)} (x0.8 or x1.2 within bounds)")
     say(f"in all: {p.total_iters:,} iterations x {pbt.members} members = "
         f"{p.total_iters * p.steps_per_iter * pbt.members:,} timesteps -> "
         f"{p.run_dir}")
@@ -684,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
         # The validation walk happens at every interval: the banner's eval line says so.
         p = dataclasses.replace(p, eval_every=pbt.interval)
         console = Console(p.cfg.run.verbosity, True)
-        print_banner(p, _BannerConsole(console))
+        print_banner(p, _BannerConsole(console, pbt.fold_record))
         print_population_banner(p, pbt, console)
         run = PopulationRun(p, pbt, resume, console)
         run.build()
