@@ -135,6 +135,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     from jaxtrade.population_run import SETTINGS_FILE
 
     run_dir = Path(args.run_dir)  # an archived member keeps population.json beside its checkpoint
+    from jaxtrade import walk_forward_report as wfr
+
+    if wfr.is_walk_forward(run_dir):  # each fold's member on its own test block, concatenated
+        wfr.check_flags(args)
+        result = wfr.assess(run_dir, seed=args.seed, sample=args.sample)
+        out = Path(args.out) if args.out else run_dir / "eval"
+        written = wfr.write_outputs(out, result, args.run_dir)
+        wfr.print_report(result, show_all=args.all)
+        print(f"wrote {', '.join(written)} to {out}")
+        return 0
     if (run_dir / SETTINGS_FILE).exists() and not (run_dir / "checkpoints").exists():
         raise UsageError(
             f"{args.run_dir} is a population run: archive its members (python -m "
