@@ -9,23 +9,27 @@ learning proof).
 For each seed, two runs of `python -m jaxtrade.population --config CONFIG --population N
 --iterations I --seed S --archive DIR`, identical but for the interval:
 
-* pbt: `--pbt-interval` of I / `--intervals` iterations (4 exploit/explore steps by
-  default; the last closes the run without copying);
-* independent: `--pbt-interval` of all I iterations, one interval, so no member is ever
-  replaced: N independent runs in one program.
+* pbt: `--pbt-interval` of I / `--intervals` iterations (4 intervals by default, each
+  ending in exploit/explore);
+* independent: `--pbt-interval` of all I iterations, one interval: N independent runs in
+  one program. Its one exploit/explore comes after all training (the CLI runs one at the
+  end of every interval, the last too), so it changes no training: it only keeps the
+  worst-scored member, which cannot be chosen, out of the archive, as in the PBT arm.
 
 Both start from the same members: `init_population` draws the members' keys and
 hyperparameters from the seed alone, whatever the interval; the script checks it (the
-hyperparameters each slot holds in the first interval's records of the two runs) and
-records it. Each run archives its final members; the one with the best validation score
-(the last interval's walk of the validation worlds, the archive entry's `val_score`) is
-chosen, and only it is evaluated on the run's 128 test worlds (`python -m jaxtrade.evaluate
---run-dir ARCHIVE/models/<id>`): test median Sharpe, the baseline chosen on validation,
-their paired median difference with a 90% bootstrap interval, worlds won, median deflated
-Sharpe (PBT counts every member's every validation as a candidate: N x intervals, against
-N). Nothing about the test worlds reaches the choice. Both arms' chosen members are then
-compared world by world (the same test worlds: same seed): the median of PBT - independent
-per-world Sharpe, its bootstrap interval and a sign test.
+hyperparameters each slot holds in the first interval's records of the two runs, and the
+final score of every founder PBT never replaced, which trained exactly as in the
+independent run) and records it. Each run archives its final members; the one with the
+best validation score (the last interval's walk of the validation worlds, the archive
+entry's `val_score`) is chosen, and only it is evaluated on the run's 128 test worlds
+(`python -m jaxtrade.evaluate --run-dir ARCHIVE/models/<id>`): test median Sharpe, the
+baseline chosen on validation, their paired median difference with a 90% bootstrap
+interval, worlds won, median deflated Sharpe (PBT counts every member's every validation
+as a candidate: N x intervals, against N). Nothing about the test worlds reaches the
+choice. Both arms' chosen members are then compared world by world (the same test worlds:
+same seed): the median of PBT - independent per-world Sharpe, its bootstrap interval and a
+sign test.
 
 Subprocesses, one after another; a seed whose runs and evaluations are already in
 `--run-root` is read, not retrained. Writes benchmarks/results/pbt_comparison_<device>_
@@ -104,6 +108,21 @@ def initial_hparams(population_jsonl: Path) -> list[dict]:
         if rec["interval"] == first:
             out[rec["slot"]] = rec["hparams"]
     return [out[s] for s in sorted(out)]
+
+
+def untouched_founders(pbt_jsonl: Path, independent_jsonl: Path) -> list[dict]:
+    """Founders that PBT never replaced, by their last scores in both arms: one trained with
+    the same key, hyperparameters and timesteps in both, so equal scores confirm that the
+    arms started from the same members."""
+    def last(path):
+        recs = [json.loads(line) for line in path.read_text().splitlines()]
+        end = max(r["interval"] for r in recs)
+        return {r["id"]: r for r in recs if r["interval"] == end}
+
+    pbt, ind = last(pbt_jsonl), last(independent_jsonl)
+    return [{"id": i, "pbt_score": r["score"], "independent_score": ind[i]["score"],
+             "equal": r["score"] == ind[i]["score"]}
+            for i, r in sorted(pbt.items()) if r["generation"] == 0 and i in ind]
 
 
 def test_figures(report: dict) -> dict:
@@ -218,8 +237,11 @@ COLUMNS = [("arm", "arm", "s"), ("chosen", "model", "s"), ("chosen_generation", 
 
 
 def print_seed(rows: list[dict], comparison: dict) -> None:
+    same = [f"id {u['id']} {'equal' if u['equal'] else 'DIFFERENT'} ({u['pbt_score']:+.2f})"
+            for u in comparison["untouched_founders"]]
     print(f"\nseed {comparison['seed']}: initial hyperparameters identical: "
-          f"{comparison['same_initial_hparams']}")
+          f"{comparison['same_initial_hparams']}; founders PBT never replaced, final score "
+          f"against the independent arm's: {', '.join(same) or 'none'}")
     print(table([{**r, "ci": "[{:+.3f}, {:+.3f}]".format(*r["test_difference_ci"])}
                  for r in rows], COLUMNS))
     h = comparison["head_to_head"]
@@ -270,8 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         hp = [r.pop("_initial_hparams") for r in arm_rows]
         worlds = [r.pop("_per_world") for r in arm_rows]
         same = hp[0] == hp[1]
+        untouched = untouched_founders(*(Path(r["run_dir"]) / "population.jsonl"
+                                         for r in arm_rows))
         comparison = {"seed": seed, "same_initial_hparams": same,
                       "initial_hparams": hp[0] if same else dict(zip(ARMS, hp, strict=True)),
+                      "untouched_founders": untouched,
                       "head_to_head": head_to_head(*worlds, seed)}
         rows += arm_rows
         comparisons.append(comparison)

@@ -396,9 +396,16 @@ def test_population_sweep_presets():
 
 def test_pbt_comparison_chooses_on_validation_and_compares_world_by_world(tmp_path):
     """benchmarks/pbt_comparison.py's host helpers: each arm's interval, the member chosen by
-    its validation score alone, the hyperparameters each slot started with, and the paired
+    its validation score alone, the hyperparameters each slot started with, the founders PBT
+    left alone (compared with the independent arm's), and the paired
     PBT - independent comparison over the same test worlds (hand-computed)."""
-    from benchmarks.pbt_comparison import best_entry, head_to_head, initial_hparams, pbt_intervals
+    from benchmarks.pbt_comparison import (
+        best_entry,
+        head_to_head,
+        initial_hparams,
+        pbt_intervals,
+        untouched_founders,
+    )
 
     assert pbt_intervals(40, 4, 4096) == {"pbt": 40_960, "independent": 163_840}
     with pytest.raises(SystemExit):
@@ -414,6 +421,16 @@ def test_pbt_comparison_chooses_on_validation_and_compares_world_by_world(tmp_pa
         {"interval": 1, "slot": 0, "hparams": {"actor_lr": 3e-4}},
         {"interval": 2, "slot": 0, "hparams": {"actor_lr": 9e-4}}]) + "\n")
     assert initial_hparams(log) == [{"actor_lr": 3e-4}, {"actor_lr": 2e-4}]
+    # founder 0 kept its slot in PBT (compared), founder 1 was replaced by copy 2 (not)
+    (tmp_path / "pbt.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"interval": 1, "id": 0, "generation": 0, "score": 1.0},
+        {"interval": 2, "id": 0, "generation": 0, "score": 4.0},
+        {"interval": 2, "id": 2, "generation": 1, "score": 5.0}]) + "\n")
+    (tmp_path / "ind.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"interval": 1, "id": 0, "generation": 0, "score": 4.0},
+        {"interval": 1, "id": 1, "generation": 0, "score": 2.0}]) + "\n")
+    assert untouched_founders(tmp_path / "pbt.jsonl", tmp_path / "ind.jsonl") == [
+        {"id": 0, "pbt_score": 4.0, "independent_score": 4.0, "equal": True}]
     pbt = [{"world": w, "sharpe_policy": s} for w, s in enumerate([1.0, 0.0, 2.0, 0.5, 0.3])]
     ind = [{"world": w, "sharpe_policy": s} for w, s in enumerate([0.0, 1.0, 0.0, 0.0, 0.3])]
     h = head_to_head(pbt, ind, seed=0)  # differences 1, -1, 2, 0.5, 0
