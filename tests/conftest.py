@@ -9,10 +9,13 @@ nothing carries over between sessions, and subprocesses inherit it through the
 environment. Under pytest-xdist (the README's `-n 2`) the workers inherit the controller's
 directory the same way, and only the process that made it removes it.
 
-Distribution over xdist workers (`--dist loadgroup`, `pytest_collection_modifyitems`):
-a test file runs whole on one worker, so its module fixtures are built once; the files
-that share an expensive session fixture (a trained run) run on the same worker, so it
-is trained once.
+Distribution over xdist workers (`pytest_xdist_make_scheduler`, with the README's `-n 2`
+and pyproject's `--dist loadfile`): a test file runs whole on one worker, so its module
+fixtures are built once; the files that share an expensive session fixture (a trained
+run) run on the same worker, so it is trained once; the slowest files start first.
+(`--dist loadgroup` with `xdist_group` marks did this before, until pytest 9.2 made node
+ids immutable: xdist 3.8 groups by rewriting them, which now does nothing, so files were
+split over both workers and their fixtures built twice.)
 """
 
 import atexit
@@ -35,6 +38,7 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 import jax  # noqa: E402  (after the cache settings, which JAX reads when it starts)
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from xdist.scheduler import LoadFileScheduling  # noqa: E402
 
 from jaxtrade.data import SyntheticConfig, build_market, synthetic_panel  # noqa: E402
 from jaxtrade.envs import PortfolioEnv  # noqa: E402
@@ -42,25 +46,70 @@ from jaxtrade.envs import PortfolioEnv  # noqa: E402
 jax.config.update("jax_compilation_cache_dir", XLA_CACHE)  # if JAX started before this file
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
-# Session fixtures worth building once: every file that uses one runs on one xdist worker.
-SHARED_FIXTURE_GROUPS = {
-    "trained_run": "trained_run", "csv_evaluation": "trained_run", "user_csv": "trained_run",
-    "funding_run": "funding_run",
-}
+# Session fixtures worth building once, and the files that use them: these files run on one
+# xdist worker. The scheduler sees node ids only (the controller collects nothing), so the
+# files are listed; `pytest_collection_modifyitems` checks the list against the fixtures
+# the collected tests request, and stops the run if a file is missing.
+SHARED_FIXTURES = ("trained_run", "csv_evaluation", "user_csv", "funding_run")
+SHARED_FIXTURE_FILES = (
+    "tests/test_archive.py", "tests/test_evaluate.py", "tests/test_funding_policy.py",
+    "tests/test_funding_report.py", "tests/test_policy.py", "tests/envs/test_funding.py",
+)
+# Started first, so that neither worker is left with a long unit at the end: the slowest
+# units of a run on 2 cores (seconds: 500, 415, 266, 258, 249, 243, 239, 217, 214 on
+# 2026-12-01; the first is the shared fixtures' files).
+SLOW_FIRST = (
+    "shared session fixtures", "tests/test_train_startup.py", "tests/test_parallel.py",
+    "tests/test_trainer.py",
+    "tests/test_memory.py", "tests/test_worlds_run.py", "tests/test_train.py",
+    "tests/test_population_run.py", "tests/test_population.py",
+)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _file(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def _scope(nodeid: str) -> str:
+    """The unit a worker runs whole: the shared fixtures' files together, else the file."""
+    path = _file(nodeid)
+    return "shared session fixtures" if path in SHARED_FIXTURE_FILES else path
+
+
+class _FileScheduling(LoadFileScheduling):
+    """xdist's `loadfile`, with the shared fixtures' files as one unit and `SLOW_FIRST`
+    first (then the larger units, as xdist orders them)."""
+
+    _ordered = False
+
+    def _split_scope(self, nodeid: str) -> str:
+        return _scope(nodeid)
+
+    def _assign_work_unit(self, node) -> None:
+        if not self._ordered:  # the queue is complete when the first unit goes out
+            self._ordered = True
+            rank = {scope: i for i, scope in enumerate(SLOW_FIRST)}
+            units = sorted(self.workqueue.items(), key=lambda kv: rank.get(kv[0], len(rank)))
+            self.workqueue.clear()
+            self.workqueue.update(units)
+        super()._assign_work_unit(node)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") == "loadfile":
+        return _FileScheduling(config, log)
+    return None
 
 
 def pytest_collection_modifyitems(config, items):
-    """Puts each test in the xdist group of its file, or of the shared session fixture
-    that a test of its file uses (`--dist loadgroup` keeps a group on one worker)."""
-    groups = {}
-    for item in items:
-        path = str(item.path)
-        for name in item.fixturenames:
-            if name in SHARED_FIXTURE_GROUPS:
-                groups[path] = SHARED_FIXTURE_GROUPS[name]
-        groups.setdefault(path, path)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(groups[str(item.path)]))
+    """Stops the run if a file that uses a shared session fixture is not in
+    `SHARED_FIXTURE_FILES` (under xdist it would build the fixture on both workers)."""
+    using = {os.path.relpath(str(item.path), ROOT).replace(os.sep, "/") for item in items
+             if set(item.fixturenames) & set(SHARED_FIXTURES)}
+    if missing := sorted(using - set(SHARED_FIXTURE_FILES)):
+        raise pytest.UsageError(f"tests/conftest.py: add {missing} to SHARED_FIXTURE_FILES: "
+                                f"they use a shared session fixture {SHARED_FIXTURES}")
 
 
 SMALL = SyntheticConfig(n_assets=5, n_bars=400, seed=1)
