@@ -293,6 +293,17 @@ def test_no_market_data_is_folded_into_programs(tiny):
             jax.config.update(k, v)
 
 
+def test_no_lapack_kernel_reaches_the_initial_state_or_training_programs(tiny):
+    """jaxlib 0.10's batched CPU LAPACK kernels can block every XLA pool thread: the start-up
+    hang of multi-device runs (`jaxtrade.networks.gru.orthonormal`). This covers the whole
+    path a run compiles first (env reset, network init, optimizer, one iteration);
+    `tests/test_train_startup.py` starts the CLI itself."""
+    texts = [jax.jit(tiny.init).lower(jax.random.key(0), tiny.env_params).as_text(),
+             tiny.program.lower(jax.eval_shape(tiny.init, jax.random.key(0)),
+                                tiny.env_params, 1, tiny.schedule).as_text()]
+    assert all("lapack" not in t.lower() for t in texts)
+
+
 def test_step_metrics_that_read_undeclared_info_fail_in_words():
     """A training rollout keeps only `metric_info_keys` of the env's info: an env whose
     `step_metrics` reads another key is told which, not left with a bare KeyError."""
