@@ -399,8 +399,10 @@ def format_table(table: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_equity(path: Path, dates: pd.DatetimeIndex, values: np.ndarray, names, title: str):
-    """Equity curves (policy bold) over a drawdown panel, as a PNG (matplotlib, no pyplot)."""
+def plot_equity(path: Path, dates: pd.DatetimeIndex, values: np.ndarray, names, title: str,
+                marks=()):
+    """Equity curves (policy bold) over a drawdown panel, as a PNG (matplotlib, no pyplot);
+    `marks`: dates to draw a dashed vertical line at (a walk-forward run's fold starts)."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
@@ -414,6 +416,9 @@ def plot_equity(path: Path, dates: pd.DatetimeIndex, values: np.ndarray, names, 
                      color="black" if bold else colors((i - 1) % 20))
         ax_eq.plot(dates, values[i], label=name, **style)
         ax_dd.plot(dates, values[i] / peak - 1.0, **style)
+    for when in marks:
+        for ax in (ax_eq, ax_dd):
+            ax.axvline(when, color="grey", ls="--", lw=0.8)
     ax_eq.set_ylabel("value (start = 1)")
     ax_eq.set_title(title, fontsize=10)
     ax_eq.grid(alpha=0.3)

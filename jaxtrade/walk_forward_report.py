@@ -257,7 +257,9 @@ def write_outputs(out: Path, result: WalkForwardAssessment, run_dir: str) -> lis
     r = result.report["range"]
     plot_equity(out / "equity.png", result.dates, np.stack([result.curves[s] for s in shown]),
                 shown, title=f"{run_dir} | walk-forward, {result.report['walk_forward']['folds']}"
-                             f" folds | {r['start']} .. {r['end']}")
+                             f" folds (dashed: fold starts) | {r['start']} .. {r['end']}",
+                marks=[pd.Timestamp(m["test"]["first"])
+                       for m in result.report["walk_forward"]["members"][1:]])
     return ["report.json", "folds.csv", "equity.csv", "equity.png"]
 
 
