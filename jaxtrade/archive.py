@@ -653,6 +653,31 @@ def add_population(archive: Archive, run_dir: str | os.PathLike,
     return sorted(added, key=lambda e: order[e["source"]["member"]])
 
 
+def set_selection_trials(archive: Archive, model_id: str,
+                         sharpes: Sequence[float | None]) -> None:
+    """Sets the deflated-Sharpe trials of archived model `model_id` (its checkpoint's
+    `selection`: `validations` and their `sharpes`, which `python -m jaxtrade.evaluate`
+    reads) to `sharpes`: the candidates it has been compared with, e.g. every validation
+    of a league whose champion is chosen again after each round.
+
+    Raises:
+      ArchiveError: unknown id, or a checkpoint whose metadata cannot be rewritten.
+    """
+    d = archive.model_dir(model_id)
+    try:
+        source = ckpt.latest(d, purpose="")
+    except ckpt.CheckpointError as e:
+        raise ArchiveError(f"{model_id}: {e}") from None
+    path = source.directory / str(source.step) / "meta" / "metadata"  # JsonCheckpointHandler's
+    with archive._locked():
+        meta = dict(source.meta)
+        meta["selection"] = {**(meta.get("selection") or {}), "validations": len(sharpes),
+                             "sharpes": list(sharpes)}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(meta))
+        tmp.replace(path)
+
+
 def read_learned(archive: Archive, model_id: str, like: Any) -> dict:
     """What training learned in archived model `model_id`: its parameters, optimizer states
     and runtime hyperparameters, as trees typed like `like` (one member's `TrainState`, or
