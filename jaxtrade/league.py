@@ -14,29 +14,45 @@ round starts (a first round, on an empty archive, has explorers only). Each cate
 its members, PBT every --pbt-interval, validation scores) in the round's directory; a
 continued category starts from the archived models' parameters and optimizer states
 (`archive.read_learned`, `population.continue_population`; a model trained with other
-shapes is a one-line error before anything trains), with fresh envs.
+shapes is a one-line error before anything trains), with fresh envs. Its learning rates
+are its base rates (archived / the lr scale of the category it was archived from, so a
+continuation continued again is not scaled twice) x the category's scale, and PBT within
+the category keeps them within `population.BOUNDS` x that scale.
+
+Each category of each round has its own seed, the config's with the round number and the
+category's index folded in (`category_seed`; league.jsonl and the archived entries'
+`league.seed` record it): new explorers' weights and sampled hyperparameters, continued
+models' envs and RNG, PBT draws. The config's seed keeps seeding the validation walks, so
+scores compare across rounds.
 
 When a category completes, its final members are archived (`archive.add_population`),
 the continued ones linked to the models they continue (generation + 1, timesteps
 added). A continuation whose validation score falls more than --rollback (10%) below
 its parent's archived score, `score < parent - 0.1 x |parent|`, is rolled back: not
-archived, so the parent stays the entry; a line says so.
+archived, so the parent stays the entry; a line says so. After the round every model of
+the league in the archive counts every member validation of the league so far as the
+trials of its deflated Sharpe ratio (the champion is chosen among all of them again).
+A category that diverges stops the round (exit status 1); what completed stays archived.
 
 Data each round (`RoundData`):
 
-* a market with dates (`--market fixed`, `--data`): `--window BARS` trains on a window
-  of BARS bars of the training range: its last BARS bars (the latest data, which move on
-  when the data file grows), or with `--window-step S` the window of round r ends
-  BARS + S x (r - 1) bars into the range (history replayed round by round). Explorers
-  train on the window; continued models spend --recent-mix (70%) of their iterations on
-  it (counted over the run: intervals of one iteration alternate) and the rest on the
-  training bars before it, both as ranges of episode starts (an episode started in the
-  older bars may run on into the window). Without --window every category trains on
-  the whole training range.
+* a market with a time axis (`--market fixed`, `--data`; the funding env's hours):
+  `--window BARS` trains on a window of BARS bars of the training range, the bars its
+  episodes reach: its last BARS bars (the latest data, which move on when the data file
+  grows), or with `--window-step S` the window of round r ends BARS + S x (r - 1) bars
+  into the range (history replayed round by round). Explorers train on the window;
+  continued models spend --recent-mix (70%) of their iterations on it and the rest on
+  the training bars before it, both as ranges of episode starts and a last bar (`end`,
+  which bootstrap paths respect too; an episode started in the older bars may run on
+  into the window). A full PBT interval is two calls of fixed lengths round(mix x k) and
+  the rest (`mix_calls`: two compiled programs), a shorter last interval settles the
+  drift. Without --window every category trains on the whole training range.
 * procedural worlds: no time axis, so --window is refused. Round r trains on training
   pool generation r - 1 (fresh worlds: the round's "new data"; the validation and test
   worlds stay the run's); continued models spend --recent-mix of their iterations on it
-  and the rest on the previous round's pool.
+  and the rest on the previous round's pool. Where a call's pool differs from the
+  previous call's, every env starts a fresh episode (`FreshEpisodes`): no episode runs
+  on across two worlds.
 
 The validation range (worlds) is the same every round, so scores compare across rounds
 as long as the data flags stay the same (the rollback and the trend assume it).
@@ -44,8 +60,9 @@ as long as the data flags stay the same (the rollback and the trend assume it).
 A league directory (--league-dir, default ckpt/league) holds
 
     league.jsonl             one record per round: settings, data window, per category
-                             members, timesteps, wall seconds, archived ids, rollbacks,
-                             parent -> child scores; the champion and the best scores
+                             members, seed, timesteps, wall seconds, archived ids,
+                             rollbacks, parent -> child scores; the champion, the best
+                             scores and the league's trial count
     league.png               best validation score by round, compute by category
     round-<R>/<category>/    the category's population run directory
 
@@ -259,14 +276,6 @@ def read_records(league_dir: Path) -> list[dict]:
     return out
 
 
-def _number(x) -> float | None:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def rolled_back(child: float | None, parent: float | None, tolerance: float) -> bool:
     """Whether a continuation scoring `child` falls more than `tolerance` below its
     parent's `parent` (relative to |parent|): child < parent - tolerance x |parent|. A
@@ -280,18 +289,47 @@ def rolled_back(child: float | None, parent: float | None, tolerance: float) -> 
 
 
 # ------------------------------------------------------------------------------ data
+def mix_calls(k: int, interval: int, spent: Mapping[str, int], mix: float
+              ) -> list[tuple[int, str]]:
+    """The calls of one interval of k iterations of a continued model that mixes recent
+    and older data: [(iterations, "recent" | "older")], in order (a 0-iteration call is
+    skipped by the run).
+
+    A full interval (k = `interval`) is always two calls of the same lengths, a = round(mix
+    x k) and k - a, so that a category compiles two programs: which data each call trains
+    on is the choice (recent/older, older/recent, both recent, both older) that brings the
+    run's share of recent iterations (`spent` so far) closest to `mix`; round(mix x k) on
+    every full interval, except where it drifts by half a call (e.g. intervals of 1
+    iteration alternate). A shorter last interval settles the drift: its recent share is
+    what makes the run's round(mix x its iterations).
+    """
+    done = spent["recent"] + spent["older"]
+    if k != interval:
+        r = min(k, max(0, math.floor(mix * (done + k) + 0.5) - spent["recent"]))
+        return [(r, "recent"), (k - r, "older")]
+    a = math.floor(mix * k + 0.5)
+    target = mix * (done + k)
+    options = ((a, ("recent", "older")), (k - a, ("older", "recent")),
+               (k, ("recent", "recent")), (0, ("older", "older")))
+    _, (first, second) = min(options, key=lambda o: abs(spent["recent"] + o[0] - target))
+    return [(a, first), (k - a, second)]
+
+
 class RoundData:
     """The training data of one round's categories (host-only): episode start ranges of
     a market with dates, or training pools of worlds; see the module docstring.
 
-    `segments(continued)` is `PopulationRun`'s hook: `fn(trainer, k) -> [(k_i,
-    env_params_i)]`; `iterations` counts what each category spent on recent and older
-    data.
+    `segments(name, continued, interval)` is `PopulationRun`'s hook: `fn(trainer, k) ->
+    [(k_i, env_params_i)]`; `iterations` counts what each category spent on recent and
+    older data. `fresh_episodes`: the carry must start fresh episodes when the data of a
+    call differs from the previous call's (worlds: another pool's bars under the same
+    env states).
     """
 
     def __init__(self, p, round_no: int, window: int | None, step: int, mix: float):
         self.plan, self.round, self.mix = p, round_no, mix
         self.worlds = p.market.worlds
+        self.fresh_episodes = self.worlds is not None
         self.window = None
         self.iterations: dict[str, dict[str, int]] = {}
         self._pools: dict[int, Any] = {}
@@ -310,8 +348,7 @@ class RoundData:
             self.recent = self.older = None
             return
         lo, latest = int(params.start_min), int(params.start_max)
-        length = latest - lo  # bars an episode may start in
-        episode = p.cfg.env.steps_per_episode()
+        self.episode = episode = p.cfg.env.steps_per_episode()
         end = latest + episode  # the last bar an episode may reach
         if window is None:  # the trainer's own start range, for every category
             self.recent, self.older = None, None
@@ -319,14 +356,15 @@ class RoundData:
         if window <= episode:
             raise UsageError(f"--window {window} must be longer than an episode "
                              f"({episode} steps)")
-        if window > length + episode:
-            raise UsageError(f"--window {window}: the training range has {length + episode} "
-                             f"bars an episode may read")
-        w_end = min(lo + window + step * (round_no - 1), end) if step else end
-        w_lo = w_end - window
-        self.recent = (max(lo, w_lo), w_end - episode)
+        if window > end - lo + 1:
+            raise UsageError(f"--window {window}: the training range has {end - lo + 1} "
+                             f"bars an episode may reach")
+        # The window: bars [w_lo, w_last], BARS of them, the last ones episodes reach.
+        w_last = min(lo + window - 1 + step * (round_no - 1), end) if step else end
+        w_lo = w_last - window + 1
+        self.recent = (w_lo, w_last - episode)
         self.older = (lo, w_lo - 1) if w_lo - 1 >= lo else None
-        self.window = (w_lo, w_end)
+        self.window = (w_lo, w_last)
 
     def describe(self) -> dict:
         """The round's data, for league.jsonl and the banner."""
@@ -339,21 +377,23 @@ class RoundData:
                     "older": gen(self.older), "mix": self.mix}
         if self.recent is None:
             return {"kind": "whole training range", "mix": None}
-        dates = self.plan.market.dates
+        # A market without dates (the funding env's hours) is described by bar numbers.
+        dates = getattr(self.plan.market, "dates", None)
+        day = (lambda i: None) if dates is None else (lambda i: str(dates[i].date()))  # noqa: E731
 
         def span(r):
             if r is None:
                 return None
             a, b = r
-            return {"first_start": int(a), "last_start": int(b),
-                    "start": str(dates[a].date()), "end": str(dates[b].date())}
+            return {"first_start": int(a), "last_start": int(b), "start": day(a), "end": day(b)}
 
         out = {"kind": "window" if self.window else "whole training range",
                "recent": span(self.recent), "older": span(self.older), "mix": self.mix}
         if self.window:
             a, b = self.window
-            out["window"] = {"first": int(a), "end": int(b), "bars": int(b - a),
-                             "start": str(dates[a].date()), "last": str(dates[b - 1].date())}
+            out["window"] = {"first": int(a), "last": int(b), "bars": int(b - a + 1),
+                             "unit": getattr(self.plan.market, "unit", "bars"),
+                             "start": day(a), "end": day(b)}
         return out
 
     def line(self) -> str:
@@ -367,10 +407,29 @@ class RoundData:
         if d["kind"] != "window":
             return "data: the whole training range for every category"
         w, o = d["window"], d["older"]
-        return (f"data: window of {w['bars']} bars ({w['start']} .. {w['last']}); continued "
-                f"models {self.mix:.0%} on it" + (
-                    f", {1 - self.mix:.0%} on the older bars ({o['start']} .. {o['end']} "
-                    f"as episode starts)" if o else " (no older bars before it: 100%)"))
+
+        def when(a, b):
+            return f"{a} .. {b}" if isinstance(a, str) else None
+
+        where = when(w["start"], w["end"]) or f"{w['unit']} {w['first']} .. {w['last']}"
+        older = o and (when(o["start"], o["end"])
+                       or f"{w['unit']} {o['first_start']} .. {o['last_start']}")
+        return (f"data: window of {w['bars']} {w['unit']} ({where}); continued models "
+                f"{self.mix:.0%} on it" + (
+                    f", {1 - self.mix:.0%} on the older {w['unit']} ({older} as episode "
+                    f"starts)" if o else f" (no older {w['unit']} before it: 100%)"))
+
+    def trained(self, continued: bool) -> dict | None:
+        """The bars a category trained on, as an archive entry's `window.train` (start and
+        end dates, bars): the window, and for continued models the older bars before it;
+        None: the whole training range, or worlds (`describe` says which pools)."""
+        if self.window is None:
+            return None
+        d = self.describe()
+        first = self.older[0] if continued and self.older is not None else self.window[0]
+        last = self.window[1]
+        start = (d["older"] if first != self.window[0] else d["window"])["start"]
+        return {"start": start, "end": d["window"]["end"], "bars": int(last - first + 1)}
 
     def _pool(self, generation: int):
         """Training pool `generation`'s env params, placed (cached for the round)."""
@@ -385,39 +444,41 @@ class RoundData:
             self._pools[generation] = parallel.put_replicated(params, p.mesh)
         return self._pools[generation]
 
-    def _params(self, trainer, which):
-        """The trainer's env params for start range (or pool) `which`."""
+    def params(self, base, which):
+        """The env params `base` (the trainer's) of start range (or pool) `which`: episodes
+        start in [lo, hi] and read no bar after hi + an episode (`end`, where the params
+        have one: a bootstrap path's jumps stay in the range too)."""
         import jax
 
         if self.worlds is not None:
-            return trainer.env_params if which == 0 else self._pool(which)
-        base = trainer.env_params
+            return base if which == 0 else self._pool(which)
         lo, hi = which
-        return base.replace(start_min=jax.device_put(np.int32(lo), base.start_min.sharding),
-                            start_max=jax.device_put(np.int32(hi), base.start_max.sharding))
+        put = lambda x, like: jax.device_put(np.int32(x), like.sharding)  # noqa: E731
+        out = base.replace(start_min=put(lo, base.start_min), start_max=put(hi, base.start_max))
+        if hasattr(base, "end"):
+            out = out.replace(end=put(min(hi + self.episode, int(base.end)), base.end))
+        return out
 
-    def segments(self, name: str, continued: bool) -> Callable | None:
-        """The `PopulationRun` hook of category `name`, or None (the trainer's data)."""
+    def segments(self, name: str, continued: bool, interval: int) -> Callable | None:
+        """The `PopulationRun` hook of category `name` (PBT intervals of `interval`
+        iterations), or None (the trainer's data)."""
         if self.recent is None:
             return None
         spent = self.iterations.setdefault(name, {"recent": 0, "older": 0})
-        recent_params = older_params = None
+        placed: dict[str, Any] = {}
 
         def fn(trainer, k: int):
-            nonlocal recent_params, older_params
-            if recent_params is None:
-                recent_params = self._params(trainer, self.recent)
+            if not placed:
+                placed["recent"] = self.params(trainer.env_params, self.recent)
                 if continued and self.older is not None:
-                    older_params = self._params(trainer, self.older)
-            if older_params is None:
+                    placed["older"] = self.params(trainer.env_params, self.older)
+            if "older" not in placed:
                 spent["recent"] += k
-                return [(k, recent_params)]
-            # the mix over the run so far (an interval of 1 iteration alternates)
-            done = spent["recent"] + spent["older"]
-            k_recent = min(k, max(0, math.floor(self.mix * (done + k) + 0.5) - spent["recent"]))
-            spent["recent"] += k_recent
-            spent["older"] += k - k_recent
-            return [(k_recent, recent_params), (k - k_recent, older_params)]
+                return [(k, placed["recent"])]
+            calls = mix_calls(k, interval, spent, self.mix)
+            for k_i, which in calls:
+                spent[which] += k_i
+            return [(k_i, placed[which]) for k_i, which in calls]
 
         return fn
 
@@ -431,26 +492,134 @@ def _category_args(args: argparse.Namespace, cat: Category, members: int,
     return ns
 
 
-def _learned_founders(learned: Sequence[Mapping], lr_scale: float, seed: int) -> Callable:
+def category_seed(seed: int, round_no: int, index: int) -> int:
+    """The seed of a round's category: the config's seed with the round number and the
+    category's index (`DEFAULTS` order: explorers 0, refiners 1, champion 2) folded in, so
+    that no two rounds or categories start alike (new explorers' weights and sampled
+    hyperparameters, continued models' envs and RNG, PBT draws). The config's seed itself
+    keeps seeding the validation walks, which every round shares."""
+    import jax
+
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), round_no), index)
+    return int(jax.random.randint(key, (), 0, np.iinfo(np.int32).max))
+
+
+def _fresh_founders(n: int, seed: int) -> Callable:
+    """`PopulationRun`'s founders hook of new models: `population.init_population` of the
+    category's seed (hyperparameters sampled around the config's)."""
+
+    def build(trainer):
+        import jax
+
+        from jaxtrade.population import init_population
+
+        return init_population(trainer, jax.random.key(seed), n)
+
+    return build
+
+
+def base_learning_rates(hparams: Mapping[str, float], entry: Mapping[str, Any]
+                        ) -> dict[str, float]:
+    """An archived model's learning rates before its league category scaled them: its
+    archived rates / its `league.lr_scale` (1 for an explorer or a model archived outside
+    the league), so that continuing a continuation scales its base once, not again."""
+    scale = float((entry.get("league") or {}).get("lr_scale") or 1.0)
+    return {k: float(hparams[k]) / scale for k in ("actor_lr", "critic_lr")}
+
+
+def _learned_founders(learned: Sequence[Mapping], entries: Sequence[Mapping],
+                      lr_scale: float, seed: int) -> Callable:
     """`PopulationRun`'s founders hook: the archived models' learned state, learning rates
-    x `lr_scale`."""
+    their base (`base_learning_rates`) x `lr_scale`; envs, RNG and PBT key of `seed`."""
+    from jaxtrade.trainer import HPARAM_NAMES
+
+    hp = {k: np.array([float(getattr(m["hparams"], k)) for m in learned], np.float32)
+          for k in HPARAM_NAMES}
+    for k in ("actor_lr", "critic_lr"):
+        base = [base_learning_rates({n: float(getattr(m["hparams"], n)) for n in
+                                     ("actor_lr", "critic_lr")}, e)[k]
+                for m, e in zip(learned, entries, strict=True)]
+        hp[k] = (np.array(base, np.float64) * lr_scale).astype(np.float32)
 
     def build(trainer):
         import jax
 
         from jaxtrade.population import continue_population
-        from jaxtrade.trainer import HPARAM_NAMES
 
         stack = lambda *xs: np.stack(xs)  # noqa: E731
         parts = {part: jax.tree.map(stack, *[m[part] for m in learned])
                  for part in ("params", "actor_opt", "critic_opt")}
-        hp = {k: np.array([float(getattr(m["hparams"], k)) for m in learned], np.float32)
-              for k in HPARAM_NAMES}
-        for k in ("actor_lr", "critic_lr"):
-            hp[k] = (hp[k] * np.float32(lr_scale)).astype(np.float32)
         return continue_population(trainer, jax.random.key(seed), parts, hp)
 
+    build.hparams = hp  # what the founders start at (read by tests)
     return build
+
+
+def scaled_bounds(lr_scale: float) -> dict[str, tuple[float, float]]:
+    """PBT's bounds (`population.BOUNDS`) with both learning rates' x `lr_scale`: within a
+    continued category, perturbations and resamples stay at the category's scale."""
+    from jaxtrade.population import BOUNDS
+
+    return {**BOUNDS, **{k: (BOUNDS[k][0] * lr_scale, BOUNDS[k][1] * lr_scale)
+                         for k in ("actor_lr", "critic_lr")}}
+
+
+class FreshEpisodes:
+    """Between the calls of a population run: when a call's env params are not the ones
+    the carry ran on last (another pool of worlds), every env of every member starts a
+    fresh episode of the new data (`trainer.init`'s carry for them, staggered), so that
+    no episode runs on across two worlds. Host-only; the fresh carries are one jitted
+    function."""
+
+    def __init__(self, trainer, seed: int):
+        import jax
+
+        from jaxtrade import parallel
+
+        self.current = trainer.env_params  # what the founders' carries were built on
+        self.key = jax.random.key(seed)
+        self.resets = 0
+        self._fresh = jax.jit(
+            lambda keys, env_params: jax.vmap(lambda k: trainer.init(k, env_params).carry)(keys),
+            out_shardings=parallel.replicated(trainer.mesh))
+
+    def __call__(self, pop, env_params):
+        """`pop` with fresh episodes of `env_params` if they differ from the last call's."""
+        import jax
+
+        if env_params is self.current:
+            return pop
+        self.current = env_params
+        self.resets += 1
+        keys = jax.random.split(jax.random.fold_in(self.key, self.resets), pop.size)
+        return pop.replace(members=pop.members.replace(carry=self._fresh(keys, env_params)))
+
+
+class LeagueRun(population_run.PopulationRun):
+    """A category's population run: PBT within the category's learning-rate bounds
+    (`bounds`), and fresh episodes where the data changes between calls (`fresh`)."""
+
+    def __init__(self, *a, bounds: Mapping | None = None, fresh: bool = False,
+                 seed: int = 0, **kw):
+        super().__init__(*a, **kw)
+        self.bounds, self.fresh, self.seed = bounds, fresh, seed
+        self.episodes: FreshEpisodes | None = None
+
+    def build(self) -> None:
+        from jaxtrade.population import make_exploit_explore
+
+        super().build()
+        if self.bounds is not None:
+            self.exploit_explore = make_exploit_explore(self.pbt.fraction, bounds=self.bounds,
+                                                        mesh=self.plan.mesh)
+        if self.fresh:
+            self.episodes = FreshEpisodes(self.trainer, self.seed)
+
+    def program(self, k: int):
+        fn = super().program(k)
+        if self.episodes is None:
+            return fn
+        return lambda pop, env_params: fn(self.episodes(pop, env_params), env_params)
 
 
 class Round:
@@ -470,13 +639,32 @@ class Round:
                              f"it, or choose another --league-dir")
         self.archive = archive.Archive(args.archive)
         self.archive._index()  # refuses a directory that is not an archive, in one line
+        stale = [e["id"] for e in self.league_entries() if e["league"].get("round") == self.round]
+        if stale:
+            raise UsageError(
+                f"{self.archive.path} holds {', '.join(stale)} from round {self.round} of "
+                f"{self.league_dir}, which has no record of that round (it crashed after "
+                f"archiving them?): to redo the round, delete their directories "
+                f"({self.archive.models}/{stale[0]} ...); or choose another --archive")
         ranked = [e for e in self.archive.entries() if e.get("val_score") is not None]
         self.chosen = {c.name: ranked[:c.members] if c.continued else [] for c in cats}
         self.results: dict[str, dict] = {}
         self.evaluator = None  # the first category's, compiled once for the round
         self.status = "completed"
+        self.trials: int | None = None  # the league's validations so far, after the round
         self.t0 = time.perf_counter()
         self.started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+    def league_entries(self) -> list[dict]:
+        """The archive's entries of this league's models (archived from its rounds)."""
+        home = self.league_dir.resolve()
+        return [e for e in self.archive.entries() if isinstance(e.get("league"), Mapping)
+                and Path(e["source"]["run"]).resolve().is_relative_to(home)]
+
+    def seed(self, cat: Category) -> int:
+        """Category `cat`'s seed this round (`category_seed` of the config's seed)."""
+        index = next(i for i, c in enumerate(DEFAULTS) if c.name == cat.name)
+        return category_seed(self.first_plan[0].cfg.run.seed, self.round, index)
 
     # ------------------------------------------------------------------ start
     def prepare(self) -> None:
@@ -559,11 +747,15 @@ class Round:
             print_banner(p, population_run._BannerConsole(console))
         population_run.print_population_banner(p, pbt, console)
         chosen = self.chosen[cat.name]
-        founders = (_learned_founders([self.learned[e["id"]] for e in chosen], cat.lr_scale,
-                                      p.cfg.run.seed) if cat.continued else None)
-        run = population_run.PopulationRun(
+        seed = self.seed(cat)
+        founders = (_learned_founders([self.learned[e["id"]] for e in chosen], chosen,
+                                      cat.lr_scale, seed) if cat.continued
+                    else _fresh_founders(n, seed))
+        run = LeagueRun(
             p, pbt, False, console, founders=founders,
-            segments=self.data.segments(cat.name, cat.continued), exploit_last=False)
+            segments=self.data.segments(cat.name, cat.continued, pbt.interval),
+            exploit_last=False, bounds=scaled_bounds(cat.lr_scale) if cat.continued else None,
+            fresh=self.data.fresh_episodes, seed=seed)
         run.build()
         run.evaluator = self.evaluator  # the round's categories share the validation data
         run.record_start()
@@ -573,7 +765,7 @@ class Round:
                   "timesteps_per_member": summary["timesteps_per_member"],
                   "timesteps": summary["timesteps"], "wall_s": time.perf_counter() - t0,
                   "train_s": summary["train_s"], "compile_s": summary["compile_s"],
-                  "lr_scale": cat.lr_scale, "archived": [], "rolled_back": [],
+                  "lr_scale": cat.lr_scale, "seed": seed, "archived": [], "rolled_back": [],
                   "continued": [], "from": [e["id"] for e in chosen],
                   "iterations": self.data.iterations.get(cat.name)}
         if summary["status"] == "completed":
@@ -602,8 +794,8 @@ class Round:
         founder = arc._founder_of(records)
         chosen = self.chosen[cat.name]
         founders = {i: e for i, e in enumerate(chosen)}  # continue_population's ids 0..N-1
-        here = validation_data(arc.data_window(run_dir, json.loads(
-            (run_dir / "config.json").read_text())))
+        window = arc.data_window(run_dir, json.loads((run_dir / "config.json").read_text()))
+        here = validation_data(window)
         for e in chosen:
             if validation_data(e.get("window") or {}) != here:
                 print(f"warning: {e['id']} was validated on other data than this round's "
@@ -632,8 +824,12 @@ class Round:
                 kept.append(m)
         if not kept:
             return
+        trained = self.data.trained(cat.continued)
+        if trained is not None:  # the bars it trained on, not the whole training range
+            window["train"] = trained
         extra = {"league": {"round": self.round, "category": cat.name,
-                            "lr_scale": cat.lr_scale, "data": self.data.describe()}}
+                            "lr_scale": cat.lr_scale, "seed": result["seed"],
+                            "data": self.data.describe()}, "window": window}
         try:
             entries = arc.add_population(self.archive, run_dir, members=kept,
                                          states=run.pop.members, founders=founders,
@@ -641,9 +837,13 @@ class Round:
         except arc.ArchiveError as e:
             print(f"warning: {cat.name}: nothing archived: {e}", file=sys.stderr)
             return
-        by_member = {e["source"]["member"]: e["id"] for e in entries}
+        by_member = {e["source"]["member"]: e for e in entries}
         for change in result["continued"]:
-            change["child"] = by_member.get(change["member"])
+            child = by_member.get(change["member"])
+            # `parent` is the model it continues; its archived parent is that, or a
+            # continuation of this round it is a PBT copy of
+            change["child"] = child and child["id"]
+            change["child_parent"] = child and child["parent"]
         result["archived"] = [e["id"] for e in entries]
         for e in entries:
             print(f"archived {e['id']}: {cat.name} member {e['source']['member']}, val score "
@@ -660,6 +860,18 @@ class Round:
                 for name in r["categories"]]
         dirs += [self.dir / name for name in self.results]
         return [x for d in dirs for x in validation_sharpes(d)]
+
+    def update_trials(self) -> int:
+        """Every archived model of the league gets as deflated-Sharpe trials every member
+        validation of the league so far (this round's included): the champion is chosen
+        among all of them after each round, so a model archived in an earlier round has
+        been compared with more candidates since. Returns the count."""
+        from jaxtrade import archive as arc
+
+        trials = self.earlier_trials()
+        for e in self.league_entries():
+            arc.set_selection_trials(self.archive, e["id"], trials)
+        return len(trials)
 
     # ------------------------------------------------------------------ the record
     def record(self) -> dict:
@@ -680,6 +892,7 @@ class Round:
             "archive": str(self.archive.path),
             "data": self.data.describe(),
             "planned_split": split(self.cats),
+            "trials": self.trials,
             "rollback": self.args.rollback,
             "categories": self.results,
             "champion": None if champion is None else {
@@ -849,11 +1062,11 @@ def main(argv: list[str] | None = None) -> int:
         cats = categories(args)
         rnd = Round(args, cats)
         rnd.prepare()
+        rnd.banner()
     except (cfgmod.ConfigError, DataError, UsageError, ckpt.CheckpointError,
             archive.ArchiveError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rnd.banner()
     rnd.league_dir.mkdir(parents=True, exist_ok=True)
     interrupted = None
     try:
@@ -884,6 +1097,12 @@ def main(argv: list[str] | None = None) -> int:
         if removed:
             print(f"pruned {len(removed)} model(s) from {rnd.archive.path}: "
                   f"{', '.join(removed)}")
+    if rnd.archive.exists():
+        try:
+            rnd.trials = rnd.update_trials()
+        except (archive.ArchiveError, ckpt.CheckpointError, OSError) as e:
+            print(f"warning: the league's models keep their earlier trial counts: {e}",
+                  file=sys.stderr)
     rec = rnd.record()
     with open(rnd.league_dir / RECORDS_FILE, "a") as f:
         f.write(json.dumps(rec) + "\n")
@@ -904,7 +1123,10 @@ def main(argv: list[str] | None = None) -> int:
     if rnd.status == "interrupted":
         print(f"interrupted ({interrupted}): round {rnd.round} recorded with what completed; "
               f"the next run of this command starts round {rnd.round + 1}")
-    return 1 if rnd.status == "failed" else 0
+    if rnd.status == "diverged":
+        print(f"round {rnd.round} stopped: a category diverged (see above); what completed "
+              f"before it stays archived", file=sys.stderr)
+    return 1 if rnd.status in ("failed", "diverged") else 0
 
 
 if __name__ == "__main__":
