@@ -1,8 +1,8 @@
 """`--walk-forward K` (`jaxtrade.walk_forward`, `jaxtrade.walk_forward_report`): no member reads
 a bar at or after its fold's start, in training or validation (bounds per member, and bars
 poisoned with NaN from each fold's start leave that member's training and validation bit
-for bit unchanged); the fold layout's arithmetic; a tiny run end to end and evaluate's
-concatenated report; one-line errors."""
+for bit unchanged); the fold layout's arithmetic; a tiny run end to end, its resume bit for
+bit, and evaluate's concatenated report; one-line errors."""
 
 import contextlib
 import io
@@ -214,6 +214,28 @@ def test_evaluate_reports_the_concatenated_folds(wf_run):
     assert "concatenated out-of-sample: 2011-04-01 .. 2011-07-15 (75 steps)" in out
     assert out.splitlines()[-1].startswith("wrote report.json, folds.csv, equity.csv, "
                                            "equity.png to ")
+
+
+def test_resume_is_bit_exact(wf_run, tmp_path):
+    """1 interval, then --resume for a second: the same records as 2 intervals at once (the
+    members' per-fold env params are rebuilt from the config, not saved)."""
+    run_dir, _, _ = wf_run
+    split = tmp_path / "split"
+    code, _, err = run_cli(population_run.main, [*WF, "--iterations", "1", "--run-dir", split,
+                                                 "-q"])
+    assert code == 0, err
+    code, out, err = run_cli(population_run.main, ["--run-dir", split, "--resume",
+                                                   "--iterations", "2", "-q"])
+    assert code == 0, err
+    code, _, err = run_cli(population_run.main, ["--run-dir", split, "--resume",
+                                                 "--iterations", "3", "--walk-forward", "2"])
+    assert code == 2 and "--walk-forward 2: the run was saved with 3 folds" in err
+
+    def lines(d):
+        return [json.loads(x) for x in
+                (d / population_run.POPULATION_FILE).read_text().splitlines()]
+
+    assert lines(split) == lines(run_dir)
 
 
 def test_evaluate_refuses_other_ranges(wf_run):
