@@ -10,7 +10,8 @@ their parameters, their data (each its own envs and RNG) and their runtime hyper
 
     init_population(trainer, key, n, hparams=None) -> Population
     continue_population(trainer, key, learned, hparams) -> Population   (trained models')
-    train_population(trainer, k) -> program(pop, env_params) -> (pop, metrics [k, N, ...])
+    train_population(trainer, k, env_axes=None) -> program(pop, env_params)
+        -> (pop, metrics [k, N, ...])   (env_axes: per-member env params, e.g. walk-forward)
     exploit_explore(pop, scores, healthy=None, ...) -> Population    (pure, jittable)
     close_interval(pop, scores, healthy=None) -> Population   (the bookkeeping alone)
     lineage_records(before, after, scores, steps_per_iteration) -> [dict]   (host)

@@ -23,6 +23,11 @@ A run directory holds, besides config.json, market.json and env.json:
 
 `--resume` continues from the latest checkpoint bit for bit (population.jsonl is cut back
 to it), with the flags changing its duration only.
+
+`--walk-forward K` (`jaxtrade.walk_forward`): K members, member k trained and validated on
+the bars before the k-th of K blocks of the test range (per-member start bounds, vmapped),
+the config's hyperparameters for all, no exploit/explore; walk_forward.json records the
+folds, and `python -m jaxtrade.evaluate` reports the concatenated out-of-sample folds.
 """
 
 from __future__ import annotations
