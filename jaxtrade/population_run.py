@@ -516,32 +516,26 @@ class PopulationRun:
         from jaxtrade.population import train_population
 
         if k not in self.compiled:
-            say = self.console.say
-            say(f"compiling {k} iteration(s) x {self.pbt.members} members per call...", end=" ",
-                flush=True)
-            t0 = time.perf_counter()
-            fn = train_population(self.trainer, k, self.env_axes)
-            self.compiled[k] = fn.lower(self.pop, self.env_params).compile()
-            self.compile_s += time.perf_counter() - t0
-            say(f"done in {time.perf_counter() - t0:.1f}s")
+            with self.console.timed(f"compiling {k} iteration(s) x {self.pbt.members} members "
+                                    f"per call") as timed:
+                fn = train_population(self.trainer, k, self.env_axes)
+                self.compiled[k] = fn.lower(self.pop, self.env_params).compile()
+            self.compile_s += timed.seconds
         return self.compiled[k]
 
     def compile_evaluation(self) -> None:
-        say = self.console.say
-        say("compiling evaluation...", end=" ", flush=True)
-        t0 = time.perf_counter()
-        like = self.take(self.pop.members.params, jnp.int32(0))
-        if self.pbt.folds:  # each member's on its fold's validation slice
-            from jaxtrade.walk_forward import make_fold_evaluators
+        with self.console.timed("compiling evaluation") as timed:
+            like = self.take(self.pop.members.params, jnp.int32(0))
+            if self.pbt.folds:  # each member's on its fold's validation slice
+                from jaxtrade.walk_forward import make_fold_evaluators
 
-            self.evaluator = make_fold_evaluators(
-                self.trainer.network, self.trainer.env, self.cfg.env, self.pbt.folds,
-                self.plan.market.bars_per_year, self.cfg.run.seed, like)
-        else:
-            self.evaluator = self.trainer.env.make_evaluator(
-                self.trainer.network, self.cfg.env, self.cfg.run.seed, like)
-        self.compile_s += time.perf_counter() - t0
-        say(f"done in {time.perf_counter() - t0:.1f}s")
+                self.evaluator = make_fold_evaluators(
+                    self.trainer.network, self.trainer.env, self.cfg.env, self.pbt.folds,
+                    self.plan.market.bars_per_year, self.cfg.run.seed, like)
+            else:
+                self.evaluator = self.trainer.env.make_evaluator(
+                    self.trainer.network, self.cfg.env, self.cfg.run.seed, like)
+        self.compile_s += timed.seconds
 
     # ------------------------------------------------------------------ one interval
     def evaluate(self, metrics) -> tuple[np.ndarray, list[dict], list[dict]]:

@@ -3,7 +3,10 @@ and waits that outlast a minute. Host-only; only the primary process prints."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import sys
+import time
 
 from jaxtrade.watchdog import format_seconds
 
@@ -35,6 +38,13 @@ class Progress:
             sys.stderr.flush()
 
 
+@dataclasses.dataclass
+class Timed:
+    """What `Console.timed` measured: the block's seconds, once it has ended."""
+
+    seconds: float = 0.0
+
+
 class Console:
     """stdout for the run's story, stderr for warnings and waits; silent off the primary
     process and at verbosity 0 (warnings still print on the primary)."""
@@ -50,6 +60,17 @@ class Console:
         if self.verbosity > 0:
             print(*parts, end=end, **kw)
             self.partial_line = not end.endswith("\n")
+
+    @contextlib.contextmanager
+    def timed(self, label: str):
+        """Says "`label`...", runs the block, then says "done in X.Xs" on the same line;
+        yields a `Timed` that holds the block's seconds after it (a compile's, to add to a
+        run's compile time)."""
+        self.say(f"{label}...", end=" ", flush=True)
+        timed, t0 = Timed(), time.perf_counter()
+        yield timed
+        timed.seconds = time.perf_counter() - t0
+        self.say(f"done in {timed.seconds:.1f}s")
 
     def line(self, text: str) -> None:
         """A line that interrupts the progress bar (log lines, saves)."""

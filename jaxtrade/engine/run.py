@@ -710,27 +710,20 @@ class Session:
     def program(self, k: int):
         """The program of k iterations per call, compiled on first use."""
         if k not in self.compiled:
-            say = self.console.say
-            say(f"compiling {k} iteration(s) per call...", end=" ", flush=True)
-            t0 = time.perf_counter()
-            with self.watchdog.waiting(f"compiling the training program ({k} iteration(s) "
-                                       f"per call)"):
+            with (self.console.timed(f"compiling {k} iteration(s) per call") as timed,
+                  self.watchdog.waiting(f"compiling the training program ({k} iteration(s) "
+                                        f"per call)")):
                 self.compiled[k] = self.trainer.compile(self.state, k)
-            dt_s = time.perf_counter() - t0
-            self.compile_s += dt_s
-            say(f"done in {dt_s:.1f}s")
+            self.compile_s += timed.seconds
         return self.compiled[k]
 
     def compile_evaluation(self) -> None:
         """The env's validation evaluation (`Environment.make_evaluator`), compiled once."""
-        say = self.console.say
-        say("compiling evaluation...", end=" ", flush=True)
-        t0 = time.perf_counter()
-        with self.watchdog.waiting("compiling the evaluation"):
+        with (self.console.timed("compiling evaluation") as timed,
+              self.watchdog.waiting("compiling the evaluation")):
             self.evaluator = self.trainer.env.make_evaluator(
                 self.trainer.network, self.cfg.env, self.cfg.run.seed, self.state.params)
-        self.compile_s += time.perf_counter() - t0
-        say(f"done in {time.perf_counter() - t0:.1f}s")
+        self.compile_s += timed.seconds
 
     def call(self, k: int) -> list[dict]:
         """k iterations in one compiled call -> their metrics rows; a non-finite value ends
