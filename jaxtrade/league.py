@@ -123,8 +123,6 @@ DEFAULTS = (Category("explorers", 15, 1_500_000, 1.0),
 def build_parser() -> argparse.ArgumentParser:
     """`jaxtrade.train`'s flags (the config of every category) with the PBT and league
     flags."""
-    from jaxtrade.population import FRACTION
-
     p = train.build_parser()
     p.prog = "python -m jaxtrade.league"
     p.description = ("One round of the league: explorers (new models), refiners (the best "
@@ -132,12 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "gently), each trained as a population; the archive is updated and the "
                      "round summarised.")
     g = p.add_argument_group("population-based training (within each category)")
-    g.add_argument("--pbt-interval", type=int, metavar="T",
-                   help=f"timesteps per member between exploit/explore steps "
-                        f"[{population_run.DEFAULT_INTERVAL:,}]")
-    g.add_argument("--pbt-fraction", type=float, metavar="F",
-                   help=f"the bottom F of a category's members take copies of the top F "
-                        f"[{FRACTION}]")
+    population_run.add_pbt_flags(g, "a category's members")
     g = p.add_argument_group("the league")
     g.add_argument("--league-dir", metavar="DIR", default=DEFAULT_DIR,
                    help=f"the league's records and round directories [{DEFAULT_DIR}]")

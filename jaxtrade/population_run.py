@@ -81,10 +81,21 @@ class PbtSettings:
         return {**out, "walk_forward": self.walk_forward} if self.walk_forward else out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """`jaxtrade.train`'s parser with the population's flags."""
+def add_pbt_flags(group, members: str) -> None:
+    """--pbt-interval and --pbt-fraction, on an argparse group (the population's and the
+    league's, whose `members` are "a category's members")."""
     from jaxtrade.population import FRACTION
 
+    group.add_argument("--pbt-interval", type=int, metavar="T",
+                       help=f"timesteps per member between exploit/explore steps, rounded to "
+                            f"whole iterations [{DEFAULT_INTERVAL:,}]")
+    group.add_argument("--pbt-fraction", type=float, metavar="F",
+                       help=f"the bottom F of {members} take copies of the top F, in (0, 0.5] "
+                            f"[{FRACTION}]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`jaxtrade.train`'s parser with the population's flags."""
     p = train.build_parser()
     p.prog = "python -m jaxtrade.population"
     p.description = ("Train a population of PPO trading agents in one compiled program with "
@@ -94,12 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--population", type=int, metavar="N",
                    help=f"members, each with its own weights, envs and hyperparameters "
                         f"[{DEFAULT_MEMBERS}]")
-    g.add_argument("--pbt-interval", type=int, metavar="T",
-                   help=f"timesteps per member between exploit/explore steps, rounded to whole "
-                        f"iterations [{DEFAULT_INTERVAL:,}]")
-    g.add_argument("--pbt-fraction", type=float, metavar="F",
-                   help=f"the bottom F of members take copies of the top F, in (0, 0.5] "
-                        f"[{FRACTION}]")
+    add_pbt_flags(g, "members")
     g.add_argument("--walk-forward", type=int, metavar="K",
                    help="K time folds as K members: member k trains and validates on the bars "
                         "before fold k (the k-th of K blocks of the test range) and never "
