@@ -12,6 +12,12 @@ gradient every device applies is the mean over all envs. A single CPU is the
 Several hosts join through `jax.distributed` (`initialize`); every process then
 runs the same program on its own devices, each holding its slice of the envs.
 
+A population (`jaxtrade.population`) runs on a 2-D mesh (`population_mesh`): axis
+`MEMBERS` splits the member axis into groups, axis `AXIS` splits each member's envs, so
+G groups x D/G devices place N members x n_envs envs (N/G members per device row, each
+member's envs over its row's D/G devices). Members never exchange data while they train
+(their gradients reduce over `AXIS` only); exploit/explore copies between them.
+
 Host-only helpers; nothing here runs under `jit` except through `constrain`.
 """
 
@@ -25,6 +31,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 AXIS = "data"  # the mesh axis envs are split over
+MEMBERS = "members"  # a population's mesh axis its members are split over
 
 # Environment variables `jax.distributed.initialize` reads when no flag is given.
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
@@ -138,6 +145,39 @@ def make_mesh(n_devices: int | None = None, devices: Sequence[jax.Device] | None
     return Mesh(np.array(devices), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def population_mesh(groups: int, n_devices: int | None = None,
+                    devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The 2-D mesh (`MEMBERS`, `AXIS`) of a population: `groups` rows of member groups,
+    each row's devices splitting its members' envs.
+
+    Raises:
+        ParallelError: `groups` does not divide the device count.
+    """
+    devices = list(devices) if devices is not None else select_devices(n_devices)
+    if groups < 1 or len(devices) % groups:
+        raise ParallelError(f"{groups} member group(s) cannot share {len(devices)} device(s) "
+                            f"equally: the groups must divide the devices")
+    grid = np.array(devices).reshape(groups, len(devices) // groups)
+    return Mesh(grid, (MEMBERS, AXIS), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def data_size(mesh: Mesh) -> int:
+    """Devices one run's (one member's) envs are split over: the size of axis `AXIS`."""
+    return int(mesh.shape[AXIS])
+
+
+def member_groups(mesh: Mesh) -> int:
+    """Groups a population's members are split into (1 on a single run's 1-D mesh)."""
+    return int(mesh.shape.get(MEMBERS, 1))
+
+
+def members_sharding(mesh: Mesh, single: NamedSharding | None = None) -> NamedSharding:
+    """A population leaf `[N, ...]`: its member axis split over `MEMBERS`, the rest placed
+    as a single run's leaf (`single`, default replicated) is placed within a group."""
+    spec = () if single is None else tuple(single.spec)
+    return NamedSharding(mesh, PartitionSpec(MEMBERS, *spec))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """Every device holds the whole array (params, optimizer states, market data)."""
     return NamedSharding(mesh, PartitionSpec())
@@ -216,8 +256,15 @@ def barrier(name: str) -> None:
 
 
 def describe(mesh: Mesh) -> str:
-    """E.g. "4 x cpu (1 process)" or "16 x NVIDIA H100 80GB HBM3 (2 processes)"."""
+    """E.g. "4 x cpu (1 process)" or "16 x NVIDIA H100 80GB HBM3 (2 processes)"; a
+    population's 2-D mesh adds its shape, e.g. "4 x cpu (1 process) as 2 member groups x
+    2 env shards"."""
     devices = mesh.devices.reshape(-1)
     n_proc = len({d.process_index for d in devices})
-    return (f"{len(devices)} x {devices[0].device_kind} "
+    text = (f"{len(devices)} x {devices[0].device_kind} "
             f"({n_proc} process{'es' if n_proc > 1 else ''})")
+    if MEMBERS in mesh.shape and len(devices) > 1:
+        g, d = member_groups(mesh), data_size(mesh)
+        text += (f" as {g} member group{'s' if g > 1 else ''} x {d} env "
+                 f"shard{'s' if d > 1 else ''}")
+    return text

@@ -20,12 +20,20 @@ their parameters, their data (each its own envs and RNG) and their runtime hyper
 scans) over the member axis, with the env params shared (`in_axes=None`: one copy of the
 market for all members), inside a `lax.scan` over k iterations, in one `jit` that donates
 the population. Member i of the population program computes what `trainer.run` computes
-from member i's state alone (a test checks it to float tolerance). On a 1-device mesh the
-trainer's sharding constraints are no-ops (`jaxtrade.parallel.constrain`), so the vmap
-needs nothing from the trainer. Every array of a population is placed replicated on the
-trainer's mesh, by `init_population` and as the output of both programs: jit keys its
-cache on input placements, so a population that came back placed otherwise would trace
-the program again. A 2-D mesh (population x data) is later work.
+from member i's state alone (a test checks it to float tolerance).
+
+Devices. A trainer built on a population's 2-D mesh (`jaxtrade.parallel.population_mesh`:
+G member groups x D/G env shards) places the population with `shardings`: every member
+leaf splits its member axis over the groups and, where the single run splits its env
+axis (the carry), that axis over the group's devices; the PBT key and the bookkeeping
+are replicated. The vmap names the member axis (`spmd_axis_name`), so the trainer's own
+sharding constraints (`jaxtrade.parallel.constrain`, env axis over `AXIS`) become
+(member, env) constraints: each member trains on its group's devices, its gradients
+reduced over its env shards only. On one device, or on a single run's 1-D mesh, every
+array is replicated and the constraints are no-ops. The placement is applied by
+`init_population`, `continue_population` and as the output of every program here: jit
+keys its cache on input placements, so a population that came back placed otherwise
+would trace the program again.
 
 Between intervals the host scores every member on the validation data (never test) and
 calls `exploit_explore`, jitted once (`make_exploit_explore`); neither program recompiles
@@ -240,7 +248,24 @@ def init_population(trainer: Trainer, key: jax.Array, n: int,
         next_id=fresh(np.int32(n)),
         interval=fresh(np.int32(0)),
     )
-    return jax.device_put(pop, parallel.replicated(trainer.mesh))
+    return jax.device_put(pop, shardings(trainer))
+
+
+def shardings(trainer: Trainer) -> Population:
+    """Where each array of a population lives on `trainer.mesh` (module docstring: member
+    leaves split over the member groups, the rest replicated; everything replicated on one
+    device or a 1-D mesh): a `Population` of shardings, for `jax.device_put` and
+    `out_shardings`. Also right for a population in saved form (raw key data)."""
+    mesh = trainer.mesh
+    whole = parallel.replicated(mesh)
+    if mesh.size == 1 or parallel.MEMBERS not in mesh.shape:
+        members = jax.tree.map(lambda _: whole, trainer.state_shardings)
+    else:
+        members = jax.tree.map(lambda s: parallel.members_sharding(mesh, s),
+                               trainer.state_shardings)
+    return Population(members=members, key=whole, ids=whole, parents=whole, generation=whole,
+                      copies=whole, replaced=whole, source=whole, nonfinite=whole,
+                      next_id=whole, interval=whole)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
@@ -267,15 +292,21 @@ def train_population(trainer: Trainer, k: int, env_axes=None
     (the trainer's per-iteration metrics, per member); `pop` is donated. Build it once
     per k: each call of this function is a new program (and a new trace).
     """
-    step = jax.vmap(trainer.iterate, in_axes=(0, env_axes))
+    grouped = parallel.MEMBERS in trainer.mesh.shape
+    step = jax.vmap(trainer.iterate, in_axes=(0, env_axes),
+                    spmd_axis_name=parallel.MEMBERS if grouped else None)
 
     def program(pop: Population, env_params) -> tuple[Population, dict]:
         members, metrics = jax.lax.scan(lambda s, _: step(s, env_params), pop.members, None,
                                         length=k)
         return pop.replace(members=members), metrics
 
-    return jax.jit(program, donate_argnums=0,
-                   out_shardings=parallel.replicated(trainer.mesh))
+    # Metrics [k, N, ...] stay on their members' devices (the host fetches them): nothing
+    # crosses between member groups while they train.
+    metrics_at = (jax.sharding.NamedSharding(trainer.mesh, jax.sharding.PartitionSpec(
+        None, parallel.MEMBERS)) if grouped and trainer.mesh.size > 1
+        else parallel.replicated(trainer.mesh))
+    return jax.jit(program, donate_argnums=0, out_shardings=(shardings(trainer), metrics_at))
 
 
 def finite_members(metrics: dict) -> jax.Array:
@@ -401,7 +432,7 @@ def continue_population(trainer: Trainer, key: jax.Array, learned: Mapping[str, 
     parts = ("params", "actor_opt", "critic_opt")
     n = jax.tree.leaves(learned["params"])[0].shape[0]
     pop = init_population(trainer, key, n, hparams=hparams)
-    whole = parallel.replicated(trainer.mesh)
+    placed = shardings(trainer).members
     members = pop.members
     for part in parts:
         fresh = getattr(members, part)
@@ -412,7 +443,8 @@ def continue_population(trainer: Trainer, key: jax.Array, learned: Mapping[str, 
                                  f"population has {tuple(f.shape)}")
         # own buffers (numpy -> device): the population program donates them
         members = members.replace(**{part: jax.tree.map(
-            lambda g, f: jax.device_put(np.array(g, dtype=f.dtype), whole), given, fresh)})
+            lambda g, f, where: jax.device_put(np.array(g, dtype=f.dtype), where), given, fresh,
+            getattr(placed, part))})
     return pop.replace(members=members)
 
 
@@ -432,15 +464,19 @@ def close_interval(pop: Population, scores: jax.Array, healthy: jax.Array | None
 def make_exploit_explore(fraction: float = FRACTION, perturb: Sequence[float] = PERTURB,
                          resample_prob: float = RESAMPLE_PROB,
                          bounds: Mapping[str, tuple[float, float]] = BOUNDS,
-                         mesh: jax.sharding.Mesh | None = None) -> Callable:
+                         mesh: jax.sharding.Mesh | None = None,
+                         placement: Population | None = None) -> Callable:
     """`exploit_explore` with these settings, jitted: `fn(pop, scores, healthy=None)`.
-    Build it once per run; it compiles once for a population size. Pass the trainer's
-    mesh so that its output is placed as `train_population`'s (whose next call would
-    otherwise trace again for the other placement)."""
+    Build it once per run; it compiles once for a population size. Pass the population's
+    `placement` (`shardings(trainer)`), or on one device the trainer's `mesh`, so that its
+    output is placed as `train_population`'s (whose next call would otherwise trace again
+    for the other placement)."""
+    out = placement if placement is not None else (
+        None if mesh is None else parallel.replicated(mesh))
     return jax.jit(functools.partial(exploit_explore, fraction=fraction,
                                      perturb=tuple(perturb), resample_prob=resample_prob,
                                      bounds=dict(bounds)),
-                   out_shardings=None if mesh is None else parallel.replicated(mesh))
+                   out_shardings=out)
 
 
 def _number(x: float) -> float | None:

@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "before fold k (the k-th of K blocks of the test range) and never "
                         "reads a later bar; no exploit/explore. python -m jaxtrade.evaluate "
                         "reports the concatenated out-of-sample folds [off]")
+    g.add_argument("--member-groups", type=int, metavar="G",
+                   help="on several devices: split the members into G groups, each on D/G of "
+                        "the D devices, which split its members' envs (a 2-D mesh, members x "
+                        "envs); G divides the members and the devices [the largest such G: "
+                        "gcd(members, devices)]")
     g.add_argument("--archive", nargs="?", const="ckpt/archive", metavar="DIR",
                    help="when the run completes, add its final members to the model archive "
                         "DIR (`python -m jaxtrade.archive`; its prune command keeps the best) "
@@ -143,9 +148,9 @@ def check_flags(args: argparse.Namespace) -> None:
                       ("early_stop", "not supported by a population run")):
         if getattr(args, name, None) is not None:
             raise UsageError(f"--{name.replace('_', '-')}: {why}")
-    if args.devices is not None and args.devices != 1:
-        raise UsageError(f"--devices {args.devices}: a population runs on one device for now "
-                         f"(its members share it)")
+    groups = getattr(args, "member_groups", None)
+    if groups is not None and groups < 1:
+        raise UsageError(f"--member-groups must be at least 1, got {groups}")
     if args.population is not None and args.population < 1:
         raise UsageError(f"--population must be at least 1, got {args.population}")
     if args.pbt_interval is not None and args.pbt_interval < 1:
@@ -207,8 +212,7 @@ def pbt_settings(args: argparse.Namespace, steps_per_iter: int,
                          + (f"{saved.walk_forward} folds" if saved.walk_forward else
                             "no walk-forward folds") + "; a resume keeps them")
     walk_forward = k if k is not None else saved.walk_forward if saved else 0
-    members = (walk_forward or (args.population if args.population is not None
-                                else saved.members if saved else DEFAULT_MEMBERS))
+    members = member_count(args, saved)
     if args.pbt_interval is not None:
         interval = max(1, round(args.pbt_interval / steps_per_iter))
     elif saved is not None:
@@ -218,6 +222,29 @@ def pbt_settings(args: argparse.Namespace, steps_per_iter: int,
     fraction = (args.pbt_fraction if args.pbt_fraction is not None
                 else saved.fraction if saved else FRACTION)
     return PbtSettings(members, interval, fraction, walk_forward)
+
+
+def member_count(args: argparse.Namespace, saved: PbtSettings | None) -> int:
+    """N: --walk-forward's folds, else --population, else the saved run's, else the
+    default."""
+    k = getattr(args, "walk_forward", None)
+    walk_forward = k if k is not None else saved.walk_forward if saved else 0
+    return walk_forward or (args.population if args.population is not None
+                            else saved.members if saved else DEFAULT_MEMBERS)
+
+
+def layout(args: argparse.Namespace, members: int) -> tuple[list, int]:
+    """(the run's devices, G member groups): --devices (default all) and --member-groups
+    (default gcd(members, devices)), refused in one line where G divides not both."""
+    devices = parallel.select_devices(args.devices)
+    n = len(devices)
+    groups = getattr(args, "member_groups", None)
+    if groups is None:
+        return devices, math.gcd(members, n)
+    if n % groups or members % groups:
+        raise UsageError(f"--member-groups {groups} must divide both the {members} members "
+                         f"and the {n} device(s)")
+    return devices, groups
 
 
 def plan(args: argparse.Namespace):
@@ -251,8 +278,14 @@ def plan(args: argparse.Namespace):
         resume=False, run_dir=args.run_dir, checkpoint=None, weights_only=False,
         name=Path(args.config).stem if args.config else (args.preset or None),
         new_config=new_config, from_saved=lambda base, keep: base, flag_of=train.FLAG_OF)
-    options = engine.RunOptions(devices=1, max_vram_gb=args.max_vram, preset=args.preset)
+    # The members' groups: each group's devices split its members' envs, so n_envs is
+    # planned and sized as one run's on D/G devices, whose memory N/G members share.
+    members = member_count(args, saved_pbt)
+    devices, groups = layout(args, members)
+    options = engine.RunOptions(devices=len(devices) // groups, max_vram_gb=args.max_vram,
+                                preset=args.preset, members_per_device=members // groups)
     p = engine.prepare(request, options)
+    p = dataclasses.replace(p, mesh=parallel.population_mesh(groups, devices=devices))
     check_config(p.cfg)
     if (reason := p.env.validation_unavailable()) is not None:
         raise UsageError(f"PBT scores members on the validation data, but {reason}; give it "
@@ -313,9 +346,9 @@ def _saveable(pop):
 
 
 def abstract_population(trainer, n: int):
-    """Shapes, dtypes and placement (replicated on the trainer's mesh) of an n-member
-    population in saved form: the restore target."""
-    from jaxtrade.population import Population
+    """Shapes, dtypes and placement (`population.shardings` on the trainer's mesh) of an
+    n-member population in saved form: the restore target."""
+    from jaxtrade.population import Population, shardings
 
     def build(key):
         members = jax.vmap(trainer.init, in_axes=(0, None))(jax.random.split(key, n),
@@ -327,9 +360,8 @@ def abstract_population(trainer, n: int):
             next_id=jnp.int32(0), interval=jnp.int32(0)))
 
     shapes = jax.eval_shape(build, jax.random.key(0))
-    whole = parallel.replicated(trainer.mesh)
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=whole),
-                        shapes)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        shapes, shardings(trainer))
 
 
 class PopulationCheckpoints:
@@ -379,7 +411,9 @@ class PopulationCheckpoints:
         pop = pop.replace(key=jax.random.wrap_key_data(pop.key, impl=impl),
                           members=pop.members.replace(
                               rng=jax.random.wrap_key_data(pop.members.rng, impl=impl)))
-        return jax.device_put(pop, parallel.replicated(trainer.mesh)), meta
+        from jaxtrade.population import shardings
+
+        return jax.device_put(pop, shardings(trainer)), meta
 
     def close(self) -> None:
         if self._manager is not None:
@@ -444,7 +478,7 @@ class PopulationRun:
     # ------------------------------------------------------------------ start
     def build(self) -> None:
         """Trainer, evaluator and the population: restored, or N founders."""
-        from jaxtrade.population import init_population, make_exploit_explore
+        from jaxtrade.population import init_population, make_exploit_explore, shardings
         from jaxtrade.trainer import make_train
 
         p, say = self.plan, self.console.say
@@ -484,7 +518,9 @@ class PopulationRun:
                                        hparams={} if self.pbt.folds else None,
                                        env_params=self.env_params, env_axes=self.env_axes)
             self.done = 0
-        self.exploit_explore = make_exploit_explore(self.pbt.fraction, mesh=p.mesh)
+        self.placement = shardings(self.trainer)
+        self.exploit_explore = make_exploit_explore(self.pbt.fraction,
+                                                    placement=self.placement)
         whole = parallel.replicated(p.mesh)
         self.take = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree),
                             out_shardings=whole)
@@ -593,7 +629,7 @@ class PopulationRun:
             self.pop = self.exploit_explore(before, jnp.asarray(scores), healthy)
         else:
             self.pop = jax.device_put(close_interval(before, jnp.asarray(scores), healthy),
-                                      parallel.replicated(self.plan.mesh))
+                                      self.placement)
         records = lineage_records(before, self.pop, scores, self.steps)
         for rec, val, row in zip(records, vals, rows, strict=True):
             rec["val"] = {key: (_number(v) if isinstance(v, float) else v)
@@ -738,10 +774,11 @@ def print_population_banner(p, pbt: PbtSettings, console) -> None:
     say, pc = console.say, p.cfg.ppo
     q = quantile_size(pbt.members, pbt.fraction)
     n_intervals = math.ceil(p.total_iters / pbt.interval)
+    shared = pbt.members // parallel.member_groups(p.mesh)  # members per device
     say(f"population: {pbt.members} members x {pc.n_envs:,} envs = "
         f"{pbt.members * pc.n_envs:,} envs in one program on {parallel.describe(p.mesh)}; "
-        f"memory about {memory.format_bytes(pbt.members * p.sizing.estimate.per_device_bytes)}"
-        f" ({pbt.members} x the estimate above)")
+        f"memory about {memory.format_bytes(shared * p.sizing.estimate.per_device_bytes)}"
+        f" per device ({shared} member{'s' if shared > 1 else ''} x the estimate above)")
     if pbt.fold_record is not None:
         from jaxtrade.walk_forward import banner_lines
 

@@ -318,7 +318,7 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
     pc = config.ppo
     n_envs, n_steps = pc.n_envs, pc.n_steps
     mesh = mesh if mesh is not None else parallel.make_mesh()
-    if (problem := batch_problem(config, mesh.size)) is not None:
+    if (problem := batch_problem(config, parallel.data_size(mesh))) is not None:
         raise ConfigError(f"invalid config: {problem}")
     env = make_env(config.env.name, market)
     env_params = parallel.put_replicated(

@@ -60,7 +60,7 @@ SHARED_FIXTURE_FILES = (
 # 2026-12-01; the first is the shared fixtures' files).
 SLOW_FIRST = (
     "shared session fixtures", "tests/test_train_startup.py", "tests/test_parallel.py",
-    "tests/test_trainer.py",
+    "tests/test_population_mesh.py", "tests/test_trainer.py",
     "tests/test_memory.py", "tests/test_worlds_run.py", "tests/test_train.py",
     "tests/test_population_run.py", "tests/test_population.py",
 )

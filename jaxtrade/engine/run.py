@@ -63,6 +63,7 @@ class RunOptions:
     eval_every_given: bool = False  # --eval-every was given (a bad one is an error)
     on_mismatch: str | None = None  # --on-mismatch for checkpoints of another architecture
     lr_multiplier: float | None = None  # --lr-multiplier (already in the config; for the log)
+    members_per_device: int = 1  # a population's members sharing each device's memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +120,8 @@ def prepare(request: StartRequest, options: RunOptions) -> Plan:
     env = make_env(cfg.env.name, market)  # the name was checked by the config's rule
     eval_every = eval_interval(cfg, env, given=options.eval_every_given)
     sizing = size_n_envs(cfg, env, n_devices, max_vram, given=start.n_envs_given,
-                         fixed=start.mode in ("resume", "checkpoint"))
+                         fixed=start.mode in ("resume", "checkpoint"),
+                         share=options.members_per_device)
     cfg = sizing.cfg  # validated when planned; sizing keeps n_envs a valid multiple
     run_dir = Path(cfg.run.run_dir)
     if start.mode != "resume":
@@ -156,7 +158,7 @@ def first_phase(plan: Plan):
     record = (source.meta.get("schedule") or {}) if source is not None else {}
     if plan.start.mode == "resume" and record.get("ends"):  # where the resumed run goes on
         first = schedule.phase_index(record["ends"], source.step * plan.steps_per_iter)
-    shown, applied, _ = schedule.phase_config(sched, cfg, first, plan.mesh.size)
+    shown, applied, _ = schedule.phase_config(sched, cfg, first, parallel.data_size(plan.mesh))
     if not applied:
         return cfg, plan.network, ""
     return shown, build_network(shown, plan.env), f" (phase {sched.phases[first].name!r})"
@@ -169,7 +171,7 @@ def print_banner(plan: Plan, console: Console) -> None:
     from jaxtrade.trainer import count_network_params
 
     cfg, env, market, sizing, say = plan.cfg, plan.env, plan.market, plan.sizing, console.say
-    pc, n_devices = cfg.ppo, plan.mesh.size
+    pc, n_devices = cfg.ppo, parallel.data_size(plan.mesh)  # one run's (member's) devices
     say(f"jaxtrade {__version__} | jax {jax.__version__} | {parallel.describe(plan.mesh)}, "
         f"{jax.default_backend()} | precision {np.dtype(plan.network.dtype).name}")
     if (worlds := market.worlds) is not None:
@@ -209,7 +211,7 @@ def print_banner(plan: Plan, console: Console) -> None:
         from jaxtrade import schedule
 
         for line in schedule.load(cfg.run.schedule).describe(
-                cfg, plan.mesh.size, cfg.run.schedule_scale, plan.total_iters):
+                cfg, n_devices, cfg.run.schedule_scale, plan.total_iters):
             say(line)
     if plan.eval_every:
         say(f"eval: {env.describe_evaluation(cfg.env)} every {plan.eval_every} iterations and "

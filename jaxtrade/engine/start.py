@@ -195,13 +195,14 @@ class Sizing:
 
 def size_n_envs(
     cfg: cfgmod.Config, env, n_devices: int, max_vram_gb: float | None, *, given: bool,
-    fixed: bool,
+    fixed: bool, share: int = 1,
 ) -> Sizing:
     """The largest n_envs up to `cfg`'s that fits the memory budget, per `jaxtrade.memory`.
 
     `given`: the user asked for this n_envs (it is capped with a warning, not silently);
     `fixed`: it cannot change (a resumed state holds that many envs), so a run that does
-    not fit only gets a warning.
+    not fit only gets a warning. `share`: runs sharing each device (a population's
+    members per device), each sized to 1/share of the budget.
 
     Raises:
         UsageError: not even the smallest valid n_envs fits.
@@ -210,6 +211,9 @@ def size_n_envs(
 
     budget, source = memory.device_budget(max_vram_gb)
     budget = parallel.min_over_processes(budget)  # hosts may differ; all must agree
+    if share > 1:
+        budget //= share
+        source = f"{source}, a 1/{share} share: {share} members per device"
     est = memory.estimate(cfg, env, n_devices)
     fmt = memory.format_bytes
     n = cfg.ppo.n_envs

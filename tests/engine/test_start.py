@@ -37,6 +37,13 @@ def test_memory_budget_caps_n_envs_or_refuses(small_market):
     assert fits.cfg is cfg and fits.warning is None and fits.note is None
     with pytest.raises(UsageError, match="not even n_envs=2 fits"):
         engine.size_n_envs(cfg, env, 1, 1e-6, given=True, fixed=False)
+    # A population's 4 members per device: each member sized to a quarter of the budget
+    # 4x that of the first run, so the same n_envs, and the budget line says why.
+    shared = engine.size_n_envs(cfg, env, 1, 4 * gb, given=True, fixed=False, share=4)
+    assert shared.cfg.ppo.n_envs == n and abs(shared.budget - asked.budget) <= 4
+    assert shared.budget_source.endswith("a 1/4 share: 4 members per device")
+    whole = engine.size_n_envs(cfg, env, 1, 4 * gb, given=True, fixed=False)
+    assert whole.cfg.ppo.n_envs > n
 
 
 class _Env:
