@@ -47,7 +47,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -517,7 +517,9 @@ def add_population(archive: Archive, run_dir: str | os.PathLike,
                    members: Sequence[Mapping[str, Any]] | None = None,
                    states: Any = None, founders: Mapping[int, Mapping[str, Any]] | None = None,
                    extra: Mapping[str, Any] | None = None,
-                   earlier_trials: Sequence[float | None] = ()) -> list[dict]:
+                   earlier_trials: Sequence[float | None] = (),
+                   extra_of: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+                   ) -> list[dict]:
     """Archives members of the population run in `run_dir` (`python -m
     jaxtrade.population`), each as a single run's checkpoint that `load_policy` and
     `--checkpoint` read.
@@ -543,6 +545,8 @@ def add_population(archive: Archive, run_dir: str | os.PathLike,
       earlier_trials: validation Sharpe ratios of candidates compared before this run
         (a league's earlier populations): trials of every member's deflated Sharpe, as
         this run's validations are.
+      extra_of: `extra_of(m)`: fields added to member m's entry (m: its population.jsonl
+        record), after `extra`'s (e.g. the assets its slot trained on).
 
     Returns: the entries added, in the order of `members`. A member's parent is the
     archived model of its parent member in this run, if there is one (else, see
@@ -642,6 +646,7 @@ def add_population(archive: Archive, run_dir: str | os.PathLike,
                        "iteration": iteration, "interval": m["interval"], "slot": m["slot"],
                        "member": m["id"], "parent_member": m["parent"]},
             **(extra or {}),
+            **(extra_of(m) if extra_of is not None else {}),
         }
 
         def fill(model_dir: Path, state=state, iteration=iteration, meta=meta) -> None:

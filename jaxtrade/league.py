@@ -57,6 +57,29 @@ Data each round (`RoundData`):
 The validation range (worlds) is the same every round, so scores compare across rounds
 as long as the data flags stay the same (the rollback and the trend assume it).
 
+Asset subsets (`--explorer-assets K`; the portfolio env on a market with dates, the set
+encoder): each explorer trains on its own K of the market's A assets, a uniformly random
+K drawn per member from the category's seed (`asset_subsets`). Every category of the
+round then reads the market with an asset mask (`Market.with_all_assets`: a flag per
+asset in the observation, which the set encoder pools by), so that a refiner's
+observation is shaped as the explorer's it continues; an explorer's env params carry its
+own mask, `market.asset_mask` [N, T, A] vmapped over members (`subset_params`, the
+members' `env_axes`; prices and features stay one shared copy), so the regimes never
+weigh an asset outside its subset and its observation flags those as absent. A PBT copy
+keeps its slot's envs and so its slot's assets. Refiners and the champion train on every
+asset (an all-true mask). Every member, an explorer too, is validated on every asset:
+the archive ranks all the league's models by one score (refiners and the champion are
+chosen by it, the rollback compares a continuation with its parent by it, the deflated
+Sharpe counts those validations as trials), and a model is continued and deployed on the
+whole universe, so the score to choose by is the one on it; a score on an explorer's own
+subset would compare K assets with A. league.jsonl records K (`explorer_assets`) and per
+category the symbols of each slot (`assets`), an archived entry its slot's as
+`league.assets`. A later round without the flag still reads the market with asset flags
+when a model it continues was archived with them. Refused in one line: procedural worlds
+(each world draws its own assets), other envs, the flat encoder (it reads every asset's
+features, those outside a subset too), K outside [1, A - 1], and a model archived
+without asset flags continued in a round with them (its observation is narrower).
+
 A league directory (--league-dir, default ckpt/league) holds
 
     league.jsonl             one record per round: settings, data window, per category
@@ -162,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
                         f"validation is not archived (its parent stays) [{DEFAULT_ROLLBACK}]")
     g.add_argument("--keep", type=int, metavar="K",
                    help="after the round, keep the K best models of the archive [all]")
+    g.add_argument("--explorer-assets", type=int, metavar="K",
+                   help="each explorer trains on its own random K of the market's assets "
+                        "(drawn from the category's seed); refiners and the champion on all "
+                        "of them; every member is validated on all of them (the portfolio "
+                        "env on a market with dates, --encoder set) [all assets]")
     return p
 
 
@@ -238,6 +266,8 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UsageError(f"--rollback must be in [0, 1), got {args.rollback}")
     if args.keep is not None and args.keep < 1:
         raise UsageError(f"--keep must be at least 1, got {args.keep}")
+    if args.explorer_assets is not None and args.explorer_assets < 1:
+        raise UsageError(f"--explorer-assets must be at least 1, got {args.explorer_assets}")
 
 
 def split(cats: Sequence[Category]) -> dict[str, float]:
@@ -476,6 +506,95 @@ class RoundData:
         return fn
 
 
+# --------------------------------------------------------------------- asset subsets
+SUBSET_STREAM = 0x5E7  # folded into the category seed's key: the explorers' asset draws
+
+
+def check_subsets(cfg, market, k: int) -> None:
+    """Refuses `--explorer-assets k` where a member's subset cannot mean what it says, in
+    one line: procedural worlds (each world draws its own assets), an env other than the
+    portfolio env (the funding env's one instrument), the flat encoder (it reads every
+    asset's features, those outside the subset too, and ties each input to an asset's
+    position), and k outside [1, A - 1] for `market`'s A assets."""
+    if cfg.data.market == "worlds":
+        raise UsageError("--explorer-assets: procedural worlds draw their own assets world "
+                         "by world; asset subsets need a market with dates (--market fixed "
+                         "or --data)")
+    if cfg.env.name != "portfolio":
+        raise UsageError(f"--explorer-assets: the {cfg.env.name} env has no universe of "
+                         f"assets to draw from; subsets need the portfolio env")
+    if cfg.network.encoder != "set":
+        raise UsageError(f"--explorer-assets needs --encoder set: the {cfg.network.encoder} "
+                         f"encoder reads every asset's features, those outside a member's "
+                         f"subset too (the set encoder pools over the assets that exist)")
+    n_assets = market.n_assets
+    if not 1 <= k < n_assets:
+        raise UsageError(f"--explorer-assets {k}: the market has {n_assets} assets; choose "
+                         f"K from 1 to {n_assets - 1} (all {n_assets}: drop the flag)")
+
+
+def asset_subsets(seed: int, n_members: int, n_assets: int, k: int) -> np.ndarray:
+    """bool [n_members, n_assets]: member i's assets, a uniformly random k of n_assets drawn
+    from `seed` (a category's seed, `SUBSET_STREAM` folded in), each member independently
+    (two members may draw the same subset when few exist)."""
+    import jax
+
+    key = jax.random.fold_in(jax.random.key(seed), SUBSET_STREAM)
+    order = jax.vmap(lambda key: jax.random.permutation(key, n_assets))(
+        jax.random.split(key, n_members))
+    masks = np.zeros((n_members, n_assets), bool)
+    np.put_along_axis(masks, np.asarray(order)[:, :k], True, axis=1)
+    return masks
+
+
+def subset_params(base, masks: np.ndarray):
+    """Env params `base` (of a market with an asset mask, `Market.with_all_assets`) with
+    member i's assets only: `market.asset_mask` [N, T, A], the base mask and member i's
+    `masks[i]`, placed as the base mask is (vmap with `subset_axes`). The other arrays,
+    the market's prices and features included, stay one shared copy."""
+    import jax
+
+    like = base.market.asset_mask
+    exists = np.asarray(like)[None] & np.asarray(masks, bool)[:, None, :]
+    return base.replace(market=base.market.replace(
+        asset_mask=jax.device_put(exists, like.sharding)))
+
+
+def subset_axes(params):
+    """`vmap` in_axes of `subset_params`' output: 0 for the asset mask, None elsewhere."""
+    import jax
+
+    axes = jax.tree.map(lambda _: None, params)
+    return axes.replace(market=axes.market.replace(asset_mask=0))
+
+
+class AssetSubsets:
+    """A category's per-member assets (host-only): `masks` bool [N, A] over `symbols`, and
+    the members' env params with them, built once per base params (so that a segment's
+    params stay one object from call to call)."""
+
+    def __init__(self, masks: np.ndarray, symbols: Sequence[str]):
+        self.masks, self.symbols = np.asarray(masks, bool), tuple(symbols)
+        self._params: dict[int, tuple[Any, Any]] = {}
+
+    def params(self, base):
+        """`subset_params` of `base`, cached."""
+        hit = self._params.get(id(base))
+        if hit is None or hit[0] is not base:
+            hit = self._params[id(base)] = (base, subset_params(base, self.masks))
+        return hit[1]
+
+    def names(self, slot: int) -> list[str]:
+        """The symbols of slot `slot`'s assets, in the market's order."""
+        return [s for s, m in zip(self.symbols, self.masks[slot], strict=True) if m]
+
+    def segments(self, fn: Callable | None) -> Callable | None:
+        """A `PopulationRun` segments hook `fn` with each call's params the members'."""
+        if fn is None:
+            return None
+        return lambda trainer, k: [(k_i, self.params(params)) for k_i, params in fn(trainer, k)]
+
+
 # ----------------------------------------------------------------------------- round
 def _category_args(args: argparse.Namespace, cat: Category, members: int,
                    run_dir: Path) -> argparse.Namespace:
@@ -497,16 +616,21 @@ def category_seed(seed: int, round_no: int, index: int) -> int:
     return int(jax.random.randint(key, (), 0, np.iinfo(np.int32).max))
 
 
-def _fresh_founders(n: int, seed: int) -> Callable:
+def _fresh_founders(n: int, seed: int, subsets: AssetSubsets | None = None) -> Callable:
     """`PopulationRun`'s founders hook of new models: `population.init_population` of the
-    category's seed (hyperparameters sampled around the config's)."""
+    category's seed (hyperparameters sampled around the config's); with `subsets`, each
+    member's envs on its own assets."""
 
     def build(trainer):
         import jax
 
         from jaxtrade.population import init_population
 
-        return init_population(trainer, jax.random.key(seed), n)
+        if subsets is None:
+            return init_population(trainer, jax.random.key(seed), n)
+        params = subsets.params(trainer.env_params)
+        return init_population(trainer, jax.random.key(seed), n, env_params=params,
+                               env_axes=subset_axes(params))
 
     return build
 
@@ -590,18 +714,23 @@ class FreshEpisodes:
 
 class LeagueRun(population_run.PopulationRun):
     """A category's population run: PBT within the category's learning-rate bounds
-    (`bounds`), and fresh episodes where the data changes between calls (`fresh`)."""
+    (`bounds`), fresh episodes where the data changes between calls (`fresh`), and each
+    member's envs on its own assets (`subsets`: per-member asset masks, vmapped)."""
 
     def __init__(self, *a, bounds: Mapping | None = None, fresh: bool = False,
-                 seed: int = 0, **kw):
+                 seed: int = 0, subsets: AssetSubsets | None = None, **kw):
         super().__init__(*a, **kw)
-        self.bounds, self.fresh, self.seed = bounds, fresh, seed
+        self.bounds, self.fresh, self.seed, self.subsets = bounds, fresh, seed, subsets
         self.episodes: FreshEpisodes | None = None
 
     def build(self) -> None:
         from jaxtrade.population import make_exploit_explore
 
         super().build()
+        if self.subsets is not None:  # each member's envs on its own assets
+            self.env_params = self.subsets.params(self.trainer.env_params)
+            self.env_axes = subset_axes(self.env_params)
+            self.segments = self.subsets.segments(self.segments)
         if self.bounds is not None:
             self.exploit_explore = make_exploit_explore(self.pbt.fraction, bounds=self.bounds,
                                                         mesh=self.plan.mesh)
@@ -675,6 +804,7 @@ class Round:
         first = self._first()
         p, pbt, _ = population_run.plan(_category_args(self.args, first, self._members(first),
                                                      self.dir / first.name))
+        p = self._with_asset_flags(p)
         self.first_plan = (p, pbt)
         self.data = RoundData(p, self.round, self.args.window, self.args.window_step,
                               self.args.recent_mix)
@@ -689,6 +819,40 @@ class Round:
             for i in sorted(ids):
                 self.learned[i] = archive.read_learned(self.archive, i, like)
             del trainer, like
+
+    def _with_asset_flags(self, p):
+        """The plan `p` on its market with an asset mask in which every asset exists
+        (`Market.with_all_assets`: the observation gains a flag per asset) when explorers
+        train on asset subsets (--explorer-assets, checked here), or when a chosen archived
+        model read such flags (an earlier round's); else `p` itself. Every category of the
+        round shares the market, so a refiner reads what the explorer it continues read."""
+        import dataclasses as dc
+
+        from jaxtrade.engine.run import reads_asset_flags
+
+        k = self.args.explorer_assets
+        flags = {e["id"]: reads_asset_flags(self.archive.models / e["id"])
+                 for chosen in self.chosen.values() for e in chosen}
+        if k is not None:
+            check_subsets(p.cfg, p.market, k)
+        elif not any(flags.values()):
+            return p
+        if p.market.data.asset_mask is not None:
+            return p
+        if without := [i for i, flagged in flags.items() if not flagged]:
+            raise UsageError(
+                f"archived model {without[0]} reads no flag per asset (trained without "
+                f"--explorer-assets), this round's models read one ("
+                + ("--explorer-assets" if k is not None else
+                   f"{next(i for i, flagged in flags.items() if flagged)} was archived with "
+                   f"them") + "): continue it in a round without asset flags, or use "
+                "another --archive")
+        from jaxtrade.envs import make_env
+        from jaxtrade.trainer import build_network
+
+        market = p.market.with_all_assets()
+        env = make_env(p.cfg.env.name, market)
+        return dc.replace(p, market=market, env=env, network=build_network(p.cfg, env))
 
     def _members(self, cat: Category) -> int:
         return len(self.chosen[cat.name]) if cat.continued else cat.members
@@ -706,6 +870,11 @@ class Round:
             print(f"  {c.name:<9} {what}; {c.timesteps:,} timesteps each "
                   f"({shares[c.name]:.1%} of the planned round)")
         print(f"  {self.data.line()}")
+        if (k := self.args.explorer_assets) is not None:
+            a = self.first_plan[0].market.n_assets
+            print(f"  assets: each explorer on its own {k} of the {a} assets (drawn from the "
+                  f"category's seed); refiners and the champion on all {a}; every member "
+                  f"validated on all {a}")
         sys.stdout.flush()
 
     # ------------------------------------------------------------------ a category
@@ -741,14 +910,25 @@ class Round:
         population_run.print_population_banner(p, pbt, console)
         chosen = self.chosen[cat.name]
         seed = self.seed(cat)
+        subsets, assets = None, None
+        if self.args.explorer_assets is not None:  # what each slot trains on, recorded
+            symbols = p.market.symbols
+            if not cat.continued:
+                subsets = AssetSubsets(asset_subsets(seed, n, len(symbols),
+                                                     self.args.explorer_assets), symbols)
+            assets = [subsets.names(i) if subsets else list(symbols) for i in range(n)]
+            if subsets is not None:
+                print(f"explorer assets ({self.args.explorer_assets} of {len(symbols)} each):")
+                for i, names in enumerate(assets):
+                    print(f"  member {i}: {', '.join(names)}")
         founders = (_learned_founders([self.learned[e["id"]] for e in chosen], chosen,
                                       cat.lr_scale, seed) if cat.continued
-                    else _fresh_founders(n, seed))
+                    else _fresh_founders(n, seed, subsets))
         run = LeagueRun(
             p, pbt, False, console, founders=founders,
             segments=self.data.segments(cat.name, cat.continued, pbt.interval),
             exploit_last=False, bounds=scaled_bounds(cat.lr_scale) if cat.continued else None,
-            fresh=self.data.fresh_episodes, seed=seed)
+            fresh=self.data.fresh_episodes, seed=seed, subsets=subsets)
         run.build()
         run.evaluator = self.evaluator  # the round's categories share the validation data
         run.record_start()
@@ -761,6 +941,8 @@ class Round:
                   "lr_scale": cat.lr_scale, "seed": seed, "archived": [], "rolled_back": [],
                   "continued": [], "from": [e["id"] for e in chosen],
                   "iterations": self.data.iterations.get(cat.name)}
+        if assets is not None:
+            result["assets"] = assets  # per slot, the symbols it trained on
         if summary["status"] == "completed":
             self.archive_category(cat, run, result)
         elif summary["status"] == "interrupted":
@@ -823,10 +1005,15 @@ class Round:
         extra = {"league": {"round": self.round, "category": cat.name,
                             "lr_scale": cat.lr_scale, "seed": result["seed"],
                             "data": self.data.describe()}, "window": window}
+        extra_of = None
+        if (assets := result.get("assets")) is not None:  # the assets of the model's slot
+            extra_of = lambda m: {"league": {**extra["league"],  # noqa: E731
+                                             "assets": assets[m["slot"]]}}
         try:
             entries = arc.add_population(self.archive, run_dir, members=kept,
                                          states=run.pop.members, founders=founders,
-                                         extra=extra, earlier_trials=self.earlier_trials())
+                                         extra=extra, earlier_trials=self.earlier_trials(),
+                                         extra_of=extra_of)
         except arc.ArchiveError as e:
             print(f"warning: {cat.name}: nothing archived: {e}", file=sys.stderr)
             return
@@ -876,7 +1063,7 @@ class Round:
                 and e.get("val_score") is not None
                 and Path(e["source"]["run"]).resolve().is_relative_to(self.dir.resolve())]
         best = max(mine, key=lambda e: e["val_score"]) if mine else None
-        return {
+        out = {
             "round": self.round,
             "status": self.status,
             "started": self.started,
@@ -894,6 +1081,9 @@ class Round:
             "round_best": None if best is None else {"id": best["id"],
                                                      "score": best["val_score"]},
         }
+        if self.args.explorer_assets is not None:
+            out["explorer_assets"] = self.args.explorer_assets
+        return out
 
 
 def validation_sharpes(run_dir: Path) -> list[float | None]:
