@@ -78,9 +78,13 @@ of the best, mutate their hyperparameters, continue):
 `python -m jaxtrade.population` (`jaxtrade.population_run`) is the command: the host loop
 of intervals, population.jsonl, checkpoints of the whole population and --resume.
 
-A run with a schedule (`[run] schedule`) sets the hyperparameters the schedule controls at
-every iteration, which overrides PBT's values for those; PBT and schedules do not combine
-yet.
+With a schedule (`[run] schedule`, runtime hyperparameters only: the population is one
+program, so `jaxtrade.population_run` refuses phases that change shapes), the members
+train through `Trainer.iterate_member`: a member's own value of a hyperparameter the
+schedule controls is a factor on the schedule, value / the config's, applied as an
+adjustment rule's factor is (within `jaxtrade.adjust.SANE`), and the member keeps its own
+value, which PBT perturbs and copies as any other. A member at the config's values follows
+the schedule exactly. Its phases end as planned (no plateau transitions).
 """
 
 from __future__ import annotations
@@ -293,7 +297,8 @@ def train_population(trainer: Trainer, k: int, env_axes=None
     per k: each call of this function is a new program (and a new trace).
     """
     grouped = parallel.MEMBERS in trainer.mesh.shape
-    step = jax.vmap(trainer.iterate, in_axes=(0, env_axes),
+    one = trainer.iterate if trainer.schedule is None else trainer.iterate_member
+    step = jax.vmap(one, in_axes=(0, env_axes),
                     spmd_axis_name=parallel.MEMBERS if grouped else None)
 
     def program(pop: Population, env_params) -> tuple[Population, dict]:

@@ -172,12 +172,25 @@ def check_flags(args: argparse.Namespace) -> None:
                                  f"train on different data: none is copied or archived)")
 
 
-def check_config(cfg: cfgmod.Config) -> None:
-    """Refuses settings that would fight PBT or that a population does not run yet."""
+def check_config(cfg: cfgmod.Config, n_devices: int = 1) -> None:
+    """Refuses settings that would fight PBT or that a population does not run yet: an
+    adjustment rule, early stop, pool refreshes, and a schedule phase that changes shapes
+    (the population is one program; a schedule of runtime hyperparameters is taken, each
+    member's values of them factors on it)."""
     run = cfg.run
     if run.schedule is not None:
-        raise UsageError("--schedule sets hyperparameters at every iteration, which would "
-                         "override PBT's; a population run takes no schedule")
+        from jaxtrade import schedule
+
+        sched = schedule.load(run.schedule)
+        for i, phase in enumerate(sched.phases):
+            shown, applied, _ = schedule.phase_config(sched, cfg, i, n_devices)
+            if shown != cfg:
+                changed = ", ".join(f"{k} {v:g}" for k, v in applied.items())
+                raise UsageError(
+                    f"--schedule: phase {phase.name!r} changes shapes ({changed}), which a "
+                    f"population's one program cannot; a population takes a schedule of "
+                    f"runtime hyperparameters only (drop the [phase.shapes], or give the "
+                    f"config its values)")
     if run.adjust != "off":
         raise UsageError("--adjust rules change hyperparameters that PBT owns in a population "
                          "run; drop --adjust")
@@ -286,7 +299,7 @@ def plan(args: argparse.Namespace):
                                 preset=args.preset, members_per_device=members // groups)
     p = engine.prepare(request, options)
     p = dataclasses.replace(p, mesh=parallel.population_mesh(groups, devices=devices))
-    check_config(p.cfg)
+    check_config(p.cfg, parallel.data_size(p.mesh))
     if (reason := p.env.validation_unavailable()) is not None:
         raise UsageError(f"PBT scores members on the validation data, but {reason}; give it "
                          f"one with --val-fraction or --split-dates")
@@ -746,7 +759,8 @@ class PopulationRun:
 
 class _BannerConsole:
     """The single run's banner as a population run says it: its members, not checkpoints,
-    are ranked by the validation score (host-only; wraps a `Console`)."""
+    are ranked by the validation score, and a schedule's phases end as planned (host-only;
+    wraps a `Console`)."""
 
     def __init__(self, console, fold_record: dict | None = None):
         self.console, self.fold_record = console, fold_record
@@ -755,6 +769,8 @@ class _BannerConsole:
         parts = tuple(str(x).replace("; checkpoints ranked by val_score",
                                      "; members ranked by val_score for exploit/explore")
                       for x in parts)
+        if parts and parts[0].startswith("  a phase ends early"):
+            return  # the population's lines say how its phases end
         if self.fold_record is not None and parts:  # the folds' lines say these instead
             if parts[0].startswith(("eval: ", "test: ")):
                 return
@@ -793,6 +809,10 @@ def print_population_banner(p, pbt: PbtSettings, console) -> None:
             f"data, the bottom {q} take perturbed copies of the top {q}"
             + ("" if q else " (one member: nothing to exploit)"))
         say(f"  perturbed: {', '.join(BOUNDS)} (x0.8 or x1.2 within bounds)")
+        if p.cfg.run.schedule is not None:
+            say("  scheduled hyperparameters: a member's value / the config's is its factor "
+                "on the schedule; phases end as planned (no --phase-transitions in a "
+                "population)")
     say(f"in all: {p.total_iters:,} iterations x {pbt.members} members = "
         f"{p.total_iters * p.steps_per_iter * pbt.members:,} timesteps -> "
         f"{p.run_dir}")

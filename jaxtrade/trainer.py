@@ -125,6 +125,9 @@ class Trainer:
     # The run's schedule (`jaxtrade.schedule.ScheduleTable`, replicated) or None: an argument
     # of the program, so that phases ending early and adjusted factors recompile nothing.
     schedule: Any = None
+    # `iterate` for a population's member: a member's own values of scheduled
+    # hyperparameters are factors on the schedule (`make_iterate`'s `relative_to`).
+    iterate_member: Callable | None = None
 
     @property
     def steps_per_iteration(self) -> int:
@@ -232,15 +235,26 @@ def env_step_metrics(env: Environment, info: dict) -> dict[str, jax.Array]:
 
 def make_iterate(env: Environment, network: Network, rule: LearningRule, rollout: Callable,
                  shard: Callable, steps_per_iteration: int = 0) -> Callable:
-    """`iterate(state, env_params, schedule) -> (state, metrics)`: one PPO iteration (module
-    docstring). With a `jaxtrade.schedule.ScheduleTable` (None: none), the hyperparameters
-    it controls take its values at the iteration's first timestep (iteration x
-    `steps_per_iteration`) first."""
+    """`iterate(state, env_params, schedule, relative_to) -> (state, metrics)`: one PPO
+    iteration (module docstring). With a `jaxtrade.schedule.ScheduleTable` (None: none),
+    the hyperparameters it controls take its values at the iteration's first timestep
+    (iteration x `steps_per_iteration`) first, and the state keeps them.
 
-    def iterate(state: TrainState, env_params, schedule=None) -> tuple[TrainState, dict]:
+    `relative_to` (HParams, a population's: the config's values): a member's own value of
+    a scheduled hyperparameter is a factor on the schedule, value / the config's, applied
+    as an adjustment rule's factor is (`ScheduleTable.factors`: within its floor and
+    ceiling), and the state keeps the member's own values (PBT perturbs them)."""
+
+    def iterate(state: TrainState, env_params, schedule=None, relative_to=None
+                ) -> tuple[TrainState, dict]:
         hp = state.hparams
         if schedule is not None:
             t = state.iteration.astype(jnp.float32) * jnp.float32(steps_per_iteration)
+            if relative_to is not None:  # (a config value of 0, e.g. dropout: factor 1)
+                base = jnp.stack([getattr(relative_to, k) for k in schedule.keys])
+                own = jnp.stack([getattr(hp, k) for k in schedule.keys])
+                factor = jnp.where(base != 0, own / jnp.where(base != 0, base, 1), 1)
+                schedule = schedule.replace(factors=schedule.factors * factor)
             hp = hp.replace(**schedule.values_at(t))
         rng, key_roll, key_epochs, key_critic = jax.random.split(state.rng, 4)
         actor_opt = ppo.set_hyperparams(state.actor_opt, learning_rate=hp.actor_lr,
@@ -281,7 +295,8 @@ def make_iterate(env: Environment, network: Network, rule: LearningRule, rollout
         )
         new_state = TrainState(
             params=params, actor_opt=actor_opt, critic_opt=critic_opt, carry=carry, rng=rng,
-            hparams=hp, iteration=state.iteration + 1, last_episode_return=episode_return,
+            hparams=state.hparams if relative_to is not None else hp,
+            iteration=state.iteration + 1, last_episode_return=episode_return,
         )
         return new_state, metrics
 
@@ -372,6 +387,11 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
     def iterate(state: TrainState, env_params) -> tuple[TrainState, dict]:
         return step(state, env_params, table)  # the schedule as planned
 
+    def iterate_member(state: TrainState, env_params) -> tuple[TrainState, dict]:
+        config_values = HParams.create(**hparam_values(config))
+        return step(state, env_params, table,
+                    None if table is None else config_values)
+
     def run_k(state: TrainState, env_params, k: int, schedule):
         return jax.lax.scan(lambda s, _: step(s, env_params, schedule), state, None, length=k)
 
@@ -395,6 +415,7 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
         rule=rule,
         init=init,
         iterate=iterate,
+        iterate_member=iterate_member,
         program=program,
         n_params=count_params(shapes.params),
         mesh=mesh,

@@ -277,3 +277,51 @@ def test_intervals_do_not_retrace_and_lineage_records(tiny):
         assert r["replaced_by"]["parent"] == rows[
             rows.index(r) - r["slot"] + r["replaced_by"]["source_slot"]]["id"]
         assert set(r["replaced_by"]["hparams"]) == set(HPARAM_NAMES)
+
+
+SCHEDULE = """
+[schedule]
+description = "two phases of runtime hyperparameters"
+[[phase]]
+name = "warm"
+end_fraction = 0.5
+actor_lr = [1e-3, 5e-4]
+ent_coef = 0.02
+[[phase]]
+name = "cool"
+end_fraction = 1.0
+actor_lr = [5e-4, 1e-4]
+ent_coef = 0.01
+"""
+
+
+def test_members_scale_the_schedule(small_market, tmp_path):
+    """With a schedule, a member's own value of a scheduled hyperparameter is a factor on
+    it (value / the config's): the member at the config's values trains with the schedule
+    exactly, as the single run does, one at 2x the config's actor_lr with 2x the scheduled
+    rate (the ent_coef schedule at 0.5x), and the members keep their own values (what PBT
+    perturbs); a hyperparameter the schedule does not control is the member's own."""
+    path = tmp_path / "schedule.toml"
+    path.write_text(SCHEDULE)
+    cfg = resolve(with_values(Config(), **TINY, iterations=4, schedule=str(path)), "cpu")
+    trainer = make_train(cfg, small_market)
+    base = cfg.ppo.actor_lr
+    pop = init_population(trainer, jax.random.key(3), 2,
+                          {"actor_lr": [base, 2 * base], "ent_coef": [cfg.ppo.ent_coef,
+                                                                      0.5 * cfg.ppo.ent_coef],
+                           "clip": [0.2, 0.3]})
+    own = jax.device_get(pop.members.hparams)
+    single = member(pop, 0)
+    trained, metrics = train_population(trainer, 2)(copy(pop), trainer.env_params)
+    steps = trainer.steps_per_iteration
+    for it in range(2):
+        lr = float(trainer.schedule.values_at(it * steps)["actor_lr"])
+        ent = float(trainer.schedule.values_at(it * steps)["ent_coef"])
+        np.testing.assert_allclose(metrics["actor_lr"][it], [lr, 2 * lr], rtol=1e-6)
+        np.testing.assert_allclose(metrics["ent_coef"][it], [ent, 0.5 * ent], rtol=1e-6)
+        np.testing.assert_allclose(metrics["clip"][it], [0.2, 0.3], rtol=1e-6)
+    assert lr != float(trainer.schedule.values_at(0)["actor_lr"])  # the schedule moved
+    assert leaves_equal(jax.device_get(trained.members.hparams), own)
+    state, m = trainer.run(trainer.place(single), 2)
+    np.testing.assert_array_equal(metrics["actor_lr"][:, 0], m["actor_lr"])
+    chex.assert_trees_all_close(member(trained, 0).params, state.params, rtol=1e-5, atol=1e-6)

@@ -154,7 +154,9 @@ def test_resume_is_bit_exact(whole, resumed):
     (["--population", "0"], "--population must be at least 1, got 0"),
     (["--pbt-fraction", "0.7"], "--pbt-fraction must be in (0, 0.5], got 0.7"),
     (["--pbt-interval", "0"], "--pbt-interval must be at least 1 timestep"),
-    (["--schedule", "configs/schedules/reference.toml"], "a population run takes no schedule"),
+    (["--schedule", "configs/schedules/reference.toml"], "--schedule: phase '1 exploration "
+                                                         "and initial pattern discovery' "
+                                                         "changes shapes ("),
     (["--checkpoint", "x"], "--checkpoint (starting from a single run's checkpoint) is not "
                             "supported"),
     (["--resume"], "--resume needs --run-dir DIR"),
