@@ -36,6 +36,7 @@ uniformly random policy on the same keys.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import jax
@@ -322,14 +323,27 @@ def make_evaluator(network: Network, env: PortfolioEnv, env_config: EnvConfig,
     return compile_with_health(evaluate, params_like, env_params, env.num_actions)
 
 
-def compile_with_health(evaluate: Callable, params_like, env_params, num_actions: int):
-    """`evaluate(params, env_params, health)` compiled ahead of time for parameters like
-    `params_like` and these `env_params`, as `run(params, health, other_params=None) ->
-    metrics`: `health`
-    (a training row) gives the `HEALTH_KEYS` and the valid actions."""
+def compile_with_health(evaluate: Callable, params_like, env_params, num_actions: int, *,
+                        late_like: tuple = (), meanwhile: Callable[[], tuple] | None = None):
+    """`evaluate(params, env_params, health, *late)` compiled ahead of time for parameters
+    like `params_like` and these `env_params`, as `run(params, health, other_params=None) ->
+    metrics`: `health` (a training row) gives the `HEALTH_KEYS` and the valid actions.
+
+    `late`: arguments shaped like `late_like` whose values come from `meanwhile()`, host
+    work (another program to compile and run: the world baselines) done on this thread
+    while XLA compiles `evaluate` on another. XLA lets go of the GIL while it compiles, so
+    on two cores the two overlap. `evaluate` is traced and lowered here, first.
+    """
     health_shape = {k: jax.ShapeDtypeStruct((), jnp.float32)
                     for k in (*HEALTH_KEYS, "valid_actions")}
-    compiled = jax.jit(evaluate).lower(params_like, env_params, health_shape).compile()
+    lowered = jax.jit(evaluate).lower(params_like, env_params, health_shape, *late_like)
+    if meanwhile is None:
+        compiled, late = lowered.compile(), ()
+    else:
+        with ThreadPoolExecutor(1, thread_name_prefix="compile-evaluation") as pool:
+            compiling = pool.submit(lowered.compile)
+            late = meanwhile()
+            compiled = compiling.result()
 
     def run(params, health: Mapping[str, float], other_params=None) -> dict:
         """`other_params`: env params shaped as the compiled ones (a pass of as many steps
@@ -337,7 +351,8 @@ def compile_with_health(evaluate: Callable, params_like, env_params, num_actions
         h = {k: np.float32(health[k]) for k in HEALTH_KEYS}
         # The entropy's ceiling: log of the valid actions (rows before it was logged: all).
         h["valid_actions"] = np.float32(health.get("valid_actions", num_actions))
-        return compiled(params, env_params if other_params is None else other_params, h)
+        return compiled(params, env_params if other_params is None else other_params, h,
+                        *late)
 
     return run
 
@@ -372,14 +387,22 @@ def make_world_evaluator(network: Network, env: PortfolioEnv, env_config: EnvCon
     world_sharpe the Sharpe ratio in each world ([W]: the spread of the candidates' Sharpe
     ratios within a world deflates the chosen one's there); `score` is `score` of the
     medians with `health`.
+
+    The baselines' program compiles and walks every world while the policy's compiles
+    (`compile_with_health`'s `meanwhile`): the baseline's Sharpe ratios are an argument of
+    the policy's program, not a constant of it.
     """
     world_params = world_pass_params(env, env_config)
-    base = world_baselines(env, env_config, seed, bars_per_year)
-    target = jnp.asarray(base["metrics"]["sharpe"][:, BASELINES.index(base["name"])])
     walk = make_policy_walk(network, env, env.world_bars - 2)
     key = walk_key(seed)
+    base = {}
 
-    def evaluate(params, world_params: EnvParams, health: dict) -> dict:
+    def baselines() -> tuple[np.ndarray]:
+        base.update(world_baselines(env, env_config, seed, bars_per_year))
+        return (np.asarray(base["metrics"]["sharpe"][:, BASELINES.index(base["name"])],
+                           np.float32),)
+
+    def evaluate(params, world_params: EnvParams, health: dict, target: jax.Array) -> dict:
         def one(env_params):
             _, traj = walk(params, env_params, key)
             return jax.tree.map(lambda x: x[0], walk_metrics(policy_walk(traj), env_params,
@@ -395,7 +418,9 @@ def make_world_evaluator(network: Network, env: PortfolioEnv, env_config: EnvCon
         out["score"] = score(out, health)
         return out
 
-    compiled = compile_with_health(evaluate, params_like, world_params, env.num_actions)
+    target_like = jax.ShapeDtypeStruct((env.n_worlds,), jnp.float32)
+    compiled = compile_with_health(evaluate, params_like, world_params, env.num_actions,
+                                   late_like=(target_like,), meanwhile=baselines)
     return lambda params, health: {**compiled(params, health), "baseline": base["name"]}
 
 
