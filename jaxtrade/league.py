@@ -247,9 +247,6 @@ def check_flags(args: argparse.Namespace) -> None:
     for name, why in _REFUSED.items():
         if getattr(args, name, None):
             raise UsageError(why)
-    if args.devices is not None and args.devices != 1:
-        raise UsageError(f"--devices {args.devices}: a league round runs on one device for "
-                         f"now")
     if args.pbt_interval is not None and args.pbt_interval < 1:
         raise UsageError(f"--pbt-interval must be at least 1 timestep, got {args.pbt_interval}")
     if args.pbt_fraction is not None and not 0 < args.pbt_fraction <= 0.5:
@@ -604,6 +601,16 @@ def _category_args(args: argparse.Namespace, cat: Category, members: int,
     return ns
 
 
+def league_groups(args: argparse.Namespace, members: Sequence[int]) -> int:
+    """The member groups of every category of a round (`population_run`'s 2-D mesh): the
+    categories share one plan (market, env, shapes, mesh), so the groups divide every
+    category's members and the devices: 1 (each member's envs over all the devices)
+    whenever a single champion trains."""
+    from jaxtrade import parallel
+
+    return math.gcd(len(parallel.select_devices(args.devices)), *[n for n in members if n])
+
+
 def category_seed(seed: int, round_no: int, index: int) -> int:
     """The seed of a round's category: the config's seed with the round number and the
     category's index (`DEFAULTS` order: explorers 0, refiners 1, champion 2) folded in, so
@@ -691,14 +698,15 @@ class FreshEpisodes:
     def __init__(self, trainer, seed: int):
         import jax
 
-        from jaxtrade import parallel
+        from jaxtrade.population import shardings
 
         self.current = trainer.env_params  # what the founders' carries were built on
         self.key = jax.random.key(seed)
         self.resets = 0
+        # placed as the population's carry (over the member groups on several devices)
         self._fresh = jax.jit(
             lambda keys, env_params: jax.vmap(lambda k: trainer.init(k, env_params).carry)(keys),
-            out_shardings=parallel.replicated(trainer.mesh))
+            out_shardings=shardings(trainer).members.carry)
 
     def __call__(self, pop, env_params):
         """`pop` with fresh episodes of `env_params` if they differ from the last call's."""
@@ -733,7 +741,7 @@ class LeagueRun(population_run.PopulationRun):
             self.segments = self.subsets.segments(self.segments)
         if self.bounds is not None:
             self.exploit_explore = make_exploit_explore(self.pbt.fraction, bounds=self.bounds,
-                                                        mesh=self.plan.mesh)
+                                                        placement=self.placement)
         if self.fresh:
             self.episodes = FreshEpisodes(self.trainer, self.seed)
 
@@ -802,8 +810,9 @@ class Round:
             raise UsageError(f"nothing to train in round {self.round}: no explorers, and "
                              f"{self.archive.path} holds no scored model to continue")
         first = self._first()
-        p, pbt, _ = population_run.plan(_category_args(self.args, first, self._members(first),
-                                                     self.dir / first.name))
+        args = _category_args(self.args, first, self._members(first), self.dir / first.name)
+        args.member_groups = league_groups(args, [self._members(c) for c in self.cats])
+        p, pbt, _ = population_run.plan(args)
         p = self._with_asset_flags(p)
         self.first_plan = (p, pbt)
         self.data = RoundData(p, self.round, self.args.window, self.args.window_step,
