@@ -553,14 +553,20 @@ def add_population(archive: Archive, run_dir: str | os.PathLike,
     `founders`); its validation history is its records' scores.
 
     Raises:
-      ArchiveError: no population.jsonl or population checkpoint, or members that the
-        checkpoint does not hold (an interval other than its last).
+      ArchiveError: no population.jsonl or population checkpoint, members that the
+        checkpoint does not hold (an interval other than its last), or a walk-forward run.
     """
     from jaxtrade.population_run import POPULATION_FILE, read_records
+    from jaxtrade.walk_forward import WALK_FORWARD_FILE
 
     run_dir = Path(run_dir)
     if not (run_dir / POPULATION_FILE).exists():
         raise ArchiveError(f"{run_dir}: not a population run (no {POPULATION_FILE})")
+    if (run_dir / WALK_FORWARD_FILE).exists():  # --archive is refused with --walk-forward
+        raise ArchiveError(f"{run_dir}: a walk-forward run ({WALK_FORWARD_FILE}): its members "
+                           f"trained on different bars and their validation slices hold the "
+                           f"other folds' test bars, so no score ranks them; evaluate it with "
+                           f"python -m jaxtrade.evaluate --run-dir {run_dir}")
     records = read_records(run_dir / POPULATION_FILE)
     members = list(final_members(records) if members is None else members)
     if not members:

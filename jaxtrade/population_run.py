@@ -487,6 +487,7 @@ class PopulationRun:
         self.status = "completed"  # | interrupted | diverged
         self.message: str | None = None  # why it diverged
         self.best: dict | None = None
+        self.fold_scores: list[float | None] = []  # walk-forward: each fold's latest score
 
     # ------------------------------------------------------------------ start
     def build(self) -> None:
@@ -666,10 +667,15 @@ class PopulationRun:
         return records
 
     def note_best(self, records: list[dict]) -> dict | None:
-        """The interval's best-scored record (None: none scored); the run's best updated."""
+        """The interval's best-scored record (None: none scored); the run's best updated
+        (not for walk-forward folds, whose scores are on different slices: each fold's
+        latest score is kept instead)."""
+        if self.pbt.folds:
+            self.fold_scores = [r["score"] for r in sorted(records, key=lambda r: r["slot"])]
         scored = [r for r in records if r["score"] is not None]
         best = max(scored, key=lambda r: r["score"]) if scored else None
-        if best is not None and (self.best is None or best["score"] > self.best["score"]):
+        if best is not None and not self.pbt.folds and (
+                self.best is None or best["score"] > self.best["score"]):
             self.best = {"id": best["id"], "slot": best["slot"], "score": best["score"],
                          "interval": best["interval"], "timesteps": best["timesteps"],
                          "hparams": best["hparams"]}
@@ -739,6 +745,7 @@ class PopulationRun:
             "timesteps": self.done * self.steps * self.pbt.members,
             "intervals": int(jax.device_get(self.pop.interval)),
             "best": self.best,  # the best validation score of any member at any interval
+            **({"fold_scores": self.fold_scores} if self.pbt.folds else {}),
             "compile_s": self.compile_s,
             "init_s": self.init_s,
             "train_s": self.train_s,
@@ -791,7 +798,7 @@ def print_population_banner(p, pbt: PbtSettings, console) -> None:
     q = quantile_size(pbt.members, pbt.fraction)
     n_intervals = math.ceil(p.total_iters / pbt.interval)
     shared = pbt.members // parallel.member_groups(p.mesh)  # members per device
-    say(f"population: {pbt.members} members x {pc.n_envs:,} envs = "
+    say(f"population: {pbt.members} member{'s' if pbt.members > 1 else ''} x {pc.n_envs:,} envs = "
         f"{pbt.members * pc.n_envs:,} envs in one program on {parallel.describe(p.mesh)}; "
         f"memory about {memory.format_bytes(shared * p.sizing.estimate.per_device_bytes)}"
         f" per device ({shared} member{'s' if shared > 1 else ''} x the estimate above)")
@@ -873,6 +880,12 @@ def main(argv: list[str] | None = None) -> int:
     if best is not None:
         print(f"best: id {best['id']} (slot {best['slot']}) by val_score {best['score']:+.2f} "
               f"at interval {best['interval']}")
+    if pbt.walk_forward:  # scores on different slices: no best across folds
+        scores = ", ".join(f"fold {k} " + ("n/a" if v is None else f"{v:+.2f}")
+                           for k, v in enumerate(summary.get("fold_scores", []), 1))
+        print(f"last val_score per fold, each on its own validation slice (they do not "
+              f"compare across folds): {scores}; the out-of-sample folds: python -m "
+              f"jaxtrade.evaluate --run-dir {p.run_dir}")
     if args.archive:
         archive_members(args.archive, p.run_dir, run.pop.members)
     print(f"done: {summary['iterations']:,} iterations x {pbt.members} members, "

@@ -184,6 +184,14 @@ def test_run_trains_folds_independently(wf_run):
     assert record["members"][0]["test"]["marked_until"] == record["members"][1]["test"]["start"]
     market = json.loads((run_dir / "market.json").read_text())
     assert market["test"]["bars"] == N_BARS - TEST_START  # the whole market's split
+    # no "best" across folds (their scores are on different slices): each fold's last one
+    last = [r["score"] for r in recs[-K:]]
+    assert "\nbest: " not in out
+    assert ("last val_score per fold, each on its own validation slice (they do not compare "
+            "across folds): " + ", ".join(f"fold {k} {v:+.2f}" for k, v in
+                                          enumerate(last, 1))) in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best"] is None and summary["fold_scores"] == last
 
 
 def test_evaluate_reports_the_concatenated_folds(wf_run):
@@ -242,6 +250,17 @@ def test_evaluate_refuses_other_ranges(wf_run):
     run_dir, _, _ = wf_run
     code, out, err = run_cli(evaluate.main, ["--run-dir", run_dir, "--range", "validation"])
     assert code == 2 and "--range: a walk-forward run is evaluated on its folds' test " in err
+
+
+def test_archive_refuses_a_walk_forward_run(wf_run, tmp_path):
+    """Its members trained on different bars and validate on slices that hold other folds'
+    test bars: no score ranks them, so none enters the archive."""
+    from jaxtrade import archive
+
+    run_dir, _, _ = wf_run
+    code, out, err = run_cli(archive.main, ["--archive", tmp_path / "a", "add", run_dir])
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "a walk-forward run (walk_forward.json)" in err and "jaxtrade.evaluate" in err
 
 
 # ---------------------------------------------------------------- errors
