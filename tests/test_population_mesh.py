@@ -115,20 +115,20 @@ def test_cli_on_four_devices_and_resume_on_one(xla_cache, tmp_path):
 
 @pytest.mark.slow
 def test_league_rounds_on_four_devices(xla_cache, tmp_path):
-    """Round 1: 4 explorers, one per device (4 groups). Round 2: explorers, 2 refiners and
-    1 champion continued from the archive, every category on 1 group x 4 env shards (the
-    groups divide every category's members)."""
+    """Round 1: 4 explorers, one per device (4 groups). Round 2: 2 refiners and 2
+    champions continued from the archive, on 2 groups x 2 env shards (the groups divide
+    every category's members; 2 champions share the refiners' program)."""
     cli = Cli(xla_cache, module="jaxtrade.league")
     four = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    argv = [*TINY, "--seed", 1, "--pbt-interval", 64, "--explorers", 4,
-            "--explorer-timesteps", 128, "--refiners", 2, "--refiner-timesteps", 128,
-            "--champions", 1, "--champion-timesteps", 128, "--league-dir", tmp_path / "league",
+    argv = [*TINY, "--seed", 1, "--pbt-interval", 64, "--explorer-timesteps", 128,
+            "--refiners", 2, "--refiner-timesteps", 128, "--champions", 2,
+            "--champion-timesteps", 128, "--league-dir", tmp_path / "league",
             "--archive", tmp_path / "archive"]
-    out = cli.check(*argv, env=four, timeout=600)
+    out = cli.check(*argv, "--explorers", 4, env=four, timeout=600)
     assert "4 x cpu (1 process) as 4 member groups x 1 env shard" in out
-    out = cli.check(*argv, env=four, timeout=600)
-    assert "4 x cpu (1 process) as 1 member group x 4 env shards" in out
-    assert "== round 2: refiners (2 members" in out and "== round 2: champion (1 member," in out
+    out = cli.check(*argv, "--explorers", 0, env=four, timeout=600)
+    assert "4 x cpu (1 process) as 2 member groups x 2 env shards" in out
+    assert "== round 2: refiners (2 members" in out and "== round 2: champion (2 members," in out
     record = [json.loads(x) for x in (tmp_path / "league" / "league.jsonl").read_text()
               .splitlines()][-1]
     assert record["status"] == "completed", record
