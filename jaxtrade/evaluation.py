@@ -298,7 +298,8 @@ def score(walk_row: Mapping, health: Mapping) -> jax.Array:
 
 
 def make_evaluator(network: Network, env: PortfolioEnv, env_config: EnvConfig,
-                   first: int, last: int, bars_per_year: float, seed: int, params_like):
+                   first: int, last: int, bars_per_year: float, seed: int, params_like,
+                   members: int = 0):
     """The validation walk of training, compiled once (host-side setup).
 
     Returns `evaluate(params, health) -> {metric: scalar}`: the greedy walk of bars
@@ -306,7 +307,8 @@ def make_evaluator(network: Network, env: PortfolioEnv, env_config: EnvConfig,
     slippage), every `walk_metrics` entry of the policy, and `score` with `health`
     (the `HEALTH_KEYS` of the training iteration; float32 scalars). The program is
     compiled ahead of time here for parameters shaped and placed like `params_like`,
-    so every call runs it without tracing again.
+    so every call runs it without tracing again. `members` N > 0: N policies at once
+    (`compile_with_health`'s members: params and health with a member axis, metrics [N]).
     """
     n_steps = last - first
     env_params = pass_params(env, env_config, first, last)
@@ -320,11 +322,13 @@ def make_evaluator(network: Network, env: PortfolioEnv, env_config: EnvConfig,
         row["score"] = score(row, health)
         return row
 
-    return compile_with_health(evaluate, params_like, env_params, env.num_actions)
+    return compile_with_health(evaluate, params_like, env_params, env.num_actions,
+                               members=members)
 
 
 def compile_with_health(evaluate: Callable, params_like, env_params, num_actions: int, *,
-                        late_like: tuple = (), meanwhile: Callable[[], tuple] | None = None):
+                        late_like: tuple = (), meanwhile: Callable[[], tuple] | None = None,
+                        members: int = 0):
     """`evaluate(params, env_params, health, *late)` compiled ahead of time for parameters
     like `params_like` and these `env_params`, as `run(params, health, other_params=None) ->
     metrics`: `health` (a training row) gives the `HEALTH_KEYS` and the valid actions.
@@ -333,9 +337,16 @@ def compile_with_health(evaluate: Callable, params_like, env_params, num_actions
     work (another program to compile and run: the world baselines) done on this thread
     while XLA compiles `evaluate` on another. XLA lets go of the GIL while it compiles, so
     on two cores the two overlap. `evaluate` is traced and lowered here, first.
+
+    `members` N > 0: a population's N members in one call, `evaluate` vmapped over them:
+    `params_like` has a leading member axis (placed as the population's, whose devices
+    then walk their own members), `health` is a sequence of N rows, and every metric
+    comes back with a leading [N]. Member i's metrics are `evaluate`'s of its params alone.
     """
-    health_shape = {k: jax.ShapeDtypeStruct((), jnp.float32)
+    health_shape = {k: jax.ShapeDtypeStruct((members,) if members else (), jnp.float32)
                     for k in (*HEALTH_KEYS, "valid_actions")}
+    if members:
+        evaluate = jax.vmap(evaluate, in_axes=(0, None, 0, *(None,) * len(late_like)))
     lowered = jax.jit(evaluate).lower(params_like, env_params, health_shape, *late_like)
     if meanwhile is None:
         compiled, late = lowered.compile(), ()
@@ -345,12 +356,20 @@ def compile_with_health(evaluate: Callable, params_like, env_params, num_actions
             late = meanwhile()
             compiled = compiling.result()
 
-    def run(params, health: Mapping[str, float], other_params=None) -> dict:
-        """`other_params`: env params shaped as the compiled ones (a pass of as many steps
-        from another bar: a walk-forward fold's validation slice), else the compiled ones."""
+    def one(health: Mapping[str, float]) -> dict:
         h = {k: np.float32(health[k]) for k in HEALTH_KEYS}
         # The entropy's ceiling: log of the valid actions (rows before it was logged: all).
         h["valid_actions"] = np.float32(health.get("valid_actions", num_actions))
+        return h
+
+    def run(params, health, other_params=None) -> dict:
+        """`other_params`: env params shaped as the compiled ones (a pass of as many steps
+        from another bar: a walk-forward fold's validation slice), else the compiled ones."""
+        if members:
+            rows = [one(h) for h in health]
+            h = {k: np.asarray([r[k] for r in rows], np.float32) for k in rows[0]}
+        else:
+            h = one(health)
         return compiled(params, env_params if other_params is None else other_params, h,
                         *late)
 
@@ -374,7 +393,7 @@ def world_baselines(env: PortfolioEnv, env_config: EnvConfig, seed: int,
 
 
 def make_world_evaluator(network: Network, env: PortfolioEnv, env_config: EnvConfig,
-                         bars_per_year: float, seed: int, params_like):
+                         bars_per_year: float, seed: int, params_like, members: int = 0):
     """The validation walks of a worlds run (`env`: over its validation worlds), compiled
     once, like `make_evaluator`'s walk of a range.
 
@@ -420,7 +439,8 @@ def make_world_evaluator(network: Network, env: PortfolioEnv, env_config: EnvCon
 
     target_like = jax.ShapeDtypeStruct((env.n_worlds,), jnp.float32)
     compiled = compile_with_health(evaluate, params_like, world_params, env.num_actions,
-                                   late_like=(target_like,), meanwhile=baselines)
+                                   late_like=(target_like,), meanwhile=baselines,
+                                   members=members)
     return lambda params, health: {**compiled(params, health), "baseline": base["name"]}
 
 

@@ -730,6 +730,8 @@ class LeagueRun(population_run.PopulationRun):
         super().__init__(*a, **kw)
         self.bounds, self.fresh, self.seed, self.subsets = bounds, fresh, seed, subsets
         self.episodes: FreshEpisodes | None = None
+        # One member at a time: the round's categories (of other sizes) share one evaluator.
+        self.batch_evaluation = False
 
     def build(self) -> None:
         from jaxtrade.population import make_exploit_explore

@@ -483,6 +483,10 @@ class PopulationRun:
         self.steps = p.steps_per_iter  # per member
         self.compiled: dict[int, Any] = {}
         self.evaluator = None  # compiled by `run` unless given (same market and shapes)
+        # All members' walks in one call where the env offers it (not walk-forward folds,
+        # whose members walk different slices); else one member at a time.
+        self.batch_evaluation = True
+        self.members_evaluator = None
         self.compile_s = self.train_s = self.eval_s = 0.0
         self.status = "completed"  # | interrupted | diverged
         self.message: str | None = None  # why it diverged
@@ -581,8 +585,14 @@ class PopulationRun:
 
     def compile_evaluation(self) -> None:
         with self.console.timed("compiling evaluation") as timed:
+            if self.batch_evaluation and not self.pbt.folds:
+                self.members_evaluator = self.trainer.env.make_members_evaluator(
+                    self.trainer.network, self.cfg.env, self.cfg.run.seed,
+                    self.pop.members.params, self.pbt.members)
             like = self.take(self.pop.members.params, jnp.int32(0))
-            if self.pbt.folds:  # each member's on its fold's validation slice
+            if self.members_evaluator is not None:
+                self.evaluator = self.members_evaluator
+            elif self.pbt.folds:  # each member's on its fold's validation slice
                 from jaxtrade.walk_forward import make_fold_evaluators
 
                 self.evaluator = make_fold_evaluators(
@@ -595,22 +605,26 @@ class PopulationRun:
 
     # ------------------------------------------------------------------ one interval
     def evaluate(self, metrics) -> tuple[np.ndarray, list[dict], list[dict]]:
-        """Every member's validation walk of its parameters (the single run's evaluator,
-        one member at a time) -> (scores float32 [N], val metrics per member, the last
-        training row per member)."""
+        """Every member's validation walk of its parameters (the single run's walk: all
+        members in one call where the env offers it, else one member at a time) ->
+        (scores float32 [N], val metrics per member, the last training row per member)."""
         from jaxtrade.engine.run import metrics_row
 
         n, k = self.pbt.members, jax.tree.leaves(metrics)[0].shape[0]
-        scores, vals, rows = np.full((n,), np.nan, np.float32), [], []
-        for i in range(n):
-            row = metrics_row(jax.tree.map(lambda v, i=i: v[:, i], metrics), k - 1)
-            evaluator = self.evaluator[i] if self.pbt.folds else self.evaluator
-            out = jax.device_get(evaluator(self.take(self.pop.members.params, jnp.int32(i)),
-                                           row))
+        scores, vals = np.full((n,), np.nan, np.float32), []
+        rows = [metrics_row(jax.tree.map(lambda v, i=i: v[:, i], metrics), k - 1)
+                for i in range(n)]
+        if self.members_evaluator is not None:
+            both = jax.device_get(self.members_evaluator(self.pop.members.params, rows))
+            outs = [{key: v if isinstance(v, str) else np.asarray(v)[i]
+                     for key, v in both.items()} for i in range(n)]
+        else:
+            outs = [jax.device_get((self.evaluator[i] if self.pbt.folds else self.evaluator)(
+                self.take(self.pop.members.params, jnp.int32(i)), rows[i])) for i in range(n)]
+        for i, out in enumerate(outs):
             val = {key: np.asarray(v).tolist() for key, v in out.items()}
             scores[i] = float(val["score"]) if np.ndim(val["score"]) == 0 else np.nan
             vals.append(val)
-            rows.append(row)
         return scores, vals, rows
 
     def interval(self, log) -> list[dict]:

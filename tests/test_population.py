@@ -325,3 +325,24 @@ def test_members_scale_the_schedule(small_market, tmp_path):
     state, m = trainer.run(trainer.place(single), 2)
     np.testing.assert_array_equal(metrics["actor_lr"][:, 0], m["actor_lr"])
     chex.assert_trees_all_close(member(trained, 0).params, state.params, rtol=1e-5, atol=1e-6)
+
+
+def test_members_evaluated_in_one_call_as_one_at_a_time(tiny):
+    """`make_members_evaluator` (all members' validation walks vmapped in one call) gives
+    every member the metrics and score of the single run's evaluator on its params."""
+    pop = init_population(tiny, jax.random.key(4), 3)
+    cfg = tiny.config
+    health = [{"explained_variance": 0.1 * i, "entropy": 2.0 - i, "approx_kl": 0.01,
+               "clip_frac": 0.1, "valid_actions": 12.0} for i in range(3)]
+    both = jax.device_get(tiny.env.make_members_evaluator(
+        tiny.network, cfg.env, cfg.run.seed, pop.members.params, 3)(pop.members.params,
+                                                                     health))
+    single = tiny.env.make_evaluator(tiny.network, cfg.env, cfg.run.seed,
+                                     member(pop, 0).params)
+    assert both["score"].shape == (3,)
+    for i in range(3):
+        alone = jax.device_get(single(member(pop, i).params, health[i]))
+        assert set(alone) == set(both)
+        for key, v in alone.items():
+            np.testing.assert_allclose(both[key][i], v, rtol=1e-5, atol=1e-6, err_msg=key)
+    assert len(set(np.round(both["score"], 6))) == 3  # three different policies

@@ -165,6 +165,14 @@ class Environment(Generic[TEnvState, TEnvParams]):
         return make_episode_evaluator(network, self, env_params, env_config.episode_length,
                                       seed, params_like)
 
+    def make_members_evaluator(self, network: Any, env_config: Any, seed: int,
+                               params_like: Any, members: int) -> Callable | None:
+        """`make_evaluator`'s evaluation of a population's `members` at once (params with a
+        leading member axis, placed like `params_like`; `health` a sequence of their rows;
+        metrics [members]), or None: the population evaluates one member at a time with
+        `make_evaluator`'s (the default)."""
+        return None
+
     def evaluation_line(self, metrics: Mapping[str, float]) -> str:
         """The middle of a `val` log line, from one evaluation's metrics (no `val_` prefix);
         the engine adds the iteration before it and the score after it."""

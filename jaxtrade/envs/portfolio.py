@@ -324,6 +324,18 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
         return make_evaluator(network, self, env_config, *self._validation_bars(),
                               self._bars_per_year, seed, params_like)
 
+    def make_members_evaluator(self, network, env_config, seed: int, params_like,
+                               members: int):
+        """`make_evaluator`'s walks of `members` policies at once (vmapped; metrics [N])."""
+        from jaxtrade.evaluation import make_evaluator, make_world_evaluator
+
+        if self._validation_pool is not None:
+            return make_world_evaluator(network, PortfolioEnv(self._validation_pool),
+                                        env_config, self._bars_per_year, seed, params_like,
+                                        members=members)
+        return make_evaluator(network, self, env_config, *self._validation_bars(),
+                              self._bars_per_year, seed, params_like, members=members)
+
     def evaluation_line(self, metrics) -> str:
         if "worlds_won" in metrics:
             return (f"validation worlds: median return {100 * metrics['total_return']:+.2f}% | "
