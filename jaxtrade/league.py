@@ -80,12 +80,26 @@ when a model it continues was archived with them. Refused in one line: procedura
 features, those outside a subset too), K outside [1, A - 1], and a model archived
 without asset flags continued in a round with them (its observation is narrower).
 
+Regime specialists (`--regime-specialists`; a market with dates, the portfolio env;
+procedural worlds and the funding env are refused in one line): after the round, the
+league's archived models (the best --regime-candidates M by overall validation score, or
+all) are walked on the validation bars with the validation walk, their per-step returns
+split by the market regime detected at each step from the bars before it
+(`jaxtrade.regime_detector`: trend and volatility of the equal-weight index over
+--regime-lookback bars, thresholds fitted on the training range), and per regime the best
+validation Sharpe over its steps chooses the specialist (a regime with fewer than
+--regime-min-steps steps keeps the overall champion; `jaxtrade.specialists`). The choice,
+per-regime scores and step counts and the trials (candidates x regimes chosen for) go to
+the round's record (`specialists`) and a table; `jaxtrade.load_policy("league:DIR")`
+routes decisions by it.
+
 A league directory (--league-dir, default ckpt/league) holds
 
     league.jsonl             one record per round: settings, data window, per category
                              members, seed, timesteps, wall seconds, archived ids,
                              rollbacks, parent -> child scores; the champion, the best
-                             scores and the league's trial count
+                             scores and the league's trial count; with
+                             --regime-specialists the round's specialists
     league.png               best validation score by round, compute by category
     round-<R>/<category>/    the category's population run directory
 
@@ -115,6 +129,8 @@ from jaxtrade import config as cfgmod
 from jaxtrade import population_run, train
 from jaxtrade.data import DataError
 from jaxtrade.errors import UsageError
+from jaxtrade.regime_detector import DEFAULT_KIND, DEFAULT_LOOKBACK, KINDS, RegimeError
+from jaxtrade.specialists import DEFAULT_MIN_STEPS
 
 DEFAULT_DIR = "ckpt/league"
 DEFAULT_ARCHIVE = "ckpt/archive"
@@ -190,6 +206,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "(drawn from the category's seed); refiners and the champion on all "
                         "of them; every member is validated on all of them (the portfolio "
                         "env on a market with dates, --encoder set) [all assets]")
+    g = p.add_argument_group("regime specialists (markets with dates, the portfolio env)")
+    g.add_argument("--regime-specialists", action="store_true",
+                   help="after the round, choose per market regime (detected from recent "
+                        "bars) the league model with the best validation Sharpe over that "
+                        "regime's steps; load them with "
+                        "jaxtrade.load_policy(\"league:LEAGUE_DIR\")")
+    g.add_argument("--regime-kind", choices=tuple(KINDS), default=None,
+                   help="four: bull, bear, high_vol, low_vol; trend: bull, bear; "
+                        "volatility: high_vol, low_vol [four]")
+    g.add_argument("--regime-lookback", type=int, metavar="BARS",
+                   help=f"trailing bars of the regime detector [{DEFAULT_LOOKBACK}]")
+    g.add_argument("--regime-min-steps", type=int, metavar="N",
+                   help=f"validation steps a regime needs to choose its own specialist; "
+                        f"fewer: the overall champion [{DEFAULT_MIN_STEPS}]")
+    g.add_argument("--regime-candidates", type=int, metavar="M",
+                   help="compare the M best league models by overall validation score "
+                        "[all the league's archived models]")
     return p
 
 
@@ -265,6 +298,34 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UsageError(f"--keep must be at least 1, got {args.keep}")
     if args.explorer_assets is not None and args.explorer_assets < 1:
         raise UsageError(f"--explorer-assets must be at least 1, got {args.explorer_assets}")
+    regime_flags = {"regime_kind": "--regime-kind", "regime_lookback": "--regime-lookback",
+                    "regime_min_steps": "--regime-min-steps",
+                    "regime_candidates": "--regime-candidates"}
+    if not args.regime_specialists:
+        for name, flag in regime_flags.items():
+            if getattr(args, name) is not None:
+                raise UsageError(f"{flag} needs --regime-specialists")
+    if args.regime_lookback is not None and args.regime_lookback < 2:
+        raise UsageError(f"--regime-lookback must be at least 2 bars, got {args.regime_lookback}")
+    if args.regime_min_steps is not None and args.regime_min_steps < 1:
+        raise UsageError(f"--regime-min-steps must be at least 1, got {args.regime_min_steps}")
+    if args.regime_candidates is not None and args.regime_candidates < 1:
+        raise UsageError(f"--regime-candidates must be at least 1, got "
+                         f"{args.regime_candidates}")
+
+
+def check_specialists(cfg, market) -> None:
+    """Refuses --regime-specialists where regimes over time cannot be detected or a
+    specialist cannot be deployed, in one line: procedural worlds (no time axis), an env
+    other than the portfolio env (the routing policy decides its regimes)."""
+    if cfg.data.market == "worlds" or market.worlds is not None:
+        raise UsageError("--regime-specialists: procedural worlds have no time axis to detect "
+                         "market regimes along; use a market with dates (--market fixed or "
+                         "--data)")
+    if cfg.env.name != "portfolio":
+        raise UsageError(f"--regime-specialists: the {cfg.env.name} env is not supported; "
+                         f"specialists are routed as portfolio env policies (the portfolio "
+                         f"env on a market with dates)")
 
 
 def split(cats: Sequence[Category]) -> dict[str, float]:
@@ -784,6 +845,7 @@ class Round:
         self.evaluator = None  # the first category's, compiled once for the round
         self.status = "completed"
         self.trials: int | None = None  # the league's validations so far, after the round
+        self.specialists: dict | None = None  # --regime-specialists' choice, after the round
         self.t0 = time.perf_counter()
         self.started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -815,6 +877,8 @@ class Round:
         args = _category_args(self.args, first, self._members(first), self.dir / first.name)
         args.member_groups = league_groups(args, [self._members(c) for c in self.cats])
         p, pbt, _ = population_run.plan(args)
+        if self.args.regime_specialists:
+            check_specialists(p.cfg, p.market)
         p = self._with_asset_flags(p)
         self.first_plan = (p, pbt)
         self.data = RoundData(p, self.round, self.args.window, self.args.window_step,
@@ -1064,6 +1128,21 @@ class Round:
             arc.set_selection_trials(self.archive, e["id"], trials)
         return len(trials)
 
+    def choose_specialists(self) -> dict:
+        """--regime-specialists: per market regime, the league model with the best
+        validation Sharpe over the regime's steps (`specialists.choose_specialists` on the
+        round's market, which holds no test bars)."""
+        from jaxtrade import specialists
+
+        a = self.args
+        p = self.first_plan[0]
+        return specialists.choose_specialists(
+            p.market, p.cfg, self.league_entries(), self.archive.models,
+            a.regime_kind or DEFAULT_KIND,
+            DEFAULT_LOOKBACK if a.regime_lookback is None else a.regime_lookback,
+            DEFAULT_MIN_STEPS if a.regime_min_steps is None else a.regime_min_steps,
+            a.regime_candidates)
+
     # ------------------------------------------------------------------ the record
     def record(self) -> dict:
         """The round's league.jsonl record (after the archive's update)."""
@@ -1094,6 +1173,8 @@ class Round:
         }
         if self.args.explorer_assets is not None:
             out["explorer_assets"] = self.args.explorer_assets
+        if self.specialists is not None:
+            out["specialists"] = self.specialists
         return out
 
 
@@ -1297,6 +1378,12 @@ def main(argv: list[str] | None = None) -> int:
         except (archive.ArchiveError, ckpt.CheckpointError, OSError) as e:
             print(f"warning: the league's models keep their earlier trial counts: {e}",
                   file=sys.stderr)
+    if args.regime_specialists and rnd.status != "failed" and rnd.archive.exists():
+        try:
+            rnd.specialists = rnd.choose_specialists()
+        except (UsageError, RegimeError, archive.ArchiveError, ckpt.CheckpointError,
+                OSError) as e:
+            print(f"warning: no regime specialists this round: {e}", file=sys.stderr)
     rec = rnd.record()
     with open(rnd.league_dir / RECORDS_FILE, "a") as f:
         f.write(json.dumps(rec) + "\n")
@@ -1314,6 +1401,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load the champion: jaxtrade.load_policy(\"archive:{where}{champ['id']}\"); "
               f"test it: python -m jaxtrade.evaluate --run-dir "
               f"{rnd.archive.path / 'models' / champ['id']}")
+    if rnd.specialists is not None:
+        from jaxtrade.specialists import table_lines
+
+        print("\n".join(table_lines(rnd.specialists)))
+        print(f"load the specialists: jaxtrade.load_policy(\"league:{args.league_dir}\")")
     if rnd.status == "interrupted":
         print(f"interrupted ({interrupted}): round {rnd.round} recorded with what completed; "
               f"the next run of this command starts round {rnd.round + 1}")

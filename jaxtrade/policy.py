@@ -65,6 +65,7 @@ from jaxtrade.rows import ENV_FILE
 
 if TYPE_CHECKING:
     from jaxtrade.funding_policy import FundingPolicy
+    from jaxtrade.specialists import SpecialistPolicy
 
 CASH = "CASH"  # the cash entry of weight dicts
 
@@ -256,25 +257,12 @@ class Policy:
             return market.with_all_assets()
         return market
 
-    # -------------------------------------------------------------------- decisions
-    def __call__(self, bars: pd.DataFrame,
-                 current_weights: Mapping[str, float] | None = None,
-                 window: int | None = None) -> Decision:
-        """The decision for the bar after the last of `bars` (see the module docstring).
-
-        Args:
-          bars: long-format bars (date, symbol, open, high, low, close, volume[, adj
-            close]) of the assets, at least `feats.WINDOW + 1` bars each, oldest first
-            or not (they are sorted).
-          current_weights: symbol -> weight (and CASH), summing to 1; None = the
-            weights the policy itself would hold after walking `bars`.
-          window: use only the last `window` bars of the loaded, aligned `bars` (at
-            least `feats.WINDOW + 1`; `bars` must hold that many); None = all of them.
+    def panel(self, bars: pd.DataFrame, window: int | None = None) -> Panel:
+        """The aligned panel a decision on `bars` reads: loaded as a data file, the model's
+        symbols chosen (`choose_symbols`), its last `window` bars (see `__call__`).
 
         Raises:
-          DataError: bad bars (one line, as the loader's).
-          EvaluationError: wrong asset count, too few bars, a bad window, bad
-            current_weights.
+          DataError: bad bars. EvaluationError: wrong asset count, too few bars, a bad window.
         """
         need = feats.WINDOW + 1
         if window is not None and (isinstance(window, bool)
@@ -299,6 +287,29 @@ class Policy:
                 f"bars: {panel.n_bars} aligned bars is too few: the {feats.WINDOW}-bar feature "
                 f"window + 1 needs at least {need} (more give the GRU a longer warm-up)"
             )
+        return panel
+
+    # -------------------------------------------------------------------- decisions
+    def __call__(self, bars: pd.DataFrame,
+                 current_weights: Mapping[str, float] | None = None,
+                 window: int | None = None) -> Decision:
+        """The decision for the bar after the last of `bars` (see the module docstring).
+
+        Args:
+          bars: long-format bars (date, symbol, open, high, low, close, volume[, adj
+            close]) of the assets, at least `feats.WINDOW + 1` bars each, oldest first
+            or not (they are sorted).
+          current_weights: symbol -> weight (and CASH), summing to 1; None = the
+            weights the policy itself would hold after walking `bars`.
+          window: use only the last `window` bars of the loaded, aligned `bars` (at
+            least `feats.WINDOW + 1`; `bars` must hold that many); None = all of them.
+
+        Raises:
+          DataError: bad bars (one line, as the loader's).
+          EvaluationError: wrong asset count, too few bars, a bad window, bad
+            current_weights.
+        """
+        panel = self.panel(bars, window)
         held = None if current_weights is None else self._weights_array(current_weights, panel)
         # Two flat bars after the last: the pass's last real step (trading at the last bar)
         # is marked on them, and the decision that follows reads nothing of them.
@@ -370,7 +381,7 @@ def _pad(panel: Panel, k: int) -> Panel:
 
 
 def load_policy(run_dir: str | os.PathLike, checkpoint: str | int = "best",
-                seed: int | None = None) -> Policy | FundingPolicy:
+                seed: int | None = None) -> Policy | FundingPolicy | SpecialistPolicy:
     """The policy of a training run, ready to decide on new bars (see the module docstring);
     for a run of the funding env, a `jaxtrade.funding_policy.FundingPolicy` (today's
     opportunity table, your positions, account and trading config in).
@@ -378,19 +389,26 @@ def load_policy(run_dir: str | os.PathLike, checkpoint: str | int = "best",
     Args:
       run_dir: the run directory (`python -m jaxtrade.train --run-dir`), or an archived
         model: "archive:ID" (in ckpt/archive) or "archive:DIR:ID" (`jaxtrade.archive`;
-        its one checkpoint, whatever `checkpoint` says).
+        its one checkpoint, whatever `checkpoint` says), or "league:LEAGUE_DIR": the
+        regime specialists of that league's last `--regime-specialists` round, routed by
+        the market regime of the bars given (`jaxtrade.specialists.SpecialistPolicy`).
       checkpoint: "best" (by val_score when the run walked its validation range, else
         by episode return), "latest", or an iteration number.
       seed: key of the pass's slippage draws; default the run's seed, as evaluation.
 
     Raises:
       CheckpointError: no such run or checkpoint; EvaluationError: no RUN_DIR/market.json
-        (a portfolio run); ArchiveError: no such archive or archived model.
+        (a portfolio run), or a league without regime specialists; ArchiveError: no such
+        archive or archived model.
     """
     if str(run_dir).startswith("archive:"):
         from jaxtrade import archive
 
         return archive.load_policy(str(run_dir), seed=seed)
+    if str(run_dir).startswith("league:"):
+        from jaxtrade import specialists
+
+        return specialists.load(str(run_dir)[len("league:"):], seed=seed)
     run_dir = Path(run_dir)
     source = ckpt.select(run_dir, checkpoint)
     if source.config.env.name == FundingEnv.name:
