@@ -36,7 +36,6 @@ uniformly random policy on the same keys.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import jax
@@ -327,16 +326,17 @@ def make_evaluator(network: Network, env: PortfolioEnv, env_config: EnvConfig,
 
 
 def compile_with_health(evaluate: Callable, params_like, env_params, num_actions: int, *,
-                        late_like: tuple = (), meanwhile: Callable[[], tuple] | None = None,
+                        late_like: tuple = (), late: Callable[[], tuple] | None = None,
                         members: int = 0):
     """`evaluate(params, env_params, health, *late)` compiled ahead of time for parameters
     like `params_like` and these `env_params`, as `run(params, health, other_params=None) ->
     metrics`: `health` (a training row) gives the `HEALTH_KEYS` and the valid actions.
 
-    `late`: arguments shaped like `late_like` whose values come from `meanwhile()`, host
-    work (another program to compile and run: the world baselines) done on this thread
-    while XLA compiles `evaluate` on another. XLA lets go of the GIL while it compiles, so
-    on two cores the two overlap. `evaluate` is traced and lowered here, first.
+    `late()`: the values of arguments shaped like `late_like` that come from host work
+    (another program to compile and run: the world baselines), called once after
+    `evaluate` is lowered, before it compiles. (Compiling on another thread while `late`
+    runs, e5b9185, was measured on 2 shared cores and taken out: XLA already compiles on
+    both cores, so the evaluation took no less time, and 4-15% more CPU time.)
 
     `members` N > 0: a population's N members in one call, `evaluate` vmapped over them:
     `params_like` has a leading member axis (placed as the population's, whose devices
@@ -348,13 +348,8 @@ def compile_with_health(evaluate: Callable, params_like, env_params, num_actions
     if members:
         evaluate = jax.vmap(evaluate, in_axes=(0, None, 0, *(None,) * len(late_like)))
     lowered = jax.jit(evaluate).lower(params_like, env_params, health_shape, *late_like)
-    if meanwhile is None:
-        compiled, late = lowered.compile(), ()
-    else:
-        with ThreadPoolExecutor(1, thread_name_prefix="compile-evaluation") as pool:
-            compiling = pool.submit(lowered.compile)
-            late = meanwhile()
-            compiled = compiling.result()
+    late_values = () if late is None else tuple(late())
+    compiled = lowered.compile()
 
     def one(health: Mapping[str, float]) -> dict:
         h = {k: np.float32(health[k]) for k in HEALTH_KEYS}
@@ -371,7 +366,7 @@ def compile_with_health(evaluate: Callable, params_like, env_params, num_actions
         else:
             h = one(health)
         return compiled(params, env_params if other_params is None else other_params, h,
-                        *late)
+                        *late_values)
 
     return run
 
@@ -407,9 +402,9 @@ def make_world_evaluator(network: Network, env: PortfolioEnv, env_config: EnvCon
     ratios within a world deflates the chosen one's there); `score` is `score` of the
     medians with `health`.
 
-    The baselines' program compiles and walks every world while the policy's compiles
-    (`compile_with_health`'s `meanwhile`): the baseline's Sharpe ratios are an argument of
-    the policy's program, not a constant of it.
+    The baselines' program compiles and walks every world after the policy's program is
+    lowered (`compile_with_health`'s `late`): the baseline's Sharpe ratios are an argument
+    of the policy's program, not a constant of it.
     """
     world_params = world_pass_params(env, env_config)
     walk = make_policy_walk(network, env, env.world_bars - 2)
@@ -439,7 +434,7 @@ def make_world_evaluator(network: Network, env: PortfolioEnv, env_config: EnvCon
 
     target_like = jax.ShapeDtypeStruct((env.n_worlds,), jnp.float32)
     compiled = compile_with_health(evaluate, params_like, world_params, env.num_actions,
-                                   late_like=(target_like,), meanwhile=baselines,
+                                   late_like=(target_like,), late=baselines,
                                    members=members)
     return lambda params, health: {**compiled(params, health), "baseline": base["name"]}
 
