@@ -445,13 +445,31 @@ def _population_state(run_dir: Path) -> tuple[Any, dict, int]:
     from jaxtrade.population_run import CHECKPOINT_DIR
 
     directory = run_dir / CHECKPOINT_DIR
-    manager = ckpt._read_only_manager(directory) if directory.is_dir() else None
+    manager = ckpt._read_only_manager(directory, ("best",)) if directory.is_dir() else None
     step = manager.latest_step() if manager is not None else None
     if step is None:
         raise ArchiveError(f"{run_dir}: no complete population checkpoint in {directory}")
-    out = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-    return out.state, out.meta, step
+    items = {"state": ocp.args.StandardRestore(), "meta": ocp.args.JsonRestore()}
+    if (directory / str(step) / "best").is_dir():  # each slot's best-scored state
+        items["best"] = ocp.args.StandardRestore()
+    out = manager.restore(step, args=ocp.args.Composite(**items))
+    return out.state, out.meta, step, (out.best if "best" in items else None)
+
+
+LEARNED = ("params", "actor_opt", "critic_opt", "hparams", "iteration")  # a kept state's
+
+
+def kept_members(records: Sequence[Sequence[dict]], score, interval, ids) -> list[dict]:
+    """The population.jsonl records of each slot's best-scored state (`population.
+    BestStates`' score, interval and ids, [N] each): one per slot that has one."""
+    by_slot = {(r["interval"], r["slot"]): r for rs in records for r in rs}
+    out = []
+    for s, (v, i, m) in enumerate(zip(np.asarray(score), np.asarray(interval),
+                                      np.asarray(ids), strict=True)):
+        r = by_slot.get((int(i), s))
+        if np.isfinite(v) and r is not None and r["id"] == int(m):
+            out.append(r)
+    return out
 
 
 def _saved_form(members: Any) -> Any:
@@ -530,11 +548,14 @@ def add_population(archive: Archive, run_dir: str | os.PathLike,
         archive.add_population(archive.Archive(args.archive), run_dir)
 
     Args:
-      members: population.jsonl records of the last interval to archive (default
-        `final_members`: every scored member that kept its slot).
+      members: population.jsonl records to archive (default `final_members`: every
+        scored member of the last interval that kept its slot); with `states`, records of
+        any interval, each the state its slot holds in `states` (e.g. each slot's
+        best-scored state, `population.BestStates`).
       states: the population's members (`Population.members`: a TrainState stacked on
-        the member axis, as after the last interval's exploit/explore); default: read
-        from the run's latest population checkpoint.
+        the member axis, as after the last interval's exploit/explore, or with each slot's
+        learned parts at its record's interval); default: read from the run's latest
+        population checkpoint.
 
       founders: founder member id -> the archived entry that founder continued (a
         population started from archived models, `population.continue_population`): a
@@ -568,25 +589,31 @@ def add_population(archive: Archive, run_dir: str | os.PathLike,
                            f"other folds' test bars, so no score ranks them; evaluate it with "
                            f"python -m jaxtrade.evaluate --run-dir {run_dir}")
     records = read_records(run_dir / POPULATION_FILE)
+    kept = None
+    if states is None:
+        tree, pop_meta, step, kept = _population_state(run_dir)
+    if members is None and kept is not None:  # each slot's best-scored state
+        members = kept_members(records, kept["score"], kept["interval"], kept["ids"])
     members = list(final_members(records) if members is None else members)
     if not members:
         raise ArchiveError(f"{run_dir}: no scored member to archive in {POPULATION_FILE}")
     last = records[-1][0]["interval"]
-    if any(m["interval"] != last for m in members):
+    if states is None and kept is None and any(m["interval"] != last for m in members):
         raise ArchiveError(f"{run_dir}: only the last interval's ({last}) members can be "
                            f"archived: the population checkpoint holds those")
     rng_impl = "threefry2x32"
     if states is None:
-        tree, pop_meta, step = _population_state(run_dir)
         if step != last:
             raise ArchiveError(f"{run_dir}: the latest population checkpoint is of interval "
                                f"{step}, population.jsonl ends at {last}")
-        ids = np.asarray(tree["ids"])
+        ids = np.asarray(tree["ids"] if kept is None else kept["ids"])
         for m in members:
-            if m["replaced_by"] is None and int(ids[m["slot"]]) != m["id"]:
+            if (m["replaced_by"] is None or kept is not None) and int(ids[m["slot"]]) != m["id"]:
                 raise ArchiveError(f"{run_dir}: slot {m['slot']} holds id {int(ids[m['slot']])}"
                                    f", not member {m['id']}")
         states, rng_impl = tree["members"], pop_meta.get("rng_impl", rng_impl)
+        if kept is not None:  # the kept states' learned parts, the last state's envs
+            states = {**states, **{k: kept[k] for k in LEARNED}}
     states = _saved_form(states)
     import jax
 
@@ -965,7 +992,8 @@ def main(argv: list[str] | None = None) -> int:
                              args.generation):
                 print(f"archived {e['id']}: {_short(e['source']['run'])} "
                       + (f"checkpoint {e['iteration']}" if e["source"]["kind"] == "run"
-                         else f"member {e['source']['member']}")
+                         else f"member {e['source']['member']} at interval "
+                              f"{e['source']['interval']}")
                       + f", val score {_fmt(e['val_score'], '+.2f')}, parent "
                         f"{e['parent'] or '-'}, generation {e['generation']}"
                       + ("" if e["kept"] else " (then pruned: not among the best)"))

@@ -251,8 +251,9 @@ def _item_handlers() -> dict[str, Any]:
     return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
 
 
-def _read_only_manager(directory: Path) -> ocp.CheckpointManager:
-    """A manager that reads `directory` and never writes or deletes there (another run's)."""
+def _read_only_manager(directory: Path, arrays: tuple[str, ...] = ()) -> ocp.CheckpointManager:
+    """A manager that reads `directory` and never writes or deletes there (another run's);
+    `arrays`: more items of arrays than `state` (a population checkpoint's `best`)."""
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
     # Orbax warns on every read-only open ("Given directory is read only"); here read-only
     # is the intent, so the warning would only be noise on the CLI's stderr.
@@ -261,7 +262,9 @@ def _read_only_manager(directory: Path) -> ocp.CheckpointManager:
     absl_logger.setLevel(logging.ERROR)
     try:
         return ocp.CheckpointManager(
-            Path(directory).absolute(), options=options, item_handlers=_item_handlers()
+            Path(directory).absolute(), options=options,
+            item_handlers={**_item_handlers(),
+                           **{k: ocp.StandardCheckpointHandler() for k in arrays}},
         )
     finally:
         absl_logger.setLevel(level)

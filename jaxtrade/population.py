@@ -314,6 +314,58 @@ def train_population(trainer: Trainer, k: int, env_axes=None
     return jax.jit(program, donate_argnums=0, out_shardings=(shardings(trainer), metrics_at))
 
 
+@struct.dataclass
+class BestStates:
+    """Per slot, the best-scored model state the slot has held: what validation chooses, as
+    a single run keeps its best checkpoint (a member's last state may score far below an
+    earlier one of its own). The learned parts only (no envs): every leaf [N, ...]."""
+
+    params: Any
+    actor_opt: Any
+    critic_opt: Any
+    hparams: HParams
+    iteration: jax.Array  # int32 [N], the member's iterations at that state
+    score: jax.Array  # float32 [N], its validation score; -inf: none yet
+    interval: jax.Array  # int32 [N], the interval it was scored at (1-based); 0: none
+    ids: jax.Array  # int32 [N], the model's id
+
+    @staticmethod
+    def of(members: TrainState, score, interval, ids) -> BestStates:
+        return BestStates(params=members.params, actor_opt=members.actor_opt,
+                          critic_opt=members.critic_opt, hparams=members.hparams,
+                          iteration=members.iteration, score=score, interval=interval,
+                          ids=ids)
+
+
+def best_shardings(trainer: Trainer) -> BestStates:
+    """Where `BestStates` live: as the population's members (`shardings`), the rest
+    replicated."""
+    placed, whole = shardings(trainer).members, parallel.replicated(trainer.mesh)
+    return BestStates.of(placed, whole, whole, whole)
+
+
+def init_best(pop: Population) -> BestStates:
+    """Nothing kept yet: scores -inf (copies of the members' leaves, so that donating the
+    population never frees them)."""
+    n = pop.size
+    return BestStates.of(jax.tree.map(jnp.copy, pop.members),
+                         jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), jnp.int32),
+                         jnp.full((n,), -1, jnp.int32))
+
+
+def keep_best(best: BestStates, pop: Population, scores: jax.Array) -> BestStates:
+    """`best` with every slot whose (finite) score beats its kept one replaced by the
+    slot's state as scored (`pop` before exploit/explore), at interval `pop.interval + 1`."""
+    better = jnp.isfinite(scores) & (scores > best.score)
+
+    def pick(new, old):
+        return jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+
+    scored = BestStates.of(pop.members, scores.astype(jnp.float32),
+                           jnp.broadcast_to(pop.interval + 1, better.shape), pop.ids)
+    return jax.tree.map(pick, scored, best)
+
+
 def finite_members(metrics: dict) -> jax.Array:
     """Members whose metrics [k, N, ...] are all finite and whose `params_finite` flags are
     all set, over the k iterations: bool [N]."""

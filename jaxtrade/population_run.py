@@ -398,7 +398,8 @@ class PopulationCheckpoints:
             self._manager = ocp.CheckpointManager(
                 self.directory.absolute(), options=self._options,
                 item_handlers={"state": ocp.StandardCheckpointHandler(),
-                               "meta": ocp.JsonCheckpointHandler()})
+                               "meta": ocp.JsonCheckpointHandler(),
+                               "best": ocp.StandardCheckpointHandler()})
         return self._manager
 
     def latest_step(self) -> int | None:
@@ -406,27 +407,39 @@ class PopulationCheckpoints:
             return None
         return self._open().latest_step()
 
-    def save(self, pop, interval: int, meta: dict) -> None:
+    def save(self, pop, interval: int, meta: dict, best=None) -> None:
+        """`pop`, and each slot's best-scored state `best` (`population.BestStates`)."""
         ocp = self._ocp
         # A copy: the next call donates the population's buffers while Orbax reads these.
         snapshot = jax.tree.map(jnp.copy, _saveable(pop))
-        self._open().save(interval, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(snapshot), meta=ocp.args.JsonSave(meta)), force=True)
+        items = {"state": ocp.args.StandardSave(snapshot), "meta": ocp.args.JsonSave(meta)}
+        if best is not None:
+            items["best"] = ocp.args.StandardSave(jax.tree.map(jnp.copy, best))
+        self._open().save(interval, args=ocp.args.Composite(**items), force=True)
 
     def restore(self, trainer, n: int, step: int):
-        """(population placed on the trainer's mesh, meta) of checkpoint `step`."""
+        """(population placed on the trainer's mesh, meta, best states or None: a checkpoint
+        written before they were saved) of checkpoint `step`."""
+        from jaxtrade.population import best_shardings, init_best
+
         ocp = self._ocp
         target = abstract_population(trainer, n)
-        out = self._open().restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        items = {"state": ocp.args.StandardRestore(target), "meta": ocp.args.JsonRestore()}
+        if (self.directory / str(step) / "best").exists():
+            shapes = jax.eval_shape(init_best, target)
+            items["best"] = ocp.args.StandardRestore(jax.tree.map(
+                lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                best_shardings(trainer)))
+        out = self._open().restore(step, args=ocp.args.Composite(**items))
         meta, pop = out.meta, out.state
+        best = out.best if "best" in items else None
         impl = meta.get("rng_impl", "threefry2x32")
         pop = pop.replace(key=jax.random.wrap_key_data(pop.key, impl=impl),
                           members=pop.members.replace(
                               rng=jax.random.wrap_key_data(pop.members.rng, impl=impl)))
         from jaxtrade.population import shardings
 
-        return jax.device_put(pop, shardings(trainer)), meta
+        return jax.device_put(pop, shardings(trainer)), meta, best
 
     def close(self) -> None:
         if self._manager is not None:
@@ -491,12 +504,20 @@ class PopulationRun:
         self.status = "completed"  # | interrupted | diverged
         self.message: str | None = None  # why it diverged
         self.best: dict | None = None
+        self.kept = None  # each slot's best-scored state (`population.BestStates`)
         self.fold_scores: list[float | None] = []  # walk-forward: each fold's latest score
 
     # ------------------------------------------------------------------ start
     def build(self) -> None:
         """Trainer, evaluator and the population: restored, or N founders."""
-        from jaxtrade.population import init_population, make_exploit_explore, shardings
+        from jaxtrade.population import (
+            best_shardings,
+            init_best,
+            init_population,
+            keep_best,
+            make_exploit_explore,
+            shardings,
+        )
         from jaxtrade.trainer import make_train
 
         p, say = self.plan, self.console.say
@@ -513,7 +534,8 @@ class PopulationRun:
         self.checkpoints = PopulationCheckpoints(p.run_dir, self.cfg.run.keep_checkpoints)
         if self.resume:
             step = self.checkpoints.latest_step()
-            self.pop, meta = self.checkpoints.restore(self.trainer, self.pbt.members, step)
+            self.pop, meta, self.kept = self.checkpoints.restore(self.trainer,
+                                                                 self.pbt.members, step)
             self.done = int(meta["iteration"])
             if self.done >= self.total:
                 raise UsageError(f"{self.checkpoints.directory / str(step)} is at iteration "
@@ -537,6 +559,10 @@ class PopulationRun:
                                        env_params=self.env_params, env_axes=self.env_axes)
             self.done = 0
         self.placement = shardings(self.trainer)
+        kept_at = best_shardings(self.trainer)
+        self.keep_best = jax.jit(keep_best, out_shardings=kept_at, donate_argnums=0)
+        if self.kept is None:  # new, or a checkpoint from before they were kept
+            self.kept = jax.jit(init_best, out_shardings=kept_at)(self.pop)
         self.exploit_explore = make_exploit_explore(self.pbt.fraction,
                                                     placement=self.placement)
         whole = parallel.replicated(p.mesh)
@@ -652,6 +678,9 @@ class PopulationRun:
         self.eval_s += time.perf_counter() - t1
         healthy = finite_members(metrics)
         before = self.pop
+        # each slot's best-scored state (a broken member's score is not finite: never kept)
+        self.kept = self.keep_best(self.kept, before, jnp.asarray(
+            np.where(np.asarray(healthy), scores, np.nan), jnp.float32))
         # Walk-forward members never exploit one another (their data differ).
         if not self.pbt.folds and (self.exploit_last or self.done < self.total):
             self.pop = self.exploit_explore(before, jnp.asarray(scores), healthy)
@@ -677,7 +706,7 @@ class PopulationRun:
             "format": FORMAT, "interval": int(records[0]["interval"]),
             "iteration": self.done, "members": self.pbt.members,
             "rng_impl": str(jax.random.key_impl(self.pop.key)),
-            "config": cfgmod.to_dict(self.cfg), "pbt": self.pbt.record()})
+            "config": cfgmod.to_dict(self.cfg), "pbt": self.pbt.record()}, best=self.kept)
         return records
 
     def note_best(self, records: list[dict]) -> dict | None:
@@ -840,19 +869,29 @@ def print_population_banner(p, pbt: PbtSettings, console) -> None:
     sys.stdout.flush()
 
 
-def archive_members(directory: str, run_dir: Path, members) -> None:
-    """--archive: the final members into the archive (`jaxtrade.archive.add_population`),
-    a line each; a failure is a warning (the run itself completed)."""
+def archive_members(directory: str, run_dir: Path, members, kept=None) -> None:
+    """--archive: each slot's best-scored model into the archive (`kept`, the run's
+    `population.BestStates`: the state validation chose, as a single run's best
+    checkpoint; a member's last state may score far below an earlier one), else the final
+    members (`jaxtrade.archive.add_population`); a line each; a failure is a warning (the
+    run itself completed)."""
     from jaxtrade import archive
 
+    chosen, states = None, members
+    if kept is not None:
+        k = jax.device_get(kept)
+        chosen = archive.kept_members(read_records(run_dir / POPULATION_FILE), k.score,
+                                      k.interval, k.ids)
+        states = members.replace(**{name: getattr(kept, name) for name in archive.LEARNED})
     try:
-        entries = archive.add_population(archive.Archive(directory), run_dir, states=members)
+        entries = archive.add_population(archive.Archive(directory), run_dir, members=chosen,
+                                         states=states)
     except archive.ArchiveError as e:
         print(f"warning: nothing archived: {e}", file=sys.stderr)
         return
     for e in entries:
-        print(f"archived {e['id']} in {directory}: member {e['source']['member']}, val score "
-              f"{e['val_score']:+.2f}")
+        print(f"archived {e['id']} in {directory}: member {e['source']['member']} at "
+              f"interval {e['source']['interval']}, val score {e['val_score']:+.2f}")
     print(f"evaluate one on the test data: python -m jaxtrade.evaluate --run-dir "
           f"{directory}/models/<id> (its deflated Sharpe counts every member's every "
           f"validation as a trial)")
@@ -901,7 +940,7 @@ def main(argv: list[str] | None = None) -> int:
               f"compare across folds): {scores}; the out-of-sample folds: python -m "
               f"jaxtrade.evaluate --run-dir {p.run_dir}")
     if args.archive:
-        archive_members(args.archive, p.run_dir, run.pop.members)
+        archive_members(args.archive, p.run_dir, run.pop.members, run.kept)
     print(f"done: {summary['iterations']:,} iterations x {pbt.members} members, "
           f"{summary['timesteps']:,} timesteps in {summary['wall_s']:.1f}s (compile "
           f"{summary['compile_s']:.1f}s, {summary['sps']:,.0f} steps/s); run dir {p.run_dir}")

@@ -129,7 +129,7 @@ def assess(run_dir, *, seed: int | None = None, sample: bool = False) -> WalkFor
     with_ckpt = PopulationCheckpoints(run_dir, cfg.run.keep_checkpoints)
     try:
         for interval in sorted({c["interval"] for c in chosen}):
-            pop, _ = with_ckpt.restore(trainer, n, interval)
+            pop, _, _ = with_ckpt.restore(trainer, n, interval)
             for k, c in enumerate(chosen):
                 if c["interval"] == interval:
                     params[k] = jax.tree.map(lambda x, k=k: x[k], pop.members.params)

@@ -211,8 +211,9 @@ def test_a_populations_final_members_are_archived_and_load(population, tmp_path,
     assert code == 0, err
     where = archive._short(str(pop.absolute()))
     assert out.splitlines() == [
-        f"archived m0001: {where} member 0, val score +12.00, parent -, generation 0",
-        f"archived m0002: {where} member 3, val score +11.00, parent m0001, "
+        f"archived m0001: {where} member 0 at interval 2, val score +12.00, parent -, "
+        f"generation 0",
+        f"archived m0002: {where} member 3 at interval 2, val score +11.00, parent m0001, "
         f"generation 1"]
     founder, copy = a.entry("m0001"), a.entry("m0002")
     assert [v["score"] for v in founder["validation"]] == [10.0, 12.0]
@@ -293,7 +294,7 @@ def test_a_live_population_state_is_archived_as_the_checkpoint_would_be(populati
     from jaxtrade.trainer import TrainState
 
     pop, best, latest = population
-    tree, _, _ = archive._population_state(pop)
+    tree, _, _, _ = archive._population_state(pop)
     members = TrainState(**{**tree["members"],
                             "rng": jax.random.wrap_key_data(tree["members"]["rng"])})
     a = Archive(tmp_path / "a")

@@ -18,7 +18,9 @@ from jaxtrade.population import (
     COMPLEMENT,
     exploit_explore,
     finite_members,
+    init_best,
     init_population,
+    keep_best,
     lineage_records,
     make_exploit_explore,
     member,
@@ -346,3 +348,27 @@ def test_members_evaluated_in_one_call_as_one_at_a_time(tiny):
         for key, v in alone.items():
             np.testing.assert_allclose(both[key][i], v, rtol=1e-5, atol=1e-6, err_msg=key)
     assert len(set(np.round(both["score"], 6))) == 3  # three different policies
+
+
+def test_each_slot_keeps_its_best_scored_state(tiny):
+    """`keep_best`: a slot's state is kept when its finite score beats the kept one (ties
+    and NaN keep the old), with its interval, id and iteration; the rest stay bit for bit."""
+    pop = init_population(tiny, jax.random.key(5), 3)
+    best = init_best(pop)
+    assert np.all(np.isneginf(best.score)) and list(best.interval) == [0, 0, 0]
+    best = keep_best(best, pop, jnp.asarray([1.0, np.nan, 3.0]))
+    np.testing.assert_array_equal(best.interval, [1, 0, 1])
+    np.testing.assert_array_equal(best.ids, [0, -1, 2])
+    later = pop.replace(interval=pop.interval + 1, ids=pop.ids + 10, members=pop.members.replace(
+        params=jax.tree.map(lambda x: x + 1, pop.members.params),
+        iteration=pop.members.iteration + 7))
+    best = keep_best(best, later, jnp.asarray([1.0, 2.0, 4.0]))  # slot 0: a tie, kept
+    np.testing.assert_array_equal(best.score, [1.0, 2.0, 4.0])
+    np.testing.assert_array_equal(best.interval, [1, 2, 2])
+    np.testing.assert_array_equal(best.ids, [0, 11, 12])
+    np.testing.assert_array_equal(best.iteration, [0, 7, 7])
+    for x, first, second in zip(jax.tree.leaves(best.params),
+                                jax.tree.leaves(pop.members.params),
+                                jax.tree.leaves(later.members.params), strict=True):
+        np.testing.assert_array_equal(x[0], first[0])
+        np.testing.assert_array_equal(x[1:], second[1:])

@@ -26,9 +26,13 @@ POP = [*TINY, "--population", str(MEMBERS), "--pbt-interval", str(INTERVAL * STE
 
 
 def run_cli(argv) -> tuple[int, str, str]:
+    return run_cli_of(population_run.main, argv)
+
+
+def run_cli_of(main, argv) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = population_run.main([str(a) for a in argv])
+        code = main([str(a) for a in argv])
     return code, out.getvalue(), err.getvalue()
 
 
@@ -130,7 +134,7 @@ def restored(run_dir, step):
     trainer = make_train(cfg, load_run_market(cfg))
     cps = population_run.PopulationCheckpoints(run_dir, 3)
     try:
-        pop, meta = cps.restore(trainer, MEMBERS, step)
+        pop, meta, _ = cps.restore(trainer, MEMBERS, step)
     finally:
         cps.close()
     return population_run._saveable(pop), meta
@@ -263,20 +267,56 @@ def test_an_interrupt_stops_after_the_interval_with_its_checkpoint(tmp_path, xla
         cps.close()
 
 
-def test_archive_takes_the_final_members(resumed):
-    """--archive DIR: the members of the last interval go into the model archive, each a
-    single run's checkpoint whose deflated Sharpe counts every member's every validation."""
+def test_archive_takes_each_slots_best_state(resumed):
+    """--archive DIR: each slot's best-scored model state goes into the model archive (as a
+    single run's best checkpoint: validation chooses), a member at the interval it scored
+    best, with the parameters it had then; each a single run's checkpoint whose deflated
+    Sharpe counts every member's every validation."""
     from jaxtrade import archive
     from jaxtrade import checkpoint as ckpt
 
     run_dir, out = resumed
+    recs = records(run_dir)
+    expected = set()
+    for slot in range(MEMBERS):
+        scored = [r for r in recs if r["slot"] == slot and r["score"] is not None]
+        top = max(scored, key=lambda r: (r["score"], -r["interval"]))  # earliest of ties
+        expected.add((top["id"], top["interval"], top["score"]))
     entries = archive.Archive(run_dir.parent / "archive").entries()
-    final = {r["id"] for r in records(run_dir) if r["interval"] == 2}
-    assert entries and {e["source"]["member"] for e in entries} <= final
+    assert {(e["source"]["member"], e["source"]["interval"], e["val_score"])
+            for e in entries} == expected
     assert all(e["source"]["run"] == str(run_dir.absolute()) for e in entries)
-    assert f"archived {entries[0]['id']} in " in out
+    assert all(e["iteration"] == e["source"]["interval"] * INTERVAL for e in entries)
+    assert f"archived {entries[0]['id']} in " in out and " at interval " in out
+    for e in entries:  # the parameters it had when it was scored (its slot kept them)
+        rec = next(r for r in recs if r["id"] == e["source"]["member"]
+                   and r["interval"] == e["source"]["interval"])
+        if rec["replaced_by"] is not None:
+            continue
+        pop, _ = restored(run_dir, rec["interval"])
+        model = ckpt.select(run_dir.parent / "archive" / "models" / e["id"], "best")
+        saved = ckpt._read(model, lambda m, s=model.step: m.restore(s, args=ckpt.ocp.args.Composite(
+            state=ckpt.ocp.args.StandardRestore())).state)
+        for x, y in zip(jax.tree.leaves(saved["params"]), jax.tree.leaves(
+                jax.tree.map(lambda v, i=rec["slot"]: np.asarray(v)[i], pop.members.params)),
+                strict=True):
+            np.testing.assert_array_equal(np.asarray(x), y)
     best = ckpt.select(run_dir.parent / "archive" / "models" / entries[0]["id"], "best")
     assert best.meta["selection"]["validations"] == 2 * MEMBERS  # members x walks
+
+
+def test_archive_add_of_a_population_takes_the_same_states(whole, resumed, tmp_path):
+    """`python -m jaxtrade.archive add RUN` reads each slot's best-scored state from the
+    run's last population checkpoint: the models --archive took at the end of the run."""
+    from jaxtrade import archive
+
+    code, out, err = run_cli_of(archive.main, ["--archive", tmp_path / "a", "add", whole[0]])
+    assert code == 0, err
+    added = {(e["source"]["member"], e["source"]["interval"], e["val_score"], e["iteration"])
+             for e in archive.Archive(tmp_path / "a").entries()}
+    at_end = {(e["source"]["member"], e["source"]["interval"], e["val_score"], e["iteration"])
+              for e in archive.Archive(resumed[0].parent / "archive").entries()}
+    assert added == at_end and len(added) == MEMBERS
 
 
 def test_evaluate_points_a_population_run_to_the_archive(whole, capsys):
