@@ -1,14 +1,18 @@
 """`python -m jaxtrade.population`: a population-based training run from the command line.
 
 Host-only. The flags are `python -m jaxtrade.train`'s (the same parser and config
-building) plus `--population N`, `--pbt-interval T` and `--pbt-fraction F`. The run is
-planned as a single run is (`jaxtrade.engine.prepare`: market, env, network, n_envs per
-member) and the banner is the single run's with the population's lines after it. Then
-`jaxtrade.population`'s programs do the work, one interval at a time:
+building) plus `--population N`, `--pbt-interval T`, `--pbt-fraction F` and
+`--member-groups G`. The run is planned as a single run is (`jaxtrade.engine.prepare`:
+market, env, network, n_envs per member, sized to the member's share of a device) on
+`--devices` D (default all) laid out as G member groups x D/G env shards
+(`jaxtrade.parallel.population_mesh`, G = gcd(N, D) by default), and the banner is the
+single run's with the population's lines after it. Then `jaxtrade.population`'s
+programs do the work, one interval at a time:
 
     train every member for the interval's iterations (one compiled call, all members)
-    score every member on the validation data (the single run's evaluator, one member
-        at a time; a worlds run: the median over the validation worlds)
+    score every member on the validation data (the single run's walk, all members in
+        one call where the env offers it; a worlds run: the median over the validation
+        worlds) and keep each slot's best-scored state (`population.BestStates`)
     exploit/explore (jitted once) -> population.jsonl, a checkpoint, a progress line
 
 A run directory holds, besides config.json, market.json and env.json:
@@ -18,7 +22,9 @@ A run directory holds, besides config.json, market.json and env.json:
                                  generation, hyperparameters, validation score and
                                  metrics, timesteps, and the copy that replaced it
     population_checkpoints/<I>/  the whole population after interval I (Orbax): every
-                                 member's TrainState, the PBT key and bookkeeping
+                                 member's TrainState, the PBT key and bookkeeping, and
+                                 each slot's best-scored state (`best`, what --archive
+                                 takes)
     summary.json                 how the run ended and its best member
 
 `--resume` continues from the latest checkpoint bit for bit (population.jsonl is cut back
