@@ -875,7 +875,10 @@ class Round:
                              f"{self.archive.path} holds no scored model to continue")
         first = self._first()
         args = _category_args(self.args, first, self._members(first), self.dir / first.name)
-        args.member_groups = league_groups(args, [self._members(c) for c in self.cats])
+        counts = [self._members(c) for c in self.cats]
+        args.member_groups = league_groups(args, counts)
+        # every category shares this plan's n_envs: sized for the largest one's members
+        args.members_per_device = max(counts) // args.member_groups
         p, pbt, _ = population_run.plan(args)
         if self.args.regime_specialists:
             check_specialists(p.cfg, p.market)

@@ -100,7 +100,7 @@ import numpy as np
 from flax import struct
 
 from jaxtrade import parallel
-from jaxtrade.trainer import HPARAM_NAMES, HParams, Trainer, TrainState
+from jaxtrade.trainer import HORIZON_KEYS, HPARAM_NAMES, HParams, Trainer, TrainState
 
 # Where each runtime hyperparameter may go under PBT: (lowest, highest). Perturbations and
 # resamples are clamped to these, the initial log-uniform samples too, and a resample draws
@@ -117,7 +117,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "max_grad_norm": (0.1, 10.0),
 }
 # Hyperparameters perturbed and sampled as 1 - x: a factor scales the horizon, not x.
-COMPLEMENT = frozenset({"gamma", "gae_lambda"})
+COMPLEMENT = HORIZON_KEYS  # gamma, gae_lambda
 PERTURB = (0.8, 1.2)  # the reference's +-20%
 RESAMPLE_PROB = 0.05  # per member and hyperparameter, instead of a perturbation
 FRACTION = 0.2  # the reference's bottom / top 20%
@@ -297,7 +297,8 @@ def train_population(trainer: Trainer, k: int, env_axes=None
     per k: each call of this function is a new program (and a new trace).
     """
     grouped = parallel.MEMBERS in trainer.mesh.shape
-    one = trainer.iterate if trainer.schedule is None else trainer.iterate_member
+    one = (trainer.iterate if trainer.schedule is None else  # (its ends: a resume's)
+           functools.partial(trainer.iterate_member, schedule=trainer.schedule))
     step = jax.vmap(one, in_axes=(0, env_axes),
                     spmd_axis_name=parallel.MEMBERS if grouped else None)
 

@@ -298,11 +298,14 @@ def plan(args: argparse.Namespace):
         name=Path(args.config).stem if args.config else (args.preset or None),
         new_config=new_config, from_saved=lambda base, keep: base, flag_of=train.FLAG_OF)
     # The members' groups: each group's devices split its members' envs, so n_envs is
-    # planned and sized as one run's on D/G devices, whose memory N/G members share.
+    # planned and sized as one run's on D/G devices, whose memory N/G members share (a
+    # league: its largest category's, `members_per_device`). A resume keeps its n_envs.
     members = member_count(args, saved_pbt)
     devices, groups = layout(args, members)
     options = engine.RunOptions(devices=len(devices) // groups, max_vram_gb=args.max_vram,
-                                preset=args.preset, members_per_device=members // groups)
+                                preset=args.preset, fixed_n_envs=bool(args.resume),
+                                members_per_device=getattr(args, "members_per_device", None)
+                                or members // groups)
     p = engine.prepare(request, options)
     p = dataclasses.replace(p, mesh=parallel.population_mesh(groups, devices=devices))
     check_config(p.cfg, parallel.data_size(p.mesh))
@@ -542,6 +545,13 @@ class PopulationRun:
             step = self.checkpoints.latest_step()
             self.pop, meta, self.kept = self.checkpoints.restore(self.trainer,
                                                                  self.pbt.members, step)
+            if self.trainer.schedule is not None and meta.get("schedule_ends"):
+                # the phases end where they were planned, whatever the new duration
+                self.trainer = dataclasses.replace(self.trainer, schedule=(
+                    self.trainer.schedule.with_ends(meta["schedule_ends"])))
+                say("  the schedule's phases end where the run planned them: "
+                    + ", ".join(f"{x:,.0f}" for x in meta["schedule_ends"])
+                    + " timesteps per member")
             self.done = int(meta["iteration"])
             if self.done >= self.total:
                 raise UsageError(f"{self.checkpoints.directory / str(step)} is at iteration "
@@ -712,7 +722,9 @@ class PopulationRun:
             "format": FORMAT, "interval": int(records[0]["interval"]),
             "iteration": self.done, "members": self.pbt.members,
             "rng_impl": str(jax.random.key_impl(self.pop.key)),
-            "config": cfgmod.to_dict(self.cfg), "pbt": self.pbt.record()}, best=self.kept)
+            "config": cfgmod.to_dict(self.cfg), "pbt": self.pbt.record(),
+            **({"schedule_ends": [float(x) for x in jax.device_get(self.trainer.schedule.ends)]}
+               if self.trainer.schedule is not None else {})}, best=self.kept)
         return records
 
     def note_best(self, records: list[dict]) -> dict | None:
@@ -740,10 +752,15 @@ class PopulationRun:
         med = float(np.median([r["score"] for r in scored])) if scored else float("nan")
         rets = [r["train"].get("episode_return_mean") for r in records]
         rets = [x for x in rets if x is not None]
+        if self.pbt.folds:  # each fold on its own slice: no best across them
+            val = "val " + " ".join("n/a" if s is None else f"{s:+.2f}"
+                                    for s in self.fold_scores) + " (folds 1..K)"
+        else:
+            val = ("val best " + (f"{best['score']:+.2f} (id {best['id']})" if best else "n/a")
+                   + f" median {med:+.2f}")
         line(f"interval {interval:>3}/{n_intervals} | it {self.done:>5}/{self.total} | steps "
-             f"{self.done * self.steps:>11,}/member | sps {sps:>9,.0f} | val best "
-             + (f"{best['score']:+.2f} (id {best['id']})" if best else "n/a")
-             + f" median {med:+.2f} | ret best {max(rets, default=float('nan')):+.4f}")
+             f"{self.done * self.steps:>11,}/member | sps {sps:>9,.0f} | {val} | ret best "
+             f"{max(rets, default=float('nan')):+.4f}")
         for r in records:
             if (copy := r["replaced_by"]) is not None:
                 why = " (non-finite)" if r["nonfinite"] else ""

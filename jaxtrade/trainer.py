@@ -125,8 +125,9 @@ class Trainer:
     # The run's schedule (`jaxtrade.schedule.ScheduleTable`, replicated) or None: an argument
     # of the program, so that phases ending early and adjusted factors recompile nothing.
     schedule: Any = None
-    # `iterate` for a population's member: a member's own values of scheduled
-    # hyperparameters are factors on the schedule (`make_iterate`'s `relative_to`).
+    # `iterate` for a population's member, (state, env_params, schedule=this trainer's
+    # as built): a member's own values of scheduled hyperparameters are factors on it
+    # (`make_iterate`'s `relative_to`).
     iterate_member: Callable | None = None
 
     @property
@@ -241,21 +242,18 @@ def make_iterate(env: Environment, network: Network, rule: LearningRule, rollout
     (iteration x `steps_per_iteration`) first, and the state keeps them.
 
     `relative_to` (HParams, a population's: the config's values): a member's own value of
-    a scheduled hyperparameter is a factor on the schedule, value / the config's, applied
-    as an adjustment rule's factor is (`ScheduleTable.factors`: within its floor and
-    ceiling), and the state keeps the member's own values (PBT perturbs them)."""
+    a scheduled hyperparameter is a factor on the schedule (`_member_scaled`), and the
+    state keeps the member's own values (PBT perturbs them)."""
 
     def iterate(state: TrainState, env_params, schedule=None, relative_to=None
                 ) -> tuple[TrainState, dict]:
         hp = state.hparams
         if schedule is not None:
             t = state.iteration.astype(jnp.float32) * jnp.float32(steps_per_iteration)
-            if relative_to is not None:  # (a config value of 0, e.g. dropout: factor 1)
-                base = jnp.stack([getattr(relative_to, k) for k in schedule.keys])
-                own = jnp.stack([getattr(hp, k) for k in schedule.keys])
-                factor = jnp.where(base != 0, own / jnp.where(base != 0, base, 1), 1)
-                schedule = schedule.replace(factors=schedule.factors * factor)
-            hp = hp.replace(**schedule.values_at(t))
+            values = schedule.values_at(t)
+            if relative_to is not None:
+                values = _member_scaled(values, schedule, hp, relative_to)
+            hp = hp.replace(**values)
         rng, key_roll, key_epochs, key_critic = jax.random.split(state.rng, 4)
         actor_opt = ppo.set_hyperparams(state.actor_opt, learning_rate=hp.actor_lr,
                                         max_grad_norm=hp.max_grad_norm)
@@ -301,6 +299,29 @@ def make_iterate(env: Environment, network: Network, rule: LearningRule, rollout
         return new_state, metrics
 
     return iterate
+
+
+# Discounts whose horizon 1 - x is what a factor scales (PBT perturbs them so too).
+HORIZON_KEYS = frozenset({"gamma", "gae_lambda"})
+
+
+def _member_scaled(values: dict, schedule, hp: HParams, config_values: HParams) -> dict:
+    """The schedule's `values` (float32 [] each) as a population member trains with them:
+    each times the member's own value / the config's (for `HORIZON_KEYS`, the horizon
+    1 - x times (1 - own) / (1 - config's)), within the table's floor and ceiling (as an
+    adjustment rule's factor); a factor of 1 (the config's value, or a config value of 0
+    or, for a horizon, 1) leaves the schedule's value exactly."""
+    out = dict(values)
+    for i, k in enumerate(schedule.keys):
+        own, base, v = getattr(hp, k), getattr(config_values, k), values[k]
+        if k in HORIZON_KEYS:
+            f = jnp.where(base != 1, (1 - own) / jnp.where(base != 1, 1 - base, 1), 1)
+            scaled = 1 - (1 - v) * f
+        else:
+            f = jnp.where(base != 0, own / jnp.where(base != 0, base, 1), 1)
+            scaled = v * f
+        out[k] = jnp.where(f != 1, jnp.clip(scaled, schedule.floor[i], schedule.ceiling[i]), v)
+    return out
 
 
 def schedule_table(config: Config):
@@ -387,10 +408,11 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
     def iterate(state: TrainState, env_params) -> tuple[TrainState, dict]:
         return step(state, env_params, table)  # the schedule as planned
 
-    def iterate_member(state: TrainState, env_params) -> tuple[TrainState, dict]:
+    def iterate_member(state: TrainState, env_params, schedule=table
+                       ) -> tuple[TrainState, dict]:
         config_values = HParams.create(**hparam_values(config))
-        return step(state, env_params, table,
-                    None if table is None else config_values)
+        return step(state, env_params, schedule,
+                    None if schedule is None else config_values)
 
     def run_k(state: TrainState, env_params, k: int, schedule):
         return jax.lax.scan(lambda s, _: step(s, env_params, schedule), state, None, length=k)

@@ -289,11 +289,13 @@ name = "warm"
 end_fraction = 0.5
 actor_lr = [1e-3, 5e-4]
 ent_coef = 0.02
+gamma = 0.97
 [[phase]]
 name = "cool"
 end_fraction = 1.0
 actor_lr = [5e-4, 1e-4]
 ent_coef = 0.01
+gamma = 0.98
 """
 
 
@@ -301,8 +303,9 @@ def test_members_scale_the_schedule(small_market, tmp_path):
     """With a schedule, a member's own value of a scheduled hyperparameter is a factor on
     it (value / the config's): the member at the config's values trains with the schedule
     exactly, as the single run does, one at 2x the config's actor_lr with 2x the scheduled
-    rate (the ent_coef schedule at 0.5x), and the members keep their own values (what PBT
-    perturbs); a hyperparameter the schedule does not control is the member's own."""
+    rate (the ent_coef schedule at 0.5x, gamma's horizon 1 - gamma at 2x, as PBT scales
+    it), and the members keep their own values (what PBT perturbs); a hyperparameter the
+    schedule does not control is the member's own."""
     path = tmp_path / "schedule.toml"
     path.write_text(SCHEDULE)
     cfg = resolve(with_values(Config(), **TINY, iterations=4, schedule=str(path)), "cpu")
@@ -311,6 +314,7 @@ def test_members_scale_the_schedule(small_market, tmp_path):
     pop = init_population(trainer, jax.random.key(3), 2,
                           {"actor_lr": [base, 2 * base], "ent_coef": [cfg.ppo.ent_coef,
                                                                       0.5 * cfg.ppo.ent_coef],
+                           "gamma": [cfg.ppo.gamma, 1 - 2 * (1 - cfg.ppo.gamma)],
                            "clip": [0.2, 0.3]})
     own = jax.device_get(pop.members.hparams)
     single = member(pop, 0)
@@ -322,6 +326,9 @@ def test_members_scale_the_schedule(small_market, tmp_path):
         np.testing.assert_allclose(metrics["actor_lr"][it], [lr, 2 * lr], rtol=1e-6)
         np.testing.assert_allclose(metrics["ent_coef"][it], [ent, 0.5 * ent], rtol=1e-6)
         np.testing.assert_allclose(metrics["clip"][it], [0.2, 0.3], rtol=1e-6)
+        gamma = float(trainer.schedule.values_at(it * steps)["gamma"])
+        np.testing.assert_allclose(metrics["gamma"][it], [gamma, 1 - 2 * (1 - gamma)],
+                                   rtol=1e-5)
     assert lr != float(trainer.schedule.values_at(0)["actor_lr"])  # the schedule moved
     assert leaves_equal(jax.device_get(trained.members.hparams), own)
     state, m = trainer.run(trainer.place(single), 2)

@@ -172,6 +172,20 @@ def test_bad_flags_are_one_line_errors(extra, message):
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
 
 
+def test_resume_keeps_n_envs_under_a_smaller_budget(whole, tmp_path):
+    """A resume's state fixes n_envs: under a budget that would size fewer envs per member
+    it warns and goes on (it used to lower n_envs and then refuse the changed shape)."""
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(whole[0], run_dir)
+    code, out, err = run_cli(["--run-dir", run_dir, "--resume", "--iterations",
+                              3 * INTERVAL, "--max-vram", "0.0004", "-q"])
+    assert code == 0, err
+    assert "the checkpoint fixes n_envs, so the run goes on" in out + err
+    assert json.loads((run_dir / "summary.json").read_text())["iterations"] == 3 * INTERVAL
+
+
 def test_resume_and_new_run_refusals(whole, tmp_path):
     run_dir, _ = whole
     code, _, err = run_cli([*POP, "--iterations", "2", "--run-dir", run_dir])

@@ -64,6 +64,7 @@ class RunOptions:
     on_mismatch: str | None = None  # --on-mismatch for checkpoints of another architecture
     lr_multiplier: float | None = None  # --lr-multiplier (already in the config; for the log)
     members_per_device: int = 1  # a population's members sharing each device's memory
+    fixed_n_envs: bool = False  # a state to be restored fixes n_envs (a population resume)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +121,7 @@ def prepare(request: StartRequest, options: RunOptions) -> Plan:
     env = make_env(cfg.env.name, market)  # the name was checked by the config's rule
     eval_every = eval_interval(cfg, env, given=options.eval_every_given)
     sizing = size_n_envs(cfg, env, n_devices, max_vram, given=start.n_envs_given,
-                         fixed=start.mode in ("resume", "checkpoint"),
+                         fixed=start.mode in ("resume", "checkpoint") or options.fixed_n_envs,
                          share=options.members_per_device)
     cfg = sizing.cfg  # validated when planned; sizing keeps n_envs a valid multiple
     run_dir = Path(cfg.run.run_dir)
