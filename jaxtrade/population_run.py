@@ -892,23 +892,16 @@ def print_population_banner(p, pbt: PbtSettings, console) -> None:
     sys.stdout.flush()
 
 
-def archive_members(directory: str, run_dir: Path, members, kept=None) -> None:
-    """--archive: each slot's best-scored model into the archive (`kept`, the run's
-    `population.BestStates`: the state validation chose, as a single run's best
-    checkpoint; a member's last state may score far below an earlier one), else the final
-    members (`jaxtrade.archive.add_population`); a line each; a failure is a warning (the
-    run itself completed)."""
+def archive_members(directory: str, run_dir: Path) -> None:
+    """--archive, once the run has completed (its last checkpoint written): each slot's
+    best-scored model (the checkpoint's `best`: the state validation chose, as a single
+    run's best checkpoint; a member's last state may score far below an earlier one) into
+    the archive, as `python -m jaxtrade.archive add` would (`jaxtrade.archive.
+    add_population`); a line each; a failure is a warning (the run itself completed)."""
     from jaxtrade import archive
 
-    chosen, states = None, members
-    if kept is not None:
-        k = jax.device_get(kept)
-        chosen = archive.kept_members(read_records(run_dir / POPULATION_FILE), k.score,
-                                      k.interval, k.ids)
-        states = members.replace(**{name: getattr(kept, name) for name in archive.LEARNED})
     try:
-        entries = archive.add_population(archive.Archive(directory), run_dir, members=chosen,
-                                         states=states)
+        entries = archive.add_population(archive.Archive(directory), run_dir)
     except archive.ArchiveError as e:
         print(f"warning: nothing archived: {e}", file=sys.stderr)
         return
@@ -963,7 +956,7 @@ def main(argv: list[str] | None = None) -> int:
               f"compare across folds): {scores}; the out-of-sample folds: python -m "
               f"jaxtrade.evaluate --run-dir {p.run_dir}")
     if args.archive:
-        archive_members(args.archive, p.run_dir, run.pop.members, run.kept)
+        archive_members(args.archive, p.run_dir)
     print(f"done: {summary['iterations']:,} iterations x {pbt.members} members, "
           f"{summary['timesteps']:,} timesteps in {summary['wall_s']:.1f}s (compile "
           f"{summary['compile_s']:.1f}s, {summary['sps']:,.0f} steps/s); run dir {p.run_dir}")
