@@ -25,6 +25,8 @@ import os
 import shutil
 import tempfile
 
+from tests import xla_flags
+
 _CACHE_VAR = "JAXTRADE_TEST_XLA_CACHE"  # the session's cache, for xdist workers to find
 if os.environ.get(_CACHE_VAR) and os.environ.get("PYTEST_XDIST_WORKER"):
     XLA_CACHE = os.environ[_CACHE_VAR]  # the controller's; it removes it
@@ -34,6 +36,7 @@ else:
     atexit.register(shutil.rmtree, XLA_CACHE, ignore_errors=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = XLA_CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+xla_flags.add_fast_compile()  # the suite's compile effort, inherited by subprocesses
 
 import jax  # noqa: E402  (after the cache settings, which JAX reads when it starts)
 import pandas as pd  # noqa: E402

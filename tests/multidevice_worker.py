@@ -11,8 +11,10 @@ import os
 import re
 import sys
 
+from tests import xla_flags
+
 N = int(sys.argv[1])
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={N}"
+os.environ["XLA_FLAGS"] = xla_flags.flags(N)
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402

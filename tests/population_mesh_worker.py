@@ -13,8 +13,10 @@ import json
 import os
 import re
 
+from tests import xla_flags
+
 N_DEVICES = 4
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={N_DEVICES}"
+os.environ["XLA_FLAGS"] = xla_flags.flags(N_DEVICES)
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402

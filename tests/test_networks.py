@@ -3,7 +3,6 @@ MLP network; building a network from its config."""
 
 import dataclasses
 
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -25,6 +24,7 @@ from jaxtrade.networks import (
     orthonormal,
     param_shapes,
 )
+from jaxtrade.networks.base import max_over_assets
 
 # Tiny shapes keep compilation short; the reference layout is only
 # shape-evaluated.
@@ -556,6 +556,18 @@ def test_set_encoder_pools_only_the_assets_that_exist():
     np.testing.assert_allclose(run(net, padded), run(_set_net(small), real), atol=2e-5)
 
 
+def test_max_over_assets_is_the_max_with_a_gradient_that_is_never_nan():
+    """The set encoder's max pooling: `x.max(-2)`'s values; its gradient is the upstream
+    gradient at the first largest element (ties too), where `jnp.max` splits it by a count
+    of equal elements that can be 0 (`max_over_assets`)."""
+    x = jnp.array([[1.0, 3.0], [2.0, 3.0], [2.0, -1.0]])  # [assets 3, features 2]
+    np.testing.assert_array_equal(max_over_assets(x), x.max(-2))
+    g = jax.grad(lambda x: (max_over_assets(x) * jnp.array([5.0, 7.0])).sum())(x)
+    np.testing.assert_array_equal(g, [[0.0, 7.0], [5.0, 0.0], [0.0, 0.0]])
+    batch = jax.random.normal(KEY, (4, 6, 5, 8))
+    np.testing.assert_array_equal(max_over_assets(batch), batch.max(-2))
+
+
 def test_remat_recomputes_the_gru_gates_for_the_same_gradients_in_less_memory():
     """--remat: the unroll's gradients are the plain unroll's (the same arithmetic, done
     again in the backward pass), XLA's plan keeps fewer temporaries, and the memory
@@ -579,7 +591,11 @@ def test_remat_recomputes_the_gru_gates_for_the_same_gradients_in_less_memory():
         fn = jax.jit(jax.grad(loss))
         temp[remat] = fn.lower(params).compile().memory_analysis().temp_size_in_bytes
         grads[remat], saved[remat] = fn(params), net.saved_bytes_per_step()
-    chex.assert_trees_all_close(grads[True], grads[False], rtol=1e-6, atol=1e-6)
+    # Recomputed gates are the same arithmetic, but sums over 16 x 32 steps may round
+    # differently in another fusion (XLA code-generating at -O0, tests/xla_flags.py: 2e-5
+    # in leaves whose largest values are ~100): each leaf to 1e-6 of its largest value.
+    for a, b in zip(jax.tree.leaves(grads[True]), jax.tree.leaves(grads[False]), strict=True):
+        assert np.abs(a - b).max() <= 1e-6 * np.abs(b).max()
     assert temp[True] < temp[False] and saved[True] == saved[False] - 2 * 3 * 32 * 4
     cfg = train.config_from_args(train.build_parser().parse_args(["--remat"]))
     assert cfg.network.remat and not train.config_from_args(

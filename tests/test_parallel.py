@@ -13,6 +13,7 @@ import pytest
 
 from jaxtrade import checkpoint as ckpt
 from jaxtrade import parallel, train
+from tests import xla_flags
 from tests.test_train import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ def cpu_env(n_devices: int) -> dict[str, str]:
     # (tests/conftest.py): a program a child compiled loads in the next child.
     keep = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") or k in keep}
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
+    env["XLA_FLAGS"] = xla_flags.flags(n_devices)
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(REPO)
     return env

@@ -11,6 +11,7 @@ import jax
 import pytest
 
 from jaxtrade import parallel, population_run
+from tests import xla_flags
 from tests.cli import REPO, Cli
 from tests.test_parallel import cpu_env
 from tests.test_population_run import POP, run_cli
@@ -96,7 +97,7 @@ def test_cli_on_four_devices_and_resume_on_one(xla_cache, tmp_path):
     interval, then --resume on 1 device (Orbax places the saved population on the new
     mesh) for a second."""
     cli = Cli(xla_cache, module="jaxtrade.population")
-    four = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    four = {"XLA_FLAGS": xla_flags.flags(4), "JAX_PLATFORMS": "cpu"}
     argv = [*TINY, "--population", 4, "--pbt-interval", 128, "--seed", 1]
     run_dir = tmp_path / "pop"
     out = cli.check(*argv, "--iterations", 2, "--devices", 4, "--member-groups", 2,
@@ -119,7 +120,7 @@ def test_league_rounds_on_four_devices(xla_cache, tmp_path):
     champions continued from the archive, on 2 groups x 2 env shards (the groups divide
     every category's members; 2 champions share the refiners' program)."""
     cli = Cli(xla_cache, module="jaxtrade.league")
-    four = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    four = {"XLA_FLAGS": xla_flags.flags(4), "JAX_PLATFORMS": "cpu"}
     argv = [*TINY, "--seed", 1, "--pbt-interval", 64, "--explorer-timesteps", 128,
             "--refiners", 2, "--refiner-timesteps", 128, "--champions", 2,
             "--champion-timesteps", 128, "--league-dir", tmp_path / "league",

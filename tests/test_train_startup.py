@@ -19,6 +19,7 @@ import re
 import pytest
 
 from jaxtrade.data import SyntheticConfig, synthetic_panel
+from tests import xla_flags
 from tests.cli import Cli
 from tests.conftest import long_frame
 
@@ -34,7 +35,7 @@ BANNER = ("jaxtrade ", "market: ", "model: ", "ppo: ", "memory: estimated", "run
 
 
 def devices_env(n: int) -> dict:
-    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+    return {"XLA_FLAGS": xla_flags.flags(n)}
 
 
 @pytest.fixture(scope="module")

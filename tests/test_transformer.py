@@ -119,9 +119,13 @@ def test_unroll_equals_repeated_steps(net):
         s = step.state
         logits.append(step.logits)
         values.append(step.value)
-    np.testing.assert_allclose(out.logits, jnp.stack(logits), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out.value, jnp.stack(values), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out.state.memory, s.memory, rtol=1e-5, atol=1e-5)
+    # The same function summed in other orders (the whole window against one token at a
+    # time): float32 rounding, up to 2.7e-5 on the logits when XLA code-generates at -O0
+    # (tests/xla_flags.py); a wrong mask or position would move them by ~0.1.
+    close = {"rtol": 1e-5, "atol": 5e-5}
+    np.testing.assert_allclose(out.logits, jnp.stack(logits), **close)
+    np.testing.assert_allclose(out.value, jnp.stack(values), **close)
+    np.testing.assert_allclose(out.state.memory, s.memory, **close)
     np.testing.assert_array_equal(out.state.count, s.count)
     from_trunk = net.model.apply({"params": net.params}, out.trunk, method="value_from_trunk")
     np.testing.assert_allclose(from_trunk, out.value, rtol=1e-6, atol=1e-6)

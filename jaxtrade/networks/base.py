@@ -138,6 +138,21 @@ def dropout_rate(default: float, rate: jax.Array | float | None) -> jax.Array | 
 ENCODERS = ("flat", "set")  # NetworkConfig.encoder: how the trunk reads an observation
 
 
+def max_over_assets(x: jax.Array) -> jax.Array:
+    """``x.max(-2)``, whose gradient goes to the first largest element (a gather at the
+    argmax), never divided.
+
+    `jnp.max`'s own gradient is ``g * (x == max) / count(x == max)``. When XLA computes ``x``
+    in two places (the fusion that reduces and the one that compares) and they round
+    differently (a multiply-add contracted in one and not the other, say), no element
+    equals the max: the count is 0 and the gradient 0 / 0 = NaN. It happened: NaN
+    gradients in every set-encoder parameter after one update, with LLVM at -O0 on CPU
+    (the test suite's setting, `tests/xla_flags.py`).
+    """
+    i = jnp.argmax(x, axis=-2, keepdims=True)
+    return jnp.take_along_axis(x, i, axis=-2)[..., 0, :]
+
+
 class SetEncoder(nn.Module):
     """The same two Dense-ReLU-LayerNorm blocks applied to every asset's token, pooled over
     assets (mean and max), joined with the globals by a third block, then dropout.
@@ -158,12 +173,12 @@ class SetEncoder(nn.Module):
             x = nn.Dense(self.hidden_dim, dtype=self.dtype, name=f"asset_dense_{i}")(x)
             x = nn.LayerNorm(dtype=self.dtype, name=f"asset_norm_{i}")(nn.relu(x))
         if self.layout.mask_token is None:
-            mean, top = x.mean(-2), x.max(-2)
+            mean, top = x.mean(-2), max_over_assets(x)
         else:  # pool over the assets that exist only
             exists = tokens[..., self.layout.mask_token:self.layout.mask_token + 1] > 0.5
             count = jnp.maximum(exists.sum(-2), 1).astype(x.dtype)
             mean = jnp.where(exists, x, 0).sum(-2) / count
-            top = jnp.where(exists, x, jnp.finfo(x.dtype).min).max(-2)
+            top = max_over_assets(jnp.where(exists, x, jnp.finfo(x.dtype).min))
             top = jnp.where(exists.any(-2), top, 0)  # no asset at all: nothing, not -3e38
         pooled = jnp.concatenate([mean, top, globals_.astype(x.dtype)], axis=-1)
         x = nn.Dense(self.hidden_dim, dtype=self.dtype, name="pool_dense")(pooled)
