@@ -15,14 +15,19 @@
 # 4. the population sweep (python -m benchmarks.population_sweep --gpu): 1, 4, 16, 64
 #    members x 64 envs, reference network, bf16, each against one run of the same env
 #    count, into benchmarks/results/population_sweep_<device>_<date>.json (the 64-member
-#    row first, so a time limit keeps it).
+#    row first, so a time limit keeps it);
+# 5. where an iteration's time goes (python -m benchmarks.phases): 65,536 envs, bf16, the
+#    reference network, each part of the iteration compiled and timed alone, into
+#    benchmarks/results/phases_<device>_<date>.json; skipped when the steps before it left
+#    less than PHASES_TIMEOUT of the 8 minutes.
 #
 # Each step has its own time limit, so one that fails or runs long leaves the others'
 # figures. Logs go to $OUT (the device tool's folder) when set, else /tmp/gpu_check.
 # Settings (environment variables): PYTHON (python3), SWEEP_ENVS ("4096 16384 65536"),
 # SWEEP_ARGS (more benchmark flags), SMOKE_ARGS ("--high-vram --iterations 2"),
 # POP_ARGS (more population-sweep flags), SWEEP_TIMEOUT (210 s), SMOKE_TIMEOUT (150 s),
-# POP_TIMEOUT (90 s), RESULTS (benchmarks/results), STEPS ("sweep smoke population": the
+# POP_TIMEOUT (90 s), PHASES_ARGS ("--n-envs 65536 --precision bf16"), PHASES_TIMEOUT
+# (100 s), RESULTS (benchmarks/results), STEPS ("sweep smoke population phases": the
 # checks to run, e.g. "smoke" to rerun one), SKIP_INSTALL
 # (non-empty: no install step; for trying the script on a CPU).
 set -u
@@ -37,7 +42,9 @@ POP_ARGS=${POP_ARGS:-}
 SWEEP_TIMEOUT=${SWEEP_TIMEOUT:-210}
 SMOKE_TIMEOUT=${SMOKE_TIMEOUT:-150}
 POP_TIMEOUT=${POP_TIMEOUT:-90}
-STEPS=${STEPS:-"sweep smoke population"}
+PHASES_ARGS=${PHASES_ARGS:-"--n-envs 65536 --precision bf16"}
+PHASES_TIMEOUT=${PHASES_TIMEOUT:-100}
+STEPS=${STEPS:-"sweep smoke population phases"}
 export PYTHONUNBUFFERED=1
 mkdir -p "$LOGS" "$RESULTS"
 status=0
@@ -109,6 +116,18 @@ stamp "population sweep: --gpu (members 1 4 16 64 x 64 envs, reference network, 
 timeout "$POP_TIMEOUT" "$PY" -m benchmarks.population_sweep --gpu --out "$RESULTS" $POP_ARGS \
     2>&1 | tee "$LOGS/population.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "population sweep FAILED or timed out (rows measured so far are saved)"; status=1; }
+fi
+
+if [[ " $STEPS " == *" phases "* ]]; then
+if [ $(($(date +%s) - t0 + PHASES_TIMEOUT)) -gt 480 ]; then
+    stamp "phases: skipped, less than ${PHASES_TIMEOUT} s of the 8 minutes left (STEPS=phases runs it alone)"
+else
+stamp "phases: where an iteration's time goes, $PHASES_ARGS"
+# shellcheck disable=SC2086
+timeout "$PHASES_TIMEOUT" "$PY" -m benchmarks.phases --out "$RESULTS" $PHASES_ARGS \
+    2>&1 | tee "$LOGS/phases.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "phases FAILED or timed out"; status=1; }
+fi
 fi
 
 stamp "done, status $status"

@@ -129,6 +129,9 @@ class Trainer:
     # as built): a member's own values of scheduled hyperparameters are factors on it
     # (`make_iterate`'s `relative_to`).
     iterate_member: Callable | None = None
+    # The training rollout, (params, env_params, carry, key) -> (carry, Transition [T, B]),
+    # as `iterate` runs it (for benchmarks that time the parts of an iteration).
+    rollout: Callable | None = None
 
     @property
     def steps_per_iteration(self) -> int:
@@ -438,6 +441,7 @@ def make_train(config: Config, market: Market, mesh: jax.sharding.Mesh | None = 
         init=init,
         iterate=iterate,
         iterate_member=iterate_member,
+        rollout=rollout,
         program=program,
         n_params=count_params(shapes.params),
         mesh=mesh,

@@ -254,6 +254,15 @@ def test_gpu_check_script_parses_and_runs_its_frame(tmp_path):
     assert "devices:" in (tmp_path / "logs" / "device.txt").read_text()
     assert "throughput sweep" not in done.stdout
 
+    # Step 5 alone, on this test file's tiny phases config (its programs are in the
+    # session's compilation cache): its figures land in RESULTS.
+    env.update(STEPS="phases", PHASES_ARGS=" ".join(TINY_PHASES))
+    done = subprocess.run(["bash", script], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "where an iteration's time goes" in done.stdout
+    assert result_path("phases", device_info(), tmp_path / "results").exists()
+
 
 def test_worlds_rules_factor_payoffs_and_switch():
     """benchmarks/worlds_rules.py: a factor's payoff is its top half's return over the bar,
@@ -439,3 +448,29 @@ def test_pbt_comparison_chooses_on_validation_and_compares_world_by_world(tmp_pa
     assert h["sign_test_p"] == pytest.approx(5 / 16)  # 3 or more wins of 4 flips
     with pytest.raises(SystemExit):
         head_to_head(pbt, ind[:4], seed=0)
+
+
+TINY_PHASES = ("--n-envs", "8", "--n-steps", "8", "--hidden-dim", "8", "--n-gru-layers", "1",
+               "--precision", "fp32", "--critic-epochs", "1", "--repeats", "1")
+
+
+def test_phases_times_every_part_of_an_iteration(tmp_path):
+    """benchmarks/phases.py on a tiny config: one row per part of the iteration, each with a
+    positive time and its share of the whole, saved by device and date; the rollout's and
+    the iteration's env-step rates are the batch over their time."""
+    from benchmarks import phases
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert phases.main([*TINY_PHASES, "--out", str(tmp_path)]) == 0
+    record = json.loads(result_path("phases", device_info(), tmp_path).read_text())
+    rows = {r["part"]: r for r in record["results"]}
+    assert list(rows) == ["rollout", "rollout: env alone", "advantages", "joint epochs",
+                          "joint: one minibatch step", "joint: its forward (unroll)",
+                          "critic epochs", "iteration"]
+    assert all(r["seconds"] > 0 and r["compile_s"] > 0 for r in rows.values())
+    assert rows["iteration"]["share"] == 1.0
+    for name in ("rollout", "iteration"):
+        assert rows[name]["env_steps_per_s"] == pytest.approx(64 / rows[name]["seconds"])
+    assert rows["joint epochs"]["env_steps_per_s"] is None
+    assert record["settings"]["critic_epochs"] == 1 and "of iteration" in out.getvalue()

@@ -1,0 +1,159 @@
+"""Where one PPO iteration's time goes: its parts compiled and timed one by one.
+
+    python -m benchmarks.phases [--env portfolio] [--n-envs 1024] [--n-steps 128]
+        [--hidden-dim 256] [--n-gru-layers 2] [--precision auto] [--critic-epochs 4]
+        [--repeats 3] [--out DIR]
+
+For one config (the portfolio env on its fixed embedded market by default, the reference
+network unless told otherwise), each part of `jaxtrade.trainer`'s iteration is compiled
+ahead of time on its own and run `--repeats` times after a warm-up; the best run counts:
+
+* rollout: the trainer's own rollout (`Trainer.rollout`: policy step, sampling, vmapped
+  env step, the bootstrap slots and their forward after the scan), n_steps steps;
+* env alone: the vmapped env step with random actions over the same steps
+  (`benchmarks.throughput.make_env_run`), the part of the rollout that is not the network;
+* advantages: the value after the last step and GAE;
+* joint epochs: ppo_epochs x n_minibatches gradient steps of both optimizer chains
+  (`LearningRule.joint_epochs`);
+* critic epochs: the trunk forward per minibatch and critic_epochs value-head steps
+  (`LearningRule.critic_only_epochs`; absent with --critic-epochs 0);
+* one minibatch: forward + backward and both optimizer updates of one minibatch alone,
+  and its forward (the unroll) alone;
+* iteration: the whole fused iteration (`Trainer.iterate`), the sum of the parts plus
+  what fusing them changes (the metrics, and XLA scheduling across part boundaries).
+
+Each part's share is of the whole iteration. Prints a table and writes
+benchmarks/results/phases_<device>_<date>.json. Timed parts run on the trainer's devices
+(all by default), as training does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks.common import device_info, save, table
+from benchmarks.throughput import make_env_run
+from jaxtrade import config as cfgmod
+from jaxtrade.engine.start import load_run_market
+from jaxtrade.envs import registered
+from jaxtrade.ppo import Batch
+from jaxtrade.trainer import Trainer, advantages, make_train
+
+
+def best_time(fn: Callable, args: tuple, repeats: int) -> tuple[float, float, object]:
+    """(compile seconds, best seconds of `repeats` runs after a warm-up, the warm-up's
+    output) of jit(fn)(*args)."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    out = jax.block_until_ready(compiled(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+    return compile_s, min(times), out
+
+
+def measure(trainer: Trainer, repeats: int) -> list[dict]:
+    """The rows: one per part (module docstring)."""
+    pc = trainer.config.ppo
+    net, rule, env_params = trainer.network, trainer.rule, trainer.env_params
+    state = trainer.initial_state(jax.random.key(0))
+    hp = state.hparams
+    key = jax.random.key(1)
+    rows = []
+
+    def part(name, fn, *args):
+        compile_s, seconds, out = best_time(fn, args, repeats)
+        rows.append({"part": name, "seconds": seconds, "compile_s": compile_s})
+        print(f"{name:28s} {seconds:9.4f} s   (compile {compile_s:.1f} s)", flush=True)
+        return out
+
+    carry, traj = part("rollout", trainer.rollout, state.params, env_params, state.carry, key)
+    part("rollout: env alone", make_env_run(trainer, pc.n_steps), state.carry.env_state,
+         state.carry.obs, key)
+    adv, returns = part("advantages", lambda p, t, c: advantages(net, p, t, c, hp),
+                        state.params, traj, carry)
+    batch = Batch(transition=traj, hidden=state.carry.hidden, advantages=adv, returns=returns)
+    part("joint epochs", lambda p, a, c, b: rule.joint_epochs(p, a, c, b, hp, key),
+         state.params, state.actor_opt, state.critic_opt, batch)
+    minibatch = rule.minibatch(batch, rule.assignment(jax.random.key(2)), jnp.int32(0))
+    part("joint: one minibatch step",
+         lambda p, a, c, m: rule.actor_critic_step(p, p, a, c, m, hp, key),
+         state.params, state.actor_opt, state.critic_opt, minibatch)
+    part("joint: its forward (unroll)", lambda p, m: net.apply(
+        {"params": p}, m.hidden, m.transition.obs, m.transition.reset, method="unroll"),
+        state.params, minibatch)
+    if pc.critic_epochs > 0:
+        part("critic epochs", lambda p, c, b: rule.critic_only_epochs(p, c, b, key),
+             state.params, state.critic_opt, batch)
+    part("iteration", trainer.iterate, state, env_params)
+    whole = rows[-1]["seconds"]
+    steps = pc.n_envs * pc.n_steps
+    for row in rows:
+        row["share"] = row["seconds"] / whole
+        row["env_steps_per_s"] = steps / row["seconds"] if row["part"] in (
+            "rollout", "rollout: env alone", "iteration") else None
+    return rows
+
+
+COLUMNS = [
+    ("part", "part", "s"),
+    ("seconds", "seconds", ".4f"),
+    ("share", "of iteration", ".1%"),
+    ("env_steps", "env steps/s", "s"),
+    ("compile_s", "compile s", ".1f"),
+]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="portfolio", choices=registered())
+    parser.add_argument("--n-envs", type=int, default=1024)
+    parser.add_argument("--n-steps", type=int, default=128)
+    parser.add_argument("--hidden-dim", type=int, default=256)
+    parser.add_argument("--n-gru-layers", type=int, default=2)
+    parser.add_argument("--precision", default="auto", choices=cfgmod.PRECISIONS)
+    parser.add_argument("--critic-epochs", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per part; best")
+    parser.add_argument("--out", default=None, help="results directory (default "
+                                                    "benchmarks/results)")
+    args = parser.parse_args(argv)
+
+    info = device_info()
+    cfg = cfgmod.resolve(cfgmod.with_values(
+        cfgmod.Config(), name=args.env, market="fixed", n_envs=args.n_envs,
+        n_steps=args.n_steps, hidden_dim=args.hidden_dim, n_gru_layers=args.n_gru_layers,
+        precision=args.precision, critic_epochs=args.critic_epochs,
+    ), info["platform"])
+    cfg = cfgmod.validate(cfg, n_devices=jax.device_count())
+    trainer = make_train(cfg, load_run_market(cfg))
+    pc = cfg.ppo
+    print(f"device: {info['device_kind']} x {jax.device_count()} ({info['platform']}), jax "
+          f"{info['jax']}; {args.env} env, {pc.n_envs:,} envs x {pc.n_steps} steps, "
+          f"{trainer.network.describe()}, {trainer.n_params:,} parameters, "
+          f"{cfg.network.precision}; {pc.ppo_epochs} epochs x {pc.n_minibatches} minibatches, "
+          f"{pc.critic_epochs} critic epochs", flush=True)
+    rows = measure(trainer, args.repeats)
+    print()
+    print(table([{**r, "env_steps": "" if r["env_steps_per_s"] is None
+                  else f"{r['env_steps_per_s']:,.0f}"} for r in rows], COLUMNS))
+    settings = {"env": args.env, "market": "fixed", "n_envs": pc.n_envs, "n_steps": pc.n_steps,
+                "hidden_dim": args.hidden_dim, "n_gru_layers": args.n_gru_layers,
+                "precision": cfg.network.precision, "ppo_epochs": pc.ppo_epochs,
+                "n_minibatches": pc.n_minibatches, "critic_epochs": pc.critic_epochs,
+                "n_params": trainer.n_params, "n_devices": jax.device_count(),
+                "repeats": args.repeats,
+                "timing": "each part AOT-compiled alone; one warm-up run; best of repeats"}
+    print(f"saved {save('phases', info, rows, args.out, settings=settings)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
