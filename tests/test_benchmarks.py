@@ -254,15 +254,6 @@ def test_gpu_check_script_parses_and_runs_its_frame(tmp_path):
     assert "devices:" in (tmp_path / "logs" / "device.txt").read_text()
     assert "throughput sweep" not in done.stdout
 
-    # Step 5 alone, on this test file's tiny phases config (its programs are in the
-    # session's compilation cache): its figures land in RESULTS.
-    env.update(STEPS="phases", PHASES_ARGS=" ".join(TINY_PHASES))
-    done = subprocess.run(["bash", script], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "where an iteration's time goes" in done.stdout
-    assert result_path("phases", device_info(), tmp_path / "results").exists()
-
 
 def test_worlds_rules_factor_payoffs_and_switch():
     """benchmarks/worlds_rules.py: a factor's payoff is its top half's return over the bar,
@@ -457,7 +448,11 @@ TINY_PHASES = ("--n-envs", "8", "--n-steps", "8", "--hidden-dim", "8", "--n-gru-
 def test_phases_times_every_part_of_an_iteration(tmp_path):
     """benchmarks/phases.py on a tiny config: one row per part of the iteration, each with a
     positive time and its share of the whole, saved by device and date; the rollout's and
-    the iteration's env-step rates are the batch over their time."""
+    the iteration's env-step rates are the batch over their time. gpu_check.sh runs it."""
+    import os
+    import subprocess
+    import sys
+
     from benchmarks import phases
 
     out = io.StringIO()
@@ -474,3 +469,14 @@ def test_phases_times_every_part_of_an_iteration(tmp_path):
         assert rows[name]["env_steps_per_s"] == pytest.approx(64 / rows[name]["seconds"])
     assert rows["joint epochs"]["env_steps_per_s"] is None
     assert record["settings"]["critic_epochs"] == 1 and "of iteration" in out.getvalue()
+
+    # benchmarks/gpu_check.sh's step 5 alone, on the same config (its programs load from the
+    # session's compilation cache): its figures land in RESULTS.
+    env = dict(os.environ, SKIP_INSTALL="1", STEPS="phases", PYTHON=sys.executable,
+               PHASES_ARGS=" ".join(TINY_PHASES), OUT=str(tmp_path / "logs"),
+               RESULTS=str(tmp_path / "results"))
+    done = subprocess.run(["bash", "benchmarks/gpu_check.sh"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "where an iteration's time goes" in done.stdout and "done, status 0" in done.stdout
+    assert result_path("phases", device_info(), tmp_path / "results").exists()
