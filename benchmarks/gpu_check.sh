@@ -27,7 +27,7 @@
 # SWEEP_ARGS (more benchmark flags), SMOKE_ARGS ("--high-vram --iterations 2"),
 # POP_ARGS (more population-sweep flags), SWEEP_TIMEOUT (210 s), SMOKE_TIMEOUT (150 s),
 # POP_TIMEOUT (90 s), PHASES_ARGS ("--n-envs 65536 --precision bf16"), PHASES_TIMEOUT
-# (100 s), RESULTS (benchmarks/results), STEPS ("sweep smoke population phases": the
+# (100 s, whole seconds), RESULTS (benchmarks/results), STEPS ("sweep smoke population phases": the
 # checks to run, e.g. "smoke" to rerun one), SKIP_INSTALL
 # (non-empty: no install step; for trying the script on a CPU).
 set -u
@@ -119,6 +119,7 @@ timeout "$POP_TIMEOUT" "$PY" -m benchmarks.population_sweep --gpu --out "$RESULT
 fi
 
 if [[ " $STEPS " == *" phases "* ]]; then
+[[ $PHASES_TIMEOUT =~ ^[0-9]+$ ]] || { echo "PHASES_TIMEOUT is seconds ($PHASES_TIMEOUT): 100 used"; PHASES_TIMEOUT=100; }
 if [ $(($(date +%s) - t0 + PHASES_TIMEOUT)) -gt 480 ]; then
     stamp "phases: skipped, less than ${PHASES_TIMEOUT} s of the 8 minutes left (STEPS=phases runs it alone)"
 else

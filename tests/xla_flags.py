@@ -5,13 +5,16 @@ The suite's programs are tiny (8 envs x 8 steps, 8 hidden units), so most of its
 XLA compiling them, not running them. Two flags halve a CPU compile: the legacy emitters
 for fusions (`--xla_cpu_use_fusion_emitters=false`) and LLVM at -O0
 (`--xla_backend_optimization_level=0`; the default is 3). Measured on the 2-core machine:
-the tiny training CLI's training program 6.9 s -> 3.2 s, its evaluation 3.2 s -> 1.4 s,
-same validation score; the whole suite 1,433 s -> 617 s (at -O1: 876 s). Neither changes
-the HLO (the graph passes, sharding, collectives, buffer assignment that tests inspect),
-only how fused kernels are code-generated, which may round differently (a multiply-add
-contracted or not): a few tolerances say so, and -O0 found the set encoder's NaN-prone
-max pooling (`jaxtrade.networks.base.max_over_assets`). Runs are a little slower (a 30 s
-learning test: +7%). Users' runs keep XLA's defaults.
+the tiny training CLI's training program 6.9 s -> 3.2 s, its evaluation 3.2 s -> 1.4 s
+(-O0 alone: 6.3 s and 3.0 s), same validation score; the whole suite 1,433 s -> 597 s (at
+-O1: 876 s). The LLVM level changes only code generation. The fusion-emitter flag also
+steers XLA:CPU's fusion passes, so the fusions and the buffer plans the memory tests
+compare with differ a little from users' (a probe's temporaries: 25,760 bytes against
+25,616); the graph passes, sharding and collectives that tests inspect do not change.
+Generated code may round differently (a multiply-add contracted or not): a few tolerances
+say so, and -O0 found the set encoder's NaN-prone max pooling
+(`jaxtrade.networks.base.max_over_assets`). Run-time-bound tests are a little slower (a
+30 s learning test: +7%). Users' runs keep XLA's defaults.
 """
 
 import os

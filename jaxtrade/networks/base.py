@@ -139,18 +139,20 @@ ENCODERS = ("flat", "set")  # NetworkConfig.encoder: how the trunk reads an obse
 
 
 def max_over_assets(x: jax.Array) -> jax.Array:
-    """``x.max(-2)``, whose gradient goes to the first largest element (a gather at the
-    argmax), never divided.
+    """``x.max(-2)``, whose gradient goes to the first largest element, never divided.
 
     `jnp.max`'s own gradient is ``g * (x == max) / count(x == max)``. When XLA computes ``x``
     in two places (the fusion that reduces and the one that compares) and they round
     differently (a multiply-add contracted in one and not the other, say), no element
     equals the max: the count is 0 and the gradient 0 / 0 = NaN. It happened: NaN
     gradients in every set-encoder parameter after one update, with LLVM at -O0 on CPU
-    (the test suite's setting, `tests/xla_flags.py`).
+    (the test suite's setting, `tests/xla_flags.py`). Here the max is the sum of the
+    argmax's value and zeros (exact), so the gradient is a select: no count, no gather or
+    scatter.
     """
     i = jnp.argmax(x, axis=-2, keepdims=True)
-    return jnp.take_along_axis(x, i, axis=-2)[..., 0, :]
+    first = jnp.arange(x.shape[-2])[:, None] == i  # [..., A, H]: the argmax of each column
+    return jnp.where(first, x, jnp.zeros((), x.dtype)).sum(-2)
 
 
 class SetEncoder(nn.Module):
