@@ -7,7 +7,13 @@ for fusions (`--xla_cpu_use_fusion_emitters=false`) and LLVM at -O0
 (`--xla_backend_optimization_level=0`; the default is 3). Measured on the 2-core machine:
 the tiny training CLI's training program 6.9 s -> 3.2 s, its evaluation 3.2 s -> 1.4 s
 (-O0 alone: 6.3 s and 3.0 s), same validation score; the whole suite 1,433 s -> 597 s (at
--O1: 876 s). The LLVM level changes only code generation. The fusion-emitter flag also
+-O1: 876 s). A third keeps each module's code generation on one thread
+(`--xla_cpu_parallel_codegen_split_count=1`; by default it is split in up to 32 parts for
+parallel threads): two workers already keep both cores busy. Alternating with and without
+it, three times each, the tiny program's compiles took 4.4-5.2 s + 1.8-2.1 s against
+5.0-5.5 s + 2.1-2.4 s.
+
+The LLVM level and the split change only code generation. The fusion-emitter flag also
 steers XLA:CPU's fusion passes, so the fusions and the buffer plans the memory tests
 compare with differ a little from users' (a probe's temporaries: 25,760 bytes against
 25,616); the graph passes, sharding and collectives that tests inspect do not change.
@@ -19,7 +25,8 @@ say so, and -O0 found the set encoder's NaN-prone max pooling
 
 import os
 
-FAST_COMPILE = ("--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimization_level=0")
+FAST_COMPILE = ("--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimization_level=0",
+                "--xla_cpu_parallel_codegen_split_count=1")
 
 
 def flags(n_devices: int | None = None) -> str:
