@@ -37,10 +37,9 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.common import device_info, save, table
-from benchmarks.throughput import make_env_run
+from benchmarks.throughput import add_config_args, fixed_market_config, make_env_run
 from jaxtrade import config as cfgmod
 from jaxtrade.engine.start import load_run_market
-from jaxtrade.envs import registered
 from jaxtrade.ppo import Batch
 from jaxtrade.trainer import Trainer, advantages, make_train
 
@@ -69,15 +68,21 @@ def measure(trainer: Trainer, repeats: int) -> list[dict]:
     key = jax.random.key(1)
     rows = []
 
-    def part(name, fn, *args):
+    steps = pc.n_envs * pc.n_steps
+
+    def part(name, fn, *args, steps_all=False):
+        """Times `fn(*args)`; `steps_all`: the part steps every env n_steps times (its
+        env steps/s is a rate of the whole batch)."""
         compile_s, seconds, out = best_time(fn, args, repeats)
-        rows.append({"part": name, "seconds": seconds, "compile_s": compile_s})
+        rows.append({"part": name, "seconds": seconds, "compile_s": compile_s,
+                     "env_steps_per_s": steps / seconds if steps_all else None})
         print(f"{name:28s} {seconds:9.4f} s   (compile {compile_s:.1f} s)", flush=True)
         return out
 
-    carry, traj = part("rollout", trainer.rollout, state.params, env_params, state.carry, key)
+    carry, traj = part("rollout", trainer.rollout, state.params, env_params, state.carry, key,
+                       steps_all=True)
     part("rollout: env alone", make_env_run(trainer, pc.n_steps), state.carry.env_state,
-         state.carry.obs, key)
+         state.carry.obs, key, steps_all=True)
     adv, returns = part("advantages", lambda p, t, c: advantages(net, p, t, c, hp),
                         state.params, traj, carry)
     batch = Batch(transition=traj, hidden=state.carry.hidden, advantages=adv, returns=returns)
@@ -93,13 +98,9 @@ def measure(trainer: Trainer, repeats: int) -> list[dict]:
     if pc.critic_epochs > 0:
         part("critic epochs", lambda p, c, b: rule.critic_only_epochs(p, c, b, key),
              state.params, state.critic_opt, batch)
-    part("iteration", trainer.iterate, state, env_params)
-    whole = rows[-1]["seconds"]
-    steps = pc.n_envs * pc.n_steps
+    part("iteration", trainer.iterate, state, env_params, steps_all=True)
     for row in rows:
-        row["share"] = row["seconds"] / whole
-        row["env_steps_per_s"] = steps / row["seconds"] if row["part"] in (
-            "rollout", "rollout: env alone", "iteration") else None
+        row["share"] = row["seconds"] / rows[-1]["seconds"]
     return rows
 
 
@@ -114,12 +115,8 @@ COLUMNS = [
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", default="portfolio", choices=registered())
+    add_config_args(parser)
     parser.add_argument("--n-envs", type=int, default=1024)
-    parser.add_argument("--n-steps", type=int, default=128)
-    parser.add_argument("--hidden-dim", type=int, default=256)
-    parser.add_argument("--n-gru-layers", type=int, default=2)
-    parser.add_argument("--precision", default="auto", choices=cfgmod.PRECISIONS)
     parser.add_argument("--critic-epochs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per part; best")
     parser.add_argument("--out", default=None, help="results directory (default "
@@ -127,12 +124,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     info = device_info()
-    cfg = cfgmod.resolve(cfgmod.with_values(
-        cfgmod.Config(), name=args.env, market="fixed", n_envs=args.n_envs,
-        n_steps=args.n_steps, hidden_dim=args.hidden_dim, n_gru_layers=args.n_gru_layers,
-        precision=args.precision, critic_epochs=args.critic_epochs,
-    ), info["platform"])
-    cfg = cfgmod.validate(cfg, n_devices=jax.device_count())
+    cfg = cfgmod.validate(fixed_market_config(args, info["platform"], n_envs=args.n_envs,
+                                              critic_epochs=args.critic_epochs),
+                          n_devices=jax.device_count())
     trainer = make_train(cfg, load_run_market(cfg))
     pc = cfg.ppo
     print(f"device: {info['device_kind']} x {jax.device_count()} ({info['platform']}), jax "

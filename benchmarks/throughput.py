@@ -457,22 +457,38 @@ def result_name(env: str) -> str:
     return "throughput" if env == "portfolio" else f"{env}_throughput"
 
 
-def main(argv=None) -> int:
-    on_cpu = jax.default_backend() == "cpu"
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """The env and network flags of the sweep, which `benchmarks.phases` takes too."""
     parser.add_argument("--env", default="portfolio", choices=registered(),
                         help="registered env to measure, on its own market and default "
                              "episode length [portfolio]")
+    parser.add_argument("--n-steps", type=int, default=128, help="rollout steps per iteration")
+    parser.add_argument("--hidden-dim", type=int, default=256)
+    parser.add_argument("--n-gru-layers", type=int, default=2)
+    parser.add_argument("--precision", default="auto", choices=cfgmod.PRECISIONS)
+
+
+def fixed_market_config(args, platform: str, **values) -> cfgmod.Config:
+    """The config of `add_config_args`'s flags (and `values`) on the env's fixed market: the
+    portfolio env's embedded one, as before envs were chosen (a training run's default for
+    it is procedural worlds); resolved for its episode length."""
+    return cfgmod.resolve(cfgmod.with_values(
+        cfgmod.Config(), name=args.env, market="fixed", n_steps=args.n_steps,
+        hidden_dim=args.hidden_dim, n_gru_layers=args.n_gru_layers, precision=args.precision,
+        **values,
+    ), platform)
+
+
+def main(argv=None) -> int:
+    on_cpu = jax.default_backend() == "cpu"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_config_args(parser)
     parser.add_argument("--n-envs", type=int, nargs="+",
                         default=list(CPU_N_ENVS if on_cpu else ACCELERATOR_N_ENVS),
                         help="total envs over all devices (default: 32 64 128 on CPU, "
                              "4096 16384 65536 on accelerators)")
     parser.add_argument("--devices", type=int, nargs="+", default=None,
                         help="device counts to sweep (default: 1, 2, 4, ... up to all)")
-    parser.add_argument("--n-steps", type=int, default=128, help="rollout steps per iteration")
-    parser.add_argument("--hidden-dim", type=int, default=256)
-    parser.add_argument("--n-gru-layers", type=int, default=2)
-    parser.add_argument("--precision", default="auto", choices=cfgmod.PRECISIONS)
     parser.add_argument("--remat", action="store_true",
                         help="recompute the GRU's gates in the backward pass (--remat of "
                              "training): less memory per env, more compute")
@@ -487,13 +503,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     info = device_info()
-    # The fixed market: the portfolio env's embedded one, as before envs were chosen (a
-    # training run's default for it is procedural worlds); resolved for its episode length.
-    base = cfgmod.resolve(cfgmod.with_values(
-        cfgmod.Config(), name=args.env, market="fixed", n_steps=args.n_steps,
-        hidden_dim=args.hidden_dim, n_gru_layers=args.n_gru_layers, precision=args.precision,
-        remat=args.remat,
-    ), info["platform"])
+    base = fixed_market_config(args, info["platform"], remat=args.remat)
     name = result_name(args.env) + ("_remat" if args.remat else "")
     n_mb = base.ppo.n_minibatches
     device_counts = args.devices or default_device_counts(jax.device_count())
