@@ -230,7 +230,7 @@ def pbt_settings(args: argparse.Namespace, steps_per_iter: int,
         raise UsageError(f"--walk-forward {k}: the run was saved with "
                          + (f"{saved.walk_forward} folds" if saved.walk_forward else
                             "no walk-forward folds") + "; a resume keeps them")
-    walk_forward = k if k is not None else saved.walk_forward if saved else 0
+    walk_forward = walk_forward_folds(args, saved)
     members = member_count(args, saved)
     if args.pbt_interval is not None:
         interval = max(1, round(args.pbt_interval / steps_per_iter))
@@ -243,13 +243,18 @@ def pbt_settings(args: argparse.Namespace, steps_per_iter: int,
     return PbtSettings(members, interval, fraction, walk_forward)
 
 
+def walk_forward_folds(args: argparse.Namespace, saved: PbtSettings | None) -> int:
+    """K: --walk-forward's folds, else the saved run's (a resume), else 0 (off)."""
+    k = getattr(args, "walk_forward", None)
+    return k if k is not None else saved.walk_forward if saved else 0
+
+
 def member_count(args: argparse.Namespace, saved: PbtSettings | None) -> int:
     """N: --walk-forward's folds, else --population, else the saved run's, else the
     default."""
-    k = getattr(args, "walk_forward", None)
-    walk_forward = k if k is not None else saved.walk_forward if saved else 0
-    return walk_forward or (args.population if args.population is not None
-                            else saved.members if saved else DEFAULT_MEMBERS)
+    return walk_forward_folds(args, saved) or (
+        args.population if args.population is not None
+        else saved.members if saved else DEFAULT_MEMBERS)
 
 
 def layout(args: argparse.Namespace, members: int) -> tuple[list, int]:
@@ -290,8 +295,8 @@ def plan(args: argparse.Namespace):
         new_config = lambda: train.checkpoint_config(args, saved_cfg, keep_run_dir=True)
     else:
         new_config = lambda: train.config_from_args(args)
-    if (getattr(args, "walk_forward", None) or (saved_pbt and saved_pbt.walk_forward)) \
-            and new_config().data.market == "worlds":  # refused before worlds are generated
+    if walk_forward_folds(args, saved_pbt) and new_config().data.market == "worlds":
+        # refused before worlds are generated
         raise UsageError(WORLDS_REFUSED)
     request = engine.StartRequest(
         resume=False, run_dir=args.run_dir, checkpoint=None, weights_only=False,
