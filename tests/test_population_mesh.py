@@ -10,7 +10,7 @@ import sys
 import jax
 import pytest
 
-from jaxtrade import parallel, population_run
+from jaxtrade import archive, parallel, population_run
 from tests import xla_flags
 from tests.cli import REPO, Cli
 from tests.test_parallel import cpu_env
@@ -94,8 +94,8 @@ def test_default_groups_are_the_gcd():
 @pytest.mark.slow
 def test_cli_on_four_devices_and_resume_on_one(xla_cache, tmp_path):
     """The README's command: 4 members on 4 devices as 2 groups x 2 env shards for one
-    interval, then --resume on 1 device (Orbax places the saved population on the new
-    mesh) for a second."""
+    interval, then --resume in this process, on its 1 device (Orbax places the saved
+    population on the new mesh), for a second."""
     cli = Cli(xla_cache, module="jaxtrade.population")
     four = {"XLA_FLAGS": xla_flags.flags(4), "JAX_PLATFORMS": "cpu"}
     argv = [*TINY, "--population", 4, "--pbt-interval", 128, "--seed", 1]
@@ -106,8 +106,8 @@ def test_cli_on_four_devices_and_resume_on_one(xla_cache, tmp_path):
     assert "population: 4 members x 8 envs = 32 envs in one program" in out
     assert "per device (2 members x the estimate above)" in out
     assert "interval   1/1 | it     2/2 |" in out
-    out = cli.check("--run-dir", run_dir, "--resume", "--iterations", 4, "--devices", 1,
-                    env=four, timeout=600)
+    code, out, err = run_cli(["--run-dir", run_dir, "--resume", "--iterations", 4])  # here
+    assert code == 0, err
     assert "1 x cpu (1 process)" in out and "start: resumed from " in out
     assert "interval   2/2 | it     4/4 |" in out
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -116,17 +116,22 @@ def test_cli_on_four_devices_and_resume_on_one(xla_cache, tmp_path):
 
 @pytest.mark.slow
 def test_league_rounds_on_four_devices(xla_cache, tmp_path):
-    """Round 1: 4 explorers, one per device (4 groups). Round 2: 2 refiners and 2
-    champions continued from the archive, on 2 groups x 2 env shards (the groups divide
-    every category's members; 2 champions share the refiners' program)."""
+    """Round 1, in this process on one device: 4 explorers archived. Round 2, on 4 devices:
+    2 refiners and 2 champions continued from the archive, on 2 groups x 2 env shards (the
+    groups divide every category's members; 2 champions share the refiners' program).
+    (One member per device, 4 groups x 1 shard, is `layouts`' 4x1 above.)"""
+    from tests.test_league import run_cli as run_league
+
     cli = Cli(xla_cache, module="jaxtrade.league")
     four = {"XLA_FLAGS": xla_flags.flags(4), "JAX_PLATFORMS": "cpu"}
     argv = [*TINY, "--seed", 1, "--pbt-interval", 64, "--explorer-timesteps", 128,
             "--refiners", 2, "--refiner-timesteps", 128, "--champions", 2,
             "--champion-timesteps", 128, "--league-dir", tmp_path / "league",
             "--archive", tmp_path / "archive"]
-    out = cli.check(*argv, "--explorers", 4, env=four, timeout=600)
-    assert "4 x cpu (1 process) as 4 member groups x 1 env shard" in out
+    code, out, err = run_league([*argv, "--explorers", 4])
+    assert code == 0, err
+    assert "1 x cpu (1 process)" in out
+    assert len(archive.Archive(tmp_path / "archive").entries()) == 4
     out = cli.check(*argv, "--explorers", 0, env=four, timeout=600)
     assert "4 x cpu (1 process) as 2 member groups x 2 env shards" in out
     assert "== round 2: refiners (2 members" in out and "== round 2: champion (2 members," in out
