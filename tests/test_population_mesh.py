@@ -115,7 +115,7 @@ def test_cli_on_four_devices_and_resume_on_one(xla_cache, tmp_path):
 
 
 @pytest.mark.slow
-def test_league_rounds_on_four_devices(xla_cache, tmp_path):
+def test_league_second_round_on_four_devices(xla_cache, tmp_path):
     """Round 1, in this process on one device: 4 explorers archived. Round 2, on 4 devices:
     2 refiners and 2 champions continued from the archive, on 2 groups x 2 env shards (the
     groups divide every category's members; 2 champions share the refiners' program).
