@@ -203,6 +203,42 @@ def test_perturbations_are_clamped_and_resamples_stay_in_bounds(big):
                                   np.asarray(big.members.hparams.gamma)[src])
 
 
+def test_perturbations_are_the_one_by_one_draws():
+    """The hyperparameters' draws, vmapped in one set of ops, equal drawing them one by one
+    (as exploit_explore did before), bit for bit, in a compiled program."""
+    from jaxtrade import population as P
+    from jaxtrade.trainer import HParams
+
+    n, perturb, prob = 64, (0.8, 1.2), 0.3
+    parent = HParams(**{name: jax.random.uniform(jax.random.key(i), (n,), jnp.float32, 0.01,
+                                                 0.99) for i, name in enumerate(HPARAM_NAMES)})
+    bounds = {k: v for k, v in BOUNDS.items() if k != "clip"}  # one left unperturbed
+    keys = jax.random.split(jax.random.key(7), 3)
+
+    def one_by_one(parent, keys):
+        out = {}
+        for i, name in enumerate(HPARAM_NAMES):
+            if name not in bounds:
+                continue
+            lo, hi = bounds[name]
+            slo, shi = P._search_bounds(name, bounds)
+            factor = jax.random.choice(jax.random.fold_in(keys[0], i),
+                                       jnp.asarray(perturb, jnp.float32), (n,))
+            resample = jax.random.bernoulli(jax.random.fold_in(keys[1], i), prob, (n,))
+            fresh = P._log_uniform(jax.random.fold_in(keys[2], i), slo, shi, (n,))
+            t = jnp.where(resample, fresh, P._to_search(name, getattr(parent, name)) * factor)
+            out[name] = jnp.clip(P._to_search(name, t), lo, hi)
+        return out
+
+    want = jax.jit(one_by_one)(parent, keys)
+    got = jax.jit(lambda parent, keys: P._perturbed(parent, n, *keys, perturb, prob, bounds))(
+        parent, keys)
+    assert sorted(got) == sorted(want) and "clip" not in got and set(COMPLEMENT) <= set(got)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+        assert not np.array_equal(got[name], getattr(parent, name)), name  # it did move
+
+
 def test_nonfinite_members_are_replaced_and_flagged(big):
     def poison(x):
         return x.at[5].set(jnp.nan) if jnp.issubdtype(x.dtype, jnp.floating) else x
