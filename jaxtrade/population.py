@@ -464,13 +464,11 @@ def exploit_explore(pop: Population, scores: jax.Array, healthy: jax.Array | Non
 
     m = pop.members
     hp_parent = jax.tree.map(take, m.hparams)
-    new_hp = {name: jnp.where(replace, getattr(hp_parent, name), getattr(m.hparams, name))
-              .astype(jnp.float32) for name in HPARAM_NAMES}
     perturbed = _perturbed(hp_parent, n, key_factor, key_resample, key_value,
                            tuple(perturb), resample_prob, bounds)
-    for name, inherited in perturbed.items():
-        new_hp[name] = jnp.where(replace, inherited, getattr(m.hparams, name)
-                                 ).astype(jnp.float32)
+    new_hp = {name: jnp.where(replace, perturbed.get(name, getattr(hp_parent, name)),
+                              getattr(m.hparams, name)).astype(jnp.float32)
+              for name in HPARAM_NAMES}
 
     carry = m.carry.replace(reset=m.carry.reset | replace[:, None])
     members = m.replace(

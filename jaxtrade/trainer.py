@@ -162,11 +162,13 @@ class Trainer:
         return self.program(state, self.env_params if env_params is None else env_params, k,
                             self.schedule if schedule is None else schedule)
 
-    def compile(self, state: TrainState, k: int):
+    def compile(self, state: TrainState, k: int, compiler_options: dict | None = None):
         """The compiled program for k iterations per call:
         `compiled(state, env_params, schedule)` (`schedule`: this trainer's, or a table of
-        the same shapes; None when it has none)."""
-        return self.program.lower(state, self.env_params, k, self.schedule).compile()
+        the same shapes; None when it has none). `compiler_options`: XLA options for this
+        program alone (e.g. `{"xla_backend_optimization_level": 3}`), over XLA_FLAGS."""
+        return self.program.lower(state, self.env_params, k, self.schedule).compile(
+            compiler_options)
 
 
 def _all_finite(tree) -> jax.Array:

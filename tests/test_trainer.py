@@ -135,8 +135,7 @@ def test_learns_to_beat_equal_weight_on_test_dates():
     state = trainer.init(jax.random.key(0))
     # Compiled as users' runs are, with LLVM at -O3 (tests/xla_flags.py sets -O0 for the
     # suite): this program runs 60 iterations, 24 s at -O0 against 8 s (+8 s of compile).
-    program = trainer.program.lower(state, trainer.env_params, 60, trainer.schedule).compile(
-        compiler_options={"xla_backend_optimization_level": 3})
+    program = trainer.compile(state, 60, {"xla_backend_optimization_level": 3})
     state, metrics = program(state, trainer.env_params, trainer.schedule)
     assert np.isfinite(np.asarray(metrics["policy_loss"])).all()
     assert metrics["episode_return_mean"][-10:].mean() > metrics["episode_return_mean"][:10].mean()
