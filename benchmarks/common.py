@@ -48,12 +48,14 @@ def save(
     rows: list[dict],
     out_dir: Path | None = None,
     settings: dict | None = None,
+    extra: dict | None = None,
 ) -> Path:
-    """Writes {name}_{device}_{date}.json (device, settings shared by all rows, rows) and
-    returns its path."""
+    """Writes {name}_{device}_{date}.json (device, settings shared by all rows, rows, and
+    `extra`'s keys) and returns its path."""
     path = result_path(name, info, out_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"benchmark": name, "device": info, "settings": settings or {}, "results": rows}
+    record = {"benchmark": name, "device": info, "settings": settings or {}, "results": rows,
+              **(extra or {})}
     path.write_text(json.dumps(record, indent=2))
     return path
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.phases [--env portfolio] [--n-envs 1024] [--n-steps 128]
         [--hidden-dim 256] [--n-gru-layers 2] [--precision auto] [--critic-epochs 4]
-        [--repeats 3] [--out DIR]
+        [--repeats 3] [--no-op-profile] [--out DIR]
 
 For one config (the portfolio env on its fixed embedded market by default, the reference
 network unless told otherwise), each part of `jaxtrade.trainer`'s iteration is compiled
@@ -22,9 +22,12 @@ ahead of time on its own and run `--repeats` times after a warm-up; the best run
 * iteration: the whole fused iteration (`Trainer.iterate`), the sum of the parts plus
   what fusing them changes (the metrics, and XLA scheduling across part boundaries).
 
-Each part's share is of the whole iteration. Prints a table and writes
-benchmarks/results/phases_<device>_<date>.json. Timed parts run on the trainer's devices
-(all by default), as training does.
+Each part's share is of the whole iteration. Then (``--op-profile``, on by default) one
+minibatch step runs under JAX's profiler and its op time is split by part of the network
+(encoder, GRU, heads), loss, optimizer and loop bookkeeping, forward and backward
+(`benchmarks.op_profile`). Prints the tables and writes
+benchmarks/results/phases_<device>_<date>.json (the profile under ``op_profile``). Timed
+parts run on the trainer's devices (all by default), as training does.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.common import device_info, save, table
+from benchmarks.op_profile import profile_ops, summary
 from benchmarks.throughput import add_config_args, fixed_market_config, make_env_run
 from jaxtrade import config as cfgmod
 from jaxtrade.engine.start import load_run_market
@@ -44,9 +48,9 @@ from jaxtrade.ppo import Batch
 from jaxtrade.trainer import Trainer, advantages, make_train
 
 
-def best_time(fn: Callable, args: tuple, repeats: int) -> tuple[float, float, object]:
+def best_time(fn: Callable, args: tuple, repeats: int) -> tuple[float, float, object, object]:
     """(compile seconds, best seconds of `repeats` runs after a warm-up, the warm-up's
-    output) of jit(fn)(*args)."""
+    output, the compiled program) of jit(fn)(*args)."""
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
@@ -56,24 +60,27 @@ def best_time(fn: Callable, args: tuple, repeats: int) -> tuple[float, float, ob
         t0 = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - t0)
-    return compile_s, min(times), out
+    return compile_s, min(times), out, compiled
 
 
-def measure(trainer: Trainer, repeats: int) -> list[dict]:
-    """The rows: one per part (module docstring)."""
+def measure(trainer: Trainer, repeats: int, op_profile: bool = False
+            ) -> tuple[list[dict], dict | None]:
+    """The rows: one per part (module docstring); with `op_profile`, where one minibatch
+    step's op time goes (`benchmarks.op_profile.profile_ops`), else None."""
     pc = trainer.config.ppo
     net, rule, env_params = trainer.network, trainer.rule, trainer.env_params
     state = trainer.initial_state(jax.random.key(0))
     hp = state.hparams
     key = jax.random.key(1)
     rows = []
+    compiled = {}
 
     steps = pc.n_envs * pc.n_steps
 
     def part(name, fn, *args, steps_all=False):
         """Times `fn(*args)`; `steps_all`: the part steps every env n_steps times (its
         env steps/s is a rate of the whole batch)."""
-        compile_s, seconds, out = best_time(fn, args, repeats)
+        compile_s, seconds, out, compiled[name] = best_time(fn, args, repeats)
         rows.append({"part": name, "seconds": seconds, "compile_s": compile_s,
                      "env_steps_per_s": steps / seconds if steps_all else None})
         print(f"{name:28s} {seconds:9.4f} s   (compile {compile_s:.1f} s)", flush=True)
@@ -101,7 +108,12 @@ def measure(trainer: Trainer, repeats: int) -> list[dict]:
     part("iteration", trainer.iterate, state, env_params, steps_all=True)
     for row in rows:
         row["share"] = row["seconds"] / rows[-1]["seconds"]
-    return rows
+    profile = None
+    if op_profile:
+        profile = profile_ops(compiled["joint: one minibatch step"],
+                              (state.params, state.actor_opt, state.critic_opt, minibatch),
+                              calls=max(1, min(repeats, 3)))
+    return rows, profile
 
 
 COLUMNS = [
@@ -119,6 +131,9 @@ def main(argv=None) -> int:
     parser.add_argument("--n-envs", type=int, default=1024)
     parser.add_argument("--critic-epochs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per part; best")
+    parser.add_argument("--op-profile", action=argparse.BooleanOptionalAction, default=True,
+                        help="trace one minibatch step and split its op time by part of the "
+                             "network and direction (benchmarks/op_profile.py) [on]")
     parser.add_argument("--out", default=None, help="results directory (default "
                                                     "benchmarks/results)")
     args = parser.parse_args(argv)
@@ -134,10 +149,13 @@ def main(argv=None) -> int:
           f"{trainer.network.describe()}, {trainer.n_params:,} parameters, "
           f"{cfg.network.precision}; {pc.ppo_epochs} epochs x {pc.n_minibatches} minibatches, "
           f"{pc.critic_epochs} critic epochs", flush=True)
-    rows = measure(trainer, args.repeats)
+    rows, profile = measure(trainer, args.repeats, args.op_profile)
     print()
     print(table([{**r, "env_steps": "" if r["env_steps_per_s"] is None
                   else f"{r['env_steps_per_s']:,.0f}"} for r in rows], COLUMNS))
+    if profile is not None:
+        print("\none minibatch step's op time, by part and direction (traced):")
+        print(summary(profile))
     settings = {"env": args.env, "market": "fixed", "n_envs": pc.n_envs, "n_steps": pc.n_steps,
                 "hidden_dim": args.hidden_dim, "n_gru_layers": args.n_gru_layers,
                 "precision": cfg.network.precision, "ppo_epochs": pc.ppo_epochs,
@@ -145,7 +163,9 @@ def main(argv=None) -> int:
                 "n_params": trainer.n_params, "n_devices": jax.device_count(),
                 "repeats": args.repeats,
                 "timing": "each part AOT-compiled alone; one warm-up run; best of repeats"}
-    print(f"saved {save('phases', info, rows, args.out, settings=settings)}")
+    extra = {} if profile is None else {"op_profile": {"part": "joint: one minibatch step",
+                                                        **profile}}
+    print(f"saved {save('phases', info, rows, args.out, settings=settings, extra=extra)}")
     return 0
 
 

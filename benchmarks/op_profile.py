@@ -1,0 +1,192 @@
+"""Where a compiled program's time goes, by part of the network and by direction.
+
+`profile_ops(compiled, args)` runs an AOT-compiled program under JAX's profiler, reads the
+Perfetto trace it writes, and attributes each traced XLA op to the HLO instruction of the
+same name in ``compiled.as_text()``. Each instruction carries its source: the op name
+(``jit(f)/jvp(GRUActorCritic.unroll)/encoder/dense_0/dot_general``, so the Flax module
+that emitted it and, under ``transpose(...)``, whether it belongs to the backward pass)
+and a stack frame (the file and function, e.g. ``jaxtrade/ppo.py:ppo_loss`` or optax's).
+
+A row per (part, direction): the part is the Flax submodule named in the op name
+(``encoder``, ``gru``, ``policy_head``, ``value_head``, ...) or else the innermost frame
+of jaxtrade's own code (``ppo.py:ppo_loss``), ``optimizer (optax)``, a loop's own
+bookkeeping (``loop bookkeeping``: slicing each step's inputs, stacking its outputs), or
+``other``. Times are op time summed over the program's threads (CPU) or streams (GPU),
+per call, so they can add up to more than the wall time when ops run side by side;
+``busy`` is that sum over the wall time. Trace events that name no instruction of the
+program (the runtime's own spans; on a GPU, possibly kernels under their kernel names)
+are counted apart as ``unmatched``: a large share says the trace names ops differently
+from the program text (checked on CPU; a GPU run of ``benchmarks/gpu_check.sh`` shows
+it).
+
+Used by ``python -m benchmarks.phases`` for one minibatch step (``--op-profile``).
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+
+# Op-name components that are JAX's or XLA's wrappers, not a Flax module.
+_WRAPPERS = {"while", "body", "cond", "closed_call", "checkpoint", "remat", "rematted_computation",
+             "branch_0_fun", "branch_1_fun", "scan", "vmap", "pjit"}
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+# Ops that hold other ops (a loop, a branch, a call): their trace spans cover their bodies'
+# ops, which are traced themselves.
+_CONTAINER = re.compile(r"\b(?:while|conditional|call)\(%")
+_FRAME = re.compile(r"stack_frame_id=(\d+)")
+
+
+def _section(lines: list[str], name: str) -> dict[int, str]:
+    """`name`'s numbered entries in an HLO module's text (`FileNames`, `StackFrames`, ...)."""
+    try:
+        start = lines.index(name)
+    except ValueError:
+        return {}
+    out = {}
+    for line in lines[start + 1:]:
+        m = re.match(r"(\d+) (.*)", line)
+        if not m:
+            break
+        out[int(m.group(1))] = m.group(2).strip('"')
+    return out
+
+
+def _frames(lines: list[str]) -> dict[int, list[tuple[str, str]]]:
+    """stack frame id -> its (file, function) chain, innermost first."""
+    files, functions = _section(lines, "FileNames"), _section(lines, "FunctionNames")
+    locations = {}
+    for k, v in _section(lines, "FileLocations").items():
+        f = dict(re.findall(r"(\w+)=(\d+)", v))
+        locations[k] = (files.get(int(f.get("file_name_id", 0)), "?"),
+                        functions.get(int(f.get("function_name_id", 0)), "?"))
+    parents = {}
+    for k, v in _section(lines, "StackFrames").items():
+        f = dict(re.findall(r"(\w+)=(\d+)", v))
+        parents[k] = (int(f.get("file_location_id", 0)), int(f.get("parent_frame_id", 0)))
+
+    def chain(frame: int) -> list[tuple[str, str]]:
+        out, seen = [], set()
+        while frame in parents and frame not in seen:
+            seen.add(frame)
+            location, parent = parents[frame]
+            if location in locations:
+                out.append(locations[location])
+            frame = parent
+        return out
+
+    return {k: chain(k) for k in parents}
+
+
+def part_of(op_name: str, chain: list[tuple[str, str]]) -> str:
+    """The part an instruction belongs to (module docstring)."""
+    for component in op_name.split("/")[:-1]:  # the last one is the primitive
+        if ("(" in component or "." in component or component in _WRAPPERS
+                or not re.fullmatch(r"[a-z][a-z0-9_]*", component)):
+            continue
+        return component  # the first named submodule (capitalised: a class, skipped)
+    for file, function in chain:
+        if "/jaxtrade/" in file:
+            return f"{file.rsplit('/jaxtrade/', 1)[1]}:{function.split('.<locals>')[0]}"
+        if "/optax/" in file:
+            return "optimizer (optax)"
+    if "/while/" in op_name:
+        return "loop bookkeeping"
+    return "other"
+
+
+def instruction_parts(hlo_text: str) -> dict[str, tuple[str, str] | None]:
+    """instruction name -> (part, "forward" | "backward") for every instruction of a
+    compiled module's text; None for an op that holds others (a loop, a branch, a call),
+    whose time is its body's ops'."""
+    lines = hlo_text.splitlines()
+    frames = _frames(lines)
+    out: dict[str, tuple[str, str] | None] = {}
+    for line in lines:
+        m = _INSTRUCTION.match(line)
+        if not m:
+            continue
+        name, rest = m.groups()
+        if _CONTAINER.search(rest.split(", metadata=")[0]):
+            out[name] = None
+            continue
+        op = _OP_NAME.search(rest)
+        op_name = op.group(1) if op else ""
+        frame = _FRAME.search(rest)
+        chain = frames.get(int(frame.group(1)), []) if frame else []
+        out[name] = (part_of(op_name, chain),
+                     "backward" if "transpose(" in op_name else "forward")
+    return out
+
+
+def _trace_events(trace_dir: Path) -> list[dict]:
+    paths = sorted(trace_dir.glob("plugins/profile/*/perfetto_trace.json.gz"))
+    if not paths:
+        raise RuntimeError(f"the profiler wrote no Perfetto trace under {trace_dir}")
+    events = json.loads(gzip.open(paths[-1]).read())
+    return [e for e in (events["traceEvents"] if isinstance(events, dict) else events)
+            if e.get("ph") == "X"]
+
+
+def profile_ops(compiled, args: tuple, calls: int = 2, trace_dir: str | None = None) -> dict:
+    """Runs ``compiled(*args)`` ``calls`` times under the profiler (after one untraced
+    call) and attributes the traced op time (module docstring).
+
+    Returns: {"calls", "wall_s" (per call), "op_s" (matched op time per call), "busy",
+    "unmatched_s" (per call), "rows": [{"part", "direction", "seconds", "share"}, ...]
+    largest first, shares of op_s}.
+    """
+    parts = instruction_parts(compiled.as_text())
+    jax.block_until_ready(compiled(*args))
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(trace_dir or tmp)
+        jax.profiler.start_trace(str(directory), create_perfetto_trace=True)
+        t0 = time.perf_counter()
+        try:
+            for _ in range(calls):
+                jax.block_until_ready(compiled(*args))
+        finally:
+            wall = (time.perf_counter() - t0) / calls
+            jax.profiler.stop_trace()
+        events = _trace_events(directory)
+    by_part: dict[tuple[str, str], float] = collections.defaultdict(float)
+    unmatched = 0.0
+    for e in events:
+        if e["name"] not in parts:
+            # the runtime's own spans (executor, waits, Python) hold ops, so only ops count
+            if not (e["name"].startswith(("$", "Thunk", "Pjit", "PjRt", "Slinky"))
+                    or "::" in e["name"]):
+                unmatched += e.get("dur", 0) * 1e-6
+            continue
+        key = parts[e["name"]]
+        if key is not None:
+            by_part[key] += e.get("dur", 0) * 1e-6
+    op_s = sum(by_part.values()) / calls
+    rows = [{"part": part, "direction": direction, "seconds": s / calls,
+             "share": s / calls / op_s if op_s else 0.0}
+            for (part, direction), s in sorted(by_part.items(), key=lambda kv: -kv[1])]
+    return {"calls": calls, "wall_s": wall, "op_s": op_s, "busy": op_s / wall if wall else 0.0,
+            "unmatched_s": unmatched / calls, "rows": rows}
+
+
+def summary(profile: dict, top: int = 12) -> str:
+    """Printable lines: the largest rows, then what they add up to."""
+    lines = [f"  {r['part'][:34]:34s} {r['direction']:8s} {r['seconds'] * 1e3:9.2f} ms "
+             f"{r['share']:6.1%}" for r in profile["rows"][:top]]
+    if len(profile["rows"]) > top:
+        rest = profile["rows"][top:]
+        lines.append(f"  {f'({len(rest)} more)':34s} {'':8s} "
+                     f"{sum(r['seconds'] for r in rest) * 1e3:9.2f} ms "
+                     f"{sum(r['share'] for r in rest):6.1%}")
+    lines.append(f"  op time {profile['op_s'] * 1e3:.1f} ms per call over a wall of "
+                 f"{profile['wall_s'] * 1e3:.1f} ms (busy {profile['busy']:.2f}); unmatched "
+                 f"trace events {profile['unmatched_s'] * 1e3:.1f} ms")
+    return "\n".join(lines)
