@@ -2,7 +2,7 @@
 (host-only).
 
     python -m jaxtrade.archive add ckpt/my-run                 # its best checkpoint
-    python -m jaxtrade.archive add ckpt/my-population          # its final members
+    python -m jaxtrade.archive add ckpt/my-population          # each slot's best-scored model
     python -m jaxtrade.archive list                            # the table, best first
     python -m jaxtrade.archive show m0003                      # everything of one model
     python -m jaxtrade.archive lineage m0003                   # ancestors and descendants
@@ -774,7 +774,8 @@ def _version() -> str:
 
 def add_any(archive: Archive, run_dir: str | os.PathLike, checkpoint: str | int = "best",
             parent: str | None = None, generation: int | None = None) -> list[dict]:
-    """`add_population` for a population run (its final members), else `add_run`."""
+    """`add_population` for a population run (each slot's best-scored model), else
+    `add_run`."""
     from jaxtrade.population_run import POPULATION_FILE
 
     run_dir = Path(run_dir)
@@ -782,7 +783,7 @@ def add_any(archive: Archive, run_dir: str | os.PathLike, checkpoint: str | int 
         raise ArchiveError(f"{run_dir}: no such run directory")
     if (run_dir / POPULATION_FILE).exists():
         if parent is not None or generation is not None or str(checkpoint) != "best":
-            raise ArchiveError(f"{run_dir}: a population run's final members are archived "
+            raise ArchiveError(f"{run_dir}: a population run's members are archived "
                                f"as recorded; --checkpoint, --parent and --generation are "
                                f"for single runs")
         return add_population(archive, run_dir)
@@ -953,7 +954,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--top", type=int, default=DEFAULT_TOP, metavar="K",
                        help=f"models kept, by validation score [{DEFAULT_TOP}]")
     add = sub.add_parser("add", parents=[common],
-                         help="archive a run's checkpoint or a population's final members")
+                         help="archive a run's checkpoint or each slot's best-scored model of a "
+                              "population")
     add.add_argument("run_dir", metavar="RUN_DIR")
     add.add_argument("--checkpoint", default="best", metavar="best|latest|N",
                      help="which checkpoint of a single run [best]")

@@ -21,7 +21,8 @@ key take identical steps where they overlap: what `jaxtrade.policy` relies on.
 
 Baselines (`BASELINES`), each a fixed action sequence through the same environment:
 cash (FULL_CASH every bar, flat at 1), buy_and_hold (EQUAL_WEIGHT on the first bar
-then HOLD), and every fixed regime from EQUAL_WEIGHT to RISK_ON rebalanced every k
+then HOLD), and every fixed regime but HOLD and FULL_CASH (DEFENSIVE to RISK_ON)
+rebalanced every k
 bars for k in `REBALANCE_EVERY` (1, 5, 20), HOLD in between, named `REGIME/k`
 (`EQUAL_WEIGHT/1` is equal weight rebalanced every bar). Any of them a user could run
 without RL; `choose_baseline` picks the one to beat on the validation range.

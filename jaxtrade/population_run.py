@@ -123,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "envs); G divides the members and the devices [the largest such G: "
                         "gcd(members, devices)]")
     g.add_argument("--archive", nargs="?", const="ckpt/archive", metavar="DIR",
-                   help="when the run completes, add its final members to the model archive "
-                        "DIR (`python -m jaxtrade.archive`; its prune command keeps the best) "
+                   help="when the run completes, add each slot's best-scored model to the "
+                        "model archive DIR (`python -m jaxtrade.archive`; its prune command "
+                        "keeps the best) "
                         "[off; ckpt/archive when given without DIR]")
     return p
 
