@@ -54,8 +54,11 @@ def save(
     `extra`'s keys) and returns its path."""
     path = result_path(name, info, out_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"benchmark": name, "device": info, "settings": settings or {}, "results": rows,
-              **(extra or {})}
+    record = {"benchmark": name, "device": info, "settings": settings or {}, "results": rows}
+    clash = set(record) & set(extra or {})
+    if clash:
+        raise ValueError(f"extra fields {sorted(clash)} would overwrite the record's own")
+    record.update(extra or {})
     path.write_text(json.dumps(record, indent=2))
     return path
 

@@ -9,15 +9,17 @@ and a stack frame (the file and function, e.g. ``jaxtrade/ppo.py:ppo_loss`` or o
 
 A row per (part, direction): the part is the Flax submodule named in the op name
 (``encoder``, ``gru``, ``policy_head``, ``value_head``, ...) or else the innermost frame
-of jaxtrade's own code (``ppo.py:ppo_loss``), ``optimizer (optax)``, a loop's own
-bookkeeping (``loop bookkeeping``: slicing each step's inputs, stacking its outputs), or
-``other``. Times are op time summed over the program's threads (CPU) or streams (GPU),
-per call, so they can add up to more than the wall time when ops run side by side;
-``busy`` is that sum over the wall time. Trace events that name no instruction of the
-program (the runtime's own spans; on a GPU, possibly kernels under their kernel names)
-are counted apart as ``unmatched``: a large share says the trace names ops differently
-from the program text (checked on CPU; a GPU run of ``benchmarks/gpu_check.sh`` shows
-it).
+of jaxtrade's own code (``ppo.py:ppo_loss``; a scan's own slicing of each step's inputs
+and stacking of its outputs goes to the function that runs it), ``optimizer (optax)``,
+``loop bookkeeping`` (a loop's work with no frame of jaxtrade's), or ``other``. Times
+are op time summed over the program's threads (CPU) or streams (GPU), per call, so they
+can add up to more than the wall time when ops run side by side;
+``busy`` is that sum over the wall time (how many ops ran side by side on average, not
+how many cores were busy: one op may use several). The runtime tags each op's trace
+events with the program's module and the op's name; ops named by no instruction of the
+program's text are counted apart as ``unmatched`` (a large share says the trace names ops
+differently from the text: checked on CPU; a GPU run of ``benchmarks/gpu_check.sh`` will
+show it). A fused op is charged to its fusion's op name, which may cover a few parts.
 
 Used by ``python -m benchmarks.phases`` for one minibatch step (``--op-profile``).
 """
@@ -41,7 +43,7 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 # Ops that hold other ops (a loop, a branch, a call): their trace spans cover their bodies'
 # ops, which are traced themselves.
-_CONTAINER = re.compile(r"\b(?:while|conditional|call)\(%")
+_CONTAINER = re.compile(r"(?<![\w-])(?:while|conditional|call)\(%")  # not custom-call
 _FRAME = re.compile(r"stack_frame_id=(\d+)")
 
 
@@ -71,7 +73,8 @@ def _frames(lines: list[str]) -> dict[int, list[tuple[str, str]]]:
     parents = {}
     for k, v in _section(lines, "StackFrames").items():
         f = dict(re.findall(r"(\w+)=(\d+)", v))
-        parents[k] = (int(f.get("file_location_id", 0)), int(f.get("parent_frame_id", 0)))
+        # the text gives a frame's parent as its id + 1 (0: none)
+        parents[k] = (int(f.get("file_location_id", 0)), int(f.get("parent_frame_id", 0)) - 1)
 
     def chain(frame: int) -> list[tuple[str, str]]:
         out, seen = [], set()
@@ -94,10 +97,12 @@ def part_of(op_name: str, chain: list[tuple[str, str]]) -> str:
             continue
         return component  # the first named submodule (capitalised: a class, skipped)
     for file, function in chain:
+        if "site-packages" in file or "dist-packages" in file:
+            if "/optax/" in file:
+                return "optimizer (optax)"
+            continue
         if "/jaxtrade/" in file:
             return f"{file.rsplit('/jaxtrade/', 1)[1]}:{function.split('.<locals>')[0]}"
-        if "/optax/" in file:
-            return "optimizer (optax)"
     if "/while/" in op_name:
         return "loop bookkeeping"
     return "other"
@@ -115,7 +120,8 @@ def instruction_parts(hlo_text: str) -> dict[str, tuple[str, str] | None]:
         if not m:
             continue
         name, rest = m.groups()
-        if _CONTAINER.search(rest.split(", metadata=")[0]):
+        # XLA:CPU runs a small loop wrapped in a call as one kernel: a leaf, not a container
+        if _CONTAINER.search(rest.split(", metadata=")[0]) and "small_call" not in rest:
             out[name] = None
             continue
         op = _OP_NAME.search(rest)
@@ -127,24 +133,36 @@ def instruction_parts(hlo_text: str) -> dict[str, tuple[str, str] | None]:
     return out
 
 
-def _trace_events(trace_dir: Path) -> list[dict]:
+def _trace_events(trace_dir: Path) -> tuple[list[dict], dict[int, str]]:
+    """The trace's complete events and its process names (pid -> name)."""
     paths = sorted(trace_dir.glob("plugins/profile/*/perfetto_trace.json.gz"))
     if not paths:
         raise RuntimeError(f"the profiler wrote no Perfetto trace under {trace_dir}")
     events = json.loads(gzip.open(paths[-1]).read())
-    return [e for e in (events["traceEvents"] if isinstance(events, dict) else events)
-            if e.get("ph") == "X"]
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    processes = {e["pid"]: e.get("args", {}).get("name", "") for e in events
+                 if e.get("ph") == "M" and e.get("name") == "process_name"}
+    return [e for e in events if e.get("ph") == "X"], processes
 
 
 def profile_ops(compiled, args: tuple, calls: int = 2, trace_dir: str | None = None) -> dict:
     """Runs ``compiled(*args)`` ``calls`` times under the profiler (after one untraced
     call) and attributes the traced op time (module docstring).
 
-    Returns: {"calls", "wall_s" (per call), "op_s" (matched op time per call), "busy",
-    "unmatched_s" (per call), "rows": [{"part", "direction", "seconds", "share"}, ...]
-    largest first, shares of op_s}.
+    An op's events are those the runtime tags with the program's module and the op
+    (``hlo_module``, ``hlo_op``); where some are on a device's timeline (a GPU's), only
+    those count, so an op launched from the host is not counted twice.
+
+    Returns: {"calls", "wall_s" (per call), "op_s" (op time per call), "busy", "source"
+    ("device" or "host": the timelines counted), "loops_s" (the spans of loops, branches
+    and calls, whose bodies' ops are counted instead; per call), "unmatched_s" (ops tagged
+    with the program but named by no instruction of its text; per call), "rows": [{"part",
+    "direction", "seconds", "share"}, ...] largest first, shares of op_s}.
     """
-    parts = instruction_parts(compiled.as_text())
+    text = compiled.as_text()
+    parts = instruction_parts(text)
+    module = re.match(r"HloModule ([^\s,]+)", text)
+    module = module.group(1) if module else None
     jax.block_until_ready(compiled(*args))
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(trace_dir or tmp)
@@ -156,37 +174,42 @@ def profile_ops(compiled, args: tuple, calls: int = 2, trace_dir: str | None = N
         finally:
             wall = (time.perf_counter() - t0) / calls
             jax.profiler.stop_trace()
-        events = _trace_events(directory)
+        events, processes = _trace_events(directory)
+    ops = [e for e in events if "hlo_op" in (e.get("args") or {})
+           and e["args"].get("hlo_module", module) == module]
+    on_device = [e for e in ops if "/device:" in processes.get(e.get("pid"), "")]
+    source = "device" if on_device else "host"
     by_part: dict[tuple[str, str], float] = collections.defaultdict(float)
-    unmatched = 0.0
-    for e in events:
-        if e["name"] not in parts:
-            # the runtime's own spans (executor, waits, Python) hold ops, so only ops count
-            if not (e["name"].startswith(("$", "Thunk", "Pjit", "PjRt", "Slinky"))
-                    or "::" in e["name"]):
-                unmatched += e.get("dur", 0) * 1e-6
-            continue
-        key = parts[e["name"]]
-        if key is not None:
-            by_part[key] += e.get("dur", 0) * 1e-6
+    loops = unmatched = 0.0
+    for e in on_device or ops:
+        seconds = e.get("dur", 0) * 1e-6
+        op = e["args"]["hlo_op"]
+        if op not in parts:
+            unmatched += seconds
+        elif parts[op] is None:
+            loops += seconds
+        else:
+            by_part[parts[op]] += seconds
     op_s = sum(by_part.values()) / calls
     rows = [{"part": part, "direction": direction, "seconds": s / calls,
              "share": s / calls / op_s if op_s else 0.0}
             for (part, direction), s in sorted(by_part.items(), key=lambda kv: -kv[1])]
     return {"calls": calls, "wall_s": wall, "op_s": op_s, "busy": op_s / wall if wall else 0.0,
-            "unmatched_s": unmatched / calls, "rows": rows}
+            "source": source, "loops_s": loops / calls, "unmatched_s": unmatched / calls,
+            "rows": rows}
 
 
 def summary(profile: dict, top: int = 12) -> str:
     """Printable lines: the largest rows, then what they add up to."""
-    lines = [f"  {r['part'][:34]:34s} {r['direction']:8s} {r['seconds'] * 1e3:9.2f} ms "
+    lines = [f"  {r['part'][:42]:42s} {r['direction']:8s} {r['seconds'] * 1e3:9.2f} ms "
              f"{r['share']:6.1%}" for r in profile["rows"][:top]]
     if len(profile["rows"]) > top:
         rest = profile["rows"][top:]
-        lines.append(f"  {f'({len(rest)} more)':34s} {'':8s} "
+        lines.append(f"  {f'({len(rest)} more)':42s} {'':8s} "
                      f"{sum(r['seconds'] for r in rest) * 1e3:9.2f} ms "
                      f"{sum(r['share'] for r in rest):6.1%}")
-    lines.append(f"  op time {profile['op_s'] * 1e3:.1f} ms per call over a wall of "
-                 f"{profile['wall_s'] * 1e3:.1f} ms (busy {profile['busy']:.2f}); unmatched "
-                 f"trace events {profile['unmatched_s'] * 1e3:.1f} ms")
+    lines.append(f"  op time {profile['op_s'] * 1e3:.1f} ms per call ({profile['source']} "
+                 f"timelines) over a wall of {profile['wall_s'] * 1e3:.1f} ms (ops side by "
+                 f"side: {profile['busy']:.2f}); ops named by no instruction "
+                 f"{profile['unmatched_s'] * 1e3:.1f} ms")
     return "\n".join(lines)

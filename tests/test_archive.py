@@ -1,7 +1,7 @@
-"""`jaxtrade.archive`: a trained run's best checkpoint and a population's final members archived
-with their records; list / show / lineage / prune / add on the command line; ids that are
-never reused; `load_policy("archive:...")` decides exactly as the original run; one-line
-errors."""
+"""`jaxtrade.archive`: a trained run's best checkpoint and each slot's best-scored model of a
+population archived with their records; list / show / lineage / prune / add on the command
+line; ids that are never reused; `load_policy("archive:...")` decides exactly as the
+original run; one-line errors."""
 
 import contextlib
 import io

@@ -470,21 +470,20 @@ def test_phases_times_every_part_of_an_iteration(tmp_path):
     assert rows["joint epochs"]["env_steps_per_s"] is None
     assert record["settings"]["critic_epochs"] == 1 and "of iteration" in out.getvalue()
     # The traced minibatch step: its op time by part, every part of the network in both
-    # directions; most of the trace's events name an op of the program (the rest are the
-    # runtime's, a large share only of a program this small).
+    # directions; the ops the trace tags with the program are the instructions of its text.
     profile = record["op_profile"]
     assert profile["part"] == "joint: one minibatch step" and profile["op_s"] > 0
     found = {(r["part"], r["direction"]) for r in profile["rows"]}
     for part in ("encoder", "gru", "policy_head", "value_head"):
         assert {(part, "forward"), (part, "backward")} <= found, found
     assert sum(r["share"] for r in profile["rows"]) == pytest.approx(1.0)
-    assert profile["unmatched_s"] < profile["op_s"]
+    assert profile["unmatched_s"] < 0.01 * profile["op_s"] and profile["source"] == "host"
     assert "one minibatch step's op time" in out.getvalue()
 
     # benchmarks/gpu_check.sh's step 5 alone, on the same config (its programs load from the
     # session's compilation cache): its figures land in RESULTS.
     env = dict(os.environ, SKIP_INSTALL="1", STEPS="phases", PYTHON=sys.executable,
-               PHASES_ARGS=" ".join(TINY_PHASES), OUT=str(tmp_path / "logs"),
+               PHASES_ARGS=" ".join([*TINY_PHASES, "--no-op-profile"]), OUT=str(tmp_path / "logs"),
                RESULTS=str(tmp_path / "results"))
     done = subprocess.run(["bash", "benchmarks/gpu_check.sh"], env=env, capture_output=True,
                           text=True, timeout=300)
