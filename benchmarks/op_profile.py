@@ -145,7 +145,8 @@ def _trace_events(trace_dir: Path) -> tuple[list[dict], dict[int, str]]:
     return [e for e in events if e.get("ph") == "X"], processes
 
 
-def profile_ops(compiled, args: tuple, calls: int = 2, trace_dir: str | None = None) -> dict:
+def profile_ops(compiled, args: tuple, calls: int = 2, trace_dir: str | None = None,
+                top: int = 15) -> dict:
     """Runs ``compiled(*args)`` ``calls`` times under the profiler (after one untraced
     call) and attributes the traced op time (module docstring).
 
@@ -157,7 +158,9 @@ def profile_ops(compiled, args: tuple, calls: int = 2, trace_dir: str | None = N
     ("device" or "host": the timelines counted), "loops_s" (the spans of loops, branches
     and calls, whose bodies' ops are counted instead; per call), "unmatched_s" (ops tagged
     with the program but named by no instruction of its text; per call), "rows": [{"part",
-    "direction", "seconds", "share"}, ...] largest first, shares of op_s}.
+    "direction", "seconds", "share"}, ...] largest first, shares of op_s, "top_ops": the
+    `top` costliest ops [{"op", "part", "direction", "seconds", "events" (per call),
+    "op_name"}, ...]}.
     """
     text = compiled.as_text()
     parts = instruction_parts(text)
@@ -180,6 +183,8 @@ def profile_ops(compiled, args: tuple, calls: int = 2, trace_dir: str | None = N
     on_device = [e for e in ops if "/device:" in processes.get(e.get("pid"), "")]
     source = "device" if on_device else "host"
     by_part: dict[tuple[str, str], float] = collections.defaultdict(float)
+    by_op: dict[str, float] = collections.defaultdict(float)
+    n_events: collections.Counter = collections.Counter()
     loops = unmatched = 0.0
     for e in on_device or ops:
         seconds = e.get("dur", 0) * 1e-6
@@ -190,13 +195,29 @@ def profile_ops(compiled, args: tuple, calls: int = 2, trace_dir: str | None = N
             loops += seconds
         else:
             by_part[parts[op]] += seconds
+            by_op[op] += seconds
+            n_events[op] += 1
     op_s = sum(by_part.values()) / calls
+    op_names = {}
+    for line in text.splitlines():
+        m = _INSTRUCTION.match(line)
+        if m and m.group(1) in by_op:
+            name = _OP_NAME.search(m.group(2))
+            op_names[m.group(1)] = name.group(1) if name else ""
+    top_ops = [{"op": op, "part": parts[op][0], "direction": parts[op][1],
+                "seconds": s / calls, "events": n_events[op] / calls,
+                "op_name": op_names.get(op, "")}
+               for op, s in sorted(by_op.items(), key=lambda kv: -kv[1])[:top]]
     rows = [{"part": part, "direction": direction, "seconds": s / calls,
              "share": s / calls / op_s if op_s else 0.0}
             for (part, direction), s in sorted(by_part.items(), key=lambda kv: -kv[1])]
     return {"calls": calls, "wall_s": wall, "op_s": op_s, "busy": op_s / wall if wall else 0.0,
             "source": source, "loops_s": loops / calls, "unmatched_s": unmatched / calls,
-            "rows": rows}
+            "rows": rows, "top_ops": top_ops}
+
+
+def _tail(text: str, width: int) -> str:
+    return text if len(text) <= width else "..." + text[-(width - 3):]
 
 
 def summary(profile: dict, top: int = 12) -> str:
@@ -208,6 +229,10 @@ def summary(profile: dict, top: int = 12) -> str:
         lines.append(f"  {f'({len(rest)} more)':42s} {'':8s} "
                      f"{sum(r['seconds'] for r in rest) * 1e3:9.2f} ms "
                      f"{sum(r['share'] for r in rest):6.1%}")
+    if profile.get("top_ops"):
+        lines.append("  costliest ops (ms per call, events per call, op name):")
+        lines += [f"    {o['op'][:28]:28s} {o['seconds'] * 1e3:8.2f} ms {o['events']:6.0f}  "
+                  f"{_tail(o['op_name'], 70)}" for o in profile["top_ops"][:8]]
     lines.append(f"  op time {profile['op_s'] * 1e3:.1f} ms per call ({profile['source']} "
                  f"timelines) over a wall of {profile['wall_s'] * 1e3:.1f} ms (ops side by "
                  f"side: {profile['busy']:.2f}); ops named by no instruction "

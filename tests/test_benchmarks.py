@@ -478,6 +478,11 @@ def test_phases_times_every_part_of_an_iteration(tmp_path):
         assert {(part, "forward"), (part, "backward")} <= found, found
     assert sum(r["share"] for r in profile["rows"]) == pytest.approx(1.0)
     assert profile["unmatched_s"] < 0.01 * profile["op_s"] and profile["source"] == "host"
+    top = profile["top_ops"]
+    assert top and [o["seconds"] for o in top] == sorted((o["seconds"] for o in top),
+                                                         reverse=True)
+    assert all((o["part"], o["direction"]) in found and o["events"] >= 1 for o in top)
+    assert sum(o["seconds"] for o in top) <= profile["op_s"] * (1 + 1e-9)
     assert "one minibatch step's op time" in out.getvalue()
 
     # benchmarks/gpu_check.sh's step 5 alone, on the same config (its programs load from the
