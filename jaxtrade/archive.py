@@ -955,7 +955,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"models kept, by validation score [{DEFAULT_TOP}]")
     add = sub.add_parser("add", parents=[common],
                          help="archive a run's checkpoint or each slot's best-scored model of a "
-                              "population")
+                              "population (of one saved before best states were kept: its last "
+                              "interval's members)")
     add.add_argument("run_dir", metavar="RUN_DIR")
     add.add_argument("--checkpoint", default="best", metavar="best|latest|N",
                      help="which checkpoint of a single run [best]")
