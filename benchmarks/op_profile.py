@@ -108,13 +108,13 @@ def part_of(op_name: str, chain: list[tuple[str, str]]) -> str:
     return "other"
 
 
-def instruction_parts(hlo_text: str) -> dict[str, tuple[str, str] | None]:
-    """instruction name -> (part, "forward" | "backward") for every instruction of a
-    compiled module's text; None for an op that holds others (a loop, a branch, a call),
+def _instructions(hlo_text: str) -> dict[str, tuple[str, str, str] | None]:
+    """instruction name -> (part, "forward" | "backward", op name) for every instruction of
+    a compiled module's text; None for an op that holds others (a loop, a branch, a call),
     whose time is its body's ops'."""
     lines = hlo_text.splitlines()
     frames = _frames(lines)
-    out: dict[str, tuple[str, str] | None] = {}
+    out: dict[str, tuple[str, str, str] | None] = {}
     for line in lines:
         m = _INSTRUCTION.match(line)
         if not m:
@@ -129,8 +129,14 @@ def instruction_parts(hlo_text: str) -> dict[str, tuple[str, str] | None]:
         frame = _FRAME.search(rest)
         chain = frames.get(int(frame.group(1)), []) if frame else []
         out[name] = (part_of(op_name, chain),
-                     "backward" if "transpose(" in op_name else "forward")
+                     "backward" if "transpose(" in op_name else "forward", op_name)
     return out
+
+
+def instruction_parts(hlo_text: str) -> dict[str, tuple[str, str] | None]:
+    """instruction name -> (part, "forward" | "backward") for every instruction of a
+    compiled module's text; None for an op that holds others (`_instructions`)."""
+    return {name: i and i[:2] for name, i in _instructions(hlo_text).items()}
 
 
 def _trace_events(trace_dir: Path) -> tuple[list[dict], dict[int, str]]:
@@ -163,7 +169,7 @@ def profile_ops(compiled, args: tuple, calls: int = 2, trace_dir: str | None = N
     "op_name"}, ...]}.
     """
     text = compiled.as_text()
-    parts = instruction_parts(text)
+    instructions = _instructions(text)
     module = re.match(r"HloModule ([^\s,]+)", text)
     module = module.group(1) if module else None
     jax.block_until_ready(compiled(*args))
@@ -182,31 +188,26 @@ def profile_ops(compiled, args: tuple, calls: int = 2, trace_dir: str | None = N
            and e["args"].get("hlo_module", module) == module]
     on_device = [e for e in ops if "/device:" in processes.get(e.get("pid"), "")]
     source = "device" if on_device else "host"
-    by_part: dict[tuple[str, str], float] = collections.defaultdict(float)
     by_op: dict[str, float] = collections.defaultdict(float)
     n_events: collections.Counter = collections.Counter()
     loops = unmatched = 0.0
     for e in on_device or ops:
         seconds = e.get("dur", 0) * 1e-6
         op = e["args"]["hlo_op"]
-        if op not in parts:
+        if op not in instructions:
             unmatched += seconds
-        elif parts[op] is None:
+        elif instructions[op] is None:
             loops += seconds
         else:
-            by_part[parts[op]] += seconds
             by_op[op] += seconds
             n_events[op] += 1
+    by_part: dict[tuple[str, str], float] = collections.defaultdict(float)
+    for op, seconds in by_op.items():
+        by_part[instructions[op][:2]] += seconds
     op_s = sum(by_part.values()) / calls
-    op_names = {}
-    for line in text.splitlines():
-        m = _INSTRUCTION.match(line)
-        if m and m.group(1) in by_op:
-            name = _OP_NAME.search(m.group(2))
-            op_names[m.group(1)] = name.group(1) if name else ""
-    top_ops = [{"op": op, "part": parts[op][0], "direction": parts[op][1],
+    top_ops = [{"op": op, "part": instructions[op][0], "direction": instructions[op][1],
                 "seconds": s / calls, "events": n_events[op] / calls,
-                "op_name": op_names.get(op, "")}
+                "op_name": instructions[op][2]}
                for op, s in sorted(by_op.items(), key=lambda kv: -kv[1])[:top]]
     rows = [{"part": part, "direction": direction, "seconds": s / calls,
              "share": s / calls / op_s if op_s else 0.0}
