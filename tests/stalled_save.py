@@ -25,7 +25,8 @@ class _StallingJsonHandler(ocp.handlers.JsonCheckpointHandler):
 
     async def _save_fn(self, x, directory):
         await super()._save_fn(x, directory)
-        print(f"{STALL_LINE} ({directory})", flush=True)
+        sys.stdout.write(f"{STALL_LINE} ({directory})\n")  # one write: the line stays whole
+        sys.stdout.flush()
         await asyncio.sleep(float(x["seconds"]))
 
 

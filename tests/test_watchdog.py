@@ -61,3 +61,37 @@ def test_threshold_comes_from_the_environment(monkeypatch):
 ])
 def test_format_seconds(seconds, text):
     assert W.format_seconds(seconds) == text
+
+
+class _Writes:
+    """A stream that records each write call."""
+
+    def __init__(self):
+        self.writes = []
+
+    def write(self, text):
+        self.writes.append(text)
+
+    def flush(self):
+        pass
+
+
+def test_every_console_line_is_one_write(monkeypatch):
+    """A save finishing in Orbax's thread, or the watchdog's wait, may print while the run
+    prints: each of the run's lines goes out in one write, so no other line lands inside it
+    (`print` writes the text and its newline separately)."""
+    from jaxtrade.engine.console import Console
+
+    out, err = _Writes(), _Writes()
+    monkeypatch.setattr("sys.stdout", out)
+    monkeypatch.setattr("sys.stderr", err)
+    console = Console(1, True)
+    console.line("saving checkpoint at iteration 4 -> run/checkpoints/4")
+    console.say("market:", "4 assets")
+    with console.timed("compiling"):
+        console.notice("still compiling after 1m00s")
+    console.warn("the GPU is busy")
+    assert out.writes == ["saving checkpoint at iteration 4 -> run/checkpoints/4\n",
+                          "market: 4 assets\n", "compiling... ", "done in 0.0s\n"]
+    assert err.writes == ["\nwaiting: still compiling after 1m00s\n",
+                          "warning: the GPU is busy\n"]

@@ -11,6 +11,15 @@ import time
 from jaxtrade.watchdog import format_seconds
 
 
+def emit(text: str, file=None) -> None:
+    """Writes `text` in one call and flushes: a line printed while another thread prints
+    (an Orbax save finishing in the background, a watchdog's wait) stays whole, where
+    `print` writes the text and its end separately and another line can land between."""
+    file = sys.stdout if file is None else file
+    file.write(text)
+    file.flush()
+
+
 class Progress:
     """A one-line live bar on stderr when it is a terminal (host-only)."""
 
@@ -56,9 +65,10 @@ class Console:
         self.partial_line = False  # the last say() left its line open for a "done in ..."
         self.progress = Progress(1, enabled=False)
 
-    def say(self, *parts, end: str = "\n", **kw) -> None:
+    def say(self, *parts, end: str = "\n") -> None:
+        """`print(*parts, end=end)` to stdout, written whole and flushed (`emit`)."""
         if self.verbosity > 0:
-            print(*parts, end=end, **kw)
+            emit(" ".join(map(str, parts)) + end)
             self.partial_line = not end.endswith("\n")
 
     @contextlib.contextmanager
@@ -66,7 +76,7 @@ class Console:
         """Says "`label`...", runs the block, then says "done in X.Xs" on the same line;
         yields a `Timed` that holds the block's seconds after it (a compile's, to add to a
         run's compile time)."""
-        self.say(f"{label}...", end=" ", flush=True)
+        self.say(f"{label}...", end=" ")
         timed, t0 = Timed(), time.perf_counter()
         yield timed
         timed.seconds = time.perf_counter() - t0
@@ -76,17 +86,17 @@ class Console:
         """A line that interrupts the progress bar (log lines, saves)."""
         if self.verbosity > 0:
             self.progress.clear()
-            print(text, flush=True)
+            emit(text + "\n")
 
     def warn(self, text: str) -> None:
         if self.primary:
-            print(f"warning: {text}", file=sys.stderr)
+            emit(f"warning: {text}\n", sys.stderr)
 
     def notice(self, text: str) -> None:
         """A wait that outlasts the watchdog's patience (`jaxtrade.watchdog`)."""
         self.progress.clear()
-        print(("\n" if self.partial_line else "") + f"waiting: {self.where}{text}",
-              file=sys.stderr, flush=True)
+        emit(("\n" if self.partial_line else "") + f"waiting: {self.where}{text}\n",
+             sys.stderr)
         self.partial_line = False
 
     def start_progress(self, total_steps: int) -> None:
