@@ -17,8 +17,8 @@
 #    count, into benchmarks/results/population_sweep_<device>_<date>.json (the 64-member
 #    row first, so a time limit keeps it);
 # 5. where an iteration's time goes (python -m benchmarks.phases): 65,536 envs, bf16, the
-#    reference network, each part of the iteration compiled and timed alone, and one
-#    minibatch step's op time by part of the network, traced (its `op_profile`), into
+#    reference network, each part of the iteration compiled and timed alone, and the joint
+#    epochs' op time per minibatch step by part of the network, traced (its `op_profile`), into
 #    benchmarks/results/phases_<device>_<date>.json; skipped when the steps before it left
 #    less than PHASES_TIMEOUT of the 8 minutes.
 #

@@ -21,7 +21,16 @@ program's text are counted apart as ``unmatched`` (a large share says the trace 
 differently from the text: checked on CPU; a GPU run of ``benchmarks/gpu_check.sh`` will
 show it). A fused op is charged to its fusion's op name, which may cover a few parts.
 
-Used by ``python -m benchmarks.phases`` for one minibatch step (``--op-profile``).
+``steps``: a call runs that many like steps (the joint epochs' minibatch steps, in their
+loop); every figure is then per step. Profile a step in the loop that runs it in
+training, not a program of one step: such a program allocates and first-touches its
+temporary buffers on every call, which the loop does once per call, and on a CPU the page
+faults land in the ops that write those buffers first (2026-12-01, 2 cores, the PureJaxRL
+comparison's config: one step alone 420 ms with 127,778 faults per call, against 329 ms
+per step inside the joint epochs; its first encoder matmul 35 ms alone, 12 ms in the loop).
+
+Used by ``python -m benchmarks.phases`` for the joint epochs, per minibatch step
+(``--op-profile``).
 """
 
 from __future__ import annotations
@@ -152,7 +161,7 @@ def _trace_events(trace_dir: Path) -> tuple[list[dict], dict[int, str]]:
 
 
 def profile_ops(compiled, args: tuple, calls: int = 2, trace_dir: str | None = None,
-                top: int = 15) -> dict:
+                top: int = 15, steps: int = 1) -> dict:
     """Runs ``compiled(*args)`` ``calls`` times under the profiler (after one untraced
     call) and attributes the traced op time (module docstring).
 
@@ -160,13 +169,13 @@ def profile_ops(compiled, args: tuple, calls: int = 2, trace_dir: str | None = N
     (``hlo_module``, ``hlo_op``); where some are on a device's timeline (a GPU's), only
     those count, so an op launched from the host is not counted twice.
 
-    Returns: {"calls", "wall_s" (per call), "op_s" (op time per call), "busy", "source"
-    ("device" or "host": the timelines counted), "loops_s" (the spans of loops, branches
-    and calls, whose bodies' ops are counted instead; per call), "unmatched_s" (ops tagged
-    with the program but named by no instruction of its text; per call), "rows": [{"part",
-    "direction", "seconds", "share"}, ...] largest first, shares of op_s, "top_ops": the
-    `top` costliest ops [{"op", "part", "direction", "seconds", "events" (per call),
-    "op_name"}, ...]}.
+    Returns: {"calls", "steps" (per call), "wall_s" (per step), "op_s" (op time per step),
+    "busy", "source" ("device" or "host": the timelines counted), "loops_s" (the spans of
+    loops, branches and calls, whose bodies' ops are counted instead; per step),
+    "unmatched_s" (ops tagged with the program but named by no instruction of its text; per
+    step), "rows": [{"part", "direction", "seconds", "share"}, ...] largest first, shares
+    of op_s, "top_ops": the `top` costliest ops [{"op", "part", "direction", "seconds",
+    "events" (per step), "op_name"}, ...]}.
     """
     text = compiled.as_text()
     instructions = _instructions(text)
@@ -181,7 +190,7 @@ def profile_ops(compiled, args: tuple, calls: int = 2, trace_dir: str | None = N
             for _ in range(calls):
                 jax.block_until_ready(compiled(*args))
         finally:
-            wall = (time.perf_counter() - t0) / calls
+            wall = (time.perf_counter() - t0) / calls / steps
             jax.profiler.stop_trace()
         events, processes = _trace_events(directory)
     ops = [e for e in events if "hlo_op" in (e.get("args") or {})
@@ -204,17 +213,17 @@ def profile_ops(compiled, args: tuple, calls: int = 2, trace_dir: str | None = N
     by_part: dict[tuple[str, str], float] = collections.defaultdict(float)
     for op, seconds in by_op.items():
         by_part[instructions[op][:2]] += seconds
-    op_s = sum(by_part.values()) / calls
+    n = calls * steps
+    op_s = sum(by_part.values()) / n
     top_ops = [{"op": op, "part": instructions[op][0], "direction": instructions[op][1],
-                "seconds": s / calls, "events": n_events[op] / calls,
-                "op_name": instructions[op][2]}
+                "seconds": s / n, "events": n_events[op] / n, "op_name": instructions[op][2]}
                for op, s in sorted(by_op.items(), key=lambda kv: -kv[1])[:top]]
-    rows = [{"part": part, "direction": direction, "seconds": s / calls,
-             "share": s / calls / op_s if op_s else 0.0}
+    rows = [{"part": part, "direction": direction, "seconds": s / n,
+             "share": s / n / op_s if op_s else 0.0}
             for (part, direction), s in sorted(by_part.items(), key=lambda kv: -kv[1])]
-    return {"calls": calls, "wall_s": wall, "op_s": op_s, "busy": op_s / wall if wall else 0.0,
-            "source": source, "loops_s": loops / calls, "unmatched_s": unmatched / calls,
-            "rows": rows, "top_ops": top_ops}
+    return {"calls": calls, "steps": steps, "wall_s": wall, "op_s": op_s,
+            "busy": op_s / wall if wall else 0.0, "source": source, "loops_s": loops / n,
+            "unmatched_s": unmatched / n, "rows": rows, "top_ops": top_ops}
 
 
 def _tail(text: str, width: int) -> str:
@@ -222,7 +231,9 @@ def _tail(text: str, width: int) -> str:
 
 
 def summary(profile: dict, top: int = 12) -> str:
-    """Printable lines: the largest rows, then what they add up to."""
+    """Printable lines: the largest rows, then what they add up to (per call, or per step
+    of a loop of ``steps``)."""
+    per = "step" if profile.get("steps", 1) > 1 else "call"
     lines = [f"  {r['part'][:42]:42s} {r['direction']:8s} {r['seconds'] * 1e3:9.2f} ms "
              f"{r['share']:6.1%}" for r in profile["rows"][:top]]
     if len(profile["rows"]) > top:
@@ -231,10 +242,10 @@ def summary(profile: dict, top: int = 12) -> str:
                      f"{sum(r['seconds'] for r in rest) * 1e3:9.2f} ms "
                      f"{sum(r['share'] for r in rest):6.1%}")
     if profile.get("top_ops"):
-        lines.append("  costliest ops (ms per call, events per call, op name):")
+        lines.append(f"  costliest ops (ms per {per}, events per {per}, op name):")
         lines += [f"    {o['op'][:28]:28s} {o['seconds'] * 1e3:8.2f} ms {o['events']:6.0f}  "
                   f"{_tail(o['op_name'], 70)}" for o in profile["top_ops"][:8]]
-    lines.append(f"  op time {profile['op_s'] * 1e3:.1f} ms per call ({profile['source']} "
+    lines.append(f"  op time {profile['op_s'] * 1e3:.1f} ms per {per} ({profile['source']} "
                  f"timelines) over a wall of {profile['wall_s'] * 1e3:.1f} ms (ops side by "
                  f"side: {profile['busy']:.2f}); ops named by no instruction "
                  f"{profile['unmatched_s'] * 1e3:.1f} ms")

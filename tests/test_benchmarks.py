@@ -469,10 +469,16 @@ def test_phases_times_every_part_of_an_iteration(tmp_path):
         assert rows[name]["env_steps_per_s"] == pytest.approx(64 / rows[name]["seconds"])
     assert rows["joint epochs"]["env_steps_per_s"] is None
     assert record["settings"]["critic_epochs"] == 1 and "of iteration" in out.getvalue()
-    # The traced minibatch step: its op time by part, every part of the network in both
-    # directions; the ops the trace tags with the program are the instructions of its text.
+    # The traced joint epochs: op time per minibatch step by part, every part of the network
+    # in both directions; the ops the trace tags with the program are the instructions of
+    # its text.
     profile = record["op_profile"]
-    assert profile["part"] == "joint: one minibatch step" and profile["op_s"] > 0
+    assert profile["part"] == "joint epochs" and profile["op_s"] > 0
+    steps = record["settings"]["ppo_epochs"] * record["settings"]["n_minibatches"]
+    assert profile["steps"] == steps > 1
+    # per minibatch step, the GRU cell's ops run once per time step of the minibatch
+    in_cell = {o["events"] for o in profile["top_ops"] if "/gru.step/" in o["op_name"]}
+    assert in_cell == {8.0}, profile["top_ops"]
     found = {(r["part"], r["direction"]) for r in profile["rows"]}
     for part in ("encoder", "gru", "policy_head", "value_head"):
         assert {(part, "forward"), (part, "backward")} <= found, found
@@ -483,7 +489,8 @@ def test_phases_times_every_part_of_an_iteration(tmp_path):
                                                          reverse=True)
     assert all((o["part"], o["direction"]) in found and o["events"] >= 1 for o in top)
     assert sum(o["seconds"] for o in top) <= profile["op_s"] * (1 + 1e-9)
-    assert "one minibatch step's op time" in out.getvalue()
+    assert "the joint epochs' op time per minibatch step" in out.getvalue()
+    assert "costliest ops (ms per step, events per step" in out.getvalue()
 
     # benchmarks/gpu_check.sh's step 5 alone, on the same config (its programs load from the
     # session's compilation cache): its figures land in RESULTS.
