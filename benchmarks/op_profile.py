@@ -12,7 +12,8 @@ A row per (part, direction): the part is the Flax submodule named in the op name
 of jaxtrade's own code (``ppo.py:ppo_loss``; a scan's own slicing of each step's inputs
 and stacking of its outputs goes to the function that runs it), ``optimizer (optax)``,
 ``loop bookkeeping`` (a loop's work with no frame of jaxtrade's), or ``other``. Times
-are op time summed over the program's threads (CPU) or streams (GPU), per call, so they
+are op time summed over the program's threads (CPU) or streams (GPU), per call (per step
+with ``steps``), so they
 can add up to more than the wall time when ops run side by side;
 ``busy`` is that sum over the wall time (how many ops ran side by side on average, not
 how many cores were busy: one op may use several). The runtime tags each op's trace
@@ -26,8 +27,9 @@ loop); every figure is then per step. Profile a step in the loop that runs it in
 training, not a program of one step: such a program allocates and first-touches its
 temporary buffers on every call, which the loop does once per call, and on a CPU the page
 faults land in the ops that write those buffers first (2026-12-01, 2 cores, the PureJaxRL
-comparison's config: one step alone 420 ms with 127,778 faults per call, against 329 ms
-per step inside the joint epochs; its first encoder matmul 35 ms alone, 12 ms in the loop).
+comparison's config: one step alone 484 ms, 127,778 faults per call, against 5.49 s / 16
+= 343 ms per step inside the joint epochs; its first encoder matmul 34-36 ms in traces of
+the step alone, 14.8 ms in the loop).
 
 Used by ``python -m benchmarks.phases`` for the joint epochs, per minibatch step
 (``--op-profile``).
@@ -243,7 +245,7 @@ def summary(profile: dict, top: int = 12) -> str:
                      f"{sum(r['share'] for r in rest):6.1%}")
     if profile.get("top_ops"):
         lines.append(f"  costliest ops (ms per {per}, events per {per}, op name):")
-        lines += [f"    {o['op'][:28]:28s} {o['seconds'] * 1e3:8.2f} ms {o['events']:6.0f}  "
+        lines += [f"    {o['op'][:28]:28s} {o['seconds'] * 1e3:8.2f} ms {o['events']:6.3g}  "
                   f"{_tail(o['op_name'], 70)}" for o in profile["top_ops"][:8]]
     lines.append(f"  op time {profile['op_s'] * 1e3:.1f} ms per {per} ({profile['source']} "
                  f"timelines) over a wall of {profile['wall_s'] * 1e3:.1f} ms (ops side by "

@@ -21,7 +21,7 @@ ahead of time on its own and run `--repeats` times after a warm-up; the best run
   and its forward (the unroll) alone. As programs of their own they allocate and
   first-touch their temporary buffers on every call, which the joint epochs' loop does
   once per call: on a CPU the step alone takes longer than a step of the joint epochs
-  (2 cores, 2026-12-01: 420 ms against 5.27 s / 16 = 329 ms);
+  (2 cores, 2026-12-01: 484 ms against 5.49 s / 16 = 343 ms);
 * iteration: the whole fused iteration (`Trainer.iterate`), the sum of the parts plus
   what fusing them changes (the metrics, and XLA scheduling across part boundaries).
 
@@ -138,8 +138,9 @@ def main(argv=None) -> int:
     parser.add_argument("--critic-epochs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per part; best")
     parser.add_argument("--op-profile", action=argparse.BooleanOptionalAction, default=True,
-                        help="trace one minibatch step and split its op time by part of the "
-                             "network and direction (benchmarks/op_profile.py) [on]")
+                        help="trace the joint epochs and split their op time per minibatch step "
+                             "by part of the network and direction "
+                             "(benchmarks/op_profile.py) [on]")
     parser.add_argument("--out", default=None, help="results directory (default "
                                                     "benchmarks/results)")
     args = parser.parse_args(argv)

@@ -487,7 +487,7 @@ def test_phases_times_every_part_of_an_iteration(tmp_path):
     top = profile["top_ops"]
     assert top and [o["seconds"] for o in top] == sorted((o["seconds"] for o in top),
                                                          reverse=True)
-    assert all((o["part"], o["direction"]) in found and o["events"] >= 1 for o in top)
+    assert all((o["part"], o["direction"]) in found and o["events"] > 0 for o in top)
     assert sum(o["seconds"] for o in top) <= profile["op_s"] * (1 + 1e-9)
     assert "the joint epochs' op time per minibatch step" in out.getvalue()
     assert "costliest ops (ms per step, events per step" in out.getvalue()

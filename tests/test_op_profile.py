@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from benchmarks.op_profile import _frames, instruction_parts, part_of, profile_ops
 
@@ -87,3 +88,17 @@ def test_a_library_call_is_charged_not_dropped():
     profile = profile_ops(compiled, (a,), calls=2)
     assert profile["op_s"] > 0 and profile["unmatched_s"] == 0.0
     assert profile["source"] == "host" and profile["loops_s"] == 0.0
+
+
+def test_steps_make_every_figure_per_step():
+    """A call that runs 4 like steps in a loop, profiled with steps=4: each op of the loop's
+    body counts one event per step, and the times are the call's over 4."""
+    x = jnp.eye(32) * 0.5
+    compiled = jax.jit(lambda m: jax.lax.fori_loop(
+        0, 4, lambda i, m: jnp.tanh(m @ m) + 0.25, m)).lower(x).compile()
+    profile = profile_ops(compiled, (x,), calls=2, steps=4)
+    assert profile["steps"] == 4 and profile["op_s"] > 0
+    body = [o for o in profile["top_ops"] if "while/body" in o["op_name"]]
+    assert body and all(o["events"] == 1.0 for o in body), profile["top_ops"]
+    assert sum(r["seconds"] for r in profile["rows"]) == pytest.approx(profile["op_s"])
+    assert profile["busy"] == pytest.approx(profile["op_s"] / profile["wall_s"])

@@ -847,7 +847,7 @@ class Session:
                 console.line(log_line(row, total))
                 if console.verbosity > 1:
                     for line in verbose_lines(row, self.plan.env.action_names):
-                        print(line)
+                        console.line(line)
             if VAL_SCORE_KEY in row:
                 console.line(eval_line(row, new_best, self.plan.env))
         log.flush()

@@ -8,6 +8,8 @@ import signal
 import sys
 import threading
 
+from jaxtrade.engine.console import emit
+
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -62,5 +64,5 @@ class Interrupts:
                     os._exit(128 + signum)
                 self.signal_name = signal.Signals(signum).name
                 self._event.set()
-                print(f"\n{self.signal_name}: {self.message}", file=sys.stderr, flush=True)
+                emit(f"\n{self.signal_name}: {self.message}\n", sys.stderr)  # one write
 
