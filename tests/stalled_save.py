@@ -17,6 +17,8 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from jaxtrade.engine.console import emit
+
 STALL_LINE = "test: checkpoint save stalled before its commit"  # printed once per save
 
 
@@ -25,8 +27,7 @@ class _StallingJsonHandler(ocp.handlers.JsonCheckpointHandler):
 
     async def _save_fn(self, x, directory):
         await super()._save_fn(x, directory)
-        sys.stdout.write(f"{STALL_LINE} ({directory})\n")  # one write: the line stays whole
-        sys.stdout.flush()
+        emit(f"{STALL_LINE} ({directory})\n")  # one write: the line stays whole
         await asyncio.sleep(float(x["seconds"]))
 
 
