@@ -21,6 +21,8 @@ values are float32.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -72,20 +74,30 @@ def orthonormal(a: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(0, n, column, jnp.zeros_like(a))
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _gate_orthogonal_kernel(key: jax.Array, n_gates: int, rows: int, dtype: Dtype) -> jax.Array:
+    q = orthonormal(jax.random.normal(key, (n_gates, rows, rows), jnp.float32))
+    return jnp.moveaxis(q, 0, 1).reshape(rows, n_gates * rows).astype(dtype)
+
+
 def _gate_orthogonal(n_gates: int) -> nn.initializers.Initializer:
     """Orthogonal init of each gate's square block of a fused ``[H, n_gates * H]`` kernel.
 
     One orthogonal init of the whole kernel would make its rows orthonormal
     but not each gate's block, which is what keeps the recurrence well
     conditioned at init.
+
+    The init is a `jax.jit` of its shape: Linen's ``apply`` evaluates every parameter's
+    initializer abstractly (`jax.eval_shape`) to check the parameter's shape, in every
+    trace of a forward pass, and tracing ``orthonormal``'s loop each time was a fifth of
+    tracing the training program. A jitted function is traced once per shape.
     """
 
     def init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
         rows, cols = shape
         if cols != n_gates * rows:
             raise ValueError(f"expected a [H, {n_gates}*H] recurrent kernel, got {shape}")
-        q = orthonormal(jax.random.normal(key, (n_gates, rows, rows), jnp.float32))
-        return jnp.moveaxis(q, 0, 1).reshape(rows, cols).astype(dtype)
+        return _gate_orthogonal_kernel(key, n_gates, rows, dtype)
 
     return init
 
