@@ -50,15 +50,17 @@ from jaxtrade.envs import PortfolioEnv  # noqa: E402
 jax.config.update("jax_compilation_cache_dir", XLA_CACHE)  # if JAX started before this file
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
-# Python's cyclic garbage collector, in a worker that lives the whole session: tracing and
-# lowering make millions of short-lived objects, and each full collection walks every object
-# the session holds (JAX, Flax, pandas, every fixture and compiled program so far). Measured
+# Python's cyclic garbage collector, in each pytest process (it lives the whole session):
+# tracing and lowering make millions of short-lived objects, and each full collection walks
+# every object the session holds (JAX, Flax, pandas, every fixture and compiled program so
+# far). What is imported by now is frozen out of the collector's walks (`gc.freeze`), and a
+# young collection runs after 10,000 net allocations of tracked objects instead of 700, so
+# full collections become rare and cyclic garbage that holds arrays can live longer. Measured
 # with `gc.callbacks` on tests/test_schedule.py + tests/test_trainer.py in one process
-# (2026-12-01, 2-core machine): 9.2 s of collections in 176 s of CPU with the defaults, 24 of
-# them full at 0.31 s each; 1.9 s with what is already imported frozen out of the
-# collector's walks (`gc.freeze`) and 10,000 allocations between young collections instead
-# of 700; the same peak memory (1.67 GB) either way. The CLI's own processes are left as
-# they are: a fresh process spent under 0.1 s of its 6 s in collections.
+# (2026-12-01, 2-core machine): 9.2 s of collections (24 full ones of 0.31 s) in 176 s of
+# CPU with Python's defaults; 1.9 s (3 full ones) in 148-169 s with these; peak memory
+# 1.67 GB either way. Subprocesses (the CLI, the multi-device workers) start fresh
+# interpreters with the defaults: a CLI run spent under 0.1 s of its 6 s in collections.
 gc.collect()
 gc.freeze()
 gc.set_threshold(10_000, 10, 10)

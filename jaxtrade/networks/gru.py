@@ -87,10 +87,12 @@ def _gate_orthogonal(n_gates: int) -> nn.initializers.Initializer:
     but not each gate's block, which is what keeps the recurrence well
     conditioned at init.
 
-    The init is a `jax.jit` of its shape: Linen's ``apply`` evaluates every parameter's
-    initializer abstractly (`jax.eval_shape`) to check the parameter's shape, in every
-    trace of a forward pass, and tracing ``orthonormal``'s loop each time was a fifth of
-    tracing the training program. A jitted function is traced once per shape.
+    The init is jitted with ``n_gates``, ``rows`` and ``dtype`` static, so it is traced
+    once per shape, dtype and key type (raw or typed). Linen's ``apply`` evaluates every
+    parameter's initializer abstractly (`jax.eval_shape`) to check the parameter's shape,
+    in every trace of a forward pass; tracing ``orthonormal``'s loop each time took about
+    0.3 s of a 1.3-1.5 s trace of the tests' tiny training program (2-core CPU,
+    2026-12-01). The values are the same to the bit.
     """
 
     def init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
