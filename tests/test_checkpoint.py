@@ -18,10 +18,13 @@ from jaxtrade.engine.start import load_run_market
 from jaxtrade.trainer import make_train
 from tests.cli import Cli
 
+# tests.test_train.TINY's run (its market: 4 synthetic assets x 400 bars) with dropout, as
+# the format-3 run below: `trainer`'s program is the one test_format_3_... runs (one compile,
+# shared through the session's persistent cache).
 TINY = dict(
     hidden_dim=8, n_gru_layers=1, dropout=0.1, n_envs=8, n_steps=8, n_minibatches=2,
     ppo_epochs=1, critic_epochs=1, episode_length=32, precision="fp32", keep_checkpoints=2,
-    market="fixed",
+    market="fixed", n_bars=400, n_assets=4,
 )
 
 
@@ -31,8 +34,14 @@ def cfg():
 
 
 @pytest.fixture(scope="module")
-def trainer(cfg, small_market):
-    return make_train(cfg, small_market)
+def market(cfg):
+    """The market the CLI loads for `cfg`."""
+    return load_run_market(cfg)
+
+
+@pytest.fixture(scope="module")
+def trainer(cfg, market):
+    return make_train(cfg, market)
 
 
 @pytest.fixture(scope="module")
@@ -347,11 +356,11 @@ def test_corrupt_checkpoints_give_one_line(cfg, fresh, trainer, tmp_path, capfd)
     assert "Traceback" not in capfd.readouterr().err
 
 
-def test_shape_mismatches_name_the_leaf_and_both_shapes(cfg, fresh, small_market, tmp_path,
+def test_shape_mismatches_name_the_leaf_and_both_shapes(cfg, fresh, market, tmp_path,
                                                         capsys):
     save_run(tmp_path, cfg, fresh(), [1.0])
     source = ckpt.latest(tmp_path)
-    wider = make_train(resolve(with_values(cfg, hidden_dim=16), "cpu"), small_market)
+    wider = make_train(resolve(with_values(cfg, hidden_dim=16), "cpu"), market)
     with pytest.raises(ckpt.CheckpointError) as e:
         ckpt.restore_params(source, wider)
     assert str(e.value) == (
@@ -361,19 +370,19 @@ def test_shape_mismatches_name_the_leaf_and_both_shapes(cfg, fresh, small_market
     )
     assert ckpt.restore_params(source, wider, on_mismatch="fresh") is None
     assert "warning: architecture mismatch" in capsys.readouterr().err
-    more_envs = make_train(resolve(with_values(cfg, n_envs=16), "cpu"), small_market)
+    more_envs = make_train(resolve(with_values(cfg, n_envs=16), "cpu"), market)
     with pytest.raises(ckpt.CheckpointError, match=r"carry/env_state/peak is \(8,\) in the "
                        r"checkpoint but \(16,\) in this run$"):
         ckpt.restore_state(source, more_envs, on_mismatch="refuse")
 
 
 def test_warm_start_takes_params_and_keeps_fresh_optimizers_and_envs(
-    cfg, trainer, fresh, small_market, tmp_path
+    cfg, trainer, fresh, market, tmp_path
 ):
     trained = advance(trainer, fresh(), 2)
     expected = jax.tree.map(np.asarray, trained.params)
     save_run(tmp_path, cfg, trained, [1.0])
-    more_envs = make_train(resolve(with_values(cfg, n_envs=16), "cpu"), small_market)
+    more_envs = make_train(resolve(with_values(cfg, n_envs=16), "cpu"), market)
     params = ckpt.restore_params(ckpt.latest(tmp_path), more_envs)
     new = jax.jit(more_envs.init)(jax.random.key(1))
     started = ckpt.warm_start(new, params)
@@ -401,7 +410,7 @@ FLAGS = {"n_envs": "--n-envs", "hidden_dim": "--hidden-dim", "seed": "--seed", "
         (dict(hidden_dim=16), "--hidden-dim 16 would change"),
         (dict(precision="bf16"), "precision='bf16' would change"),
         (dict(n_assets=6), "n_assets=6 would change array shapes or the market: the run was "
-                           "saved with n_assets=12"),
+                           "saved with n_assets=4"),
         (dict(path="prices.csv"), "--data 'prices.csv' would change"),
         (dict(seed=3), "--seed 3: --resume continues the saved random stream of seed=0"),
     ],

@@ -12,6 +12,7 @@ import pytest
 from jaxtrade import schedule
 from jaxtrade.config import Config, ConfigError, resolve, validate, with_values
 from jaxtrade.trainer import make_train
+from tests.test_train import TINY as TRAIN_TINY
 from tests.test_trainer import TINY
 
 REFERENCE = "configs/schedules/reference.toml"
@@ -302,11 +303,10 @@ ent_coef = 0.005
 """
 
 
-# A tiny GRU run on the embedded market: 8 envs x 8 steps = 64 timesteps per iteration.
-TINY_RUN = ("--market", "fixed", "--hidden-dim", "8", "--n-envs", "8", "--n-steps", "8",
-            "--n-minibatches", "2", "--critic-epochs", "1", "--ppo-epochs", "1",
-            "--episode-length", "20", "--hyperparams", "n_bars=400,n_assets=2",
-            "--save-every", "0")
+# tests.test_train.TINY's tiny GRU run (4 synthetic assets x 400 bars): 8 envs x 8 steps = 64
+# timesteps per iteration. Its shapes, so that a program compiled for a run there (or here)
+# loads from the session's persistent cache.
+TINY_RUN = (*TRAIN_TINY, "--save-every", "0")
 TINY_RUN_STEPS = 8 * 8
 
 

@@ -1,18 +1,19 @@
 """`python -m jaxtrade.train` starts: the commands that hung before the first iteration, run
-through the CLI (the README's multi-device command on 2 and 4 simulated devices, a user's
-CSV on one device), and the banner that comes first.
+through the CLI (the README's multi-device command on 4 simulated devices, a user's CSV on
+one device), and the banner that comes first.
 
 The hang (jaxlib 0.10's batched CPU LAPACK kernels blocking every XLA pool thread, reached
 through the GRU's orthogonal init; see `jaxtrade.networks.orthonormal`) struck every
 multi-device run and most single-device runs with the default network. Its cause is now
 checked where it would be compiled: no LAPACK kernel in the network's init
 (`tests/test_networks.py`) or in a run's initial-state and training programs
-(`tests/test_trainer.py`). The runs here start each command once (4 devices; 2 devices in
-the banner test, which runs the README command to the end; one device on a user's CSV:
-they used to be 3 + 3 + 6 runs, about 4 minutes of the suite, when the repetition was the
-only guard), keep networks that hung (64 wide, 1 or 2 GRU layers) but tiny batches, and
-share the session's compilation cache; a hang fails the test with the process's stacks and
-last output.
+(`tests/test_trainer.py`). The runs here start each command once (the README command on 4
+devices, run to the end in the banner test; one device on a user's CSV: they used to be
+3 + 3 + 6 runs, about 4 minutes of the suite, when the repetition was the only guard, and
+then 1 + 1 + 1, the README command also on 2 devices), keep networks that hung (64 wide, 1
+or 2 GRU layers) but tiny batches, and share the session's compilation cache; a hang fails
+the test with the process's stacks and last output. (A 2-device CLI run:
+`tests/test_parallel.py`'s one-process twin of its two-process run.)
 """
 
 import re
@@ -58,14 +59,6 @@ def run_once(cli, tmp_path, argv, env=None) -> str:
 
 
 @pytest.mark.slow
-def test_readme_multi_device_command_starts_on_four_devices(cli, tmp_path):
-    # On 2 devices: the banner test below, which runs the same command to the end.
-    out = run_once(cli, tmp_path, [*README_MULTI_DEVICE, *TINY_BATCH, "--devices", 4],
-                   env=devices_env(4))
-    assert "| 4 x cpu (1 process)" in out
-
-
-@pytest.mark.slow
 def test_single_device_real_data_run_starts(cli, tmp_path, prices_csv):
     # The reported command on a user's CSV, its default network's 2 GRU layers at width 64
     # (two batched QRs big enough to be split over the pool, as at 256; faster to compile).
@@ -78,10 +71,12 @@ def test_single_device_real_data_run_starts(cli, tmp_path, prices_csv):
 @pytest.mark.slow
 def test_banner_is_printed_before_placing_or_compiling_and_waits_are_named(cli, tmp_path):
     # Every blocking step reports itself after 0 s here, so its notice shows where it sits.
-    # The README's multi-device command on 2 devices, its tiny batch evaluated at the end.
-    out = cli.check(*README_MULTI_DEVICE, *TINY_BATCH[:4], "--devices", 2,
+    # The README's multi-device command on 4 devices, its tiny batch evaluated at the end.
+    out = cli.check(*README_MULTI_DEVICE, *TINY_BATCH[:4], "--devices", 4,
                     "--run-dir", tmp_path / "run",
-                    env={**devices_env(2), "JAXTRADE_WATCHDOG_SECONDS": "0"}, timeout=TIMEOUT)
+                    env={**devices_env(4), "JAXTRADE_WATCHDOG_SECONDS": "0"}, timeout=TIMEOUT)
+    assert re.search(r"^done: 1 iterations", out, re.M), out
+    assert "| 4 x cpu (1 process)" in out
     lines = out.splitlines()
 
     def first(prefix: str) -> int:
@@ -89,7 +84,7 @@ def test_banner_is_printed_before_placing_or_compiling_and_waits_are_named(cli, 
 
     banner_end = max(first(p) for p in BANNER)
     assert banner_end == first("test: ")
-    for notice in ("placing the market on 2 devices", "building the initial state on 2 devices",
+    for notice in ("placing the market on 4 devices", "building the initial state on 4 devices",
                    "compiling the training program (1 iteration(s) per call)",
                    "compiling the evaluation", "running iteration 1",
                    "evaluating iteration 1 on the validation worlds",

@@ -190,12 +190,13 @@ def test_max_grad_norm_caps_both_chains_in_the_compiled_program(tiny, tiny_state
     """`set_hparams(max_grad_norm=c)` reaches both optimizer chains of the compiled program
     (no new entry in its cache): every clipped gradient has norm <= c, so Adam's first
     moment, an average of them with weights summing below 1, stays under c; under the
-    default 0.5 the same iteration's moments are far larger."""
+    default 0.5 the same iterations' moments are far larger. (Two iterations per call:
+    the program `test_run_scans_iterations_and_matches_iterate` compiled.)"""
     copy = lambda: jax.tree.map(jnp.copy, tiny_state)
     mu = lambda opt: float(optax.tree.norm(optax.tree_utils.tree_get(opt, "mu")))
-    free, _ = tiny.run(copy(), 1)
+    free, _ = tiny.run(copy(), 2)
     entries = tiny.program._cache_size()
-    capped, m = tiny.run(set_hparams(copy(), max_grad_norm=1e-4), 1)
+    capped, m = tiny.run(set_hparams(copy(), max_grad_norm=1e-4), 2)
     assert tiny.program._cache_size() == entries
     assert float(m["max_grad_norm"][0]) == pytest.approx(1e-4)
     assert float(capped.actor_opt.hyperparams["max_grad_norm"]) == pytest.approx(1e-4)
@@ -220,9 +221,9 @@ def test_another_market_of_the_same_shape_runs_the_same_program(tiny, tiny_state
     b, mb = iterate(tiny_state, other_params)
     assert float(ma["reward_mean"]) != float(mb["reward_mean"])
     copy = lambda: jax.tree.map(jnp.copy, tiny_state)
-    tiny.run(copy(), 1)
+    tiny.run(copy(), 2)  # the program of 2 iterations per call the tests above compiled
     entries = tiny.program._cache_size()
-    tiny.run(copy(), 1, other_params)
+    tiny.run(copy(), 2, other_params)
     assert tiny.program._cache_size() == entries
 
 

@@ -287,19 +287,22 @@ def test_the_trainer_learns_on_a_pool_and_a_fresh_pool_does_not_retrace(pool, en
     from jaxtrade.trainer import make_train
 
     market, _ = pool
-    cfg = resolve(with_values(Config(), hidden_dim=16, n_gru_layers=1, n_envs=8, n_steps=16,
+    # tests/test_worlds_run.py's WORLDS sizes and its 2 iterations per call, on a pool of the
+    # same shape: the set encoder's program is that run's (one compile in a session, shared
+    # through the persistent cache); every call here runs the one program of k = 2.
+    cfg = resolve(with_values(Config(), hidden_dim=8, n_gru_layers=1, n_envs=8, n_steps=8,
                               n_minibatches=2, ppo_epochs=1, critic_epochs=1,
                               episode_length=32, precision="fp32", encoder=encoder), "cpu")
     trainer = make_train(cfg, market)
     state, metrics = trainer.run(trainer.initial_state(jax.random.key(0)), 2)
     assert np.isfinite(np.asarray(metrics["policy_loss"])).all()
-    state, _ = trainer.run(state, 1)  # the program for a state it returned itself
+    state, _ = trainer.run(state, 2)  # the program for a state it returned itself
     # Refreshing the pool: new worlds of the same shape swap in as an argument.
     fresh, _ = W.pool_market(0, "train", range(4, 8), POOL_BARS, stats=market.stats)
     params = jax.device_put(trainer.env_params.replace(market=fresh.data),
                             jax.tree.map(lambda x: x.sharding, trainer.env_params))
     entries = trainer.program._cache_size()
-    state, fresh_metrics = trainer.run(state, 1, params)
+    state, fresh_metrics = trainer.run(state, 2, params)
     assert trainer.program._cache_size() == entries
     assert np.isfinite(np.asarray(fresh_metrics["policy_loss"])).all()
 
