@@ -856,7 +856,7 @@ class RunCheckpoints:
         if phase is not None:
             self._kept.steps.add(iteration)
         # A copy: the next host call donates `state`'s buffers while Orbax still reads these.
-        snapshot = jax.tree.map(jnp.copy, _saveable(state))
+        snapshot = parallel.copy(_saveable(state))
         items = ocp.args.Composite(
             state=ocp.args.StandardSave(snapshot), meta=ocp.args.JsonSave(meta))
         saved = self._manager.save(

@@ -278,6 +278,7 @@ def _init_members(init: Callable, keys: jax.Array, env_params, env_axes=None) ->
     return jax.vmap(init, in_axes=(0, env_axes))(keys, env_params)
 
 
+@jax.jit
 def member(pop: Population, i: int) -> TrainState:
     """Member i's `TrainState` alone (leaves without the member axis)."""
     return jax.tree.map(lambda x: x[i], pop.members)
@@ -367,6 +368,7 @@ def keep_best(best: BestStates, pop: Population, scores: jax.Array) -> BestState
     return jax.tree.map(pick, scored, best)
 
 
+@jax.jit
 def finite_members(metrics: dict) -> jax.Array:
     """Members whose metrics [k, N, ...] are all finite and whose `params_finite` flags are
     all set, over the k iterations: bool [N]."""
@@ -384,6 +386,7 @@ def finite_members(metrics: dict) -> jax.Array:
     return ok
 
 
+@jax.jit
 def _members_finite(members: TrainState) -> jax.Array:
     """bool [N]: every leaf of a member's parameters and optimizer states is finite."""
     n = members.iteration.shape[0]

@@ -426,10 +426,10 @@ class PopulationCheckpoints:
         """`pop`, and each slot's best-scored state `best` (`population.BestStates`)."""
         ocp = self._ocp
         # A copy: the next call donates the population's buffers while Orbax reads these.
-        snapshot = jax.tree.map(jnp.copy, _saveable(pop))
+        snapshot = parallel.copy(_saveable(pop))
         items = {"state": ocp.args.StandardSave(snapshot), "meta": ocp.args.JsonSave(meta)}
         if best is not None:
-            items["best"] = ocp.args.StandardSave(jax.tree.map(jnp.copy, best))
+            items["best"] = ocp.args.StandardSave(parallel.copy(best))
         self._open().save(interval, args=ocp.args.Composite(**items), force=True)
 
     def restore(self, trainer, n: int, step: int):

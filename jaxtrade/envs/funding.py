@@ -430,7 +430,7 @@ class FundingEnv(Environment[EnvState, EnvParams]):
 
         f32 = jnp.float32
         return EnvParams(
-            data=jax.tree.map(jnp.asarray, self._data),
+            data=jax.device_put(self._data),  # host arrays onto the device (no compile)
             start_min=jnp.int32(start_min), start_max=jnp.int32(start_max),
             end=jnp.int32(last), episode_length=jnp.int32(episode_length),
             taker_fee=f32(s.taker_fee), slippage=f32(s.fill_slippage),

@@ -242,7 +242,7 @@ class PortfolioEnv(Environment[EnvState, EnvParams]):
                              f"exchangeable draws already), got {augment}")
         i32, f32 = jnp.int32, jnp.float32
         return EnvParams(
-            market=jax.tree.map(jnp.asarray, self._data),  # host arrays onto the device
+            market=jax.device_put(self._data),  # host arrays onto the device (no compile)
             start_min=jnp.asarray(start_min, i32),
             start_max=jnp.asarray(start_max, i32),
             # A pool's episodes end inside their world (they fit in it); `end` is global.
