@@ -204,9 +204,13 @@ def copy(tree):
     """Fresh buffers for every array of `tree`, each placed where it is: a snapshot that
     donating `tree` afterwards cannot free (e.g. for a checkpoint written in the background).
 
-    A device-to-device copy, shard by shard; unlike `jax.tree.map(jnp.copy, tree)` it
-    compiles nothing (that compiles a program per leaf shape the first time)."""
-    return jax.device_put(tree, jax.tree.map(lambda x: x.sharding, tree), may_alias=False)
+    A device-to-device copy, shard by shard. In one process it compiles nothing, where
+    `jax.tree.map(jnp.copy, tree)` compiles a program per leaf shape the first time; across
+    processes jax copies a global array with an identity program (one compile per leaf
+    shape and sharding, as `jnp.copy`). Host leaves (numpy, Python scalars) go to the
+    default device."""
+    return jax.device_put(tree, jax.tree.map(lambda x: getattr(x, "sharding", None), tree),
+                          may_alias=False)
 
 
 def put_replicated(tree, mesh: Mesh):

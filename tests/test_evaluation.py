@@ -115,8 +115,9 @@ def test_worlds_won_is_the_share_of_worlds_where_the_policy_beats_the_chosen_bas
     base = world_baselines(env, cfg.env, 0, 252.0)
     target = base["metrics"]["sharpe"][:, BASELINES.index(base["name"])]
     shares = set()
+    perturb = jax.jit(lambda p, k: jax.tree.map(lambda x: x + jax.random.normal(k, x.shape), p))
     for key in jax.random.split(jax.random.key(1), 3):
-        noisy = jax.tree.map(lambda x, k=key: x + jax.random.normal(k, x.shape), params)
+        noisy = perturb(params, key)
         out = jax.device_get(evaluate(noisy, HEALTH))
         assert out["baseline"] == base["name"] and out["world_sharpe"].shape == (6,)
         won = np.mean(out["world_sharpe"] > target, dtype=np.float32)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -89,6 +90,25 @@ def test_put_replicated_and_env_sharding():
     np.testing.assert_array_equal(x, np.arange(6.0).reshape(2, 3))
     assert parallel.replicated(mesh).spec == jax.sharding.PartitionSpec()
     assert parallel.env_sharding(mesh, 1).spec == jax.sharding.PartitionSpec(None, parallel.AXIS)
+
+
+def test_copy_has_its_own_buffers_placed_as_the_source():
+    """`parallel.copy` (a checkpoint's snapshot): new buffers with the same values and
+    placement, which outlive the source's deletion (as after a donating call)."""
+    mesh = parallel.make_mesh(1)
+    src = {"split": jax.device_put(jnp.arange(8.0).reshape(4, 2), parallel.env_sharding(mesh)),
+           "whole": parallel.put_replicated(np.ones(3, np.int32), mesh),
+           "key": jax.random.key_data(jax.random.key(0)), "none": None}
+    out = parallel.copy(src)
+    assert out["none"] is None
+    for name in ("split", "whole", "key"):
+        a, b = src[name], out[name]
+        assert b.sharding == a.sharding and b.dtype == a.dtype
+        ptrs = {s.data.unsafe_buffer_pointer() for s in a.addressable_shards}
+        assert ptrs.isdisjoint(s.data.unsafe_buffer_pointer() for s in b.addressable_shards)
+        expected = np.asarray(a)
+        a.delete()
+        np.testing.assert_array_equal(b, expected)
 
 
 @pytest.mark.parametrize(

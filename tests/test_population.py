@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxtrade import parallel
 from jaxtrade.config import Config, resolve, with_values
 from jaxtrade.population import (
     BOUNDS,
@@ -51,7 +52,7 @@ def big(tiny):
 
 
 def copy(tree):
-    return jax.tree.map(jnp.copy, tree)
+    return parallel.copy(tree)  # the program donates its population
 
 
 def numbers(x):
@@ -120,8 +121,8 @@ def test_members_differ_only_by_their_hyperparameters(tiny, program):
     """Three copies of one member (same params, envs, RNG): the two with the same
     hyperparameters stay bit-identical, the one with a 10x learning rate diverges."""
     pop = init_population(tiny, jax.random.key(2), 3, {"actor_lr": [3e-4, 3e-4, 3e-3]})
-    pop = pop.replace(members=jax.tree.map(lambda x: jnp.stack([x[0]] * 3), pop.members)
-                      .replace(hparams=pop.members.hparams))
+    first = jax.jit(lambda m: jax.tree.map(lambda x: jnp.stack([x[0]] * 3), m))
+    pop = pop.replace(members=first(pop.members).replace(hparams=pop.members.hparams))
     trained, metrics = program(pop, tiny.env_params)
     a, b, c = (member(trained, i).params for i in range(3))
     assert leaves_equal(a, b)

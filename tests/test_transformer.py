@@ -252,7 +252,7 @@ def test_grown_network_still_trains(grown):
     for name, value in new_paths.items():
         assert np.abs(value).max() > 1e-6, name
     # One step later the new heads' queries and the new layer's MLP input learn too.
-    stepped = jax.tree.map(lambda p, d: p - 0.1 * d, big, g)
+    stepped = jax.jit(lambda p, d: jax.tree.map(lambda p, d: p - 0.1 * d, p, d))(big, g)
     g2 = grad(stepped)
     assert np.abs(g2["blocks_0"]["attention"]["query"]["kernel"][:, 4:]).max() > 1e-6
     assert np.abs(g2["blocks_2"]["mlp_in"]["kernel"]).max() > 1e-6
