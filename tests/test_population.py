@@ -51,10 +51,6 @@ def big(tiny):
     return init_population(tiny, jax.random.key(7), 10)
 
 
-def copy(tree):
-    return parallel.copy(tree)  # the program donates its population
-
-
 def numbers(x):
     return np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(
         x.dtype, jax.dtypes.prng_key) else x)
@@ -101,7 +97,7 @@ def test_member_i_equals_its_single_run(tiny, program):
                           {"actor_lr": [3e-4, 1e-3, 5e-4], "ent_coef": [0.0, 0.05, 0.02],
                            "gamma": [0.99, 0.9, 0.95]})
     singles = [member(pop, i) for i in range(3)]
-    trained, metrics = program(copy(pop), tiny.env_params)
+    trained, metrics = program(parallel.copy(pop), tiny.env_params)  # it donates its input
     assert metrics["policy_loss"].shape == (K, 3)
     assert metrics["action_freq"].shape == (K, 3, tiny.env.num_actions)
     np.testing.assert_array_equal(trained.members.iteration, [K] * 3)
@@ -358,7 +354,8 @@ def test_members_scale_the_schedule(small_market, tmp_path):
                            "clip": [0.2, 0.3]})
     own = jax.device_get(pop.members.hparams)
     single = member(pop, 0)
-    trained, metrics = train_population(trainer, 2)(copy(pop), trainer.env_params)
+    trained, metrics = train_population(trainer, 2)(parallel.copy(pop),
+                                                 trainer.env_params)
     steps = trainer.steps_per_iteration
     for it in range(2):
         lr = float(trainer.schedule.values_at(it * steps)["actor_lr"])

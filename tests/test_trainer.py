@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxtrade import parallel
 from jaxtrade.config import Config, resolve, with_values
 from jaxtrade.data import SyntheticConfig, build_market, synthetic_panel
 from jaxtrade.envs import Regime
@@ -87,8 +88,7 @@ def test_run_scans_iterations_and_matches_iterate(tiny, tiny_state, iterate):
     """k iterations in one call equal k separate iterations (same RNG stream)."""
     a, _ = iterate(tiny_state)
     a, ma = iterate(a)
-    copy = jax.tree.map(jnp.copy, tiny_state)  # run donates its input
-    b, mb = tiny.run(copy, 2)
+    b, mb = tiny.run(parallel.copy(tiny_state), 2)  # run donates its input
     assert mb["policy_loss"].shape == (2,)
     chex.assert_trees_all_close(a.params, b.params, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(mb["value_loss"][1], ma["value_loss"], rtol=1e-5)
@@ -192,11 +192,10 @@ def test_max_grad_norm_caps_both_chains_in_the_compiled_program(tiny, tiny_state
     moment, an average of them with weights summing below 1, stays under c; under the
     default 0.5 the same iterations' moments are far larger. (Two iterations per call:
     the program `test_run_scans_iterations_and_matches_iterate` compiled.)"""
-    copy = lambda: jax.tree.map(jnp.copy, tiny_state)
     mu = lambda opt: float(optax.tree.norm(optax.tree_utils.tree_get(opt, "mu")))
-    free, _ = tiny.run(copy(), 2)
+    free, _ = tiny.run(parallel.copy(tiny_state), 2)
     entries = tiny.program._cache_size()
-    capped, m = tiny.run(set_hparams(copy(), max_grad_norm=1e-4), 2)
+    capped, m = tiny.run(set_hparams(parallel.copy(tiny_state), max_grad_norm=1e-4), 2)
     assert tiny.program._cache_size() == entries
     assert float(m["max_grad_norm"][0]) == pytest.approx(1e-4)
     assert float(capped.actor_opt.hyperparams["max_grad_norm"]) == pytest.approx(1e-4)
@@ -214,16 +213,16 @@ def test_another_market_of_the_same_shape_runs_the_same_program(tiny, tiny_state
                          episode_length=32)
     other_params = jax.device_put(
         tiny.env.make_params("train", **tiny.config.env.params_kwargs()).replace(
-            market=jax.tree.map(jnp.asarray, other.data)),
+            market=jax.device_put(other.data)),
         jax.tree.map(lambda x: x.sharding, tiny.env_params),
     )
     a, ma = iterate(tiny_state)
     b, mb = iterate(tiny_state, other_params)
     assert float(ma["reward_mean"]) != float(mb["reward_mean"])
-    copy = lambda: jax.tree.map(jnp.copy, tiny_state)
-    tiny.run(copy(), 2)  # the program of 2 iterations per call the tests above compiled
+    # the program of 2 iterations per call the tests above compiled
+    tiny.run(parallel.copy(tiny_state), 2)
     entries = tiny.program._cache_size()
-    tiny.run(copy(), 2, other_params)
+    tiny.run(parallel.copy(tiny_state), 2, other_params)
     assert tiny.program._cache_size() == entries
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxtrade import evaluate, population_run
+from jaxtrade import evaluate, parallel, population_run
 from jaxtrade import walk_forward as wf
 from jaxtrade.errors import UsageError
 from tests.test_train import TINY  # 4 assets x 380 bars, 8 envs x 8 steps, episodes of 32
@@ -82,8 +82,7 @@ def _poisoned(market, first: int):
 
 def _train(run, env_params):
     """Every member after one iteration from the built (untrained) population: params."""
-    pop = jax.tree.map(jnp.copy, run.pop)  # the program donates its input
-    pop, _ = run.program(1)(pop, env_params)
+    pop, _ = run.program(1)(parallel.copy(run.pop), env_params)  # it donates its input
     return jax.device_get(pop.members.params)
 
 
